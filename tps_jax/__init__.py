@@ -1,0 +1,1 @@
+"""tps_jax: the first-place Kinetics-TPS system in JAX/Flax."""
