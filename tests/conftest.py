@@ -1,0 +1,31 @@
+"""Shared pytest fixtures: one tiny synthetic Kinetics-TPS dataset per test session."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args, check=True, env=None, timeout=600):
+  """Runs `python -m module args...` from the repo root; returns CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                        cwd=REPO_ROOT, env=full_env, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"python -m {module} {' '.join(map(str, args))} failed "
+                         f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+  """A tiny synthetic dataset in the official layout (read-only: copy before editing)."""
+  root = tmp_path_factory.mktemp("kinetics_tps") / "Kinetics-TPS"
+  run_module("data_prep.make_synthetic", "--out", root, "--videos", 6,
+             "--frames", 12, "--seed", 0)
+  return root
