@@ -1,0 +1,210 @@
+"""Checkpoints (orbax): train state + grain iterator, partial `init_from`, export.
+
+Layout of a workdir:
+  checkpoints/<step>/state   the TrainState            checkpoints/<step>/data  iterator
+  export/variables           final {'params': ..., <model_state>}   export/config.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from tps_jax.train.optim import path_names
+
+PyTree = Any
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used (one line, names the directory and the leaf)."""
+
+
+def make_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      # cleanup_tmp_directories: a save cut short by SIGKILL leaves a tmp folder.
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'data': grain.checkpoint.CheckpointHandler()})
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
+  """Starts an async save of the state and the iterator position at `step`."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+
+def _flat_shapes(tree: PyTree) -> dict[str, tuple]:
+  """{'a/b/kernel': shape} of the array leaves (empty optimiser states carry none)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {'/'.join(path_names(path)): tuple(leaf.shape)
+          for path, leaf in flat if hasattr(leaf, 'shape')}
+
+
+def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
+  """A description of the first leaf that differs in name or shape, else None."""
+  # Parameters first: they say more than their optimiser moments.
+  for name in sorted(set(saved) | set(expected),
+                     key=lambda n: (not n.startswith('params/'), n)):
+    if name not in saved:
+      return f'{name} missing from the checkpoint'
+    if name not in expected:
+      return f'{name} not in the model'
+    if saved[name] != expected[name]:
+      return f'{name} has shape {saved[name]}, the model expects {expected[name]}'
+  return None
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
+  """Restores the state (with the shardings of `abstract_state`) and the iterator."""
+  metadata = manager.item_metadata(step)['state']
+  saved = _flat_shapes(getattr(metadata, 'tree', metadata))
+  expected = _flat_shapes(abstract_state)
+  mismatch = first_mismatch(saved, expected)
+  if mismatch:
+    raise CheckpointError(
+        f'{manager.directory}/{step}: checkpoint incompatible with this config: {mismatch} '
+        '(use a fresh --workdir)')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  return restored['state']
+
+
+def _resolve_source(path: str) -> str:
+  """The orbax pytree directory behind an `init_from` path.
+
+  Accepts a trainer workdir (latest checkpoint's state), an export directory, a
+  single checkpoint step directory, or a plain orbax pytree directory such as the
+  one `python -m tps_jax.convert` writes.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f'{path}: init_from directory does not exist')
+  checkpoints = os.path.join(path, 'checkpoints')
+  if os.path.isdir(checkpoints):
+    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    if not steps:
+      raise CheckpointError(f'{checkpoints}: init_from workdir holds no checkpoint')
+    return os.path.join(checkpoints, str(steps[-1]), 'state')
+  for sub in ('variables', 'state'):
+    if os.path.isdir(os.path.join(path, sub)):
+      return os.path.join(path, sub)
+  return path
+
+
+def restore_numpy(path: str) -> PyTree:
+  """The pytree of an orbax directory as host numpy arrays (no device placement)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, 'item_metadata', metadata)
+  tree = getattr(tree, 'tree', tree)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=args)
+
+
+def load_params(path: str, prefix: str = '') -> dict[str, np.ndarray]:
+  """Flat {prefix + 'a/b/kernel': array} of the 'params' subtree stored under `path`.
+
+  `prefix` places a standalone network inside a bigger model, e.g. 'backbone/' for
+  converted Swin weights loaded into a model whose Swin submodule is `backbone`.
+  """
+  source = _resolve_source(path)
+  tree = restore_numpy(source)
+  if isinstance(tree, dict) and 'params' in tree:
+    tree = tree['params']
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {prefix + '/'.join(path_names(p)): np.asarray(leaf) for p, leaf in flat}
+
+
+def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '.*',
+                 exclude: str = '') -> tuple[PyTree, dict[str, list[str]]]:
+  """Takes every leaf of `params` whose path matches `include` (and not `exclude`)
+  from `source`; others keep their fresh initialisation.
+
+  Returns the merged tree and a report {'restored', 'missing', 'shape_mismatch',
+  'not_included', 'unused'} of '/'-joined paths.
+  """
+  report = {'restored': [], 'missing': [], 'shape_mismatch': [], 'not_included': []}
+  used = set()
+
+  def pick(path, leaf):
+    name = '/'.join(path_names(path))
+    if not re.search(include, name) or (exclude and re.search(exclude, name)):
+      report['not_included'].append(name)
+      return leaf
+    if name not in source:
+      report['missing'].append(name)
+      return leaf
+    used.add(name)
+    if source[name].shape != leaf.shape:
+      report['shape_mismatch'].append(
+          f'{name} {source[name].shape} vs {tuple(leaf.shape)}')
+      return leaf
+    report['restored'].append(name)
+    return np.asarray(source[name], dtype=leaf.dtype)
+
+  merged = jax.tree_util.tree_map_with_path(pick, params)
+  report['unused'] = sorted(set(source) - used)
+  return merged, report
+
+
+def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
+  """Human-readable summary of `merge_params`'s report."""
+  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch',
+                                        'not_included'))
+  lines = [f'init_from {path}: restored {len(report["restored"])}/{total} parameter '
+           f'leaves: {", ".join(report["restored"])}']
+  for key in ('missing', 'shape_mismatch', 'not_included'):
+    if report[key]:
+      lines.append(f'init_from: re-initialised ({key}): {", ".join(report[key])}')
+  if report['unused']:
+    lines.append(f'init_from: unused source leaves: {", ".join(report["unused"])}')
+  return lines
+
+
+def export(workdir: str, variables: PyTree, config) -> str:
+  """Writes `variables` and the config JSON to workdir/export, atomically.
+
+  Everything goes to a temporary sibling first, which replaces export/ in one rename.
+  """
+  workdir = os.path.abspath(workdir)
+  final = os.path.join(workdir, 'export')
+  tmp = os.path.join(workdir, 'export.tmp')
+  if jax.process_index() == 0 and os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  multihost_utils.sync_global_devices('export:clean')
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(tmp, 'variables'), variables)
+  checkpointer.wait_until_finished()
+  multihost_utils.sync_global_devices('export:saved')
+  if jax.process_index() == 0:
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+    old = final + '.old'
+    if os.path.exists(final):
+      os.replace(final, old)
+    os.replace(tmp, final)
+    if os.path.exists(old):
+      shutil.rmtree(old)
+  multihost_utils.sync_global_devices('export:done')
+  return final
+
+
+def load_export(path: str) -> tuple[PyTree, dict]:
+  """(variables as numpy, config dict) of an export directory."""
+  variables = restore_numpy(os.path.join(path, 'variables'))
+  with open(os.path.join(path, 'config.json')) as f:
+    return variables, json.load(f)

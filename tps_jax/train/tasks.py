@@ -1,0 +1,212 @@
+"""The Task protocol: what a training stage supplies to the one generic trainer.
+
+A stage (toy classifier, part-state network, action recogniser, detectors) is a
+subclass of `Task`, registered under a name with `@register_task('name')`; the
+trainer looks it up by `config.task`. The module defining a task must be imported
+before `get_task` is called; the simplest way is for the stage's config file
+(`configs/<stage>.py`) to import it. `config.task` may also be written
+`'package.module:name'`, which imports `package.module` first.
+
+The trainer owns everything generic: mesh and sharding, the jitted step with
+gradient accumulation, the optimiser (AdamW, schedule, clipping, layer-wise lr
+decay, weight-decay mask, EMA), checkpoints (train state and data iterator),
+`init_from`, logging, export. A task owns only its model, loss, metrics and data:
+
+```python
+@tasks.register_task('my_stage')
+class MyStage(tasks.Task):
+
+  def build_model(self):            # flax linen; use self.compute_dtype for compute
+    return MyNet(num_classes=self.config.num_classes, dtype=self.compute_dtype)
+
+  def init_inputs(self):            # one small example batch (leading dim 1 is fine)
+    return {'image': np.zeros((1, 224, 224, 3), np.float32)}
+
+  def loss_fn(self, params, batch, rng, model_state, *, train):
+    variables = {'params': params, **model_state}
+    logits, new_state = self.model.apply(variables, batch['image'], train=train,
+                                         rngs={'dropout': rng}, mutable=list(model_state))
+    loss = cross_entropy(logits, batch['label']).mean()
+    return loss, ({'accuracy': ...}, new_state)
+
+  def eval_metrics(self, params, model_state, batch):
+    logits = self.model.apply({'params': params, **model_state}, batch['image'], train=False)
+    mask = batch[tasks.EXAMPLE_MASK]
+    correct = (logits.argmax(-1) == batch['label']) & mask
+    return {'accuracy': (correct.sum(), mask.sum())}
+
+  def train_iterator(self, *, seed, process_index, process_count, batch_size):
+    return make_pipeline(..., shard=(process_index, process_count))  # grain DatasetIterator
+
+  def eval_iterator(self, *, process_index, process_count, batch_size):
+    return make_pipeline(..., train=False, ...)
+```
+
+Contract details:
+- `config` is the whole ml_collections config; `compute_dtype` is `jnp.bfloat16`
+  when `config.bf16` is set, else `jnp.float32` (params always stay float32).
+- `model_state` holds every non-'params' variable collection (e.g. 'batch_stats'),
+  possibly `{}`. `loss_fn` returns the new model state in the same structure
+  (return the input unchanged when nothing is mutable or `train` is False).
+- Train metrics returned by `loss_fn` are per-batch means (scalars); the trainer
+  averages them over the logging window. The loss is logged as `loss`.
+- `eval_metrics` returns `{name: (summed_value, count)}`; the trainer sums both
+  over all batches and devices and reports `summed_value / count`. Every eval batch
+  carries `batch[EXAMPLE_MASK]` (bool, (B,)): False rows are padding the trainer
+  added to fill the last batch; they must not count.
+- Input pipelines yield dicts of numpy arrays holding this process's share of the
+  global batch (`batch_size` is the per-process size). `train_iterator` must be
+  endless and checkpointable: a grain `DatasetIterator` (or any iterator with
+  `get_state() -> dict` / `set_state(dict)`); its state is saved with every
+  checkpoint so a resumed run sees the same batches. `eval_iterator` is finite
+  and must yield the same number of batches on every process (the last may be
+  short; the trainer pads it and sets the mask).
+- A missing dataset must raise (e.g. `FileNotFoundError(f'{root}: no such dataset')`)
+  from the iterator constructors; the trainer prints that one line and exits.
+- Optional hooks have working defaults: `init_variables` (model.init on
+  `init_inputs`), `layer_id` (layer-wise lr decay: param path -> layer index in
+  `[0, num_layers]`, larger = closer to the head), `decay_mask` (which params get
+  weight decay), `param_partition_rules` (regex -> PartitionSpec for the `model`
+  mesh axis), `evaluate` (an extra evaluation, e.g. with TTA, on exported params).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+import re
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import PartitionSpec
+
+PyTree = Any
+Batch = Mapping[str, np.ndarray]
+# Key of the boolean (B,) validity mask the trainer adds to every eval batch.
+EXAMPLE_MASK = 'example_mask'
+
+# Parameter names that never get weight decay (besides every 0-/1-D leaf):
+# Swin's relative position bias tables, absolute position embeddings, class tokens.
+NO_DECAY_PATTERN = re.compile(
+    r'(relative_position_bias_table|pos_embed|position_embedding|cls_token)')
+
+
+class Task(abc.ABC):
+  """One training stage: model, loss, metrics and input pipelines (see module doc)."""
+
+  def __init__(self, config, *, compute_dtype=jnp.float32):
+    self.config = config
+    self.compute_dtype = compute_dtype
+
+  # --- model ---------------------------------------------------------------
+
+  @abc.abstractmethod
+  def build_model(self) -> nn.Module:
+    """Returns the flax linen model, built from `self.config`."""
+
+  @functools.cached_property
+  def model(self) -> nn.Module:
+    return self.build_model()
+
+  @abc.abstractmethod
+  def init_inputs(self) -> dict[str, np.ndarray]:
+    """An example input batch for `init_variables` (small leading dimension)."""
+
+  def init_variables(self, rng: jax.Array) -> dict[str, PyTree]:
+    """All variable collections of a freshly initialised model ('params', ...)."""
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = self.model.init({'params': params_rng, 'dropout': dropout_rng},
+                                **self.init_inputs(), train=False)
+    return dict(variables)
+
+  # --- objective -----------------------------------------------------------
+
+  @abc.abstractmethod
+  def loss_fn(self, params: PyTree, batch: Batch, rng: jax.Array,
+              model_state: dict[str, PyTree], *, train: bool
+              ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, PyTree]]]:
+    """Returns `(loss, (metrics, new_model_state))` for one (micro-)batch."""
+
+  @abc.abstractmethod
+  def eval_metrics(self, params: PyTree, model_state: dict[str, PyTree],
+                   batch: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Returns `{name: (masked sum, masked count)}` for one eval batch."""
+
+  # --- data ----------------------------------------------------------------
+
+  @abc.abstractmethod
+  def train_iterator(self, *, seed: int, process_index: int, process_count: int,
+                     batch_size: int) -> Iterator[Batch]:
+    """Endless, checkpointable iterator of this process's training batches."""
+
+  @abc.abstractmethod
+  def eval_iterator(self, *, process_index: int, process_count: int,
+                    batch_size: int) -> Iterable[Batch]:
+    """Finite iterable of this process's eval batches (same count on every process)."""
+
+  # --- optional hooks --------------------------------------------------------
+
+  def layer_id(self, path: tuple[str, ...]) -> int | None:
+    """Layer index of a parameter for layer-wise lr decay; None disables it.
+
+    With `config.optim.layer_decay = d` and `num_layers() = L`, a parameter with
+    layer id i gets learning rate `lr * d ** (L - i)`.
+    """
+    del path
+    return None
+
+  def num_layers(self) -> int:
+    """The largest `layer_id` (the head's); only used with layer-wise lr decay."""
+    return 0
+
+  def decay_mask(self, path: tuple[str, ...], leaf: jax.Array) -> bool:
+    """Whether a parameter gets weight decay: not norms, biases or position tables."""
+    return leaf.ndim > 1 and not NO_DECAY_PATTERN.search('/'.join(path))
+
+  def param_partition_rules(self) -> Sequence[tuple[str, PartitionSpec]]:
+    """`(regex on 'a/b/kernel' path, PartitionSpec)` pairs for the `model` axis.
+
+    First match wins; unmatched parameters are replicated. Only used when the
+    mesh has a `model` axis larger than 1.
+    """
+    return ()
+
+  def evaluate(self, variables: dict[str, PyTree], workdir: str) -> dict[str, float]:
+    """Extra evaluation at the end of training (TTA, full scoring); {} by default.
+
+    `variables` are the exported variables ('params' = EMA params when enabled).
+    """
+    del variables, workdir
+    return {}
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str):
+  """Class decorator registering a Task under `name` (re-registering replaces)."""
+
+  def wrap(cls):
+    _REGISTRY[name] = cls
+    return cls
+
+  return wrap
+
+
+def get_task(name: str, config, *, compute_dtype=jnp.float32) -> Task:
+  """Instantiates the task `name` ('name' or 'package.module:name') for `config`."""
+  if ':' in name:
+    module, name = name.split(':', 1)
+    importlib.import_module(module)
+  if name not in _REGISTRY:
+    raise ValueError(f'config.task: unknown task {name!r} '
+                   f'(registered: {", ".join(sorted(_REGISTRY)) or "none"})')
+  return _REGISTRY[name](config, compute_dtype=compute_dtype)
+
+
+def registered_tasks() -> list[str]:
+  return sorted(_REGISTRY)

@@ -1,0 +1,378 @@
+"""The one generic trainer: `train_and_evaluate(config, workdir)` for every stage.
+
+A stage supplies a `tps_jax.train.tasks.Task` (model, loss, metrics, pipelines),
+looked up by `config.task`; everything else lives here: the mesh, the jitted and
+donated train step with gradient accumulation, the optimiser, checkpoints with the
+data iterator, `init_from`, evaluation, logging, SIGTERM handling and export.
+
+Config fields read here: task, seed, total_steps, batch_size (global),
+grad_accum_steps, log_steps, checkpoint_steps, keep_checkpoints, eval_steps (0: no
+eval), bf16, mesh.model, optim.* (see optim.py), init_from: a path or
+{path, include, exclude, prefix} (path '' = off; see `_init_from`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from tps_jax.train import checkpointing
+from tps_jax.train import sharding
+from tps_jax.train import tasks as tasks_lib
+from tps_jax.train.logging import MetricWriter, Progress
+from tps_jax.train.optim import ema_update, make_optimizer
+from tps_jax.train.state import TrainState
+
+PyTree = Any
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+def say(message: str) -> None:
+  """A line on the console from process 0 (absl INFO is silenced by `run_cli`)."""
+  logging.info(message)
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
+class TrainingError(RuntimeError):
+  """A problem reported to the user as one line (no traceback)."""
+
+
+def initialize_distributed(*, multihost: bool = False, coordinator_address: str = '',
+                           num_processes: int = 0, process_id: int = -1) -> None:
+  """Calls `jax.distributed.initialize` when asked by flags or JAX_* env vars.
+
+  Arguments left empty fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID, then to JAX's own cluster auto-detection (SLURM, TPU pods, ...).
+  """
+  env = os.environ
+  coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS', '')
+  num_processes = num_processes or int(env.get('JAX_NUM_PROCESSES', 0))
+  if process_id < 0:
+    process_id = int(env.get('JAX_PROCESS_ID', -1))
+  if not (multihost or coordinator_address):
+    return
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address or None,
+      num_processes=num_processes or None,
+      process_id=None if process_id < 0 else process_id)
+  say(f'process {jax.process_index()} of {jax.process_count()}: '
+      f'{jax.local_device_count()} local / {jax.device_count()} global devices')
+
+
+def _config_get(config, dotted: str, default):
+  node = config
+  for key in dotted.split('.'):
+    if node is None or key not in node:
+      return default
+    node = node[key]
+  return node
+
+
+def _check_batch_size(config, mesh) -> int:
+  """The per-process batch size, after checking the global one divides evenly."""
+  data_devices = mesh.shape[sharding.DATA_AXIS]
+  accum = config.get('grad_accum_steps', 1)
+  if config.batch_size % (data_devices * accum):
+    raise TrainingError(
+        f'config.batch_size={config.batch_size} is not divisible by {data_devices} data '
+        f'devices x grad_accum_steps={accum}')
+  return config.batch_size // jax.process_count()
+
+
+def _micro_batches(batch: PyTree, num: int) -> PyTree:
+  """(B, ...) -> (num, B/num, ...) with micro-batch i = rows i::num.
+
+  Strided rows keep every micro-batch spread evenly over the data devices.
+  """
+  def split(x):
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(task: tasks_lib.Task, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, grad_accum_steps: int,
+                    ema_decay: float):
+  """The pure train step `(state, batch) -> (state, metrics, finite)`."""
+  grad_fn = jax.value_and_grad(
+      lambda p, b, r, s: task.loss_fn(p, b, r, s, train=True), has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if grad_accum_steps == 1:
+      (loss, (metrics, model_state)), grads = grad_fn(state.params, batch, rng,
+                                                      state.model_state)
+    else:
+      def accumulate(carry, xs):
+        grads_sum, model_state = carry
+        micro, index = xs
+        (loss, (metrics, model_state)), grads = grad_fn(
+            state.params, micro, jax.random.fold_in(rng, index), model_state)
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        return (grads_sum, model_state), (loss, metrics)
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, model_state), (losses, metrics) = jax.lax.scan(
+          accumulate, (zeros, state.model_state),
+          (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+      grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+      loss = losses.mean()
+      metrics = jax.tree.map(lambda m: m.mean(0), metrics)
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = ema_update(ema_params, params, ema_decay)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
+               'learning_rate': schedule(state.step)}
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state, ema_params=ema_params)
+    return new_state, metrics, finite
+
+  return train_step
+
+
+def _pad_eval_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads a short batch to `size` rows with zeros and adds the example mask."""
+  rows = len(next(iter(batch.values())))
+  if rows > size:
+    raise TrainingError(f'eval batch of {rows} rows exceeds the per-process batch {size}')
+  padded = {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)])
+            for k, v in batch.items()}
+  padded[tasks_lib.EXAMPLE_MASK] = np.arange(size) < rows
+  return padded
+
+
+def evaluate(task: tasks_lib.Task, eval_step, state: TrainState, mesh,
+             local_batch_size: int) -> dict[str, float]:
+  """Runs the eval pipeline once; returns {name: summed value / summed count}."""
+  try:
+    iterator = task.eval_iterator(process_index=jax.process_index(),
+                                  process_count=jax.process_count(),
+                                  batch_size=local_batch_size)
+  except (FileNotFoundError, NotADirectoryError) as e:
+    raise TrainingError(str(e)) from e
+  totals = None
+  for local in iterator:
+    batch = sharding.global_batch(_pad_eval_batch(local, local_batch_size), mesh)
+    sums = eval_step(state.eval_params(), state.model_state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return {}
+  totals = jax.device_get(totals)
+  return {name: float(value) / max(float(count), 1.0)
+          for name, (value, count) in totals.items()}
+
+
+def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, float]:
+  stacked = jax.device_get(window)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+class _SigtermFlag:
+  """Records SIGTERM so the loop can checkpoint at a step boundary and stop."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _init_from(config, state: TrainState, shardings: TrainState) -> TrainState:
+  """Overwrites part of the fresh params from `config.init_from` (if set).
+
+  `path`: a trainer workdir (its latest checkpoint), an export dir, or an orbax tree
+  with 'params' (e.g. from `python -m tps_jax.convert`). Leaves whose path matches
+  `include` (re.search) and not `exclude` are taken when the source has them with
+  the same shape (source names get `prefix` prepended); all others keep their fresh
+  initialisation. The report of restored / re-initialised leaves is printed.
+  """
+  init_from = config.get('init_from')
+  if not init_from:
+    return state
+  if isinstance(init_from, str):
+    path, include, exclude, prefix = init_from, '.*', '', ''
+  else:
+    path = init_from.get('path', '')
+    include, exclude = init_from.get('include', '.*'), init_from.get('exclude', '')
+    prefix = init_from.get('prefix', '')
+  if not path:
+    return state
+  source = checkpointing.load_params(path, prefix or '')
+  # Leaves not taken from the source stay the (possibly sharded) fresh arrays.
+  merged, report = checkpointing.merge_params(state.params, source,
+                                              include or '.*', exclude or '')
+  for line in checkpointing.init_report_lines(path, report):
+    say(line)
+  if not report['restored']:
+    raise TrainingError(f'init_from {path}: no parameter matched include={include!r}')
+  params = jax.device_put(merged, shardings.params)
+  ema = None if state.ema_params is None else jax.device_put(merged, shardings.ema_params)
+  return state.replace(params=params, ema_params=ema)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains `config.task` in `workdir` (resuming from its latest checkpoint).
+
+  Returns a summary: {'step', 'preempted', 'eval': final eval metrics, 'export'}.
+  """
+  workdir = os.path.abspath(workdir)
+  compute_dtype = jnp.bfloat16 if config.get('bf16', False) else jnp.float32
+  try:
+    task = tasks_lib.get_task(config.task, config, compute_dtype=compute_dtype)
+  except ValueError as e:
+    raise TrainingError(str(e)) from e
+  mesh = sharding.make_mesh(_config_get(config, 'mesh.model', 1))
+  local_batch_size = _check_batch_size(config, mesh)
+  total_steps = config.total_steps
+  try:
+    train_iter = task.train_iterator(seed=config.seed, process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     batch_size=local_batch_size)
+  except (FileNotFoundError, NotADirectoryError) as e:
+    raise TrainingError(str(e)) from e
+
+  # Optimiser, built on the parameter shapes (for the decay mask and lr scales).
+  rng = jax.random.PRNGKey(config.seed)
+  variable_shapes = jax.eval_shape(task.init_variables, rng)
+  tx, schedule = make_optimizer(config.optim, variable_shapes['params'],
+                                total_steps=total_steps, layer_id=task.layer_id,
+                                num_layers=task.num_layers(), decay_mask=task.decay_mask)
+  ema_decay = config.optim.get('ema_decay', 0.0)
+
+  def init_state(rng) -> TrainState:
+    init_rng, train_rng = jax.random.split(rng)
+    variables = dict(task.init_variables(init_rng))
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), model_state=variables,
+                      ema_params=params if ema_decay else None, rng=train_rng)
+
+  abstract_state = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.tree_shardings(mesh, abstract_state,
+                                            task.param_partition_rules())
+  manager = checkpointing.make_manager(workdir, keep=config.get('keep_checkpoints', 3))
+  latest = manager.latest_step()
+  if latest is not None:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, state_shardings)
+    state = checkpointing.restore(manager, latest, target, train_iter)
+    say(f'resumed {workdir} from step {latest}')
+  else:
+    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+    state = _init_from(config, state, state_shardings)
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_step = jax.jit(
+      make_train_step(task, tx, schedule,
+                      grad_accum_steps=config.get('grad_accum_steps', 1),
+                      ema_decay=ema_decay),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
+      donate_argnums=0)
+  eval_step = jax.jit(task.eval_metrics)
+
+  step = int(jax.device_get(state.step))
+  writer = MetricWriter(workdir, resume_step=step)
+  progress = Progress(total_steps, config.batch_size, step)
+  log_steps = config.log_steps
+  checkpoint_steps = config.checkpoint_steps
+  eval_steps = config.get('eval_steps', 0)
+  window, pending_check = [], None
+  eval_metrics, preempted = {}, False
+
+  def check_finite(check):
+    checked_step, finite = check
+    if not bool(jax.device_get(finite)):
+      manager.wait_until_finished()
+      raise TrainingError(
+          f'non-finite loss or gradient at step {checked_step}; stopped without saving '
+          f'it (last good checkpoint: step {manager.latest_step()} in {workdir})')
+
+  with _SigtermFlag() as sigterm:
+    while step < total_steps:
+      batch = sharding.global_batch(next(train_iter), mesh)
+      state, metrics, finite = train_step(state, batch)
+      step += 1
+      if pending_check is not None:  # one step behind, so the device keeps busy
+        check_finite(pending_check)
+      pending_check = (step, finite)
+      window.append(metrics)
+
+      record = {}
+      if step % log_steps == 0 or step == total_steps:
+        check_finite(pending_check)
+        record.update(_mean_metrics(window))
+        window = []
+        progress.update(step, record['loss'])
+      if eval_steps and (step % eval_steps == 0 or step == total_steps):
+        eval_metrics = evaluate(task, eval_step, state, mesh, local_batch_size)
+        record.update({f'eval_{k}': v for k, v in eval_metrics.items()})
+      if record:
+        writer.write(step, record)
+      # Every process must agree to save (orbax saves are collective).
+      stop = sigterm.received
+      if jax.process_count() > 1:
+        stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
+      if step % checkpoint_steps == 0 or step == total_steps or stop:
+        check_finite(pending_check)
+        checkpointing.save(manager, step, state, train_iter)
+      if stop and step < total_steps:
+        preempted = True
+        say(f'SIGTERM: saved a checkpoint at step {step}; exiting')
+        break
+    manager.wait_until_finished()
+  writer.flush()
+
+  summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
+  if not preempted:
+    variables = {'params': state.eval_params(), **state.model_state}
+    summary['export'] = checkpointing.export(workdir, variables, config)
+    extra = task.evaluate(variables, workdir)
+    if extra:
+      writer.write(step, {f'final_{k}': v for k, v in extra.items()})
+      summary['eval'] = {**eval_metrics, **extra}
+  writer.close()
+  manager.close()
+  return summary
+
+
+def run_cli(config, workdir: str, **distributed) -> None:
+  """The command-line entry: set up processes, train, turn known errors into one line."""
+  # Orbax logs every file it writes at INFO; the trainer's own news goes to `say`.
+  logging.set_verbosity(logging.WARNING)
+  initialize_distributed(**distributed)
+  try:
+    summary = train_and_evaluate(config, workdir)
+  except (TrainingError, checkpointing.CheckpointError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  if summary['preempted']:
+    sys.exit(PREEMPTED_EXIT_CODE)
