@@ -87,6 +87,22 @@ def synthetic_data(num: int, num_features: int, num_classes: int, seed: int):
   return x, y
 
 
+class BalancedAccuracy(tasks.Evaluator):
+  """Mean per-class recall: not a sum over examples, so computed on the host."""
+
+  def __init__(self, num_classes: int):
+    self.confusion = np.zeros((num_classes, num_classes), np.int64)
+
+  def add(self, outputs):
+    mask = outputs[tasks.EXAMPLE_MASK]
+    np.add.at(self.confusion, (outputs['label'][mask], outputs['predicted'][mask]), 1)
+
+  def result(self):
+    per_class = self.confusion.sum(1)
+    recall = np.diag(self.confusion)[per_class > 0] / per_class[per_class > 0]
+    return {'balanced_accuracy': float(recall.mean()) if recall.size else 0.0}
+
+
 @tasks.register_task('toy')
 class ToyTask(tasks.Task):
   """Classification of synthetic blobs; loss = softmax cross-entropy."""
@@ -117,6 +133,14 @@ class ToyTask(tasks.Task):
     count = mask.sum()
     return {'accuracy': (jnp.where(mask, correct, 0).sum(), count),
             'loss': (jnp.where(mask, loss, 0.0).sum(), count)}
+
+  def eval_predictions(self, params, model_state, batch):
+    logits = self.model.apply({'params': params, **model_state}, batch['x'], train=False)
+    return {'predicted': logits.argmax(-1), 'label': batch['y'],
+            tasks.EXAMPLE_MASK: batch[tasks.EXAMPLE_MASK]}
+
+  def make_evaluator(self):
+    return BalancedAccuracy(self.config.data.num_classes)
 
   def layer_id(self, path):
     """layer_i -> i + 1, head -> num_layers + 1 (0 would be an embedding)."""

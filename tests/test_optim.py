@@ -89,3 +89,17 @@ def test_path_names():
   tree = {'a': [{'b': 1}], 'c': (2,)}
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   assert [optim.path_names(p) for p, _ in flat] == [('a', '0', 'b'), ('c', '0')]
+
+
+def test_frozen_parameters_get_no_update_and_no_moments():
+  params = {'backbone': {'kernel': jnp.ones((2, 2))}, 'head': {'kernel': jnp.ones((2, 2))}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  config = optim_config(weight_decay=0.5, warmup_steps=0, grad_clip_norm=1.0)
+  tx, _ = optim.make_optimizer(config, params, total_steps=100,
+                               trainable=lambda path: path[0] != 'backbone')
+  opt_state = tx.init(params)
+  updates, _ = tx.update(grads, opt_state, params)
+  np.testing.assert_array_equal(updates['backbone']['kernel'], 0.0)  # no weight decay either
+  assert np.all(np.asarray(updates['head']['kernel']) < 0)
+  moments = [leaf.shape for leaf in jax.tree.leaves(opt_state) if np.ndim(leaf) == 2]
+  assert moments == [(2, 2), (2, 2)]  # mu and nu of the head only

@@ -66,6 +66,20 @@ def test_trains_logs_and_exports(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 
 
+def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = trainer.train_and_evaluate(toy_config(), workdir)
+  variables, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
+  task = toy.ToyTask(toy_config())
+  x, y = task._arrays('eval')
+  predicted = np.asarray(task.model.apply(variables, x, train=False)).argmax(-1)
+  recalls = [np.mean(predicted[y == c] == c) for c in np.unique(y)]
+  np.testing.assert_allclose(summary['eval']['balanced_accuracy'], np.mean(recalls),
+                             rtol=1e-6)
+  assert read_metrics(workdir)[-1]['eval_balanced_accuracy'] == pytest.approx(
+      np.mean(recalls))
+
+
 def test_resume_continues_the_same_curve(tmp_path):
   """10 steps straight == 5 steps + resume from the step-5 checkpoint (incl. data)."""
   config = toy_config(total_steps=10, log_steps=1, checkpoint_steps=5, eval_steps=0)
@@ -247,3 +261,23 @@ def test_signal_then_rerun_resumes(tmp_path, signum):
   config = toy_config(total_steps=400, log_steps=1, checkpoint_steps=400, eval_steps=0)
   trainer.train_and_evaluate(config, straight)
   assert losses(workdir) == losses(straight)
+
+
+def test_init_from_restores_model_state_too(tmp_path):
+  """Frozen-BN statistics (batch_stats) of a source come along with its params."""
+  source = str(tmp_path / 'source')
+  trainer.train_and_evaluate(toy_config(total_steps=2, eval_steps=0,
+                                        model__batch_norm=True), source)
+  collections = checkpointing.load_collections(source)
+  assert set(collections) == {'params', 'batch_stats'}
+  # total_steps=0: the export is the initial state, i.e. what init_from built.
+  config = toy_config(total_steps=0, eval_steps=0, model__batch_norm=True, seed=3)
+  config.init_from.path = os.path.join(source, 'export')
+  config.init_from.exclude = r'norm_1'
+  target = str(tmp_path / 'target')
+  trainer.train_and_evaluate(config, target)
+  exported, _ = checkpointing.load_export(os.path.join(target, 'export'))
+  np.testing.assert_array_equal(exported['batch_stats']['norm_0']['mean'],
+                                collections['batch_stats']['norm_0/mean'])
+  assert np.abs(collections['batch_stats']['norm_0/mean']).max() > 0
+  np.testing.assert_array_equal(exported['batch_stats']['norm_1']['mean'], 0.0)  # excluded

@@ -115,18 +115,34 @@ def restore_numpy(path: str) -> PyTree:
   return checkpointer.restore(path, restore_args=args)
 
 
-def load_params(path: str, prefix: str = '') -> dict[str, np.ndarray]:
-  """Flat {prefix + 'a/b/kernel': array} of the 'params' subtree stored under `path`.
+def load_collections(path: str, prefix: str = '') -> dict[str, dict[str, np.ndarray]]:
+  """{collection: {prefix + 'a/b/kernel': array}} of the variables stored under `path`.
 
-  `prefix` places a standalone network inside a bigger model, e.g. 'backbone/' for
-  converted Swin weights loaded into a model whose Swin submodule is `backbone`.
+  Collections are 'params' and any model state ('batch_stats', ...): from a trainer
+  checkpoint's TrainState (params + model_state), from an export or a converted
+  directory ({'params': ..., 'batch_stats': ...}), or a bare params tree. `prefix`
+  places a standalone network inside a bigger model, e.g. 'backbone/' for converted
+  Swin weights loaded into a model whose Swin submodule is `backbone`.
   """
   source = _resolve_source(path)
   tree = restore_numpy(source)
-  if isinstance(tree, dict) and 'params' in tree:
-    tree = tree['params']
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {prefix + '/'.join(path_names(p)): np.asarray(leaf) for p, leaf in flat}
+  if not (isinstance(tree, dict) and 'params' in tree):
+    collections = {'params': tree}
+  elif 'model_state' in tree:  # a TrainState
+    collections = {'params': tree['params'], **(tree['model_state'] or {})}
+  else:
+    collections = {k: v for k, v in tree.items() if isinstance(v, dict)}
+
+  def flat(subtree):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(subtree)
+    return {prefix + '/'.join(path_names(p)): np.asarray(leaf) for p, leaf in leaves}
+
+  return {name: flat(subtree) for name, subtree in collections.items()}
+
+
+def load_params(path: str, prefix: str = '') -> dict[str, np.ndarray]:
+  """Flat {prefix + 'a/b/kernel': array} of the 'params' stored under `path`."""
+  return load_collections(path, prefix)['params']
 
 
 def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '.*',

@@ -1,4 +1,5 @@
-"""Optimiser: AdamW, warmup + cosine, global-norm clipping, layer-wise lr decay, EMA.
+"""Optimiser: AdamW, warmup + cosine, global-norm clipping, layer-wise lr decay, EMA,
+frozen parameters.
 
 Config fields (`config.optim`): learning_rate, warmup_steps, end_lr_ratio, b1, b2,
 eps, weight_decay, grad_clip_norm (0: off), layer_decay (1.0: off), ema_decay (0: off).
@@ -77,13 +78,15 @@ def decay_mask_tree(params: PyTree, decay_mask: Callable[[tuple[str, ...], Any],
 
 
 def make_optimizer(optim_config, params: PyTree, *, total_steps: int,
-                   layer_id=None, num_layers: int = 0, decay_mask=None
+                   layer_id=None, num_layers: int = 0, decay_mask=None, trainable=None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optimiser chain and its learning-rate schedule.
 
   Layer-wise decay multiplies the whole AdamW update (so both the Adam step and the
   decoupled weight decay) of a leaf by its lr multiplier: identical to giving each
-  layer its own learning rate.
+  layer its own learning rate. Parameters for which `trainable(path)` is False (a
+  frozen backbone stage) get a zero update: no Adam step, no weight decay, and no
+  optimiser moments. Gradient clipping sees only the trainable leaves.
   """
   schedule = warmup_cosine_schedule(optim_config.learning_rate, total_steps,
                                     optim_config.warmup_steps,
@@ -103,7 +106,13 @@ def make_optimizer(optim_config, params: PyTree, *, total_steps: int,
       raise ValueError('config.optim.layer_decay is set but the task defines no layer_id')
     chain.append(scale_by_tree(layer_lr_scales(params, layer_id, num_layers,
                                                layer_decay)))
-  return optax.chain(*chain), schedule
+  tx = optax.chain(*chain)
+  if trainable is not None:
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: 'train' if trainable(path_names(path)) else 'freeze', params)
+    if 'freeze' in jax.tree.leaves(labels):
+      tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
+  return tx, schedule
 
 
 def ema_update(ema_params: PyTree, params: PyTree, decay: float) -> PyTree:

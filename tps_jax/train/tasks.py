@@ -66,8 +66,13 @@ Contract details:
 - Optional hooks have working defaults: `init_variables` (model.init on
   `init_inputs`), `layer_id` (layer-wise lr decay: param path -> layer index in
   `[0, num_layers]`, larger = closer to the head), `decay_mask` (which params get
-  weight decay), `param_partition_rules` (regex -> PartitionSpec for the `model`
+  weight decay), `is_trainable` (frozen parameters), `param_partition_rules` (regex -> PartitionSpec for the `model`
   mesh axis), `evaluate` (an extra evaluation, e.g. with TTA, on exported params).
+- Metrics that are not sums over examples (COCO mAP) use the host-side pair
+  `eval_predictions` (jitted: per-example outputs, e.g. padded detections and the
+  ground truth they are scored against) and `make_evaluator` (an `Evaluator` that
+  receives every eval batch's outputs gathered from all processes as numpy, rows
+  with `EXAMPLE_MASK` included, and computes the metrics at the end).
 """
 
 from __future__ import annotations
@@ -167,6 +172,12 @@ class Task(abc.ABC):
     """Whether a parameter gets weight decay: not norms, biases or position tables."""
     return leaf.ndim > 1 and not NO_DECAY_PATTERN.search('/'.join(path))
 
+  def is_trainable(self, path: tuple[str, ...]) -> bool:
+    """False for frozen parameters (e.g. a detector's first backbone stages): they get
+    no update at all, not even weight decay."""
+    del path
+    return True
+
   def param_partition_rules(self) -> Sequence[tuple[str, PartitionSpec]]:
     """`(regex on 'a/b/kernel' path, PartitionSpec)` pairs for the `model` axis.
 
@@ -175,6 +186,20 @@ class Task(abc.ABC):
     """
     return ()
 
+  def eval_predictions(self, params: PyTree, model_state: dict[str, PyTree],
+                       batch: Batch) -> dict[str, jax.Array]:
+    """Per-example outputs (leading dim B) for `make_evaluator`'s evaluator.
+
+    Runs jitted on the sharded eval batch. Include what the evaluator needs from the
+    batch (ground truth, `EXAMPLE_MASK`): it receives only these outputs.
+    """
+    del params, model_state, batch
+    return {}
+
+  def make_evaluator(self) -> Evaluator | None:
+    """A fresh host-side evaluator for one eval pass; None (default): none."""
+    return None
+
   def evaluate(self, variables: dict[str, PyTree], workdir: str) -> dict[str, float]:
     """Extra evaluation at the end of training (TTA, full scoring); {} by default.
 
@@ -182,6 +207,18 @@ class Task(abc.ABC):
     """
     del variables, workdir
     return {}
+
+
+class Evaluator(abc.ABC):
+  """Host-side metrics over a whole eval pass (see `Task.make_evaluator`)."""
+
+  @abc.abstractmethod
+  def add(self, outputs: Mapping[str, np.ndarray]) -> None:
+    """One global eval batch of `Task.eval_predictions` outputs (with EXAMPLE_MASK)."""
+
+  @abc.abstractmethod
+  def result(self) -> dict[str, float]:
+    """The metrics of everything added so far."""
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}

@@ -157,25 +157,40 @@ def _pad_eval_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.nda
   return padded
 
 
-def evaluate(task: tasks_lib.Task, eval_step, state: TrainState, mesh,
+def _gather_to_host(outputs: PyTree) -> PyTree:
+  """Numpy copies of (possibly multi-process) global arrays, on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(outputs)
+  return multihost_utils.process_allgather(outputs, tiled=True)
+
+
+def evaluate(task: tasks_lib.Task, eval_step, predict_step, state: TrainState, mesh,
              local_batch_size: int) -> dict[str, float]:
-  """Runs the eval pipeline once; returns {name: summed value / summed count}."""
+  """Runs the eval pipeline once; returns {name: summed value / summed count}, plus
+  the metrics of the task's host-side evaluator when it has one."""
   try:
     iterator = task.eval_iterator(process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   batch_size=local_batch_size)
   except (FileNotFoundError, NotADirectoryError) as e:
     raise TrainingError(str(e)) from e
+  evaluator = task.make_evaluator()
   totals = None
   for local in iterator:
     batch = sharding.global_batch(_pad_eval_batch(local, local_batch_size), mesh)
     sums = eval_step(state.eval_params(), state.model_state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    return {}
-  totals = jax.device_get(totals)
-  return {name: float(value) / max(float(count), 1.0)
-          for name, (value, count) in totals.items()}
+    if evaluator is not None:
+      evaluator.add(_gather_to_host(
+          predict_step(state.eval_params(), state.model_state, batch)))
+  metrics = {}
+  if totals is not None:
+    totals = jax.device_get(totals)
+    metrics = {name: float(value) / max(float(count), 1.0)
+               for name, (value, count) in totals.items()}
+  if evaluator is not None:
+    metrics.update(evaluator.result())
+  return metrics
 
 
 def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -226,17 +241,27 @@ def _init_from(config, state: TrainState, shardings: TrainState) -> TrainState:
     prefix = init_from.get('prefix', '')
   if not path:
     return state
-  source = checkpointing.load_params(path, prefix or '')
+  sources = checkpointing.load_collections(path, prefix or '')
   # Leaves not taken from the source stay the (possibly sharded) fresh arrays.
-  merged, report = checkpointing.merge_params(state.params, source,
+  merged, report = checkpointing.merge_params(state.params, sources['params'],
                                               include or '.*', exclude or '')
   for line in checkpointing.init_report_lines(path, report):
     say(line)
   if not report['restored']:
     raise TrainingError(f'init_from {path}: no parameter matched include={include!r}')
+  # Model state (e.g. frozen BatchNorm statistics) follows the same include/exclude.
+  model_state = dict(state.model_state)
+  for name, fresh in state.model_state.items():
+    if name in sources:
+      model_state[name], state_report = checkpointing.merge_params(
+          fresh, sources[name], include or '.*', exclude or '')
+      say(f'init_from {path}: restored {len(state_report["restored"])} {name} leaves'
+          + (f'; re-initialised: {", ".join(state_report["missing"] + state_report["shape_mismatch"])}'
+             if state_report['missing'] or state_report['shape_mismatch'] else ''))
   params = jax.device_put(merged, shardings.params)
   ema = None if state.ema_params is None else jax.device_put(merged, shardings.ema_params)
-  return state.replace(params=params, ema_params=ema)
+  return state.replace(params=params, ema_params=ema,
+                       model_state=jax.device_put(model_state, shardings.model_state))
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -265,7 +290,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   variable_shapes = jax.eval_shape(task.init_variables, rng)
   tx, schedule = make_optimizer(config.optim, variable_shapes['params'],
                                 total_steps=total_steps, layer_id=task.layer_id,
-                                num_layers=task.num_layers(), decay_mask=task.decay_mask)
+                                num_layers=task.num_layers(), decay_mask=task.decay_mask,
+                                trainable=task.is_trainable)
   ema_decay = config.optim.get('ema_decay', 0.0)
 
   def init_state(rng) -> TrainState:
@@ -299,6 +325,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
       donate_argnums=0)
   eval_step = jax.jit(task.eval_metrics)
+  predict_step = jax.jit(task.eval_predictions)
 
   step = int(jax.device_get(state.step))
   writer = MetricWriter(workdir, resume_step=step)
@@ -334,7 +361,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         window = []
         progress.update(step, record['loss'])
       if eval_steps and (step % eval_steps == 0 or step == total_steps):
-        eval_metrics = evaluate(task, eval_step, state, mesh, local_batch_size)
+        eval_metrics = evaluate(task, eval_step, predict_step, state, mesh,
+                                local_batch_size)
         record.update({f'eval_{k}': v for k, v in eval_metrics.items()})
       if record:
         writer.write(step, record)
