@@ -1,0 +1,98 @@
+"""Input pipeline throughput: examples/s of each stage's train pipeline (augmentation on).
+
+  python bench/bench_data.py [--root DIR] [--videos 24] [--sizes full|tiny]
+      [--batch_size 8] [--batches 20] [--workers 0,2] [--read_threads 2]
+
+Without --root it writes a synthetic dataset (`python -m data_prep.make_synthetic
+--videos N`, 160x120 frames) and its four TFDS datasets (`python -m data_prep.build`)
+to a temporary folder, timing the build. Each pipeline is measured after two warm-up
+batches, with and without grain worker processes (`data.worker_count`).
+
+`--sizes full`: the full configs' outputs (detectors 800x1344 with rotation and crop,
+part states 224 from 256, clips 32x224x224 with stride 2); `tiny`: the CPU configs'
+(128x160, 64 from 72, 8x64x64).
+"""
+import argparse
+import os
+import tempfile
+import time
+
+import ml_collections
+
+from data_prep import build, make_synthetic
+from tps_jax.data import pipelines
+
+SIZES = {
+    "full": {
+        "humans": {"image_size": (800, 1344), "max_boxes": 32, "random_rotation": 10.0,
+                   "random_crop": True},
+        "parts": {"image_size": (512, 384), "max_boxes": 16, "random_rotation": 10.0,
+                  "random_crop": True},
+        "part_state": {"image_size": 224, "resize": 256},
+        "action": {"num_frames": 32, "frame_stride": 2, "image_size": 224},
+    },
+    "tiny": {
+        "humans": {"image_size": (128, 160), "max_boxes": 8, "random_rotation": 10.0,
+                   "random_crop": True},
+        "parts": {"image_size": (128, 96), "max_boxes": 16, "random_rotation": 10.0,
+                  "random_crop": True},
+        "part_state": {"image_size": 64, "resize": 72},
+        "action": {"num_frames": 8, "frame_stride": 2, "image_size": 64},
+    },
+}
+
+
+def examples_per_second(root, stage, data, *, batch_size, batches, workers, read_threads):
+  config = ml_collections.ConfigDict({"batch_size": batch_size, "data": {
+      "root": root, "worker_count": workers, "read_threads": read_threads, **data}})
+  iterator = pipelines.make_pipeline(stage, config, "train", train=True, seed=0,
+                                     batch_size=batch_size)
+  for _ in range(2):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  elapsed = time.perf_counter() - start
+  if workers:
+    iterator.close()
+  return batches * batch_size / elapsed
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--root", help="a dataset root with tfds/ built (default: synthetic)")
+  parser.add_argument("--videos", type=int, default=24)
+  parser.add_argument("--sizes", choices=sorted(SIZES), default="full")
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--batches", type=int, default=20)
+  parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
+  parser.add_argument("--read_threads", type=int, default=2)
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+    root = args.root
+    if root is None:
+      root = os.path.join(tmp, "synthetic")
+      start = time.perf_counter()
+      make_synthetic.make_dataset(root, videos=args.videos, frames=32, seed=0,
+                                  size=(160, 120), actions=6, progress=False)
+      made = time.perf_counter() - start
+      start = time.perf_counter()
+      if build.main(["--root", root, "--quiet"]) != 0:
+        raise SystemExit("building the TFDS datasets failed")
+      print(f"synthetic dataset ({args.videos} videos): {made:.1f} s; "
+            f"the four TFDS datasets: {time.perf_counter() - start:.1f} s")
+    workers = [int(w) for w in args.workers.split(",")]
+    print(f"train pipelines, sizes={args.sizes}, batch {args.batch_size}, "
+          f"{args.batches} batches, read_threads={args.read_threads}, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'stage':<12}" + "".join(f"{f'workers={w}':>14}" for w in workers)
+          + "   (examples/s)")
+    for stage, data in SIZES[args.sizes].items():
+      rates = [examples_per_second(root, stage, data, batch_size=args.batch_size,
+                                   batches=args.batches, workers=w,
+                                   read_threads=args.read_threads) for w in workers]
+      print(f"{stage:<12}" + "".join(f"{r:>14.1f}" for r in rates))
+
+
+if __name__ == "__main__":
+  main()

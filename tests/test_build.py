@@ -1,0 +1,299 @@
+"""data_prep.build: the four stage datasets, the split by video, bad input, idempotence."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_prep import build
+from tps_jax.data import builders
+from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import video as video_lib
+
+VAL_FRACTION = "0.4"
+
+
+def _copy(synthetic_root, tmp_path):
+  root = tmp_path / "root"
+  shutil.copytree(synthetic_root, root)
+  return str(root)
+
+
+def _run(capsys, *args):
+  """(exit code, stdout, stderr) of `python -m data_prep.build args`, in process."""
+  code = build.main([str(a) for a in args] + ["--quiet"])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _source(out, name, split):
+  return tfds.builder_from_directory(builders.dataset_dir(out, name)).as_data_source(split)
+
+
+def _videos_of(out, name, split):
+  return {e["video"].decode() for e in _source(out, name, split)}
+
+
+def _annotations(root):
+  """{video: (action, {frame index: FrameAnnotation})} of the train split."""
+  vocab = tps.Vocab.from_root(root)
+  return {v.name: (v.action, {i: tps.load_frame(v.annotation_path(i), vocab=vocab)
+                              for i in v.annotated_frames()})
+          for v in tps.iter_videos(root, "train")}
+
+
+@pytest.fixture(scope="module")
+def built(synthetic_root, tmp_path_factory):
+  root = _copy(synthetic_root, tmp_path_factory.mktemp("build"))
+  assert build.main(["--root", root, "--val_fraction", VAL_FRACTION, "--quiet"]) == 0
+  return root, os.path.join(root, "tfds")
+
+
+def test_split_by_video_is_recorded_identical_and_disjoint(built):
+  root, out = built
+  videos = set(_annotations(root))
+  val = None
+  for name in builders.DATASET_NAMES.values():
+    info = tfds.builder_from_directory(builders.dataset_dir(out, name)).info
+    recorded = list(info.metadata["settings"]["val_videos"])
+    assert val is None or recorded == val
+    val = recorded
+    train_videos, val_videos = _videos_of(out, name, "train"), _videos_of(out, name, "val")
+    assert not train_videos & val_videos
+    assert val_videos <= set(recorded) and train_videos <= videos - set(recorded)
+  assert len(val) == round(float(VAL_FRACTION) * len(videos))
+  assert _videos_of(out, "tps_action_clips", "train") | set(val) == videos
+
+
+def test_split_videos_is_deterministic_and_spread_over_classes():
+  videos = [(f"v{i:02d}", f"class{i % 4}") for i in range(40)]
+  val = builders.split_videos(videos, 0.25, seed=3)
+  assert val == builders.split_videos(list(reversed(videos)), 0.25, seed=3)
+  assert val != builders.split_videos(videos, 0.25, seed=4)
+  assert len(val) == 10
+  per_class = [sum(1 for name, action in videos if name in val and action == c)
+               for c in {a for _, a in videos}]
+  assert sorted(per_class) == [2, 2, 3, 3]
+  assert builders.split_videos(videos[:2], 0.01, seed=0) != []     # at least one val video
+  assert builders.split_videos(videos, 0.0, seed=0) == []
+
+
+def test_counts_and_contents_match_the_annotations(built):
+  root, out = built
+  annotations = _annotations(root)
+  vocab = tps.Vocab.from_root(root)
+  for split in builders.SPLITS:
+    videos = _videos_of(out, "tps_action_clips", split)
+    frames = [(v, i, f) for v in videos for i, f in annotations[v][1].items()]
+    humans = [(v, i, h) for v, i, f in frames for h in f.humans]
+    expected = {"tps_humans": len(frames), "tps_parts": len(humans),
+                "tps_part_states": sum(1 for *_, h in humans if h.parts),
+                "tps_action_clips": len(videos)}
+    for name, count in expected.items():
+      assert len(_source(out, name, split)) == count, (name, split)
+  for example in _source(out, "tps_humans", "train"):
+    frame = annotations[example["video"].decode()][1][example["frame"]]
+    np.testing.assert_array_equal(example["boxes"], [h.box for h in frame.humans])
+    assert not example["ignore"].any() and (example["labels"] == 0).all()
+    assert video_lib.decode_jpeg(example["image"]).shape == (120, 160, 3)
+  for example in _source(out, "tps_part_states", "val"):
+    action, frames = annotations[example["video"].decode()]
+    human = frames[example["frame"]].humans[example["human"] - 1]
+    left, top = example["crop_box"][:2]
+    assert example["action"] == vocab.action_ids[action]
+    for row, part in enumerate(tps.PARTS):
+      assert example["part_valid"][row] == (part in human.parts)
+      if part in human.parts:
+        assert example["part_state"][row] == vocab.state_ids[human.parts[part].verb]
+        np.testing.assert_allclose(example["part_boxes"][row] + [left, top, left, top],
+                                   human.parts[part].box)
+      else:
+        assert example["part_state"][row] == -1
+  flist = tps.read_flist(os.path.join(root, "list", "video_train_flist.csv"))
+  for example in _source(out, "tps_action_clips", "val"):
+    name = example["video"].decode()
+    assert example["num_frames"] == len(example["frames"]) == flist[name]
+    assert example["label"] == vocab.action_ids[annotations[name][0]]
+
+
+def test_stored_pixels_are_the_video_frames(built):
+  root, out = built
+  example = _source(out, "tps_humans", "val")[0]
+  video = next(v for v in tps.iter_videos(root, "train") if v.name == example["video"].decode())
+  frames = dict(video_lib.iter_video_frames(video.video_path))
+  stored = video_lib.decode_jpeg(example["image"]).astype(float)
+  errors = {index: np.abs(stored - frame).mean() for index, frame in frames.items()}
+  assert min(errors, key=errors.get) == example["frame"]
+  assert errors[example["frame"]] < 5.0      # JPEG loss on noisy frames
+
+
+def test_state_table_follows_the_source_order(built):
+  _, out = built
+  directory = builders.dataset_dir(out, "tps_part_states")
+  table = builders.state_table(directory, "train")
+  source = _source(out, "tps_part_states", "train")
+  np.testing.assert_array_equal(table, [e["part_state"] for e in source])
+
+
+def test_finished_datasets_are_kept_and_settings_checked(built, capsys):
+  root, out = built
+  info = os.path.join(builders.dataset_dir(out, "tps_humans"), "dataset_info.json")
+  before = os.stat(info).st_mtime_ns
+  code, stdout, _ = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION)
+  assert code == 0 and stdout.count("already built") == 4
+  assert os.stat(info).st_mtime_ns == before
+  code, _, err = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION, "--seed", "5",
+                      "--stages", "humans")
+  assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+  assert "built with other settings (seed, val_videos)" in err
+  clips = builders.dataset_dir(out, "tps_action_clips")
+  before = os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns
+  code, stdout, _ = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION,
+                         "--stages", "action_clips", "--overwrite")
+  assert code == 0 and "already built" not in stdout
+  assert os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns != before
+
+
+def _count(out, name):
+  return sum(len(_source(out, name, split)) for split in builders.SPLITS
+             if split in tfds.builder_from_directory(builders.dataset_dir(out, name)).info.splits)
+
+
+def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path, capsys):
+  root = _copy(synthetic_root, tmp_path)
+  video = next(tps.iter_videos(root, "train"))
+  bad = video.annotation_path(video.annotated_frames()[0])
+  with open(bad) as f:
+    text = f.read()
+  with open(bad, "w") as f:
+    f.write(text[:len(text) // 2])
+  total = sum(len(v.annotated_frames()) for v in tps.iter_videos(root, "train"))
+  code, _, err = _run(capsys, "--root", root, "--stages", "humans")
+  assert code == 1 and err.count("\n") == 1
+  assert err.startswith(f"error: {bad}: truncated JSON")
+  assert not builders.is_built(os.path.join(root, "tfds"), "tps_humans")
+  code, _, err = _run(capsys, "--root", root, "--stages", "humans", "--keep_going")
+  assert code == 0
+  assert f"{bad}: truncated JSON" in err and "1 problem(s)" in err
+  assert _count(os.path.join(root, "tfds"), "tps_humans") == total - 1
+
+
+def test_undecodable_video_stops_or_is_skipped_and_counted(synthetic_root, tmp_path, capsys):
+  root = _copy(synthetic_root, tmp_path)
+  videos = list(tps.iter_videos(root, "train"))
+  with open(videos[0].video_path, "wb") as f:
+    f.write(b"\x00not an mp4" * 100)
+  # A second fault found only while decoding: an annotation past the video's last frame.
+  late = videos[1]
+  shutil.copy(late.annotation_path(late.annotated_frames()[-1]), late.annotation_path(31))
+  flist = os.path.join(root, "list", "video_train_flist.csv")
+  with open(flist) as f:
+    text = f.read()
+  with open(flist, "w") as f:
+    f.write(text.replace(f"{late.name},{late.num_frames}", f"{late.name},40"))
+  code, _, err = _run(capsys, "--root", root, "--stages", "action_clips")
+  assert code == 1 and err.count("\n") == 1
+  assert err.startswith(f"error: {videos[0].video_path}: cannot open video")
+  code, _, err = _run(capsys, "--root", root, "--stages", "humans,action_clips",
+                      "--keep_going", "--jobs", "2")     # problems found in workers too
+  assert code == 0 and "2 problem(s)" in err
+  assert f"{videos[0].video_path}: cannot open video" in err
+  assert f"{late.video_path}: the video ends before annotated frame 31" in err
+  out = os.path.join(root, "tfds")
+  assert _count(out, "tps_action_clips") == len(videos) - 1    # the late one decodes fine
+  assert _count(out, "tps_humans") == sum(
+      len(v.annotated_frames()) for v in videos[2:])
+
+
+def test_video_folder_builds_an_action_clip_dataset(synthetic_root, tmp_path, capsys):
+  folder = tmp_path / "videos"
+  videos = list(tps.iter_videos(str(synthetic_root), "train"))
+  for i, video in enumerate(videos):
+    os.makedirs(folder / f"class_{i % 2}", exist_ok=True)
+    shutil.copy(video.video_path, folder / f"class_{i % 2}" / f"clip{i}.mp4")
+  code, stdout, _ = _run(capsys, "--video_folder", folder, "--name", "my_videos",
+                         "--val_fraction", "0.4")
+  assert code == 0, stdout
+  out = str(folder / "tfds")
+  info = tfds.builder_from_directory(builders.dataset_dir(out, "my_videos")).info
+  assert list(info.metadata["actions"]) == ["class_0", "class_1"]
+  examples = [e for split in builders.SPLITS for e in _source(out, "my_videos", split)]
+  assert sorted(e["video"].decode() for e in examples) == [f"clip{i}" for i in range(len(videos))]
+  assert all(e["label"] == int(e["video"].decode()[4:]) % 2 for e in examples)
+  code, stdout, _ = _run(capsys, "--video_folder", folder, "--name", "my_videos",
+                         "--val_fraction", "0.4")
+  assert code == 0 and "already built" in stdout     # tfds/ inside is not a class
+
+
+def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path, capsys):
+  root = _copy(synthetic_root, tmp_path)
+  video = next(tps.iter_videos(root, "train"))
+  frames = tmp_path / "frames" / video.action / video.name
+  os.makedirs(frames)
+  for index in range(1, video.num_frames + 1):
+    (frames / f"img_{index:05d}.jpg").write_bytes(video_lib.encode_jpeg(
+        np.full((120, 160, 3), 200, np.uint8)))
+  code, _, _ = _run(capsys, "--root", root, "--stages", "humans", "--val_fraction", "0",
+                    "--frames_dir", tmp_path / "frames")
+  assert code == 0
+  for example in _source(os.path.join(root, "tfds"), "tps_humans", "train"):
+    mean = video_lib.decode_jpeg(example["image"]).mean()
+    assert (abs(mean - 200) < 2) == (example["video"].decode() == video.name)
+
+
+def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
+    synthetic_root, tmp_path, capsys):
+  root = _copy(synthetic_root, tmp_path)
+  annotations = _annotations(root)
+  val = builders.split_videos([(v, a) for v, (a, _) in annotations.items()], 0.4, 0)
+  video, index, number, human = next(
+      (v, i, n + 1, h) for v, (_, frames) in sorted(annotations.items()) if v not in val
+      for i, f in frames.items() for n, h in enumerate(f.humans) if len(h.parts) <= 8)
+  missing = [p for p in tps.PARTS if p not in human.parts][:2]
+  x1, y1, x2, y2 = human.box
+  box = [x1 + 1, y1 + 1, x1 + 6, y1 + 6]
+  pseudo = {video: {tps.frame_name(index): {str(number): {
+      missing[0]: [{"box": box, "score": 0.9}, {"box": box, "score": 0.05}],
+      missing[1]: {"box": box, "score": 0.25},
+      next(iter(human.parts)): [{"box": box, "score": 0.99}]}}}}
+  path = tmp_path / "pseudo.json"
+  path.write_text(json.dumps(pseudo))
+  code, stdout, _ = _run(capsys, "--root", root, "--stages", "parts", "--val_fraction", "0.4",
+                         "--pseudo_labels", path)
+  assert code == 0 and "pseudo-labels: 1 humans of annotated train frames" in stdout
+  example = next(e for e in _source(os.path.join(root, "tfds"), "tps_parts", "train")
+                 if e["video"].decode() == video and e["frame"] == index and
+                 e["human"] == number)
+  count = len(human.parts)
+  assert len(example["boxes"]) == count + 2 and not example["ignore"][:count].any()
+  labels = [tps.PARTS[i] for i in example["labels"][count:]]
+  assert labels == missing and example["ignore"][count:].tolist() == [False, True]
+  left, top = example["crop_box"][:2]
+  np.testing.assert_allclose(example["boxes"][count] + [left, top, left, top], box)
+
+
+def test_pseudo_label_file_errors_name_the_file_and_entry(tmp_path):
+  path = tmp_path / "pseudo.json"
+  path.write_text('{"v": {"img_00001.json": {"1": {"left_arm": {"box": [1, 2, 0, 4], '
+                  '"score": 0.5}}}}}')
+  with pytest.raises(tps.AnnotationError, match=r"pseudo.json: v/img_00001.json/1/left_arm: "
+                     "box must be"):
+    builders.load_pseudo_labels(str(path))
+  path.write_text('{"v": {"frame1": {}}}')
+  with pytest.raises(tps.AnnotationError, match="frame key must look like img_00006.json"):
+    builders.load_pseudo_labels(str(path))
+  path.write_text('{"v": ')
+  with pytest.raises(tps.AnnotationError, match="pseudo.json: not valid JSON"):
+    builders.load_pseudo_labels(str(path))
+
+
+def test_pseudo_part_boxes_thresholds():
+  annotated = {"head": tps.Part(box=(0, 0, 1, 1), verb="none")}
+  proposals = {"head": [((0, 0, 5, 5), 0.99)],
+               "torso": [((1, 1, 2, 2), 0.41), ((1, 1, 3, 3), 0.4), ((1, 1, 4, 4), 0.1),
+                         ((1, 1, 5, 5), 0.09)]}
+  assert builders.pseudo_part_boxes(annotated, proposals) == [
+      ("torso", (1, 1, 2, 2), False), ("torso", (1, 1, 3, 3), True),
+      ("torso", (1, 1, 4, 4), True)]
