@@ -243,6 +243,25 @@ def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path, capsy
     assert (abs(mean - 200) < 2) == (example["video"].decode() == video.name)
 
 
+def test_extract_frames_output_feeds_build(synthetic_root, tmp_path, capsys):
+  """extract_frames' <out>/<split>/<class>/<video> layout is found; resized frames are
+  refused (their pixels no longer match the boxes)."""
+  from data_prep import extract_frames
+  root = _copy(synthetic_root, tmp_path)
+  assert extract_frames.extract(root, splits=("train",)).ok
+  code, _, _ = _run(capsys, "--root", root, "--stages", "humans,action_clips",
+                    "--val_fraction", "0", "--frames_dir", os.path.join(root, "frames"))
+  assert code == 0
+  video = next(tps.iter_videos(root, "train"))
+  assert builders.find_frames_dir(os.path.join(root, "frames"), video.action,
+                                  video.name) is not None
+  resized = os.path.join(tmp_path, "resized")
+  assert extract_frames.extract(root, resized, splits=("train",), short_side=60).ok
+  code, _, err = _run(capsys, "--root", root, "--stages", "humans", "--overwrite",
+                      "--frames_dir", resized)
+  assert code == 1 and "short_side=60" in err and "extract_frames.json" in err
+
+
 def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
     synthetic_root, tmp_path, capsys):
   root = _copy(synthetic_root, tmp_path)

@@ -130,14 +130,39 @@ def _record(problems: list[str] | None, error: Exception) -> None:
   problems.append(str(error))
 
 
-def find_frames_dir(frames_root: str | None, action: str, name: str) -> str | None:
-  """FRAMES_ROOT/<action>/<video> or FRAMES_ROOT/<video>, when it exists."""
+def find_frames_dir(frames_root: str | None, action: str, name: str,
+                    split: str = "train") -> str | None:
+  """The frame folder of a video under FRAMES_ROOT, when it exists.
+
+  Accepts `python -m data_prep.extract_frames`'s layout FRAMES_ROOT/<split>/<action>/
+  <video> as well as FRAMES_ROOT/<action>/<video> and FRAMES_ROOT/<video>.
+  """
   if not frames_root:
     return None
-  for folder in (os.path.join(frames_root, action, name), os.path.join(frames_root, name)):
+  for folder in (os.path.join(frames_root, split, action, name),
+                 os.path.join(frames_root, action, name), os.path.join(frames_root, name)):
     if os.path.isdir(folder):
       return folder
   return None
+
+
+def check_frames_root(frames_root: str | None) -> None:
+  """Refuses frames extracted at another size: the annotations' boxes are in the
+  videos' pixels (extract_frames records its settings in extract_frames.json)."""
+  if not frames_root:
+    return
+  if not os.path.isdir(frames_root):
+    raise tps.AnnotationError(f"{frames_root}: no such frames folder")
+  for folder in (frames_root, os.path.dirname(os.path.abspath(frames_root))):
+    settings_path = os.path.join(folder, "extract_frames.json")
+    if os.path.isfile(settings_path):
+      with open(settings_path) as f:
+        short_side = json.load(f).get("short_side")
+      if short_side:
+        raise tps.AnnotationError(
+            f"{settings_path}: frames were resized (short_side={short_side}); the "
+            "annotations' boxes are in the videos' pixels: extract without --short_side")
+      return
 
 
 def list_kinetics_tps(root: str, vocab: tps.Vocab, *, frames_root: str | None = None,
@@ -145,6 +170,7 @@ def list_kinetics_tps(root: str, vocab: tps.Vocab, *, frames_root: str | None = 
   """The annotated train videos of a Kinetics-TPS root; an annotation file past the
   video's frame count (list/video_train_flist.csv) is a problem."""
   annotations = os.path.join(root, "train_annotations")
+  check_frames_root(frames_root)
   if not os.path.isdir(annotations):
     raise tps.AnnotationError(f"{annotations}: no such folder (a Kinetics-TPS root has "
                               "train_videos/, train_annotations/ and list/)")
@@ -355,9 +381,12 @@ class ExampleMaker:
               indices: list[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB) of the frames `indices` (None: all) of a video, from its frame
     folder when it has one, else decoded from the video file."""
-    if entry.frames_dir:
-      yield from video_lib.iter_folder_frames(entry.frames_dir, list(
-          range(1, entry.num_frames + 1) if indices is None else indices))
+    wanted = list(range(1, entry.num_frames + 1) if indices is None else indices)
+    # A folder of only the annotated frames (extract_frames --only_annotated) cannot
+    # serve a whole clip: then the video is decoded.
+    if entry.frames_dir and all(os.path.isfile(video_lib.frame_file(entry.frames_dir, i))
+                                for i in wanted):
+      yield from video_lib.iter_folder_frames(entry.frames_dir, wanted)
       return
     if indices is not None and not indices:
       return
