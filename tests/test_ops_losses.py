@@ -134,3 +134,10 @@ def test_masked_garbage_and_zero_normaliser_give_finite_losses_and_gradients():
                lambda x: ops.softmax_cross_entropy(x, jnp.array([-1, -1, -1]))):
     value, grad = jax.jit(jax.value_and_grad(loss))(jnp.array([[80.0, -80.0]] * 3))
     assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+
+
+def test_sigmoid_focal_loss_gamma_zero_has_finite_gradient_at_saturation():
+  logits = jnp.array([[60.0, -60.0]])
+  targets = jnp.array([[1.0, 0.0]])
+  grad = jax.grad(lambda x: ops.sigmoid_focal_loss(x, targets, gamma=0.0, alpha=-1))(logits)
+  assert np.isfinite(np.asarray(grad)).all()

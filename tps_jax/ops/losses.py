@@ -53,7 +53,9 @@ def sigmoid_focal_loss(logits, targets, weights=None, normalizer=1.0, *,
   targets = targets.astype(jnp.float32)
   prob = jax.nn.sigmoid(logits)
   p_t = prob * targets + (1.0 - prob) * (1.0 - targets)
-  loss = _bce_with_logits(logits, targets) * (1.0 - p_t) ** gamma
+  loss = _bce_with_logits(logits, targets)
+  if gamma:  # with gamma = 0, d/dp (1 - p_t)^0 is 0 * inf = NaN at a saturated logit
+    loss = loss * (1.0 - p_t) ** gamma
   if alpha >= 0:
     loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
   return weighted_sum(loss, weights, normalizer)
