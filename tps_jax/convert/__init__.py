@@ -1,0 +1,13 @@
+"""PyTorch checkpoint import: `load_pytorch_weights(path, arch, **model_overrides)`.
+
+Checkpoints are read without unpickling objects (io.py), converted by the converter
+registered for the arch (registry.py explains how to add one; swin.py serves the Swin
+and Video Swin arches) and checked against the model's parameter shapes.
+Command line: `python -m tps_jax.convert --arch swin_l --input X.pth --output DIR`.
+"""
+from tps_jax.convert.io import ConversionError, read_state_dict
+from tps_jax.convert.registry import (Conversion, convert_state_dict, load_pytorch_weights,
+                                      register, supported_archs)
+
+__all__ = ['Conversion', 'ConversionError', 'convert_state_dict', 'load_pytorch_weights',
+           'read_state_dict', 'register', 'supported_archs']
