@@ -1,0 +1,271 @@
+"""The detection task: one parametrised `Task` for every detector (human and part detectors).
+
+`config.task = 'detection'`. The detector family comes from `config.model.family`
+and is looked up in a small registry (`register_detector`): 'cascade_rcnn' is built
+here; RetinaNet / GFL plug in with
+
+    @detection.register_detector('retinanet')
+    def build_retinanet(model_config, num_classes, dtype) -> nn.Module: ...
+
+A detector module takes `(images, image_shape=None, targets=None, *, train)`: with
+`train=True` (rngs 'sampling' and 'dropout') it returns a dict whose 'loss_*' entries
+are summed into the loss (the other entries are logged as statistics); with
+`train=False` padded detections {'boxes' (B, D, 4), 'scores', 'labels', 'valid'} in
+input pixels. A `backbone` field makes `is_trainable` honour the backbone's frozen
+stages (tps_jax/models/detector_backbone.py).
+
+The classes are those of `config.data.stage`: 'humans' -> ('person',), 'parts' -> the
+ten parts of tps_jax/data/kinetics_tps.py. Evaluation is COCO mAP on the host
+(`make_evaluator`: AP, AP50, AP75 and AP per class, pycocotools), in the input pixels
+of the eval pipeline (boxes and ground truth in the same frame).
+
+Batches (tps_jax/data/pipelines.py): image (B, H, W, 3) normalised, boxes (B, M, 4) in
+the dataset's inclusive-pixel convention (x2 = last column), labels (B, M) int32, valid
+(B, M), ignore (B, M) (pseudo-label ignore regions), image_size (B, 2) (h, w) before
+resizing and scale (B,): the content is image_size * scale pixels at the top-left.
+The detectors work in continuous coordinates (torchvision's and mmdetection's: x2 is
+the right edge), so boxes enter as (x1, y1, x2 + 1, y2 + 1) (`to_edges`) and
+detections come out in that convention; `to_inclusive` turns them back for output.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import ml_collections
+import jax.numpy as jnp
+import numpy as np
+
+from tps_jax.data import kinetics_tps
+from tps_jax.evaluation.detection import CocoDetectionEvaluator
+from tps_jax.models import detector_backbone
+from tps_jax.models.cascade_rcnn import build_cascade_rcnn, make_settings
+from tps_jax.train import tasks
+
+DetectorBuilder = Callable[[Any, int, Any], nn.Module]
+_DETECTORS: dict[str, DetectorBuilder] = {}
+
+CLASS_NAMES = {"humans": ("person",), "parts": tuple(kinetics_tps.PARTS)}
+
+
+def register_detector(name: str):
+  """Decorator: `builder(model_config, num_classes, dtype) -> module` serves family `name`."""
+
+  def wrap(builder: DetectorBuilder) -> DetectorBuilder:
+    _DETECTORS[name] = builder
+    return builder
+
+  return wrap
+
+
+def _plain(value):
+  """ConfigDict / lists -> dicts / tuples (module fields must be hashable)."""
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_plain(v) for v in value)
+  return value
+
+
+def settings_fields(part: str, convention: str = "mmdet") -> dict[str, Any]:
+  """The fields of a convention's `RPNSettings` ('rpn') or `RoISettings` ('roi'), as
+  config values; the RPN's anchors as `AnchorGenerator.mmdet` arguments."""
+  rpn, roi = make_settings(convention)
+  settings = rpn if part == "rpn" else roi
+  fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.name != "anchors"}
+  if part == "rpn":   # shared/design.md: scale 8, ratios 0.5 / 1 / 2, strides 4-64
+    fields["anchors"] = {"strides": (4, 8, 16, 32, 64), "ratios": (0.5, 1.0, 2.0),
+                         "scales": (8,)}
+  return fields
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Trainer, optimiser and model fields shared by the detector configs.
+
+  The model is mmdetection's Cascade R-CNN R-50 FPN (shared/design.md); the stage
+  configs (configs/human_detector.py, part_detector.py) set data, sizes and weights.
+  """
+  config = ml_collections.ConfigDict()
+  config.task = "detection"
+  config.seed = 0
+  config.total_steps = 20000
+  config.batch_size = 16
+  config.grad_accum_steps = 1
+  config.log_steps = 50
+  config.checkpoint_steps = 1000
+  config.keep_checkpoints = 3
+  config.eval_steps = 2000
+  config.bf16 = False
+  config.mesh = ml_collections.ConfigDict({"model": 1})
+  config.init_from = ml_collections.ConfigDict(
+      {"path": "", "include": ".*", "exclude": "", "prefix": ""})
+  config.model = ml_collections.ConfigDict({
+      "family": "cascade_rcnn",
+      "backbone": "resnet50",
+      "backbone_overrides": {},
+      "convention": "mmdet",
+      "neck": {"out_channels": 256},
+      # Every field of RPNSettings and RoISettings, so that any can be set on the
+      # command line (--config.model.roi.num_convs=4).
+      "rpn": settings_fields("rpn"),
+      "roi": settings_fields("roi"),
+  })
+  config.optim = ml_collections.ConfigDict({
+      "learning_rate": 1e-4, "warmup_steps": 500, "end_lr_ratio": 0.01,
+      "weight_decay": 0.05, "grad_clip_norm": 10.0, "layer_decay": 1.0, "ema_decay": 0.0})
+  return config
+
+
+@register_detector("cascade_rcnn")
+def _build_cascade_rcnn(model_config, num_classes: int, dtype) -> nn.Module:
+  get = lambda name: _plain(model_config.get(name)) or {}
+  return build_cascade_rcnn(
+      model_config.backbone, num_classes, convention=model_config.get("convention", "mmdet"),
+      backbone_overrides=get("backbone_overrides"), neck=get("neck"), rpn=get("rpn"),
+      roi=get("roi"), dtype=dtype)
+
+
+def build_detector(model_config, num_classes: int, dtype=jnp.float32) -> nn.Module:
+  """The detector of `model_config.family` (see `register_detector`)."""
+  family = model_config.family
+  if family not in _DETECTORS:
+    raise ValueError(f"config.model.family: unknown detector {family!r} "
+                     f"(registered: {', '.join(sorted(_DETECTORS))})")
+  return _DETECTORS[family](model_config, num_classes, dtype)
+
+
+def class_names(config) -> tuple[str, ...]:
+  stage = config.data.stage
+  if stage not in CLASS_NAMES:
+    raise ValueError(f"config.data.stage: {stage!r} is not one of {', '.join(CLASS_NAMES)}")
+  return CLASS_NAMES[stage]
+
+
+def content_shape(batch: Mapping[str, Any]):
+  """(B, 2) (height, width) of each image's content in input pixels."""
+  images = batch["image"]
+  padded = jnp.asarray(images.shape[1:3], jnp.float32)
+  if "image_size" not in batch:
+    return jnp.broadcast_to(padded, (images.shape[0], 2))
+  size = jnp.asarray(batch["image_size"], jnp.float32)
+  if "scale" in batch:
+    size = size * jnp.asarray(batch["scale"], jnp.float32).reshape(-1, 1)
+  return jnp.minimum(jnp.round(size), padded)
+
+
+def to_edges(boxes):
+  """Inclusive-pixel boxes (x2 = last column) -> continuous (x2 = right edge)."""
+  return jnp.asarray(boxes, jnp.float32) + jnp.array([0.0, 0.0, 1.0, 1.0])
+
+
+def to_inclusive(boxes):
+  """Continuous boxes -> the dataset's inclusive-pixel convention."""
+  return jnp.asarray(boxes, jnp.float32) - jnp.array([0.0, 0.0, 1.0, 1.0])
+
+
+def targets_of(batch: Mapping[str, Any]) -> dict[str, Any]:
+  targets = {"boxes": to_edges(batch["boxes"]), "labels": batch["labels"],
+             "valid": batch["valid"]}
+  if "ignore" in batch:
+    targets["ignore"] = batch["ignore"]
+  return targets
+
+
+class CocoEvaluator(tasks.Evaluator):
+  """The trainer's host-side evaluator around `CocoDetectionEvaluator`."""
+
+  def __init__(self, names, max_detections: int = 100):
+    self.coco = CocoDetectionEvaluator(names, max_detections)
+    self.images = 0
+
+  def add(self, outputs):
+    mask = np.asarray(outputs[tasks.EXAMPLE_MASK], bool)
+    self.images += int(mask.sum())
+    self.coco.add_batch(
+        gt_boxes=outputs["gt_boxes"], gt_labels=outputs["gt_labels"],
+        gt_valid=np.asarray(outputs["gt_valid"], bool),
+        gt_ignore=np.asarray(outputs["gt_ignore"], bool), det_boxes=outputs["boxes"],
+        det_scores=outputs["scores"], det_labels=outputs["labels"],
+        det_valid=np.asarray(outputs["valid"], bool), image_sizes=outputs["image_shape"],
+        example_mask=mask)
+
+  def report(self):
+    return self.coco.compute()
+
+  def result(self) -> dict[str, float]:
+    if not self.images:
+      return {}
+    report = self.report()
+    metrics = {k: report.stats[k] for k in ("AP", "AP50", "AP75")}
+    metrics.update({f"AP_{name}": ap for name, ap in report.per_class_ap.items()})
+    return metrics
+
+
+@tasks.register_task("detection")
+class DetectionTask(tasks.Task):
+  """Trains and evaluates a detector of `config.model.family` on `config.data.stage`."""
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return class_names(self.config)
+
+  def build_model(self) -> nn.Module:
+    return build_detector(self.config.model, len(self.class_names), self.compute_dtype)
+
+  def init_inputs(self):
+    height, width = self.config.data.image_size
+    return {"images": np.zeros((1, height, width, 3), np.float32)}
+
+  def _apply(self, params, model_state, batch, rng, *, train: bool):
+    variables = {"params": params, **model_state}
+    if not train:
+      return self.model.apply(variables, batch["image"], content_shape(batch), train=False)
+    sampling, dropout = jax.random.split(rng)
+    # Backbones in 'batch' norm mode update their statistics; frozen ones return them as is.
+    return self.model.apply(variables, batch["image"], content_shape(batch),
+                            targets_of(batch), train=True,
+                            rngs={"sampling": sampling, "dropout": dropout},
+                            mutable=list(model_state))
+
+  def loss_fn(self, params, batch, rng, model_state, *, train):
+    out, new_state = self._apply(params, model_state, batch, rng, train=True)
+    loss = sum(value for name, value in out.items() if name.startswith("loss_"))
+    return loss, (dict(out), dict(new_state))
+
+  def eval_metrics(self, params, model_state, batch):
+    del params, model_state, batch   # detections are scored on the host (COCO mAP)
+    return {}
+
+  def eval_predictions(self, params, model_state, batch):
+    detections = self._apply(params, model_state, batch, None, train=False)
+    ignore = batch["ignore"] if "ignore" in batch else jnp.zeros_like(batch["valid"])
+    return {**detections, "gt_boxes": to_edges(batch["boxes"]), "gt_labels": batch["labels"],
+            "gt_valid": batch["valid"], "gt_ignore": ignore,
+            "image_shape": content_shape(batch), tasks.EXAMPLE_MASK: batch[tasks.EXAMPLE_MASK]}
+
+  def make_evaluator(self) -> CocoEvaluator:
+    return CocoEvaluator(self.class_names)
+
+  def is_trainable(self, path) -> bool:
+    return detector_backbone.is_trainable(self.model, path)
+
+  def _pipeline(self, split: str, *, train: bool, seed: int, process_index: int,
+                process_count: int, batch_size: int):
+    from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
+    return pipelines.make_pipeline(self.config.data.stage, self.config, split, train=train,
+                                   seed=seed, shard=(process_index, process_count),
+                                   batch_size=batch_size)
+
+  def train_iterator(self, *, seed, process_index, process_count, batch_size):
+    return self._pipeline("train", train=True, seed=seed, process_index=process_index,
+                          process_count=process_count, batch_size=batch_size)
+
+  def eval_iterator(self, *, process_index, process_count, batch_size):
+    return self._pipeline(self.config.data.get("eval_split", "val"), train=False, seed=0,
+                          process_index=process_index, process_count=process_count,
+                          batch_size=batch_size)
