@@ -381,10 +381,16 @@ class ExampleMaker:
               indices: list[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB) of the frames `indices` (None: all) of a video, from its frame
     folder when it has one, else decoded from the video file."""
-    wanted = list(range(1, entry.num_frames + 1) if indices is None else indices)
     # A folder of only the annotated frames (extract_frames --only_annotated) cannot
-    # serve a whole clip: then the video is decoded.
-    if entry.frames_dir and all(os.path.isfile(video_lib.frame_file(entry.frames_dir, i))
+    # serve a whole clip: then the video is decoded. A video without a frame count
+    # (a plain folder of videos) is always decoded.
+    if indices is not None:
+      wanted = list(indices)
+    elif entry.num_frames is not None:
+      wanted = list(range(1, entry.num_frames + 1))
+    else:
+      wanted = None
+    if entry.frames_dir and wanted is not None and all(os.path.isfile(video_lib.frame_file(entry.frames_dir, i))
                                 for i in wanted):
       yield from video_lib.iter_folder_frames(entry.frames_dir, wanted)
       return
