@@ -60,6 +60,7 @@ from __future__ import annotations
 import ml_collections
 
 from tps_jax.tasks import part_state  # registers the 'part_state' task
+from tps_jax.train import tasks
 
 VARIANTS = ('tiny', 'no_action', 'no_roi', 'no_attention')
 
@@ -70,21 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f'configs/part_state.py: unknown variant(s) {", ".join(unknown)} '
                      f'(known: {", ".join(VARIANTS)}; combine with commas)')
-  config = ml_collections.ConfigDict()
-  config.task = 'part_state'
-  config.seed = 0
-  config.total_steps = 20000
-  config.batch_size = 512
-  config.grad_accum_steps = 1
-  config.log_steps = 50
-  config.checkpoint_steps = 1000
-  config.keep_checkpoints = 3
-  config.eval_steps = 2000
-  config.bf16 = True
-  config.mesh = ml_collections.ConfigDict({'model': 1})
-  config.init_from = ml_collections.ConfigDict({
-      'path': 'weights/swin_l_22k', 'include': r'^backbone/', 'exclude': '',
-      'prefix': 'backbone/'})
+  config = tasks.trainer_config(
+      'part_state', total_steps=20000, batch_size=512, log_steps=50,
+      checkpoint_steps=1000, eval_steps=2000, bf16=True,
+      init_from='weights/swin_l_22k', init_include=r'^backbone/', init_prefix='backbone/')
   config.label_smoothing = 0.0
   config.data = ml_collections.ConfigDict({
       'root': '',

@@ -24,20 +24,8 @@ from tps_jax.train import tasks
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.task = 'toy'
-  config.seed = 0
-  config.total_steps = 200
-  config.batch_size = 32
-  config.grad_accum_steps = 1
-  config.log_steps = 10
-  config.checkpoint_steps = 50
-  config.keep_checkpoints = 2
-  config.eval_steps = 100
-  config.bf16 = False
-  config.mesh = ml_collections.ConfigDict({'model': 1})
-  config.init_from = ml_collections.ConfigDict({'path': '', 'include': '.*',
-                                                'exclude': '', 'prefix': ''})
+  config = tasks.trainer_config('toy', total_steps=200, batch_size=32, log_steps=10,
+                                checkpoint_steps=50, eval_steps=100, keep_checkpoints=2)
   config.data = ml_collections.ConfigDict({
       'root': '', 'num_train': 256, 'num_eval': 100, 'num_features': 8,
       'num_classes': 4})

@@ -162,13 +162,16 @@ def crop_batches(config, split: str, batch_size: int) -> tuple[Iterator, int]:
 
 def to_frame(boxes: np.ndarray, scale: float, crop_box: np.ndarray,
              crop_size: np.ndarray) -> np.ndarray:
-  """Boxes (N, 4) in input pixels of a resized crop -> frame pixels, inside the crop.
+  """Detections (N, 4) in input pixels of a resized crop -> frame pixels, inside the crop.
 
   The pipeline resized the crop (h, w) = `crop_size` by `scale`; crop pixel (x, y) is
-  frame pixel (x + left, y + top) with (left, top) = crop_box[:2].
+  frame pixel (x + left, y + top) with (left, top) = crop_box[:2]. Detections have
+  continuous edges; the annotations' inclusive pixels end one pixel before the edge.
   """
   height, width = float(crop_size[0]), float(crop_size[1])
-  crop = np.clip(boxes / scale, 0.0, [width - 1, height - 1, width - 1, height - 1])
+  crop = boxes / scale - np.array([0.0, 0.0, 1.0, 1.0])
+  crop[:, 2:] = np.maximum(crop[:, 2:], crop[:, :2])     # a box under a pixel wide
+  crop = np.clip(crop, 0.0, [width - 1, height - 1, width - 1, height - 1])
   return crop + np.tile(crop_box[:2], 2)
 
 

@@ -16,8 +16,7 @@ from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (PartStateTask, part_state_loss, part_state_losses,
                                       part_state_metric_sums)
 from tps_jax.train import checkpointing, sharding, trainer
-from tps_jax.train.optim import layer_lr_scales, make_optimizer, path_names
-from tps_jax.train.state import TrainState
+from tps_jax.train.optim import layer_lr_scales, path_names
 
 NUM_STATES, NUM_ACTIONS, SIZE = 7, 3, 32
 MICRO_SWIN = flax.core.FrozenDict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
@@ -342,18 +341,9 @@ def test_full_config_one_real_train_step(synthetic_root):
   config.batch_size = 2
   config.optim.warmup_steps = 0     # so that the one step below has a learning rate above 0
   task = PartStateTask(config, compute_dtype=jnp.bfloat16 if config.bf16 else jnp.float32)
-  shapes = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
-  tx, schedule = make_optimizer(config.optim, shapes, total_steps=config.total_steps,
-                                layer_id=task.layer_id, num_layers=task.num_layers(),
-                                decay_mask=task.decay_mask)
-
-  @jax.jit
-  def init_state(rng):
-    params = task.init_variables(rng)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), model_state={}, ema_params=None, rng=rng)
-
-  state = init_state(jax.random.key(0))
+  init_state, _, _, tx, schedule, _ = trainer.plan_train_state(
+      task, config, sharding.make_mesh(1), jax.random.key(0))
+  state = jax.jit(init_state)(jax.random.key(0))
   batch = micro_batch(batch=2)
   batch['image'] = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
   batch['part_boxes'] = batch['part_boxes'] * 224 / SIZE

@@ -130,8 +130,9 @@ def test_thresholds_split_predictions_and_annotated_parts_are_not_written(labell
     # Boxes are in frame pixels: the hand-set place in the crop, shifted by crop_box.
     left, top, right, bottom = record["crop_box"]
     for part, boxes in written.items():
+      # Detections have continuous edges; the labels, inclusive pixels (x2 - 1).
       want = (hand_set_box(tps.PARTS.index(part)) * np.tile([right - left, bottom - top], 2)
-              + np.tile([left, top], 2))
+              + np.tile([left, top], 2) - np.array([0, 0, 1, 1]))
       np.testing.assert_allclose(boxes[0]["box"], want, atol=1.0, err_msg=f"{key} {part}")
     positives += sum(s > 0.4 for s in expected.values())
     ignores += sum(s <= 0.4 for s in expected.values())

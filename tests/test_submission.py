@@ -70,7 +70,7 @@ def test_cli_prints_the_grid_and_the_score_last(tmp_path):
   # v: head right, torso missing -> PSC 0.5; w: missing from the part file -> PSC 0.
   gt, pred = _write_dirs(tmp_path, _pred())
   proc = run_module("tps_jax.evaluate", "--gt", gt, "--pred", pred,
-                    "--per_video", tmp_path / "per_video.json")
+                    "--per-video", tmp_path / "per_video.json")
   assert proc.stdout.strip().splitlines()[-1] == f"score: {5000 / 10000 / 2:.6f}"
   assert "human-match IoU" in proc.stdout
   assert "1 frame(s) missing from pred_part_result.json" in proc.stderr

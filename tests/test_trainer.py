@@ -201,6 +201,25 @@ def test_init_from_converted_checkpoint_dir(tmp_path):
   # A prefix places the converted network inside a bigger model.
   prefixed = checkpointing.load_params(str(tmp_path / 'converted'), prefix='backbone/')
   assert sorted(prefixed) == ['backbone/layer_0/bias', 'backbone/layer_0/kernel']
+  # source_prefix takes a sub-network out: only the leaves under it, without it.
+  assert sorted(checkpointing.load_params(str(tmp_path / 'converted'),
+                                          source_prefix='layer_0/')) == ['bias', 'kernel']
+
+
+def test_merge_adapts_leaves_of_another_shape_when_asked():
+  fresh = {'a': np.zeros((2, 3), np.float32), 'b': np.zeros(4, np.float32)}
+  source = {'a': np.ones(3, np.float32), 'b': np.ones(5, np.float32)}
+
+  def adapt(name, value, shape):
+    return np.broadcast_to(value, shape) if name == 'a' else None
+
+  merged, report = checkpointing.merge_params(fresh, source, adapt=adapt)
+  np.testing.assert_array_equal(merged['a'], np.ones((2, 3)))
+  np.testing.assert_array_equal(merged['b'], np.zeros(4))
+  assert report['restored'] == ['a'] and report['adapted'] == ['a (3,) -> (2, 3)']
+  assert report['shape_mismatch'] == ['b (5,) vs (4,)']
+  assert any('adapted to the new shapes: a (3,)' in line
+             for line in checkpointing.init_report_lines('src', report))
 
 
 def test_missing_dataset_and_unknown_field_are_one_line_errors(tmp_path):

@@ -3,10 +3,11 @@
   python -m tps_jax.convert --arch swin_l --output /ckpt/swin_l_22k
       --input swin_large_patch4_window7_224_22k.pth [--window 12 12] [--overwrite]
 
-Writes DIR/variables (orbax, {'params': ...} plus 'batch_stats' for BatchNorm models) and DIR/model.json (arch and the model
-fields the checkpoint set, e.g. num_classes), all at once: into a temporary sibling
-first, renamed to DIR when complete. `tps_jax.train.checkpointing.load_params(DIR,
-prefix)` reads it (the trainer's `init_from`). Every tensor loaded or skipped is
+Writes DIR/variables (orbax, {'params': ...} plus 'batch_stats' for BatchNorm models)
+and DIR/model.json (arch and the model fields the checkpoint set, e.g. num_classes),
+all at once: into a temporary sibling first, renamed to DIR when complete.
+`tps_jax.train.checkpointing.load_collections(DIR, prefix)` reads it (the trainer's
+`init_from`). Every tensor loaded or skipped is
 printed; errors are one line on stderr, exit status 1, and nothing is written.
 """
 from __future__ import annotations

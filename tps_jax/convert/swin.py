@@ -202,6 +202,28 @@ def adapt_bias_table(table: np.ndarray, source_window, target_window) -> np.ndar
   return grid.reshape(-1, heads).astype(np.float32)
 
 
+def adapt_flax_leaf(name: str, value: np.ndarray, shape: tuple[int, ...],
+                    window_size: tuple[int, ...]) -> np.ndarray | None:
+  """A trained Swin's flax leaf reshaped for a Swin of `window_size` whose leaf has
+  `shape`, as the import of a 2D checkpoint does: the patch-embedding kernel
+  (H, W, C, D) inflated over the T frames of a (T, H, W, C, D) one (repeated, / T),
+  a relative position bias table adapted to the window (`adapt_bias_table`). None for
+  any other leaf or shape. For `init_from` between trained networks (Task hook
+  `adapt_init_leaf`), e.g. an image Swin starting a video Swin."""
+  if name.endswith('patch_embed/proj/kernel') and value.shape == shape[1:]:
+    return np.repeat(value[None], shape[0], axis=0) / shape[0]
+  if name.endswith('relative_position_bias_table') and value.shape[1:] == shape[1:]:
+    side = math.isqrt(value.shape[0])
+    source_ndim = 2 if side * side == value.shape[0] else 3
+    try:
+      source_window = table_window(value.shape[0], source_ndim,
+                                   spatial_hint=2 * window_size[-1] - 1)
+      return adapt_bias_table(value, source_window, tuple(window_size))
+    except ConversionError:
+      return None
+  return None
+
+
 # ------------------------------------------------------------------- official -> flax
 
 

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 from tps_jax.data.kinetics_tps import PARTS
 from tps_jax.models.swin import build_swin
+from tps_jax.ops.boxes import to_edges
 from tps_jax.ops.roi_align import roi_align
 
 Dtype = Any
@@ -101,8 +102,8 @@ class EncoderLayer(nn.Module):
 class PartStateNet(nn.Module):
   """Part states of a human crop from its part boxes and the video's action.
 
-  __call__(images (B, S, S, 3) normalised float, part_boxes (B, [K,] P, 4) xyxy in
-  input pixels (row i = PARTS[i]), part_valid (B, [K,] P) bool, action (B,) int32,
+  __call__(images (B, S, S, 3) normalised float, part_boxes (B, [K,] P, 4) xyxy
+  inclusive input pixels, as the dataset's (row i = PARTS[i]), part_valid (B, [K,] P) bool, action (B,) int32,
   *, train) -> logits (B, [K,] P, num_states) float32.
   """
   num_states: int
@@ -164,6 +165,7 @@ class PartStateNet(nn.Module):
   def part_features(self, images, boxes, features, *, train: bool):
     """(B, N, F) feature of each of the N boxes per image."""
     batch, num_boxes = boxes.shape[:2]
+    boxes = to_edges(boxes)     # the dataset's inclusive pixels -> the ops' edges
     if self.part_feature == 'roi_align':
       rois = part_rois(features[f'stage_{self.roi_stage}'], boxes, stride=self.roi_stride,
                        output_size=self.roi_output_size)

@@ -101,6 +101,17 @@ def clip_boxes(boxes, image_shape):
   return jnp.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
 
 
+def to_edges(boxes):
+  """Inclusive-pixel boxes (the dataset's: x2 = last column) -> continuous edges
+  (x2 = right edge), the convention of these ops and of the networks."""
+  return jnp.asarray(boxes, jnp.float32) + jnp.array([0.0, 0.0, 1.0, 1.0])
+
+
+def to_inclusive(boxes):
+  """Continuous-edge boxes -> the dataset's inclusive-pixel convention."""
+  return jnp.asarray(boxes, jnp.float32) - jnp.array([0.0, 0.0, 1.0, 1.0])
+
+
 def box_xyxy_to_cxcywh(boxes):
   x1, y1, x2, y2 = jnp.moveaxis(boxes, -1, 0)
   return jnp.stack([(x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1], axis=-1)

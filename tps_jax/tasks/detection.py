@@ -42,6 +42,7 @@ from tps_jax.data import kinetics_tps
 from tps_jax.evaluation.detection import CocoDetectionEvaluator
 from tps_jax.models import detector_backbone
 from tps_jax.models.cascade_rcnn import build_cascade_rcnn, make_settings
+from tps_jax.ops.boxes import to_edges
 from tps_jax.train import tasks
 
 DetectorBuilder = Callable[[Any, int, Any], nn.Module]
@@ -58,17 +59,6 @@ def register_detector(name: str):
     return builder
 
   return wrap
-
-
-def _plain(value):
-  """ConfigDict / lists -> dicts / tuples (module fields must be hashable)."""
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return tuple(_plain(v) for v in value)
-  return value
 
 
 def settings_fields(part: str, convention: str = "mmdet") -> dict[str, Any]:
@@ -90,20 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   The model is mmdetection's Cascade R-CNN R-50 FPN (shared/design.md); the stage
   configs (configs/human_detector.py, part_detector.py) set data, sizes and weights.
   """
-  config = ml_collections.ConfigDict()
-  config.task = "detection"
-  config.seed = 0
-  config.total_steps = 20000
-  config.batch_size = 16
-  config.grad_accum_steps = 1
-  config.log_steps = 50
-  config.checkpoint_steps = 1000
-  config.keep_checkpoints = 3
-  config.eval_steps = 2000
-  config.bf16 = False
-  config.mesh = ml_collections.ConfigDict({"model": 1})
-  config.init_from = ml_collections.ConfigDict(
-      {"path": "", "include": ".*", "exclude": "", "prefix": ""})
+  config = tasks.trainer_config("detection", total_steps=20000, batch_size=16,
+                                log_steps=50, checkpoint_steps=1000, eval_steps=2000)
   config.model = ml_collections.ConfigDict({
       "family": "cascade_rcnn",
       "backbone": "resnet50",
@@ -123,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 @register_detector("cascade_rcnn")
 def _build_cascade_rcnn(model_config, num_classes: int, dtype) -> nn.Module:
-  get = lambda name: _plain(model_config.get(name)) or {}
+  get = lambda name: tasks.hashable(model_config.get(name)) or {}
   return build_cascade_rcnn(
       model_config.backbone, num_classes, convention=model_config.get("convention", "mmdet"),
       backbone_overrides=get("backbone_overrides"), neck=get("neck"), rpn=get("rpn"),
@@ -156,16 +134,6 @@ def content_shape(batch: Mapping[str, Any]):
   if "scale" in batch:
     size = size * jnp.asarray(batch["scale"], jnp.float32).reshape(-1, 1)
   return jnp.minimum(jnp.round(size), padded)
-
-
-def to_edges(boxes):
-  """Inclusive-pixel boxes (x2 = last column) -> continuous (x2 = right edge)."""
-  return jnp.asarray(boxes, jnp.float32) + jnp.array([0.0, 0.0, 1.0, 1.0])
-
-
-def to_inclusive(boxes):
-  """Continuous boxes -> the dataset's inclusive-pixel convention."""
-  return jnp.asarray(boxes, jnp.float32) - jnp.array([0.0, 0.0, 1.0, 1.0])
 
 
 def targets_of(batch: Mapping[str, Any]) -> dict[str, Any]:

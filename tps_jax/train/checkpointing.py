@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -22,6 +22,8 @@ from jax.experimental import multihost_utils
 from tps_jax.train.optim import path_names
 
 PyTree = Any
+# (leaf name, source value, target shape) -> value of that shape, or None.
+Adapter = Callable[[str, np.ndarray, tuple], 'np.ndarray | None']
 
 
 class CheckpointError(ValueError):
@@ -115,14 +117,17 @@ def restore_numpy(path: str) -> PyTree:
   return checkpointer.restore(path, restore_args=args)
 
 
-def load_collections(path: str, prefix: str = '') -> dict[str, dict[str, np.ndarray]]:
+def load_collections(path: str, prefix: str = '', source_prefix: str = ''
+                     ) -> dict[str, dict[str, np.ndarray]]:
   """{collection: {prefix + 'a/b/kernel': array}} of the variables stored under `path`.
 
   Collections are 'params' and any model state ('batch_stats', ...): from a trainer
   checkpoint's TrainState (params + model_state), from an export or a converted
   directory ({'params': ..., 'batch_stats': ...}), or a bare params tree. `prefix`
   places a standalone network inside a bigger model, e.g. 'backbone/' for converted
-  Swin weights loaded into a model whose Swin submodule is `backbone`.
+  Swin weights loaded into a model whose Swin submodule is `backbone`; `source_prefix`
+  does the reverse: only the source leaves under it are kept, without it (e.g.
+  'backbone/' takes the Swin out of a trained part-state network).
   """
   source = _resolve_source(path)
   tree = restore_numpy(source)
@@ -135,25 +140,35 @@ def load_collections(path: str, prefix: str = '') -> dict[str, dict[str, np.ndar
 
   def flat(subtree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(subtree)
-    return {prefix + '/'.join(path_names(p)): np.asarray(leaf) for p, leaf in leaves}
+    names = {'/'.join(path_names(p)): leaf for p, leaf in leaves}
+    return {prefix + name[len(source_prefix):]: np.asarray(leaf)
+            for name, leaf in names.items() if name.startswith(source_prefix)}
 
   return {name: flat(subtree) for name, subtree in collections.items()}
 
 
-def load_params(path: str, prefix: str = '') -> dict[str, np.ndarray]:
+def load_params(path: str, prefix: str = '', source_prefix: str = ''
+                ) -> dict[str, np.ndarray]:
   """Flat {prefix + 'a/b/kernel': array} of the 'params' stored under `path`."""
-  return load_collections(path, prefix)['params']
+  return load_collections(path, prefix, source_prefix)['params']
 
 
 def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '.*',
-                 exclude: str = '') -> tuple[PyTree, dict[str, list[str]]]:
+                 exclude: str = '', adapt: Adapter | None = None
+                 ) -> tuple[PyTree, dict[str, list[str]]]:
   """Takes every leaf of `params` whose path matches `include` (and not `exclude`)
   from `source`; others keep their fresh initialisation.
 
-  Returns the merged tree and a report {'restored', 'missing', 'shape_mismatch',
-  'not_included', 'unused'} of '/'-joined paths.
+  A source leaf of another shape is re-initialised, unless `adapt(name, value,
+  shape)` turns it into one of the right shape (e.g. a 2D Swin's patch embedding
+  inflated for a video Swin; `Task.adapt_init_leaf`).
+
+  Returns the merged tree and a report {'restored', 'adapted', 'missing',
+  'shape_mismatch', 'not_included', 'unused'} of '/'-joined paths ('adapted' ones are
+  also 'restored').
   """
-  report = {'restored': [], 'missing': [], 'shape_mismatch': [], 'not_included': []}
+  report = {'restored': [], 'adapted': [], 'missing': [], 'shape_mismatch': [],
+            'not_included': []}
   used = set()
 
   def pick(path, leaf):
@@ -165,12 +180,16 @@ def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '
       report['missing'].append(name)
       return leaf
     used.add(name)
-    if source[name].shape != leaf.shape:
-      report['shape_mismatch'].append(
-          f'{name} {source[name].shape} vs {tuple(leaf.shape)}')
-      return leaf
+    value = source[name]
+    if value.shape != leaf.shape:
+      adapted = adapt(name, value, tuple(leaf.shape)) if adapt is not None else None
+      if adapted is None or adapted.shape != leaf.shape:
+        report['shape_mismatch'].append(f'{name} {value.shape} vs {tuple(leaf.shape)}')
+        return leaf
+      report['adapted'].append(f'{name} {value.shape} -> {tuple(leaf.shape)}')
+      value = adapted
     report['restored'].append(name)
-    return np.asarray(source[name], dtype=leaf.dtype)
+    return np.asarray(value, dtype=leaf.dtype)
 
   merged = jax.tree_util.tree_map_with_path(pick, params)
   report['unused'] = sorted(set(source) - used)
@@ -183,6 +202,8 @@ def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
                                         'not_included'))
   lines = [f'init_from {path}: restored {len(report["restored"])}/{total} parameter '
            f'leaves: {", ".join(report["restored"])}']
+  if report.get('adapted'):
+    lines.append(f'init_from: adapted to the new shapes: {", ".join(report["adapted"])}')
   for key in ('missing', 'shape_mismatch', 'not_included'):
     if report[key]:
       lines.append(f'init_from: re-initialised ({key}): {", ".join(report[key])}')

@@ -85,6 +85,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
@@ -178,6 +179,14 @@ class Task(abc.ABC):
     del path
     return True
 
+  def adapt_init_leaf(self, name: str, value: np.ndarray,
+                      shape: tuple[int, ...]) -> np.ndarray | None:
+    """`init_from`: a source leaf `name` whose shape differs from the model's
+    `shape`, turned into that shape (e.g. a 2D Swin inflated into a video Swin), or
+    None (default): it is re-initialised."""
+    del name, value, shape
+    return None
+
   def param_partition_rules(self) -> Sequence[tuple[str, PartitionSpec]]:
     """`(regex on 'a/b/kernel' path, PartitionSpec)` pairs for the `model` axis.
 
@@ -222,6 +231,49 @@ class Evaluator(abc.ABC):
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def hashable(value):
+  """ConfigDict / dicts / lists -> dicts / tuples, all the way down (Flax module fields
+  built from config values must be hashable)."""
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  if isinstance(value, Mapping):
+    return {k: hashable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(hashable(v) for v in value)
+  return value
+
+
+def trainer_config(task: str, *, total_steps: int, batch_size: int, log_steps: int,
+                   checkpoint_steps: int, eval_steps: int, bf16: bool = False,
+                   init_from: str = '', init_include: str = '.*', init_exclude: str = '',
+                   init_prefix: str = '', init_source_prefix: str = '',
+                   keep_checkpoints: int = 3,
+                   seed: int = 0) -> ml_collections.ConfigDict:
+  """The fields every stage config has, read by the trainer (module docstring of
+  tps_jax/train/trainer.py); a stage config adds `data`, `model`, `optim`, ...
+
+  `init_from` restores the leaves of the checkpoint at `init_from` whose names match
+  `init_include` and not `init_exclude`, after prefixing them with `init_prefix`
+  (and keeping only those under `init_source_prefix`, without it).
+  """
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.seed = seed
+  config.total_steps = total_steps
+  config.batch_size = batch_size             # global, over all devices and processes
+  config.grad_accum_steps = 1
+  config.log_steps = log_steps
+  config.checkpoint_steps = checkpoint_steps
+  config.keep_checkpoints = keep_checkpoints
+  config.eval_steps = eval_steps
+  config.bf16 = bf16                         # bfloat16 compute, float32 parameters
+  config.mesh = ml_collections.ConfigDict({'model': 1})   # devices on the `model` axis
+  config.init_from = ml_collections.ConfigDict(
+      {'path': init_from, 'include': init_include, 'exclude': init_exclude,
+       'prefix': init_prefix, 'source_prefix': init_source_prefix})
+  return config
 
 
 def register_task(name: str):

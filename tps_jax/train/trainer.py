@@ -43,6 +43,14 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def format_eval(metrics: dict[str, float], limit: int = 6) -> str:
+  """The headline eval metrics on one line: the first `limit` without a per-class /
+  per-part suffix (e.g. top1 but not top1_left_arm), sorted by name."""
+  headline = sorted(k for k in metrics if not any(
+      k.startswith(f'{other}_') for other in metrics if other != k))
+  return '  '.join(f'{k} {metrics[k]:.4f}' for k in headline[:limit])
+
+
 class TrainingError(RuntimeError):
   """A problem reported to the user as one line (no traceback)."""
 
@@ -221,30 +229,34 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _init_from(config, state: TrainState, shardings: TrainState) -> TrainState:
+def _init_from(config, task: tasks_lib.Task, state: TrainState,
+               shardings: TrainState) -> TrainState:
   """Overwrites part of the fresh params from `config.init_from` (if set).
 
   `path`: a trainer workdir (its latest checkpoint), an export dir, or an orbax tree
   with 'params' (e.g. from `python -m tps_jax.convert`). Leaves whose path matches
   `include` (re.search) and not `exclude` are taken when the source has them with
-  the same shape (source names get `prefix` prepended); all others keep their fresh
-  initialisation. The report of restored / re-initialised leaves is printed.
+  the same shape, or one the task adapts (`Task.adapt_init_leaf`); source names get
+  `prefix` prepended, and with `source_prefix` only the source leaves under it count,
+  without it. All others keep their fresh initialisation. The report of restored /
+  adapted / re-initialised leaves is printed.
   """
   init_from = config.get('init_from')
   if not init_from:
     return state
   if isinstance(init_from, str):
-    path, include, exclude, prefix = init_from, '.*', '', ''
+    path, include, exclude, prefix, source_prefix = init_from, '.*', '', '', ''
   else:
     path = init_from.get('path', '')
     include, exclude = init_from.get('include', '.*'), init_from.get('exclude', '')
-    prefix = init_from.get('prefix', '')
+    prefix, source_prefix = init_from.get('prefix', ''), init_from.get('source_prefix', '')
   if not path:
     return state
-  sources = checkpointing.load_collections(path, prefix or '')
+  sources = checkpointing.load_collections(path, prefix or '', source_prefix or '')
   # Leaves not taken from the source stay the (possibly sharded) fresh arrays.
   merged, report = checkpointing.merge_params(state.params, sources['params'],
-                                              include or '.*', exclude or '')
+                                              include or '.*', exclude or '',
+                                              adapt=task.adapt_init_leaf)
   for line in checkpointing.init_report_lines(path, report):
     say(line)
   if not report['restored']:
@@ -262,6 +274,34 @@ def _init_from(config, state: TrainState, shardings: TrainState) -> TrainState:
   ema = None if state.ema_params is None else jax.device_put(merged, shardings.ema_params)
   return state.replace(params=params, ema_params=ema,
                        model_state=jax.device_put(model_state, shardings.model_state))
+
+
+def plan_train_state(task: tasks_lib.Task, config, mesh, rng):
+  """How the train state is made, without making it.
+
+  Returns (init_state: rng -> TrainState, abstract_state, state_shardings, tx, schedule,
+  ema_decay): the optimiser is built on the parameter shapes (decay mask, lr scales,
+  frozen parameters) and the shardings from the task's partition rules.
+  """
+  variable_shapes = jax.eval_shape(task.init_variables, rng)
+  tx, schedule = make_optimizer(config.optim, variable_shapes['params'],
+                                total_steps=config.total_steps, layer_id=task.layer_id,
+                                num_layers=task.num_layers(), decay_mask=task.decay_mask,
+                                trainable=task.is_trainable)
+  ema_decay = config.optim.get('ema_decay', 0.0)
+
+  def init_state(rng) -> TrainState:
+    init_rng, train_rng = jax.random.split(rng)
+    variables = dict(task.init_variables(init_rng))
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), model_state=variables,
+                      ema_params=params if ema_decay else None, rng=train_rng)
+
+  abstract_state = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.tree_shardings(mesh, abstract_state,
+                                            task.param_partition_rules())
+  return init_state, abstract_state, state_shardings, tx, schedule, ema_decay
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
@@ -285,26 +325,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   except (FileNotFoundError, NotADirectoryError) as e:
     raise TrainingError(str(e)) from e
 
-  # Optimiser, built on the parameter shapes (for the decay mask and lr scales).
   rng = jax.random.PRNGKey(config.seed)
-  variable_shapes = jax.eval_shape(task.init_variables, rng)
-  tx, schedule = make_optimizer(config.optim, variable_shapes['params'],
-                                total_steps=total_steps, layer_id=task.layer_id,
-                                num_layers=task.num_layers(), decay_mask=task.decay_mask,
-                                trainable=task.is_trainable)
-  ema_decay = config.optim.get('ema_decay', 0.0)
-
-  def init_state(rng) -> TrainState:
-    init_rng, train_rng = jax.random.split(rng)
-    variables = dict(task.init_variables(init_rng))
-    params = variables.pop('params')
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), model_state=variables,
-                      ema_params=params if ema_decay else None, rng=train_rng)
-
-  abstract_state = jax.eval_shape(init_state, rng)
-  state_shardings = sharding.tree_shardings(mesh, abstract_state,
-                                            task.param_partition_rules())
+  init_state, abstract_state, state_shardings, tx, schedule, ema_decay = plan_train_state(
+      task, config, mesh, rng)
   manager = checkpointing.make_manager(workdir, keep=config.get('keep_checkpoints', 3))
   latest = manager.latest_step()
   if latest is not None:
@@ -314,7 +337,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     say(f'resumed {workdir} from step {latest}')
   else:
     state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-    state = _init_from(config, state, state_shardings)
+    state = _init_from(config, task, state, state_shardings)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
@@ -364,6 +387,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         eval_metrics = evaluate(task, eval_step, predict_step, state, mesh,
                                 local_batch_size)
         record.update({f'eval_{k}': v for k, v in eval_metrics.items()})
+        say(f'eval at step {step}: {format_eval(eval_metrics)}')
       if record:
         writer.write(step, record)
       # Every process must agree to save (orbax saves are collective).
@@ -394,13 +418,22 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
 
 def run_cli(config, workdir: str, **distributed) -> None:
-  """The command-line entry: set up processes, train, turn known errors into one line."""
+  """The command-line entry: set up processes, train, turn known errors into one line.
+
+  A config with `stages` (configs/demo.py) runs several stages in turn
+  (tps_jax/train/stages.py); any other config is one stage.
+  """
   # Orbax logs every file it writes at INFO; the trainer's own news goes to `say`.
   logging.set_verbosity(logging.WARNING)
   initialize_distributed(**distributed)
   try:
-    summary = train_and_evaluate(config, workdir)
+    if 'stages' in config:
+      from tps_jax.train import stages  # pylint: disable=g-import-not-at-top
+      results = stages.run_stages(config, workdir)
+      preempted = any(r.get('preempted') for r in results.values())
+    else:
+      preempted = train_and_evaluate(config, workdir)['preempted']
   except (TrainingError, checkpointing.CheckpointError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
-  if summary['preempted']:
+  if preempted:
     sys.exit(PREEMPTED_EXIT_CODE)
