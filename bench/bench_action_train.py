@@ -14,9 +14,6 @@ threads as XLA's CPU pool (the CPUs this process may run on). Compilation and wa
 are excluded; each figure is the median of `--repeats` steps.
 """
 import argparse
-import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +21,7 @@ import numpy as np
 import torch
 from torchvision.models.video import swin3d_t
 
+import common
 from configs import action as action_config
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
@@ -33,17 +31,6 @@ from tps_jax.train.optim import make_optimizer
 from tps_jax.train.state import TrainState
 
 LR, WEIGHT_DECAY, CLIP_NORM = 1e-4, 0.05, 1.0
-
-
-def median_seconds(fn, repeats: int, warmup: int) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def jax_step_seconds(reference, clip, labels, args) -> float:
@@ -76,7 +63,7 @@ def jax_step_seconds(reference, clip, labels, args) -> float:
     holder[0], metrics, _ = step(holder[0], batch)
     metrics['loss'].block_until_ready()
 
-  return median_seconds(run, args.repeats, args.warmup)
+  return common.interleaved_medians([run], args.repeats, args.warmup)[0]
 
 
 def torch_step_seconds(reference, clip, labels, args) -> float:
@@ -92,7 +79,7 @@ def torch_step_seconds(reference, clip, labels, args) -> float:
     torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP_NORM)
     optimizer.step()
 
-  return median_seconds(run, args.repeats, args.warmup)
+  return common.interleaved_medians([run], args.repeats, args.warmup)[0]
 
 
 def main():
@@ -105,10 +92,8 @@ def main():
   parser.add_argument('--warmup', type=int, default=1)
   args = parser.parse_args()
 
-  threads = len(os.sched_getaffinity(0))
-  torch.set_num_threads(threads)
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, '
-        f'{threads} threads each; batch {args.batch}')
+  common.match_torch_threads()
+  print(f'batch {args.batch}')
   rows = []
   for text in args.clips.split(','):
     shape = tuple(int(v) for v in text.split('x'))

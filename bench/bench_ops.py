@@ -36,18 +36,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torchvision.ops import MultiScaleRoIAlign  # noqa: E402
+import common  # noqa: E402
 from tps_jax import ops  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
 
 
 def median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return common.interleaved_medians([fn], repeats, warmup=0)[0]
 
 
 def compare(name, torch_fn, jax_fns):

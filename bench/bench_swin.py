@@ -14,7 +14,6 @@ is printed before and after). Same random-initialised weights on both sides.
 """
 import argparse
 import os
-import statistics
 import time
 
 import jax
@@ -25,6 +24,7 @@ import torch
 from torchvision.models import swin_t
 from torchvision.models.video import swin3d_t
 
+import common
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
 
@@ -32,22 +32,6 @@ _TORCH_MODELS = {'swin_t': swin_t, 'swin3d_t': swin3d_t}
 
 
 _CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
-
-
-def _interleaved_medians(fns, args) -> list[float]:
-  """Median seconds of each of `fns`, timed in turns so that they share the machine's
-  load alike (the cores may be shared); warm-up calls (and compilation) excluded."""
-  clock = _CLOCKS[args.clock]
-  for fn in fns:
-    for _ in range(args.warmup):
-      fn()
-  times = [[] for _ in fns]
-  for _ in range(args.repeats):
-    for fn, record in zip(fns, times):
-      start = clock()
-      fn()
-      record.append(clock() - start)
-  return [statistics.median(t) for t in times]
 
 
 def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
@@ -76,7 +60,8 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
     with torch.no_grad():
       reference(x_torch)
 
-  jax_s, torch_s = _interleaved_medians([jax_forward, torch_forward], args)
+  jax_s, torch_s = common.interleaved_medians([jax_forward, torch_forward], args.repeats,
+                                               args.warmup, _CLOCKS[args.clock])
   rows = [(arch, 'forward', unit, items / jax_s, items / torch_s)]
   if args.no_train:
     return rows
@@ -108,7 +93,8 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
     loss.backward()
     optimizer.step()
 
-  jax_s, torch_s = _interleaved_medians([jax_train, torch_train], args)
+  jax_s, torch_s = common.interleaved_medians([jax_train, torch_train], args.repeats,
+                                               args.warmup, _CLOCKS[args.clock])
   rows.append((arch, 'train step', unit, items / jax_s, items / torch_s))
   return rows
 
@@ -135,10 +121,8 @@ def main():
                            '(taskset -c 0 ...) on a machine shared with other work')
   args = parser.parse_args()
 
-  threads = len(os.sched_getaffinity(0))
-  torch.set_num_threads(threads)
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, '
-        f'{threads} threads each, {args.clock} clock; load average {os.getloadavg()[0]:.2f}')
+  common.match_torch_threads()
+  print(f'{args.clock} clock; load average {os.getloadavg()[0]:.2f}')
   shapes = {'swin_t': (args.batch, args.size, args.size, 3),
             'swin3d_t': (args.video_batch, args.frames, args.size, args.size, 3)}
   rows = []

@@ -22,6 +22,7 @@ from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
 import tps_jax.convert.detection  # noqa: F401  (registers the detector converters)
+from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, read_state_dict
 from tps_jax.models import detector_backbone
@@ -330,7 +331,6 @@ def test_checkpoints_of_another_architecture_are_refused(torchvision_state):
 
 # ---------------------------------------------------------- tiny model behaviour
 
-TINY_SHAPE = (2, 96, 128, 3)
 NUM_CLASSES = 3
 
 
@@ -380,32 +380,6 @@ def tiny():
     return model.apply(variables, images, image_shape, train=False)
 
   return model, variables, losses, detect
-
-
-def images(seed=0):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(TINY_SHAPE), jnp.float32)
-
-
-def targets(boxes, labels=None, ignore=None, max_boxes=4):
-  """Padded targets of two images: boxes is a list (one list of xyxy per image)."""
-  out = {"boxes": np.zeros((2, max_boxes, 4), np.float32),
-         "labels": np.zeros((2, max_boxes), np.int32),
-         "valid": np.zeros((2, max_boxes), bool), "ignore": np.zeros((2, max_boxes), bool)}
-  for b, image_boxes in enumerate(boxes):
-    for i, box in enumerate(image_boxes):
-      out["boxes"][b, i] = box
-      out["valid"][b, i] = True
-      out["labels"][b, i] = 0 if labels is None else labels[b][i]
-      out["ignore"][b, i] = False if ignore is None else ignore[b][i]
-  return out
-
-
-FULL = np.array([[96.0, 128.0]] * 2, np.float32)
-OBJECTS = [[(10, 12, 60, 70), (70, 20, 120, 90)], [(30, 30, 90, 80)]]
-
-
-def total(losses):
-  return sum(v for k, v in losses.items() if k.startswith("loss_"))
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ from torchvision.models.detection.image_list import ImageList
 import tps_jax.convert.one_stage  # noqa: F401  (registers the one-stage converters)
 from configs import part_detector_gfl, part_detector_retinanet
 from tests.conftest import REPO_ROOT, run_module
+from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
 from tps_jax.models import detector_backbone, gfl, retinanet
@@ -466,7 +467,6 @@ def test_gfl_head_output_layout_and_level_scales():
 
 # ---------------------------------------------------------- tiny model behaviour
 
-TINY_SHAPE = (2, 96, 128, 3)
 NUM_CLASSES = 3
 TINY = dict(backbone_overrides={"depths": (1, 1, 1, 1)}, neck={"out_channels": 32})
 
@@ -494,32 +494,6 @@ def tiny(request):
 
   detect = functools.partial(model.apply, train=False)
   return (model, variables, jax.jit(losses), jax.jit(jax.grad(total_loss)), jax.jit(detect))
-
-
-def images(seed=0):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(TINY_SHAPE), jnp.float32)
-
-
-def targets(boxes, labels=None, ignore=None, max_boxes=4):
-  """Padded targets of two images: boxes is a list (one list of xyxy per image)."""
-  out = {"boxes": np.zeros((2, max_boxes, 4), np.float32),
-         "labels": np.zeros((2, max_boxes), np.int32),
-         "valid": np.zeros((2, max_boxes), bool), "ignore": np.zeros((2, max_boxes), bool)}
-  for b, image_boxes in enumerate(boxes):
-    for i, box in enumerate(image_boxes):
-      out["boxes"][b, i] = box
-      out["valid"][b, i] = True
-      out["labels"][b, i] = 0 if labels is None else labels[b][i]
-      out["ignore"][b, i] = False if ignore is None else ignore[b][i]
-  return out
-
-
-FULL = np.array([[96.0, 128.0]] * 2, np.float32)
-OBJECTS = [[(10, 12, 60, 70), (70, 20, 120, 90)], [(30, 30, 90, 80)]]
-
-
-def total(losses):
-  return sum(v for k, v in losses.items() if k.startswith("loss_"))
 
 
 @pytest.mark.slow

@@ -39,11 +39,10 @@ import numpy as np
 
 from tps_jax import ops
 from tps_jax.models import detector_backbone
-from tps_jax.models.cascade_rcnn import clean_targets
-from tps_jax.models.retinanet import (FPN_INPUTS, ConvTower, as_tuples, big_enough,
-                                      flatten_levels, head_init, image_shapes, level_strides,
-                                      make_anchors, nms_detections, plain_dict, prior_bias,
-                                      pyramid_levels, top_candidates)
+from tps_jax.models.retinanet import (FPN_INPUTS, ConvTower, OneStageDetector, as_tuples,
+                                      big_enough, flatten_levels, head_init, image_shapes,
+                                      level_strides, make_anchors, nms_detections,
+                                      plain_dict, prior_bias, top_candidates)
 
 Dtype = Any
 
@@ -117,29 +116,15 @@ class GFLHead(nn.Module):
             distributions.reshape(distributions.shape[:2] + (4, bins)))
 
 
-class GFL(nn.Module):
-  """One-stage detector with QFL / DFL / GIoU losses (see the module docstring)."""
-  backbone: nn.Module
-  neck: nn.Module
-  num_classes: int
+class GFL(OneStageDetector):
+  """One-stage detector with QFL / DFL / GIoU losses (see the module docstring); head
+  outputs: logits (B, A, classes), distribution logits (B, A, 4, n + 1)."""
   settings: GFLSettings = GFLSettings()
-  dtype: Dtype = jnp.float32
 
   def setup(self):
     s = self.settings
     self.head = GFLHead(self.num_classes, s.num_convs, s.feat_channels, s.num_groups,
                         s.prior_prob, s.reg_max, dtype=self.dtype)
-
-  def pyramid(self, images, *, train: bool) -> list[jax.Array]:
-    """FPN levels, finest first."""
-    return pyramid_levels(self.backbone, self.neck, images, train=train,
-                          num_levels=self.settings.anchors.num_levels)
-
-  def head_outputs(self, images, *, train: bool = False):
-    """(level (H, W) shapes, logits (B, A, classes), distribution logits (B, A, 4, n + 1))."""
-    levels = self.pyramid(images, train=train)
-    logits, distributions = self.head(levels)
-    return [tuple(x.shape[1:3]) for x in levels], logits, distributions
 
   def anchor_geometry(self, feature_shapes, padded_shape):
     """(anchors (A, 4), centres (A, 2), strides (A,)) as float32 numpy constants."""
@@ -167,9 +152,8 @@ class GFL(nn.Module):
     """{'loss_cls', 'loss_box', 'loss_dfl'} (weighted, to be summed) and statistics."""
     s = self.settings
     padded_shape, image_shape = image_shapes(images, image_shape)
-    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = clean_targets(
-        targets["boxes"], targets["labels"], targets["valid"], targets.get("ignore"),
-        image_shape, self.num_classes)
+    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = self.targets_in_image(
+        targets, image_shape)
     shapes, logits, distributions = self.head_outputs(images, train=True)
     anchors, centers, strides = self.anchor_geometry(shapes, padded_shape)
     out = gfl_loss(logits, distributions, anchors, centers, strides,
@@ -178,15 +162,6 @@ class GFL(nn.Module):
                    gt_labels, gt_valid, gt_ignore, s)
     out["gt_dropped"] = jnp.sum(dropped).astype(jnp.float32)
     return out
-
-  def __call__(self, images, image_shape=None, targets: Mapping[str, jax.Array] | None = None,
-               *, train: bool):
-    """Losses (`train=True`, needs `targets`) or padded detections (`train=False`)."""
-    if train:
-      if targets is None:
-        raise ValueError("GFL(train=True) needs targets (boxes, labels, valid)")
-      return self.losses(images, image_shape, targets)
-    return self.detect(images, image_shape)
 
 
 def gfl_loss(logits, distributions, anchors, centers, strides,

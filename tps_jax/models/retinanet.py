@@ -276,22 +276,20 @@ class RetinaHead(nn.Module):
             flatten_levels(deltas, 4).astype(jnp.float32))
 
 
-class RetinaNet(nn.Module):
-  """One-stage detector with anchors and focal loss (see the module docstring).
+class OneStageDetector(nn.Module):
+  """What the dense detectors (RetinaNet, GFL) share: backbone -> FPN levels -> the
+  subclass's `head` (made in its `setup`) on every level; `losses` in training,
+  `detect` otherwise.
 
   `backbone` returns {'stage_i': map} with `return_features=True` (ResNet, Swin);
   `neck` (FPN on stage_2..stage_4 with two extra levels) gives {'p3'..'p7'}.
+  `settings` has `anchors` (an `ops.AnchorGenerator`) and the subclass's fields.
   """
   backbone: nn.Module
   neck: nn.Module
   num_classes: int
-  settings: RetinaNetSettings = RetinaNetSettings()
+  settings: Any = None
   dtype: Dtype = jnp.float32
-
-  def setup(self):
-    s = self.settings
-    self.head = RetinaHead(self.num_classes, s.anchors.num_anchors_per_location[0],
-                           s.num_convs, s.feat_channels, s.prior_prob, dtype=self.dtype)
 
   def pyramid(self, images, *, train: bool) -> list[jax.Array]:
     """FPN levels, finest first."""
@@ -299,10 +297,35 @@ class RetinaNet(nn.Module):
                           num_levels=self.settings.anchors.num_levels)
 
   def head_outputs(self, images, *, train: bool = False):
-    """(level (H, W) shapes, logits (B, A, classes), deltas (B, A, 4)) before decoding."""
+    """(level (H, W) shapes, *the head's (B, A, ...) outputs) before decoding."""
     levels = self.pyramid(images, train=train)
-    logits, deltas = self.head(levels)
-    return [tuple(x.shape[1:3]) for x in levels], logits, deltas
+    return [tuple(x.shape[1:3]) for x in levels], *self.head(levels)
+
+  def targets_in_image(self, targets: Mapping[str, jax.Array], image_shape):
+    """`clean_targets` of a batch's targets: (boxes, labels, valid, ignore, dropped)."""
+    return clean_targets(targets["boxes"], targets["labels"], targets["valid"],
+                         targets.get("ignore"), image_shape, self.num_classes)
+
+  def __call__(self, images, image_shape=None, targets: Mapping[str, jax.Array] | None = None,
+               *, train: bool):
+    """Losses (`train=True`, needs `targets`) or padded detections (`train=False`)."""
+    if train:
+      if targets is None:
+        raise ValueError(f"{type(self).__name__}(train=True) needs targets (boxes, labels, "
+                         "valid)")
+      return self.losses(images, image_shape, targets)
+    return self.detect(images, image_shape)
+
+
+class RetinaNet(OneStageDetector):
+  """One-stage detector with anchors and focal loss (see the module docstring); head
+  outputs: logits (B, A, classes), deltas (B, A, 4)."""
+  settings: RetinaNetSettings = RetinaNetSettings()
+
+  def setup(self):
+    s = self.settings
+    self.head = RetinaHead(self.num_classes, s.anchors.num_anchors_per_location[0],
+                           s.num_convs, s.feat_channels, s.prior_prob, dtype=self.dtype)
 
   def anchor_boxes(self, feature_shapes, padded_shape) -> np.ndarray:
     """(A, 4) float32 anchors of every level, in the head's output order."""
@@ -328,24 +351,14 @@ class RetinaNet(nn.Module):
     """{'loss_cls', 'loss_box'} (weighted, to be summed) and statistics of one batch."""
     s = self.settings
     padded_shape, image_shape = image_shapes(images, image_shape)
-    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = clean_targets(
-        targets["boxes"], targets["labels"], targets["valid"], targets.get("ignore"),
-        image_shape, self.num_classes)
+    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = self.targets_in_image(
+        targets, image_shape)
     shapes, logits, deltas = self.head_outputs(images, train=True)
     out = retinanet_loss(logits, deltas, self.anchor_boxes(shapes, padded_shape),
                          s.anchors.valid_mask(shapes, image_shape, padded_shape), gt_boxes,
                          gt_labels, gt_valid, gt_ignore, s)
     out["gt_dropped"] = jnp.sum(dropped).astype(jnp.float32)
     return out
-
-  def __call__(self, images, image_shape=None, targets: Mapping[str, jax.Array] | None = None,
-               *, train: bool):
-    """Losses (`train=True`, needs `targets`) or padded detections (`train=False`)."""
-    if train:
-      if targets is None:
-        raise ValueError("RetinaNet(train=True) needs targets (boxes, labels, valid)")
-      return self.losses(images, image_shape, targets)
-    return self.detect(images, image_shape)
 
 
 def retinanet_loss(logits, deltas, anchors, anchor_valid, gt_boxes, gt_labels, gt_valid,
