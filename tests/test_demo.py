@@ -62,6 +62,9 @@ def test_stage_entries_and_overrides_are_checked():
     stages._set_dotted(config, "optim.no_such_field", 1)   # pylint: disable=protected-access
   with pytest.raises(stages.StageError, match="no module"):
     stages.load_stage_config("configs/no_such_stage.py")
+  with pytest.raises(stages.StageError, match="stage_init.action: 'part_state' is not an "
+                     "earlier stage"):
+    stages._init_from_stage(config, {"from": "part_state"}, "/w", "action", {})  # pylint: disable=protected-access
 
 
 def test_an_existing_root_that_is_not_a_dataset_is_refused(tmp_path):
