@@ -45,12 +45,8 @@ from __future__ import annotations
 import ml_collections
 
 from configs import part_detector
-from tps_jax.models import gfl
-from tps_jax.tasks import detection
 
 # The detection task builds `config.model.family` from its registry.
-detection.register_detector("gfl")(gfl.from_config)
-
 # Measured (2-core CPU shared with other jobs; --videos 24: 195 train / 24 val crops):
 # step 300 eval AP 0.031, AP50 0.145; ~9 train examples/s; ~5 min.
 TINY_RESULT = "eval AP50 ~0.15 (AP ~0.03) after 300 steps"

@@ -29,6 +29,13 @@ MEAN_COLOR = tuple(int(round(v)) for v in IMAGENET_MEAN)
 Region = tuple[float, float, float, float]
 
 
+
+
+def normalization() -> dict[str, list[float]]:
+  """`normalize`'s constants, as an export's metadata records them (on 0..255)."""
+  return {"mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist()}
+
+
 _INV_STD = (1 / IMAGENET_STD).astype(np.float32)
 _OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 

@@ -221,8 +221,10 @@ class ActionTask(tasks.Task):
   """
 
   def __init__(self, config, *, compute_dtype=jnp.float32,
-               class_names: tuple[str, ...] | None = None):
-    super().__init__(config, compute_dtype=compute_dtype)
+               class_names: tuple[str, ...] | None = None, metadata=None):
+    super().__init__(config, compute_dtype=compute_dtype, metadata=metadata)
+    if not class_names and self.metadata:
+      class_names = self.metadata['vocab']['actions']
     self._class_names = tuple(class_names) if class_names else None
 
   @functools.cached_property
@@ -239,6 +241,19 @@ class ActionTask(tasks.Task):
 
   def build_model(self) -> nn.Module:
     return build_model(self.config.model, self.num_classes, self.compute_dtype)
+
+  def export_metadata(self):
+    """The classes in label order and the clip geometry of the eval pipeline."""
+    from tps_jax.data import augment, pipelines
+    settings = pipelines.data_settings('action', self.config)
+    built = pipelines.dataset_metadata('action', self.config).get('settings', {})
+    return {'kind': 'action', 'vocab': {'actions': list(self.class_names)},
+            'preprocessing': {'num_frames': settings.num_frames,
+                              'frame_stride': settings.frame_stride,
+                              'image_size': list(settings.image_size),
+                              'resize': settings.resize,
+                              'clip_short_side': built.get('clip_short_side', 256),
+                              'normalization': augment.normalization()}}
 
   def clip_shape(self) -> tuple[int, int, int]:
     """(T, H, W) of one input clip (`data.image_size`: a side or a (H, W) pair)."""

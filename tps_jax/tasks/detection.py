@@ -1,11 +1,11 @@
 """The detection task: one parametrised `Task` for every detector (human and part detectors).
 
 `config.task = 'detection'`. The detector family comes from `config.model.family`
-and is looked up in a small registry (`register_detector`): 'cascade_rcnn' is built
-here; RetinaNet / GFL plug in with
+and is looked up in a small registry (`register_detector`): 'cascade_rcnn',
+'retinanet' and 'gfl' are registered here; another family plugs in with
 
-    @detection.register_detector('retinanet')
-    def build_retinanet(model_config, num_classes, dtype) -> nn.Module: ...
+    @detection.register_detector('my_detector')
+    def build_my_detector(model_config, num_classes, dtype) -> nn.Module: ...
 
 A detector module takes `(images, image_shape=None, targets=None, *, train)`: with
 `train=True` (rngs 'sampling' and 'dropout') it returns a dict whose 'loss_*' entries
@@ -49,6 +49,7 @@ DetectorBuilder = Callable[[Any, int, Any], nn.Module]
 _DETECTORS: dict[str, DetectorBuilder] = {}
 
 CLASS_NAMES = {"humans": ("person",), "parts": tuple(kinetics_tps.PARTS)}
+DETECTOR_KINDS = {"humans": "human_detector", "parts": "part_detector"}
 
 
 def register_detector(name: str):
@@ -106,6 +107,18 @@ def _build_cascade_rcnn(model_config, num_classes: int, dtype) -> nn.Module:
       model_config.backbone, num_classes, convention=model_config.get("convention", "mmdet"),
       backbone_overrides=get("backbone_overrides"), neck=get("neck"), rpn=get("rpn"),
       roi=get("roi"), dtype=dtype)
+
+
+@register_detector("retinanet")
+def _build_retinanet(model_config, num_classes: int, dtype) -> nn.Module:
+  from tps_jax.models import retinanet   # the one-stage detectors, only when used
+  return retinanet.from_config(model_config, num_classes, dtype)
+
+
+@register_detector("gfl")
+def _build_gfl(model_config, num_classes: int, dtype) -> nn.Module:
+  from tps_jax.models import gfl
+  return gfl.from_config(model_config, num_classes, dtype)
 
 
 def build_detector(model_config, num_classes: int, dtype=jnp.float32) -> nn.Module:
@@ -180,7 +193,21 @@ class DetectionTask(tasks.Task):
 
   @property
   def class_names(self) -> tuple[str, ...]:
+    if self.metadata:
+      return tuple(self.metadata["vocab"]["classes"])
     return class_names(self.config)
+
+  def export_metadata(self):
+    """Classes in label order, the input canvas and, for parts, the human-crop rule."""
+    from tps_jax.data import augment, pipelines
+    stage = self.config.data.stage
+    preprocessing = {"image_size": list(self.config.data.image_size),
+                     "normalization": augment.normalization()}
+    if stage == "parts":
+      built = pipelines.dataset_metadata(stage, self.config)["settings"]
+      preprocessing["context"] = built["context"]
+    return {"kind": DETECTOR_KINDS[stage], "vocab": {"classes": list(self.class_names)},
+            "preprocessing": preprocessing}
 
   def build_model(self) -> nn.Module:
     return build_detector(self.config.model, len(self.class_names), self.compute_dtype)

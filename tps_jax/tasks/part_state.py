@@ -26,8 +26,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from tps_jax.data import augment
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data.pipelines import make_pipeline
+from tps_jax.data.pipelines import data_settings, dataset_metadata, make_pipeline
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
 from tps_jax.train import tasks
@@ -79,6 +80,10 @@ class PartStateTask(tasks.Task):
 
   @functools.cached_property
   def vocab(self) -> Vocab:
+    if self.metadata:
+      vocab = self.metadata['vocab']
+      return Vocab(parts=tuple(vocab['parts']), states=tuple(vocab['states']),
+                   actions=tuple(vocab['actions']))
     root = self.config.data.root
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f'{root or "(empty)"}: no such dataset (config.data.root)')
@@ -123,6 +128,17 @@ class PartStateTask(tasks.Task):
                                   batch[tasks.EXAMPLE_MASK])
 
   # --- inference -----------------------------------------------------------
+
+  def export_metadata(self):
+    """Vocabularies in label order; the crop rule and sizes of the eval pipeline."""
+    settings = data_settings('part_state', self.config)
+    built = dataset_metadata('part_state', self.config)['settings']
+    return {'kind': 'part_state',
+            'vocab': {'parts': list(self.vocab.parts), 'states': list(self.vocab.states),
+                      'actions': list(self.vocab.actions)},
+            'preprocessing': {'image_size': list(settings.image_size),
+                              'resize': settings.resize, 'context': built['context'],
+                              'normalization': augment.normalization()}}
 
   def predict_states(self, variables, images, part_boxes, part_valid, action):
     """States of every part box (jittable; the end-to-end pipeline calls this).

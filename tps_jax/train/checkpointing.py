@@ -3,6 +3,7 @@
 Layout of a workdir:
   checkpoints/<step>/state   the TrainState            checkpoints/<step>/data  iterator
   export/variables           final {'params': ..., <model_state>}   export/config.json
+  export/metadata.json       vocabularies and preprocessing (Task.export_metadata)
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from tps_jax.train.optim import path_names
 PyTree = Any
 # (leaf name, source value, target shape) -> value of that shape, or None.
 Adapter = Callable[[str, np.ndarray, tuple], 'np.ndarray | None']
+
+
+METADATA_FILE = 'metadata.json'   # export/: Task.export_metadata
 
 
 class CheckpointError(ValueError):
@@ -212,8 +216,9 @@ def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
   return lines
 
 
-def export(workdir: str, variables: PyTree, config) -> str:
-  """Writes `variables` and the config JSON to workdir/export, atomically.
+def export(workdir: str, variables: PyTree, config, metadata: dict | None = None) -> str:
+  """Writes `variables`, the config JSON and the task's metadata JSON (vocabularies,
+  preprocessing: `Task.export_metadata`) to workdir/export, atomically.
 
   Everything goes to a temporary sibling first, which replaces export/ in one rename.
   """
@@ -230,6 +235,9 @@ def export(workdir: str, variables: PyTree, config) -> str:
   if jax.process_index() == 0:
     with open(os.path.join(tmp, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    if metadata:
+      with open(os.path.join(tmp, METADATA_FILE), 'w') as f:
+        json.dump(metadata, f, indent=2)
     old = final + '.old'
     if os.path.exists(final):
       os.replace(final, old)

@@ -104,9 +104,13 @@ NO_DECAY_PATTERN = re.compile(
 class Task(abc.ABC):
   """One training stage: model, loss, metrics and input pipelines (see module doc)."""
 
-  def __init__(self, config, *, compute_dtype=jnp.float32):
+  def __init__(self, config, *, compute_dtype=jnp.float32,
+               metadata: Mapping[str, Any] | None = None):
     self.config = config
     self.compute_dtype = compute_dtype
+    # An export's `metadata.json` (`export_metadata`): when given, vocabularies and
+    # preprocessing come from it, not from the dataset (inference without data).
+    self.metadata = dict(metadata) if metadata else None
 
   # --- model ---------------------------------------------------------------
 
@@ -209,6 +213,14 @@ class Task(abc.ABC):
     """A fresh host-side evaluator for one eval pass; None (default): none."""
     return None
 
+  def export_metadata(self) -> dict[str, Any]:
+    """What the export needs beside variables and config to be used alone (written to
+    `export/metadata.json`, read back by `tps_jax.inference.load_export`): `kind`,
+    `vocab` (vocabularies in label order) and `preprocessing` (input sizes,
+    normalisation, crop rules) -- whatever the task read from its dataset. A task built
+    with `metadata=` must rebuild the same model from it. {} by default."""
+    return {}
+
   def evaluate(self, variables: dict[str, PyTree], workdir: str) -> dict[str, float]:
     """Extra evaluation at the end of training (TTA, full scoring); {} by default.
 
@@ -286,15 +298,27 @@ def register_task(name: str):
   return wrap
 
 
-def get_task(name: str, config, *, compute_dtype=jnp.float32) -> Task:
-  """Instantiates the task `name` ('name' or 'package.module:name') for `config`."""
+# The library's own tasks, imported on first lookup (configs need not import them).
+LIBRARY_TASKS = {'detection': 'tps_jax.tasks.detection',
+                 'part_state': 'tps_jax.tasks.part_state',
+                 'action': 'tps_jax.tasks.action'}
+
+
+def get_task(name: str, config, *, compute_dtype=jnp.float32,
+             metadata: Mapping[str, Any] | None = None) -> Task:
+  """Instantiates the task `name` ('name' or 'package.module:name') for `config`.
+
+  `metadata`: an export's metadata (`Task.export_metadata`), for a model without data.
+  """
   if ':' in name:
     module, name = name.split(':', 1)
     importlib.import_module(module)
+  elif name not in _REGISTRY and name in LIBRARY_TASKS:
+    importlib.import_module(LIBRARY_TASKS[name])
   if name not in _REGISTRY:
     raise ValueError(f'config.task: unknown task {name!r} '
                    f'(registered: {", ".join(sorted(_REGISTRY)) or "none"})')
-  return _REGISTRY[name](config, compute_dtype=compute_dtype)
+  return _REGISTRY[name](config, compute_dtype=compute_dtype, metadata=metadata)
 
 
 def registered_tasks() -> list[str]:

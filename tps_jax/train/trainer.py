@@ -407,7 +407,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
   if not preempted:
     variables = {'params': state.eval_params(), **state.model_state}
-    summary['export'] = checkpointing.export(workdir, variables, config)
+    summary['export'] = checkpointing.export(workdir, variables, config,
+                                             task.export_metadata())
     extra = task.evaluate(variables, workdir)
     if extra:
       writer.write(step, {f'final_{k}': v for k, v in extra.items()})

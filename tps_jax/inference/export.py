@@ -1,0 +1,117 @@
+"""A trained network from its `export/` folder alone: `load_export(dir) -> Export`.
+
+The trainer writes every stage's `WORKDIR/export/` (tps_jax/train/checkpointing.py):
+`variables/` (orbax: 'params' -- the EMA copy when trained with one -- and any model
+state), `config.json` (the whole training config, the model's fields included) and
+`metadata.json` (`Task.export_metadata`: the stage `kind`, the vocabularies in label
+order and the preprocessing the network was trained with). `load_export` rebuilds the
+model from these three: no config file, no dataset, no import of `configs/`. The
+task's module is imported by name (`tasks.get_task`), and detector families register
+inside the library, so any export of any family loads.
+
+Kinds and what their metadata holds:
+- `human_detector` / `part_detector`: vocab {classes}; preprocessing {image_size (H, W)
+  of the padded canvas, normalization, and for parts `context`: the human-crop margin};
+- `part_state`: vocab {parts, states, actions}; preprocessing {image_size (S, S),
+  resize R, context, normalization};
+- `action`: vocab {actions}; preprocessing {num_frames, frame_stride, image_size,
+  resize, clip_short_side, normalization}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from tps_jax.train import checkpointing
+from tps_jax.train import tasks as tasks_lib
+
+PyTree = Any
+KINDS = ('human_detector', 'part_detector', 'part_state', 'action')
+
+
+class ExportError(ValueError):
+  """An export that cannot be used (one line naming the file)."""
+
+
+@dataclasses.dataclass
+class Export:
+  """One trained network: its model, numpy variables, training config and metadata."""
+  path: str
+  config: ml_collections.ConfigDict
+  metadata: dict[str, Any]
+  variables: PyTree
+  task: tasks_lib.Task
+
+  @property
+  def kind(self) -> str:
+    return self.metadata['kind']
+
+  @property
+  def model(self):
+    return self.task.model
+
+  @property
+  def vocab(self) -> dict[str, list[str]]:
+    return self.metadata['vocab']
+
+  @property
+  def preprocessing(self) -> dict[str, Any]:
+    return self.metadata['preprocessing']
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except FileNotFoundError:
+    raise ExportError(f'{path}: no such file (not a training export?)') from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ExportError(f'{path}: unreadable ({e})') from None
+  if not isinstance(value, dict):
+    raise ExportError(f'{path}: expected a JSON object')
+  return value
+
+
+def read_metadata(path: str) -> dict[str, Any]:
+  """An export's metadata.json (its kind, vocabularies and preprocessing)."""
+  file = os.path.join(os.path.abspath(path), checkpointing.METADATA_FILE)
+  metadata = _read_json(file)
+  for key in ('kind', 'vocab', 'preprocessing'):
+    if key not in metadata:
+      raise ExportError(f'{file}: no {key!r} entry')
+  if metadata['kind'] not in KINDS:
+    raise ExportError(f'{file}: kind {metadata["kind"]!r} is not one of {", ".join(KINDS)}')
+  return metadata
+
+
+def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Export:
+  """The network exported to `path` (see the module docstring), computing in `dtype`.
+
+  `kind`: refuse an export of another kind (one line naming both).
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ExportError(f'{path}: no such export directory')
+  config = ml_collections.ConfigDict(_read_json(os.path.join(path, 'config.json')))
+  metadata = read_metadata(path)
+  if kind is not None and metadata['kind'] != kind:
+    raise ExportError(f'{path}: a {metadata["kind"]} export, expected a {kind}')
+  variables_dir = os.path.join(path, 'variables')
+  if not os.path.isdir(variables_dir):
+    raise ExportError(f'{variables_dir}: no such directory (an unfinished export?)')
+  try:
+    variables = checkpointing.restore_numpy(variables_dir)
+  except Exception as e:  # orbax / tensorstore raise many types for damaged files
+    raise ExportError(f'{variables_dir}: unreadable ({type(e).__name__}: '
+                      f'{str(e).splitlines()[0] if str(e) else ""})') from None
+  try:
+    task = tasks_lib.get_task(config.task, config, compute_dtype=dtype, metadata=metadata)
+  except (ValueError, KeyError, AttributeError) as e:
+    raise ExportError(f'{os.path.join(path, "config.json")}: cannot build the model '
+                      f'({e})') from None
+  return Export(path=path, config=config, metadata=metadata, variables=variables, task=task)

@@ -1,0 +1,402 @@
+"""End-to-end parsing: the four trained networks composed, one jitted program per frame batch.
+
+```
+frames (B, H, W, 3) uint8 on the human detector's canvas, frame sizes (B, 2)
+  └─ human detector ──► top `max_humans` humans per frame (padded + valid)
+       └─ context crops resized on device (tps_jax/inference/geometry.py) ──►
+            part detector on all B x M crops at once ──► per part the top-k proposals
+            part-state network on the same crops, the k-th proposals of the ten parts
+            as one set, with the video's action ──► one state per proposal
+  ──► humans (B, M, 4) + scores + valid; parts (B, M, 10, k, 4) + scores + states +
+      valid, all in frame pixels (inclusive)
+```
+`Pipeline.parse_frames(variables, frames, image_shape, action)` is that program: static
+shapes, no host round-trip inside. The action recogniser runs per video before it
+(`Pipeline.video_action`: its clips x crops views and the ensemble of
+tps_jax/inference/action.py), so the part-state network gets the *predicted* action.
+
+Oracles (for ablations and for testing the plumbing): any subset of ORACLES replaces
+that stage's output by the ground truth, given as padded arrays (`frame_truth`):
+- 'humans': the ground-truth human boxes instead of the detector's;
+- 'parts': each human's ground-truth parts (one proposal per part) instead of the
+  part detector's, taken from the ground-truth human it overlaps most (IoU > 0.5;
+  with 'humans' that is itself);
+- 'states': every proposal of a part gets that part's ground-truth state (same
+  matching), where the ground truth has the part;
+- 'action': the video's ground-truth action instead of the recogniser's (the caller's
+  `action` argument; `parse_frames` itself is unchanged).
+With all four the written submission scores the maximum, 0.9999.
+
+Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
+(variables replicated); the outputs are identical to a single device's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from tps_jax.data import augment
+from tps_jax.data import kinetics_tps as tps
+from tps_jax.inference import geometry
+from tps_jax.inference.export import Export, ExportError
+from tps_jax.ops.boxes import box_iou, to_edges
+
+PyTree = Any
+ORACLES = ('humans', 'parts', 'states', 'action')
+NUM_PARTS = len(tps.PARTS)
+MAX_HUMANS = 10                 # the challenge's limits (shared/kinetics_tps.md)
+MAX_PROPOSALS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How the networks' outputs become a submission (stored in a bundle's
+  pipeline.json; `python -m tps_jax.export_pipeline` sets them)."""
+  max_humans: int = 10                 # humans per frame, <= 10
+  proposals_per_part: int = 1          # k, <= 5; each extra proposal divides the credit
+  human_score_threshold: float = 0.5   # detector score a human needs
+  part_score_threshold: float = 0.3    # ... and a part proposal
+  human_match_iou: float = 0.5         # oracles: a human takes the ground truth's parts
+  frame_batch: int = 8                 # frames per compiled call
+  action_clips: int = 4                # action recogniser views: clips x crops
+  action_crops: int = 3
+  action_average: str = 'logits'       # 'logits' | 'probs' (tps_jax/inference/action.py)
+  action_views_per_forward: int = 0    # views per forward pass (0: all at once)
+
+  def __post_init__(self):
+    checks = [(1 <= self.max_humans <= MAX_HUMANS, f'max_humans must be in 1..{MAX_HUMANS}'),
+              (1 <= self.proposals_per_part <= MAX_PROPOSALS,
+               f'proposals_per_part must be in 1..{MAX_PROPOSALS}'),
+              (0.0 <= self.human_score_threshold <= 1.0, 'human_score_threshold in [0, 1]'),
+              (0.0 <= self.part_score_threshold <= 1.0, 'part_score_threshold in [0, 1]'),
+              (self.frame_batch >= 1, 'frame_batch must be positive'),
+              (self.action_clips >= 1 and self.action_crops >= 1,
+               'action_clips and action_crops must be positive'),
+              (self.action_average in ('logits', 'probs'),
+               "action_average must be 'logits' or 'probs'")]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f'pipeline settings: {message}')
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> 'Settings':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f'pipeline settings: unknown field(s) {", ".join(unknown)} '
+                       f'(known: {", ".join(sorted(known))})')
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:
+  """'humans,parts' (or a list) -> a frozenset of ORACLES; unknown names raise."""
+  names = [n.strip() for n in (text.split(',') if isinstance(text, str) else text)]
+  names = [n for n in names if n]
+  unknown = sorted(set(names) - set(ORACLES))
+  if unknown:
+    raise ValueError(f'--oracle: unknown stage(s) {", ".join(unknown)} '
+                     f'(choose from {", ".join(ORACLES)})')
+  return frozenset(names)
+
+
+# ---------------------------------------------------------------------- the program
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Networks:
+  """The static half of `parse_frames`: models and their preprocessing."""
+  humans: Any
+  parts: Any
+  states: Any
+  canvas: tuple[int, int]
+  part_size: tuple[int, int]
+  part_context: float
+  state_size: tuple[int, int]
+  state_resize: int
+  state_context: float
+  human_norm: tuple[np.ndarray, np.ndarray]
+  part_norm: tuple[np.ndarray, np.ndarray]
+  state_norm: tuple[np.ndarray, np.ndarray]
+
+
+def _normalize(frames, norm):
+  mean, std = norm
+  return (frames.astype(jnp.float32) - mean) / std
+
+
+def _top_humans(det, settings: Settings):
+  """The detector's best `max_humans` people: edge boxes (B, M, 4), scores, valid."""
+  score = jnp.where(det['valid'] & (det['labels'] == 0) &
+                    (det['scores'] >= settings.human_score_threshold), det['scores'], -1.0)
+  top, index = jax.lax.top_k(score, settings.max_humans)
+  boxes = jnp.take_along_axis(det['boxes'], index[..., None], axis=1)
+  valid = top >= 0.0
+  return jnp.where(valid[..., None], boxes, 0.0), jnp.maximum(top, 0.0), valid
+
+
+def _top_proposals(det, settings: Settings):
+  """Per part the best k proposals: edge boxes (N, 10, k, 4), scores, valid."""
+  parts = jnp.arange(NUM_PARTS)[None, :, None]
+  ok = (det['valid'][:, None] & (det['labels'][:, None] == parts) &
+        (det['scores'][:, None] >= settings.part_score_threshold))
+  score = jnp.where(ok, det['scores'][:, None], -1.0)                 # (N, 10, D)
+  k = min(settings.proposals_per_part, score.shape[-1])
+  top, index = jax.lax.top_k(score, k)
+  boxes = jnp.take_along_axis(det['boxes'][:, None], index[..., None], axis=2)
+  valid = top >= 0.0
+  return jnp.where(valid[..., None], boxes, 0.0), jnp.maximum(top, 0.0), valid
+
+
+def _match_truth(human_edges, human_valid, truth, settings: Settings):
+  """(B, M) index of the ground-truth human each human overlaps most (IoU above
+  `human_match_iou`), and whether there is one."""
+  iou = box_iou(human_edges, to_edges(truth['human_boxes']))          # (B, M, G)
+  iou = jnp.where(truth['human_valid'][:, None, :], iou, -1.0)
+  best = iou.argmax(-1)
+  matched = human_valid & (iou.max(-1) > settings.human_match_iou)
+  return best, matched
+
+
+def _gather_humans(values, index):
+  """values (B, G, ...) at index (B, M) -> (B, M, ...)."""
+  return jax.vmap(lambda v, i: v[i])(values, index)
+
+
+def parse_frames(nets: _Networks, settings: Settings, variables: Mapping[str, PyTree],
+                 frames, image_shape, action, truth: Mapping[str, jax.Array] | None = None,
+                 *, oracle: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
+  """One frame batch through the three per-frame networks (module docstring).
+
+  Args:
+    variables: {'humans', 'parts', 'states'}: each network's variables.
+    frames: (B, H, W, 3) uint8 frames on the canvas (`prepare_frame`).
+    image_shape: (B, 2) the frames' (height, width) before the canvas.
+    action: (B,) int32 action of each frame's video (the part-state vocabulary).
+    truth: `frame_truth` arrays, needed by the 'humans' / 'parts' / 'states' oracles.
+  Returns:
+    human_boxes (B, M, 4), human_scores (B, M), human_valid (B, M); part_boxes
+    (B, M, 10, k, 4), part_scores, part_states (int32, -1 where invalid), part_valid
+    (B, M, 10, k); boxes inclusive, in frame pixels.
+  """
+  batch = frames.shape[0]
+  frame_hw = jnp.asarray(image_shape, jnp.float32)
+  content = geometry.fit_content(frame_hw, nets.canvas)
+  canvas_scale = content / frame_hw                                     # frame -> canvas
+
+  # Humans (the oracle's skip the detector).
+  if 'humans' in oracle:
+    human_edges = to_edges(truth['human_boxes'])
+    human_valid = truth['human_valid']
+    human_scores = human_valid.astype(jnp.float32)
+  else:
+    det = nets.humans.apply(variables['humans'], _normalize(frames, nets.human_norm),
+                            content, train=False)
+    human_edges, human_scores, human_valid = _top_humans(det, settings)
+    human_edges = geometry.scale_boxes(human_edges, 1.0 / canvas_scale[:, None])
+  human_boxes = human_edges - jnp.array([0.0, 0.0, 1.0, 1.0])
+  num_humans = human_boxes.shape[1]
+  flat = lambda x: x.reshape((batch * num_humans,) + x.shape[2:])
+  unflat = lambda x: x.reshape((batch, num_humans) + x.shape[1:])
+
+  if oracle & {'parts', 'states'}:
+    match, matched = _match_truth(human_edges, human_valid, truth, settings)
+    truth_parts = _gather_humans(truth['part_boxes'], match)            # (B, M, 10, 4)
+    truth_valid = _gather_humans(truth['part_valid'], match) & matched[..., None]
+    truth_states = _gather_humans(truth['part_states'], match)
+
+  # Parts: the part detector on the crops of every human at once, (B, M) flattened.
+  k = settings.proposals_per_part
+  if 'parts' in oracle:
+    first = (jnp.arange(k) == 0)[None, None, None, :]
+    part_edges = jnp.where(first[..., None], to_edges(truth_parts)[:, :, :, None], 0.0)
+    part_valid = first & truth_valid[..., None]
+    part_scores = part_valid.astype(jnp.float32)
+  else:
+    regions = geometry.context_regions(human_boxes, frame_hw[:, None], nets.part_context)
+    crops, crop_content, crop_scale = geometry.fitted_crops(
+        _normalize(frames, nets.part_norm), canvas_scale, regions, nets.part_size)
+    det = nets.parts.apply(variables['parts'], flat(crops), flat(crop_content), train=False)
+    part_edges, part_scores, part_valid = map(unflat, _top_proposals(det, settings))
+    # Part-detector input pixels -> frame pixels.
+    part_edges = geometry.shift_boxes(
+        geometry.scale_boxes(part_edges, 1.0 / crop_scale[:, :, None, None]),
+        regions[:, :, None, None, :2])
+    part_valid = part_valid & human_valid[:, :, None, None]
+
+  # States: the part-state crops, the k-th proposals of the ten parts as one set.
+  regions = geometry.context_regions(human_boxes, frame_hw[:, None], nets.state_context)
+  crops, crop_scale, offset = geometry.squeezed_crops(
+      _normalize(frames, nets.state_norm), canvas_scale, regions, nets.state_resize,
+      nets.state_size)
+  sets = jnp.swapaxes(part_edges, 2, 3)                                 # (B, M, k, 10, 4)
+  window_boxes, visible = geometry.boxes_into_window(
+      sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size)
+  set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
+  logits = nets.states.apply(
+      variables['states'], flat(crops), flat(jnp.where(set_valid[..., None], window_boxes, 0.0)),
+      flat(set_valid), jnp.repeat(jnp.asarray(action, jnp.int32), num_humans), train=False)
+  states = jnp.swapaxes(unflat(logits.argmax(-1)), 2, 3).astype(jnp.int32)
+  if 'states' in oracle:
+    known = truth_valid & (truth_states >= 0)
+    states = jnp.where(known[..., None], truth_states[..., None], states)
+
+  part_boxes = part_edges - jnp.array([0.0, 0.0, 1.0, 1.0])
+  return {'human_boxes': human_boxes * human_valid[..., None],
+          'human_scores': human_scores * human_valid, 'human_valid': human_valid,
+          'part_boxes': part_boxes * part_valid[..., None],
+          'part_scores': part_scores * part_valid,
+          'part_states': jnp.where(part_valid, states, -1), 'part_valid': part_valid}
+
+
+# ------------------------------------------------------------------------ host side
+
+
+def prepare_frame(image: np.ndarray, canvas: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+  """A decoded RGB frame -> (canvas uint8 (H, W, 3), its (height, width)): the human
+  detector's training resize (`augment.resize_pad`), done by the host input stage."""
+  resized, _, _ = augment.resize_pad(image, np.zeros((0, 4), np.float32), canvas)
+  return resized, image.shape[:2]
+
+
+def frame_truth(frame: Mapping | None, states: Sequence[str], max_humans: int
+                ) -> dict[str, np.ndarray]:
+  """A ground-truth frame in the challenge's schema ({'humans': [...]}, or None) ->
+  padded arrays for the oracles: human_boxes (M, 4), human_valid (M,), part_boxes
+  (M, 10, 4), part_valid (M, 10), part_states (M, 10) (index in `states`, -1 unknown).
+  Humans past `max_humans` are left out."""
+  state_ids = {name: i for i, name in enumerate(states)}
+  out = {'human_boxes': np.zeros((max_humans, 4), np.float32),
+         'human_valid': np.zeros(max_humans, bool),
+         'part_boxes': np.zeros((max_humans, NUM_PARTS, 4), np.float32),
+         'part_valid': np.zeros((max_humans, NUM_PARTS), bool),
+         'part_states': np.full((max_humans, NUM_PARTS), -1, np.int32)}
+  for h, human in enumerate((frame or {}).get('humans', [])[:max_humans]):
+    out['human_boxes'][h] = human['box']
+    out['human_valid'][h] = True
+    for name, part in human.get('parts', {}).items():
+      if name in tps.PARTS:
+        p = tps.PARTS.index(name)
+        out['part_boxes'][h, p] = part['box']
+        out['part_valid'][h, p] = True
+        out['part_states'][h, p] = state_ids.get(part['verb'], -1)
+  return out
+
+
+def frame_json(outputs: Mapping[str, np.ndarray], states: Sequence[str]) -> dict:
+  """One frame's `parse_frames` outputs (numpy, no batch dim) -> the submission's
+  {'humans': [...]} (inclusive boxes rounded to 0.01 pixel; parts with proposals)."""
+  humans = []
+  for h in np.flatnonzero(outputs['human_valid']):
+    parts = {}
+    for p, name in enumerate(tps.PARTS):
+      keep = np.flatnonzero(outputs['part_valid'][h, p])
+      if keep.size:
+        parts[name] = {'number': len(parts) + 1, 'name': name,
+                       'box': [_box(outputs['part_boxes'][h, p, j]) for j in keep],
+                       'verb': [states[int(outputs['part_states'][h, p, j])] for j in keep]}
+    humans.append({'number': len(humans) + 1, 'box': _box(outputs['human_boxes'][h]),
+                   'parts': parts})
+  return {'humans': humans}
+
+
+def _box(box) -> list[float]:
+  x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+  return [x1, y1, max(x2, x1), max(y2, y1)]
+
+
+class Pipeline:
+  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings."""
+
+  def __init__(self, humans: Export, parts: Export, states: Export,
+               actions: Sequence[Export], settings: Settings):
+    check_vocabularies(humans, parts, states, actions)
+    self.humans, self.parts, self.states, self.actions = humans, parts, states, list(actions)
+    self.settings = settings
+    norm = lambda e: tuple(np.asarray(e.preprocessing['normalization'][k], np.float32)
+                           for k in ('mean', 'std'))
+    self.nets = _Networks(
+        humans=humans.model, parts=parts.model, states=states.model,
+        canvas=tuple(humans.preprocessing['image_size']),
+        part_size=tuple(parts.preprocessing['image_size']),
+        part_context=float(parts.preprocessing['context']),
+        state_size=tuple(states.preprocessing['image_size']),
+        state_resize=int(states.preprocessing['resize']),
+        state_context=float(states.preprocessing['context']),
+        human_norm=norm(humans), part_norm=norm(parts), state_norm=norm(states))
+    self.state_names = tuple(states.vocab['states'])
+    self.action_names = tuple(states.vocab['actions'])
+
+  @property
+  def canvas(self) -> tuple[int, int]:
+    return self.nets.canvas
+
+  @property
+  def variables(self) -> dict[str, PyTree]:
+    return {'humans': self.humans.variables, 'parts': self.parts.variables,
+            'states': self.states.variables}
+
+  def parse_frames(self, variables, frames, image_shape, action, truth=None, *,
+                   oracle: frozenset[str] = frozenset()):
+    """`parse_frames` with this pipeline's networks and settings (jittable)."""
+    return parse_frames(self.nets, self.settings, variables, frames, image_shape, action,
+                        truth, oracle=frozenset(oracle))
+
+  def compile(self, mesh: Mesh | None = None, *, oracle: frozenset[str] = frozenset()):
+    """A jitted `(frames, image_shape, action, truth=None) -> outputs` with the
+    variables on device. Frames are split over `mesh`'s 'data' axis (default: all local
+    devices) and each device parses its share alone (`shard_map`: frames never talk
+    to each other), so the outputs equal a single device's."""
+    mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('data',))
+    oracle = frozenset(oracle)
+    variables = jax.device_put(self.variables, NamedSharding(mesh, P()))
+    body = functools.partial(parse_frames, self.nets, self.settings, oracle=oracle)
+    split = P('data')
+    if oracle - {'action'}:
+      program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), split, split, split, split),
+                                      out_specs=split))
+    else:
+      program = jax.jit(jax.shard_map(lambda v, f, s, a: body(v, f, s, a), mesh=mesh,
+                                      in_specs=(P(), split, split, split), out_specs=split))
+
+    def run(frames, image_shape, action, truth=None):
+      if oracle - {'action'}:
+        if truth is None:
+          raise ValueError(f'oracle {sorted(oracle)} needs the ground truth')
+        return program(variables, frames, image_shape, action, truth)
+      return program(variables, frames, image_shape, action)
+
+    return run
+
+
+def check_vocabularies(humans: Export, parts: Export, states: Export,
+                       actions: Sequence[Export]) -> None:
+  """Refuses, in one line naming both sides, exports that do not fit together."""
+  kinds = [(humans, 'human_detector'), (parts, 'part_detector'), (states, 'part_state')]
+  kinds += [(a, 'action') for a in actions]
+  for export, kind in kinds:
+    if export.kind != kind:
+      raise ExportError(f'{export.path}: a {export.kind} export where a {kind} is needed')
+  if len(humans.vocab['classes']) != 1:
+    raise ExportError(f'{humans.path}: a human detector has one class, this one has '
+                      f'{len(humans.vocab["classes"])} ({", ".join(humans.vocab["classes"])})')
+  if tuple(parts.vocab['classes']) != tps.PARTS:
+    raise ExportError(f'{parts.path}: part detector classes {parts.vocab["classes"]} '
+                      f'are not the ten parts in order {list(tps.PARTS)} '
+                      f'({states.path} expects them)')
+  if tuple(states.vocab['parts']) != tps.PARTS:
+    raise ExportError(f'{states.path}: parts {states.vocab["parts"]} are not '
+                      f'{list(tps.PARTS)}')
+  for action in actions:
+    if tuple(action.vocab['actions']) != tuple(states.vocab['actions']):
+      raise ExportError(f'{action.path}: action classes {action.vocab["actions"]} differ '
+                        f'from the part-state network\'s {states.vocab["actions"]} '
+                        f'({states.path})')

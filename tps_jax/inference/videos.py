@@ -1,0 +1,138 @@
+"""The input stage of end-to-end parsing: which videos, decoded ahead of the device.
+
+Sources (`list_videos`):
+- a Kinetics-TPS root and a split: `test` / `train` (ROOT/<split>_videos, with their
+  list/video_<split>_flist.csv), or `val`: the train videos that `python -m
+  data_prep.build` held out (its datasets' metadata lists them);
+- a folder of videos (class sub-folders, whose names are the ground-truth action, or
+  videos directly in it);
+- single video files.
+Every video is a `VideoItem` (name, path, ground-truth action if known); a video that
+is listed but has no file is a problem line, not an item.
+
+`decode` turns one video into what the pipeline needs, in one PyAV pass: the scored
+frames (1, 6, 11, ...) on the human detector's canvas (`pipeline.prepare_frame`) with
+their sizes, and every frame with its short side scaled to the action recogniser's
+`clip_short_side` (what its clips dataset was built from). `prefetch` decodes the next
+videos in background threads while the device works on the current ones; a video
+that cannot be read comes back as its one-line error, in order.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import glob
+import os
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import video as video_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+  name: str
+  path: str
+  action: str | None = None          # ground truth, when the source tells it
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+  item: VideoItem
+  frame_indices: list[int]           # the scored frames, 1-based
+  canvases: np.ndarray               # (F, H, W, 3) uint8 on the canvas
+  frame_sizes: np.ndarray            # (F, 2) int32 (height, width)
+  clip_frames: list[np.ndarray]      # every frame, short side <= clip_short_side
+
+
+def val_videos(root: str) -> list[str]:
+  """The videos `data_prep.build` held out as `val` (any built dataset's metadata)."""
+  folders = sorted(glob.glob(os.path.join(root, 'tfds', 'tps_*', '*', 'dataset_info.json')))
+  for info in folders:
+    settings = tfds.builder_from_directory(os.path.dirname(info)).info.metadata.get(
+        'settings', {})
+    if 'val_videos' in settings:
+      return list(settings['val_videos'])
+  raise FileNotFoundError(f'{os.path.join(root, "tfds")}: no built dataset; the val split '
+                          f'is defined by python -m data_prep.build --root {root}')
+
+
+def list_videos(*, data_root: str = '', split: str = 'test', video_folder: str = '',
+                video_files: Sequence[str] = (), problems: list[str]) -> list[VideoItem]:
+  """The videos to parse, sorted by name (module docstring); problems are appended."""
+  if video_files:
+    return [VideoItem(tps.video_name_of(p), os.path.abspath(p)) for p in video_files]
+  if video_folder:
+    return _folder_videos(video_folder, problems)
+  annotation_split = 'train' if split == 'val' else split
+  videos = list(tps.iter_videos(data_root, annotation_split, problems=problems))
+  if split == 'val':
+    keep = set(val_videos(data_root))
+    videos = [v for v in videos if v.name in keep]
+  return [VideoItem(v.name, v.video_path, v.action) for v in videos]
+
+
+def _folder_videos(folder: str, problems: list[str]) -> list[VideoItem]:
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'{folder}: no such folder')
+  items = {}
+  for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    entries = [(None, entry)]
+    if entry.is_dir() and not entry.name.startswith('.'):
+      entries = [(entry.name, e) for e in sorted(os.scandir(entry.path), key=lambda e: e.name)]
+    for action, file in entries:
+      if file.is_file() and file.name.lower().endswith(tps.VIDEO_EXTENSIONS):
+        name = tps.video_name_of(file.name)
+        if name in items:
+          problems.append(f'{file.path}: video name {name!r} also in {items[name].path}; '
+                          'skipped')
+          continue
+        items[name] = VideoItem(name, file.path, action)
+  return sorted(items.values(), key=lambda v: v.name)
+
+
+def decode(item: VideoItem, *, prepare: Callable, clip_short_side: int,
+           frame_stride: int = tps.FRAME_STRIDE) -> DecodedVideo:
+  """One PyAV pass over the video (module docstring); VideoError if unreadable."""
+  indices, canvases, sizes, clip_frames = [], [], [], []
+  if not os.path.isfile(item.path):
+    raise video_lib.VideoError(f'{item.path}: no such video file')
+  for index, image in video_lib.iter_video_frames(item.path):
+    clip_frames.append(video_lib.resize_short_side(image, clip_short_side))
+    if (index - 1) % frame_stride == 0:
+      canvas, size = prepare(image)
+      indices.append(index)
+      canvases.append(canvas)
+      sizes.append(size)
+  if not indices:
+    raise video_lib.VideoError(f'{item.path}: no frame decoded')
+  return DecodedVideo(item, indices, np.stack(canvases), np.asarray(sizes, np.int32),
+                      clip_frames)
+
+
+def prefetch(items: Iterable[VideoItem], load: Callable[[VideoItem], DecodedVideo], *,
+             ahead: int = 2, threads: int = 2
+             ) -> Iterator[tuple[VideoItem, DecodedVideo | None, str | None]]:
+  """(item, decoded video or None, error line or None) in order, `ahead` videos decoded
+  in the background (PyAV releases the GIL while decoding)."""
+  pending = collections.deque()
+  items = iter(items)
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    def submit():
+      item = next(items, None)
+      if item is not None:
+        pending.append((item, pool.submit(load, item)))
+
+    for _ in range(max(1, ahead)):
+      submit()
+    while pending:
+      item, future = pending.popleft()
+      submit()
+      try:
+        yield item, future.result(), None
+      except (video_lib.VideoError, OSError) as e:
+        yield item, None, str(e)
