@@ -140,6 +140,8 @@ def run(argv) -> int:
   from tps_jax.train import trainer
   from tqdm import tqdm
 
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)   # orbax logs every file it reads at INFO
   if sum(map(bool, (_VIDEO.value, _VIDEO_FOLDER.value, _DATA_ROOT.value))) == 0:
     raise PredictError('give --data_root (with --split), --video_folder or --video')
   trainer.initialize_distributed(multihost=_MULTIHOST.value)

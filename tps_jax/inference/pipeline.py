@@ -362,10 +362,10 @@ class Pipeline:
     split = P('data')
     if oracle - {'action'}:
       program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), split, split, split, split),
-                                      out_specs=split))
+                                      out_specs=split, check_vma=False))
     else:
       program = jax.jit(jax.shard_map(lambda v, f, s, a: body(v, f, s, a), mesh=mesh,
-                                      in_specs=(P(), split, split, split), out_specs=split))
+                                      in_specs=(P(), split, split, split), out_specs=split, check_vma=False))
 
     def run(frames, image_shape, action, truth=None):
       if oracle - {'action'}:
