@@ -87,9 +87,11 @@ def _assert_scaled_close(got, expected, rel=1e-4, what=''):
 
 
 def _assert_matches(model, variables, reference, x, keys=('stage_1', 'stage_2', 'stage_3',
-                                                           'stage_4', 'logits')):
+                                                           'stage_4', 'logits'),
+                    reference_x=None):
+  """Our features of x against the reference's of reference_x (default: x)."""
   got = _features(model, variables, x)
-  expected = _torch_features(reference, x)
+  expected = _torch_features(reference, x if reference_x is None else reference_x)
   for key in keys:
     assert got[key].shape == expected[key].shape, key
     _assert_scaled_close(got[key], expected[key], what=key)
@@ -168,11 +170,38 @@ def test_swin_t_matches_torchvision(swin_t_reference, swin_t_files):
   _assert_matches(model, variables, swin_t_reference, _input(IMAGE_SHAPE))
 
 
+@pytest.mark.parametrize('height,width', [
+    (224, 224),   # the trained resolution: token grids 56 .. 7, the window's
+    (112, 112),   # stage 3 (7x7) unshifted, stage 4 (4x4) padded up to the window
+    (98, 138),    # the patch remainder padded: grids 25x35, 13x18, 7x9, 4x5 (odd merges)
+])
+def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_state, height,
+                                                   width):
+  """Grids at or below the window, as torchvision: the window kept and the grid
+  zero-padded up to it, no shift. An image that does not divide by the patch is padded
+  here (torchvision's patch convolution would drop the remainder): it matches
+  torchvision on the image zero-padded to a multiple of the patch."""
+  conversion = convert_state_dict(swin_t_state, 'swin_t')
+  x = _input((1, height, width, 3))
+  padded = np.pad(x, [(0, 0), (0, -height % 4), (0, -width % 4), (0, 0)])
+  _assert_matches(conversion.model, {'params': unflatten(conversion.params)},
+                  swin_t_reference, x, reference_x=padded)
+
+
 def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
   torch.save(_state(swin3d_t_reference), tmp_path / 'swin3d_t.pth')
   model, variables = load_pytorch_weights(str(tmp_path / 'swin3d_t.pth'), 'swin3d_t')
   assert model.num_classes == 400
   _assert_matches(model, variables, swin3d_t_reference, _input(CLIP_SHAPE))
+
+
+def test_swin3d_t_matches_torchvision_at_8x112(swin3d_t_reference):
+  """Token grids 4x28x28 .. 4x4x4, as torchvision's swin3d: the window clipped to the grid
+  (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7."""
+  conversion = convert_state_dict({k: v.numpy() for k, v in _state(swin3d_t_reference).items()},
+                                  'swin3d_t')
+  _assert_matches(conversion.model, {'params': unflatten(conversion.params)},
+                  swin3d_t_reference, _input((1, 8, 112, 112, 3)))
 
 
 def test_official_video_swin_names(swin3d_t_reference, tmp_path):

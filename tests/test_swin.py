@@ -85,9 +85,43 @@ def test_partition_and_merge_windows_round_trip(grid, window):
   np.testing.assert_array_equal(swin.merge_windows(windows, window, grid), x)
 
 
-def test_window_clipped_to_grid_and_unshifted():
+def test_window_and_shift_rules():
+  # Clips: the window clipped to the grid, no shift there (official Video Swin, swin3d).
   assert swin.window_and_shift((2, 14, 5), (8, 7, 7), (4, 3, 3)) == ((2, 7, 5), (0, 3, 0))
+  # Images: the window kept (the grid is padded up to it), no shift there (torchvision).
   assert swin.window_and_shift((7, 8), (7, 7), (3, 3)) == ((7, 7), (0, 3))
+  assert swin.window_and_shift((4, 5), (7, 7), (3, 3)) == ((7, 7), (0, 0))
+
+
+def _attention_params(reference) -> dict:
+  """torch attention weights -> `WindowAttention` params."""
+  as_numpy = lambda t: t.detach().numpy()
+  return {'relative_position_bias_table': as_numpy(reference.relative_position_bias_table),
+          **{name: {'kernel': as_numpy(layer.weight).T, 'bias': as_numpy(layer.bias)}
+             for name, layer in (('qkv', reference.qkv), ('proj', reference.proj))}}
+
+
+@pytest.mark.parametrize('grid,window', [
+    ((4, 5), (7, 7)),        # smaller than the window: padded up to it, not shifted
+    ((9, 5), (7, 7)),        # shifted along H only
+    ((8, 13), (4, 4)),       # padded and shifted along both
+    ((3, 4, 9), (8, 7, 7)),  # clips: the window clipped along T and H, shifted along W
+])
+def test_window_attention_matches_torchvision(grid, window):
+  channels, heads = 8, 2
+  shift = [w // 2 for w in window]
+  if len(grid) == 2:
+    reference = tv_swin.ShiftedWindowAttention(channels, list(window), shift, heads)
+  else:
+    reference = tv_swin3d.ShiftedWindowAttention3d(channels, list(window), shift, heads)
+  with torch.no_grad():   # a bias table far from its near-zero initial values
+    reference.relative_position_bias_table.normal_(generator=torch.Generator().manual_seed(0))
+  x = np.random.default_rng(0).normal(size=(2, *grid, channels)).astype(np.float32)
+  expected = reference.eval()(torch.from_numpy(x)).detach().numpy()
+  attention = swin.WindowAttention(heads, window, tuple(shift))
+  got = jax.jit(functools.partial(attention.apply, train=False))(
+      {'params': _attention_params(reference)}, x)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 def test_merge_patches_order_matches_torchvision():

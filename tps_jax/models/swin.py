@@ -4,17 +4,19 @@ Liu et al. 2021 (Swin) and Liu et al. 2022 (Video Swin). Every op is written for
 number of grid axes, so the image model and the video model are the same modules with
 a 2- or 3-long `patch_size` / `window_size`.
 
-Window rules (official Video Swin and torchvision's swin3d; official Swin for images):
-along an axis where the token grid is not larger than the window, the window is
-clipped to the grid and not shifted; elsewhere the grid is zero-padded at the end to a
-multiple of the window, and every second block rolls it by half a window and masks
-attention between regions that the roll brought together. The relative position bias
-of a clipped window reads the first `vol x vol` block of the full window's index, as
-the references do (exact when only time, the slowest axis, is clipped).
-torchvision's 2D Swin differs only when a grid is smaller than the window (it pads the
-grid up to the window instead) and when the image does not divide by the patch (its
-patch convolution drops the remainder; here it is zero-padded): at the trained
-resolutions (224 / window 7, 384 / window 12) the two agree.
+Window rules, each its reference's: along an axis where the token grid is not larger
+than the window there is one window and no shift; elsewhere the grid is zero-padded at
+the end to a multiple of the window, and every second block rolls it by half a window
+and masks attention between regions that the roll brought together. Where the grid is
+smaller than the window, images (torchvision's Swin) keep the window and zero-pad the
+grid up to it (the padded tokens take part in attention, unmasked, as there), while
+clips (official Video Swin, torchvision's swin3d) clip the window to the grid, its
+relative position bias reading the first `vol x vol` block of the full window's index
+(exact when only time, the slowest axis, is clipped). Other image references differ
+only on grids at or below the window: the official Swin clips a square window to the
+grid's smaller side, mmdetection's Swin keeps the shift there.
+An input that does not divide by the patch is zero-padded at the end (as Video Swin and
+the detection Swins); torchvision's image Swin drops the remainder rows and columns.
 
 Parameter names follow the official release (`layers_i/blocks_j/attn/qkv`, ...), so
 checkpoint conversion (tps_jax/convert/swin.py) is a table of renames.
@@ -62,10 +64,15 @@ MASK_VALUE = -100.0  # added to the attention logits between regions (as the ref
 
 def window_and_shift(grid: Sequence[int], window: Sequence[int],
                      shift: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """The window clipped to the grid, and no shift along an axis the window covers."""
-  clipped = tuple(min(g, w) for g, w in zip(grid, window))
+  """The window and shift of one attention layer on a token grid (module docstring).
+
+  No shift along an axis the window covers; there a clip's window (3 axes) is clipped
+  to the grid, an image's (2 axes) kept, the grid being padded up to it.
+  """
   shift = tuple(0 if g <= w else s for g, w, s in zip(grid, window, shift))
-  return clipped, shift
+  if len(grid) == 2:
+    return tuple(window), shift
+  return tuple(min(g, w) for g, w in zip(grid, window)), shift
 
 
 def relative_position_index(window: Sequence[int]) -> np.ndarray:
