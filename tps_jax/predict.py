@@ -22,6 +22,9 @@ and 5 proposals per part), validated, each written atomically.
   dataset's test) the challenge score and its grid are printed at the end.
 - `--oracle`: any of humans, parts, states, action puts the ground truth in place of
   that stage's output (tps_jax/inference/pipeline.py); all four score 0.9999.
+  `--ablation` parses every row of tps_jax/inference/ablation.py in the same pass (the
+  system, then the ground truth stage by stage, and the majority-state baseline), writes
+  each row's submission to PRED_DIR/ablation/<row>/ and prints the table.
 - A video that cannot be read is one line naming it; the rest goes on, the summary
   lists the skipped videos. They are written into the submission with no frame and
   the first action class (the challenge's tool stops on a missing video), so the files
@@ -50,6 +53,10 @@ _GT = flags.DEFINE_string('gt', '', 'Ground truth folder (gt_vid_result.json, '
                           'gt_part_result.json) to score against / for --oracle.')
 _ORACLE = flags.DEFINE_list('oracle', [], 'Stages replaced by the ground truth: any of '
                             'humans, parts, states, action.')
+_ABLATION = flags.DEFINE_bool('ablation', False, 'Also parse with the ground truth in place '
+                              'of each stage in turn (tps_jax/inference/ablation.py) and '
+                              'print the table; PRED_DIR/ablation/<row>/ gets each row\'s '
+                              'submission.')
 _SET = flags.DEFINE_multi_string('set', [], 'name=value: a pipeline setting instead of '
                                  "the bundle's (e.g. frame_batch=16).")
 _FRESH = flags.DEFINE_bool('fresh', False, 'Ignore (delete) earlier per-video results.')
@@ -133,6 +140,7 @@ def run(argv) -> int:
   import jax
   from tps_jax.evaluation import score as score_lib
   from tps_jax.evaluation import submission
+  from tps_jax.inference import ablation as ablation_lib
   from tps_jax.inference import bundle as bundle_lib
   from tps_jax.inference import parse as parse_lib
   from tps_jax.inference import pipeline as pipeline_lib
@@ -153,9 +161,11 @@ def run(argv) -> int:
   videos = videos_lib.list_videos(data_root=_DATA_ROOT.value, split=_SPLIT.value,
                                   video_folder=_VIDEO_FOLDER.value, video_files=_VIDEO.value,
                                   problems=problems)
-  truth = _ground_truth(videos, oracle)
+  variants = [oracle] + ([v for _, v in ablation_lib.ROWS[1:]] if _ABLATION.value else [])
+  truth = _ground_truth(videos, oracle or _ABLATION.value)
   out = os.path.abspath(_OUT.value)
-  run_info = {'bundle': os.path.abspath(_BUNDLE.value), 'oracle': sorted(oracle),
+  run_info = {'bundle': os.path.abspath(_BUNDLE.value),
+              'variants': [sorted(v) for v in variants],
               'settings': pipeline.settings.to_dict(), 'bf16': _BF16.value}
   process, count = jax.process_index(), jax.process_count()
   results_dir = _prepare_out(out, run_info) if process == 0 else os.path.join(out, RESULTS_DIR)
@@ -167,7 +177,7 @@ def run(argv) -> int:
   skipped = list(problems) if process == 0 else []
   start = time.perf_counter()
 
-  parser = parse_lib.VideoParser(pipeline, oracle=oracle, truth=truth)
+  parser = parse_lib.VideoParser(pipeline, variants=variants, truth=truth)
   clip_side = int(pipeline.actions[0].preprocessing.get('clip_short_side', 256))
   load = lambda item: videos_lib.decode(
       item, prepare=lambda image: pipeline_lib.prepare_frame(image, pipeline.canvas),
@@ -177,8 +187,8 @@ def run(argv) -> int:
              dynamic_ncols=True)
 
   def decoded():
-    for item, video, error in videos_lib.prefetch(mine, load, ahead=_AHEAD.value,
-                                                  threads=_DECODE_THREADS.value):
+    for _, video, error in videos_lib.prefetch(mine, load, ahead=_AHEAD.value,
+                                               threads=_DECODE_THREADS.value):
       if error:
         skipped.append(error)
         bar.write(f'skipped: {error}')
@@ -188,7 +198,7 @@ def run(argv) -> int:
 
   for result in parser.run(decoded()):
     submission.write_json_atomic(os.path.join(results_dir, f'{result.name}.json'), {
-        'action': result.action, 'frames': result.frames,
+        'actions': result.actions, 'frames': result.frames,
         'action_scores': result.action_scores})
     bar.update(1)
     bar.set_postfix_str(f'{parser.frames_parsed / (time.perf_counter() - start):.1f} frames/s')
@@ -204,16 +214,8 @@ def run(argv) -> int:
       with open(os.path.join(out, f'skipped-{p}.json')) as f:
         skipped += json.load(f)
 
-  pred_vid, pred_part = {}, {}
-  for item in videos:
-    path = os.path.join(results_dir, f'{item.name}.json')
-    if os.path.isfile(path):
-      with open(path) as f:
-        result = json.load(f)
-      pred_vid[item.name], pred_part[item.name] = result['action'], result['frames']
-    else:   # unreadable: keep the files scoreable (the challenge's tool needs every video)
-      pred_vid[item.name], pred_part[item.name] = pipeline.action_names[0], {}
-  submission.write_submission(out, pred_vid, pred_part)
+  submissions = _merge(videos, results_dir, len(variants), pipeline.action_names[0])
+  submission.write_submission(out, *submissions[0])
   parsed = len(mine) - sum(1 for s in skipped if s not in problems)
   print(f'parsed {parsed} video(s) ({parser.frames_parsed} frames) in {seconds:.1f} s'
         + (f', {parser.frames_parsed / seconds:.2f} frames/s' if seconds > 0 else '')
@@ -223,11 +225,42 @@ def run(argv) -> int:
     for line in skipped:
       print(f'  {line}', file=sys.stderr)
   print(f'wrote {os.path.join(out, submission.PRED_FILES[0])} and '
-        f'{submission.PRED_FILES[1]} ({len(pred_vid)} videos)', file=sys.stderr)
-  if truth is not None:
-    report = score_lib.challenge_score(truth.vid, truth.part, pred_vid, pred_part)
-    print(report.format())
+        f'{submission.PRED_FILES[1]} ({len(submissions[0][0])} videos)', file=sys.stderr)
+  if truth is None:
+    return 0
+  print(score_lib.challenge_score(truth.vid, truth.part, *submissions[0]).format())
+  if _ABLATION.value:
+    rows = []
+    for (name, _), (pred_vid, pred_part) in zip(ablation_lib.ROWS, submissions):
+      submission.write_submission(os.path.join(out, 'ablation', name.replace(' ', '_')),
+                                  pred_vid, pred_part)
+      rows.append(ablation_lib.score_row(name, truth.vid, truth.part, pred_vid, pred_part))
+    counts = pipeline.states.metadata.get('state_counts')
+    if counts:
+      majority = ablation_lib.majority_states(counts, pipeline.state_names)
+      pred_vid, pred_part = submissions[0]
+      baseline = {v: ablation_lib.with_states(frames, majority) for v, frames in pred_part.items()}
+      rows.append(ablation_lib.score_row(ablation_lib.BASELINE, truth.vid, truth.part,
+                                         pred_vid, baseline))
+    print(f'oracle ablation ({len(truth.vid)} videos):')
+    print(ablation_lib.format_table(rows))
   return 0
+
+
+def _merge(videos, results_dir: str, num_variants: int, fallback_action: str):
+  """[(pred_vid, pred_part)] per variant from the per-video results; a video without
+  one (unreadable) gets no frame and `fallback_action`."""
+  merged = [({}, {}) for _ in range(num_variants)]
+  for item in videos:
+    path = os.path.join(results_dir, f'{item.name}.json')
+    result = None
+    if os.path.isfile(path):
+      with open(path) as f:
+        result = json.load(f)
+    for i, (pred_vid, pred_part) in enumerate(merged):
+      pred_vid[item.name] = result['actions'][i] if result else fallback_action
+      pred_part[item.name] = result['frames'][i] if result else {}
+  return merged
 
 
 def main(argv) -> int:

@@ -14,7 +14,7 @@ as each video's last frame comes back.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -29,9 +29,9 @@ from tps_jax.inference.videos import DecodedVideo, VideoItem
 @dataclasses.dataclass
 class VideoResult:
   name: str
-  action: str                                   # predicted (or the oracle's) class
-  frames: dict[str, dict]                       # 'img_00001.json' -> {'humans': [...]}
-  action_scores: list[float] | None = None      # ensemble scores over the classes
+  actions: list[str]                            # per variant: the class written
+  frames: list[dict[str, dict]]                 # per variant: 'img_00001.json' -> frame
+  action_scores: list[float] | None = None      # the recogniser ensemble's scores
 
 
 @dataclasses.dataclass
@@ -47,39 +47,47 @@ def _member(export) -> action_lib.Member:
 
 
 class VideoParser:
-  """Runs `pipeline` (with `oracle`) over decoded videos; see the module docstring."""
+  """Runs `pipeline` over decoded videos for each oracle set of `variants` (one
+  compiled program computes them all, sharing what they share); module docstring."""
 
-  def __init__(self, pipeline: pipeline_lib.Pipeline, *, oracle=frozenset(),
+  def __init__(self, pipeline: pipeline_lib.Pipeline, *,
+               variants: Sequence[frozenset[str]] = (frozenset(),),
                truth: GroundTruth | None = None, mesh=None):
     self.pipeline, self.settings = pipeline, pipeline.settings
-    self.oracle = frozenset(oracle)
-    if self.oracle and truth is None:
-      raise ValueError(f'oracle {",".join(sorted(self.oracle))}: no ground truth for these '
-                       'videos')
+    self.variants = tuple(frozenset(v) for v in variants)
+    if any(self.variants) and truth is None:
+      raise ValueError('an oracle needs the ground truth of the videos')
     self.truth = truth
     devices = mesh.shape['data'] if mesh is not None else jax.local_device_count()
     if self.settings.frame_batch % devices:
       raise ValueError(f'frame_batch={self.settings.frame_batch} is not divisible by the '
                        f'{devices} data devices')
-    self.program = pipeline.compile(mesh, oracle=self.oracle)
+    self.program = pipeline.compile(mesh, variants=self.variants)
     self.members = [_member(e) for e in pipeline.actions]
-    self.scorers = ([] if 'action' in self.oracle else
-                    [m.scorer(average=self.settings.action_average,
+    needs_recogniser = any('action' not in v for v in self.variants)
+    self.scorers = ([m.scorer(average=self.settings.action_average,
                               views_per_forward=self.settings.action_views_per_forward)
-                     for m in self.members])
+                     for m in self.members] if needs_recogniser else [])
     self.frames_parsed = 0
 
   # --- per video ---------------------------------------------------------------
 
-  def video_action(self, video: DecodedVideo) -> tuple[int, list[float] | None]:
-    """(index in the part-state network's actions, ensemble scores or None)."""
+  def true_action(self, name: str) -> int:
+    """The video's ground-truth action index (0 when unknown and no oracle needs it)."""
     names = self.pipeline.action_names
-    if 'action' in self.oracle:
-      action = self.truth.vid.get(video.item.name)
-      if action not in names:
-        raise ValueError(f'{video.item.name}: ground-truth action {action!r} is not one of '
-                         'the networks\' classes')
-      return names.index(action), None
+    action = self.truth.vid.get(name) if self.truth else None
+    if action in names:
+      return names.index(action)
+    if any('action' in v for v in self.variants):
+      raise ValueError(f'{name}: ground-truth action {action!r} is not one of the '
+                       f'networks\' classes ({", ".join(names)})')
+    return 0
+
+  def video_action(self, video: DecodedVideo) -> tuple[int, list[float] | None]:
+    """(index in the networks' actions, ensemble scores): the recogniser's prediction
+    (every member on its clips x crops views), or (-1, None) when no variant needs it."""
+    if not self.scorers:
+      return -1, None
     scores = []
     for member, scorer in zip(self.members, self.scorers):
       views = action_lib.video_views(video.clip_frames, member.settings,
@@ -89,10 +97,11 @@ class VideoParser:
     ensemble = np.asarray(action_lib.ensemble_scores(scores))
     return int(ensemble.argmax()), ensemble.tolist()
 
-  def _frame_truth(self, name: str, frame_index: int) -> dict[str, np.ndarray]:
+  def _frame_truth(self, name: str, frame_index: int, action: int) -> dict[str, np.ndarray]:
     frames = self.truth.part.get(name, {}) if self.truth else {}
     return pipeline_lib.frame_truth(frames.get(tps.frame_name(frame_index)),
-                                    self.pipeline.state_names, self.settings.max_humans)
+                                    self.pipeline.state_names, self.settings.max_humans,
+                                    action)
 
   # --- the stream ----------------------------------------------------------------
 
@@ -100,31 +109,36 @@ class VideoParser:
     """VideoResults in the order the videos finish (module docstring)."""
     size = self.settings.frame_batch
     height, width = self.pipeline.canvas
+    names = self.pipeline.action_names
     open_videos: dict[int, list] = {}       # slot -> [VideoResult, frames left]
-    queue: list[tuple[int, DecodedVideo, int, int]] = []   # (slot, video, row, action)
+    queue: list[tuple[int, DecodedVideo, int, int, int]] = []  # slot, video, row, actions
     in_flight = None
 
     def launch(rows):
       frames = np.zeros((size, height, width, 3), np.uint8)
-      sizes = np.tile(np.int32([height, width]), (size, 1))
+      sizes = np.tile(np.int32([height, width]), (size, 1))   # padding rows: whole canvas
       actions = np.zeros(size, np.int32)
       truth = None
-      if self.oracle - {'action'}:
-        per_row = [self._frame_truth(v.item.name, v.frame_indices[r]) for _, v, r, _ in rows]
+      if any(self.variants):
+        per_row = [self._frame_truth(v.item.name, v.frame_indices[r], true)
+                   for _, v, r, _, true in rows]
         per_row += [pipeline_lib.frame_truth(None, (), self.settings.max_humans)] * (
             size - len(rows))
         truth = {k: np.stack([t[k] for t in per_row]) for k in per_row[0]}
-      for i, (_, video, row, action) in enumerate(rows):
-        frames[i], sizes[i], actions[i] = video.canvases[row], video.frame_sizes[row], action
+      for i, (_, video, row, predicted, _) in enumerate(rows):
+        frames[i], sizes[i] = video.canvases[row], video.frame_sizes[row]
+        actions[i] = max(predicted, 0)
       return self.program(frames, sizes, actions, truth), rows
 
     def collect(flight) -> Iterator[VideoResult]:
       outputs, rows = flight
       outputs = jax.device_get(outputs)
-      for i, (slot, video, row, _) in enumerate(rows):
+      for i, (slot, video, row, _, _) in enumerate(rows):
         result = open_videos[slot]
-        result[0].frames[tps.frame_name(video.frame_indices[row])] = pipeline_lib.frame_json(
-            {k: v[i] for k, v in outputs.items()}, self.pipeline.state_names)
+        frame = tps.frame_name(video.frame_indices[row])
+        for frames, out in zip(result[0].frames, outputs):
+          frames[frame] = pipeline_lib.frame_json({k: v[i] for k, v in out.items()},
+                                                  self.pipeline.state_names)
         result[1] -= 1
         if not result[1]:
           del open_videos[slot]
@@ -138,10 +152,13 @@ class VideoParser:
         yield from collect(previous)
 
     for slot, video in enumerate(stream):
-      action, scores = self.video_action(video)
-      result = VideoResult(video.item.name, self.pipeline.action_names[action], {}, scores)
+      predicted, scores = self.video_action(video)
+      true = self.true_action(video.item.name)
+      actions = [names[true if 'action' in v else predicted] for v in self.variants]
+      result = VideoResult(video.item.name, actions, [{} for _ in self.variants], scores)
       open_videos[slot] = [result, len(video.frame_indices)]
-      queue.extend((slot, video, row, action) for row in range(len(video.frame_indices)))
+      queue.extend((slot, video, row, predicted, true)
+                   for row in range(len(video.frame_indices)))
       while len(queue) >= size:
         yield from flush(queue[:size])
         del queue[:size]

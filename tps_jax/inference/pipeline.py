@@ -171,6 +171,145 @@ def _gather_humans(values, index):
   return jax.vmap(lambda v, i: v[i])(values, index)
 
 
+@dataclasses.dataclass
+class _Frames:
+  """One batch's inputs and canvas geometry, shared by every stage."""
+  frames: jax.Array          # (B, H, W, 3) uint8
+  frame_hw: jax.Array        # (B, 2) float32
+  content: jax.Array         # (B, 2) the frames' content on the canvas
+  canvas_scale: jax.Array    # (B, 2) frame -> canvas (y, x)
+
+  @property
+  def batch(self) -> int:
+    return self.frames.shape[0]
+
+
+def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth,
+            oracle: bool):
+  """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected or the truth's."""
+  if oracle:
+    return (to_edges(truth['human_boxes']), truth['human_valid'].astype(jnp.float32),
+            truth['human_valid'])
+  det = nets.humans.apply(variables['humans'], _normalize(batch.frames, nets.human_norm),
+                          batch.content, train=False)
+  edges, scores, valid = _top_humans(det, settings)
+  return geometry.scale_boxes(edges, 1.0 / batch.canvas_scale[:, None]), scores, valid
+
+
+def _truth_parts(settings: Settings, humans, truth):
+  """The ground-truth parts (boxes, valid, states) of the truth's human that each
+  human overlaps most: (B, M, 10, ...)."""
+  edges, _, valid = humans
+  match, matched = _match_truth(edges, valid, truth, settings)
+  return (_gather_humans(truth['part_boxes'], match),
+          _gather_humans(truth['part_valid'], match) & matched[..., None],
+          _gather_humans(truth['part_states'], match))
+
+
+def _flat(x):
+  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans,
+           truth_parts):
+  """(edge boxes (B, M, 10, k, 4) in frame pixels, scores, valid): the part
+  detector's top-k per part on every human's crop, or (truth_parts given) the truth's
+  parts as the first proposal."""
+  human_edges, _, human_valid = humans
+  k = settings.proposals_per_part
+  if truth_parts is not None:
+    boxes, valid, _ = truth_parts
+    first = (jnp.arange(k) == 0)[None, None, None, :]
+    part_valid = first & valid[..., None]
+    return (jnp.where(part_valid[..., None], to_edges(boxes)[:, :, :, None], 0.0),
+            part_valid.astype(jnp.float32), part_valid)
+  num_humans = human_edges.shape[1]
+  regions = geometry.context_regions(human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]),
+                                     batch.frame_hw[:, None], nets.part_context)
+  crops, crop_content, crop_scale = geometry.fitted_crops(
+      _normalize(batch.frames, nets.part_norm), batch.canvas_scale, regions, nets.part_size)
+  det = nets.parts.apply(variables['parts'], _flat(crops), _flat(crop_content), train=False)
+  unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
+  edges, scores, valid = map(unflat, _top_proposals(det, settings))
+  # Part-detector input pixels -> frame pixels.
+  edges = geometry.shift_boxes(geometry.scale_boxes(edges, 1.0 / crop_scale[:, :, None, None]),
+                               regions[:, :, None, None, :2])
+  return edges, scores, valid & human_valid[:, :, None, None]
+
+
+def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
+  """(B, M, 10, k) int32 state of every proposal: the part-state network on each
+  human's crop, the k-th proposals of the ten parts as one set, with the action."""
+  human_edges = humans[0]
+  part_edges, _, part_valid = parts
+  num_humans = human_edges.shape[1]
+  regions = geometry.context_regions(human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]),
+                                     batch.frame_hw[:, None], nets.state_context)
+  crops, crop_scale, offset = geometry.squeezed_crops(
+      _normalize(batch.frames, nets.state_norm), batch.canvas_scale, regions,
+      nets.state_resize, nets.state_size)
+  sets = jnp.swapaxes(part_edges, 2, 3)                                 # (B, M, k, 10, 4)
+  boxes, visible = geometry.boxes_into_window(sets, regions[:, :, None],
+                                              crop_scale[:, :, None], offset, nets.state_size)
+  set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
+  logits = nets.states.apply(
+      variables['states'], _flat(crops), _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
+      _flat(set_valid), jnp.repeat(jnp.asarray(action, jnp.int32), num_humans), train=False)
+  states = logits.argmax(-1).reshape(set_valid.shape)
+  return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
+
+
+def parse_frames_variants(nets: _Networks, settings: Settings,
+                          variables: Mapping[str, PyTree], frames, image_shape, action,
+                          truth: Mapping[str, jax.Array] | None = None, *,
+                          variants: Sequence[frozenset[str]] = (frozenset(),)
+                          ) -> tuple[dict[str, jax.Array], ...]:
+  """`parse_frames` for several oracle sets at once, each stage computed once per
+  distinct input (e.g. the part detector runs on the detected and on the true humans,
+  not once per variant): the ablation table in one pass. Returns one output dict per
+  variant, in order."""
+  frame_hw = jnp.asarray(image_shape, jnp.float32)
+  content = geometry.fit_content(frame_hw, nets.canvas)
+  batch = _Frames(frames, frame_hw, content, content / frame_hw)
+  cache = {}
+
+  def once(key, make):
+    if key not in cache:
+      cache[key] = make()
+    return cache[key]
+
+  outputs = []
+  for oracle in variants:
+    h = 'humans' in oracle
+    humans = once(('humans', h), lambda: _humans(nets, settings, variables, batch, truth, h))
+    truth_parts = None
+    if oracle & {'parts', 'states'}:
+      truth_parts = once(('truth_parts', h), lambda: _truth_parts(settings, humans, truth))
+    p = 'parts' in oracle
+    parts = once(('parts', h, p), lambda: _parts(nets, settings, variables, batch, humans,
+                                                 truth_parts if p else None))
+    a = 'action' in oracle
+    states = once(('states', h, p, a), lambda: _states(
+        nets, variables, batch, humans, parts, truth['action'] if a else action))
+    if 'states' in oracle:
+      _, true_valid, true_states = truth_parts
+      known = true_valid & (true_states >= 0)
+      states = jnp.where(known[..., None], true_states[..., None], states)
+    outputs.append(_assemble(humans, parts, states))
+  return tuple(outputs)
+
+
+def _assemble(humans, parts, states) -> dict[str, jax.Array]:
+  human_edges, human_scores, human_valid = humans
+  part_edges, part_scores, part_valid = parts
+  inclusive = jnp.array([0.0, 0.0, 1.0, 1.0])
+  return {'human_boxes': (human_edges - inclusive) * human_valid[..., None],
+          'human_scores': human_scores * human_valid, 'human_valid': human_valid,
+          'part_boxes': (part_edges - inclusive) * part_valid[..., None],
+          'part_scores': part_scores * part_valid,
+          'part_states': jnp.where(part_valid, states, -1), 'part_valid': part_valid}
+
+
 def parse_frames(nets: _Networks, settings: Settings, variables: Mapping[str, PyTree],
                  frames, image_shape, action, truth: Mapping[str, jax.Array] | None = None,
                  *, oracle: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
@@ -181,80 +320,14 @@ def parse_frames(nets: _Networks, settings: Settings, variables: Mapping[str, Py
     frames: (B, H, W, 3) uint8 frames on the canvas (`prepare_frame`).
     image_shape: (B, 2) the frames' (height, width) before the canvas.
     action: (B,) int32 action of each frame's video (the part-state vocabulary).
-    truth: `frame_truth` arrays, needed by the 'humans' / 'parts' / 'states' oracles.
+    truth: `frame_truth` arrays, needed by any oracle.
   Returns:
     human_boxes (B, M, 4), human_scores (B, M), human_valid (B, M); part_boxes
     (B, M, 10, k, 4), part_scores, part_states (int32, -1 where invalid), part_valid
     (B, M, 10, k); boxes inclusive, in frame pixels.
   """
-  batch = frames.shape[0]
-  frame_hw = jnp.asarray(image_shape, jnp.float32)
-  content = geometry.fit_content(frame_hw, nets.canvas)
-  canvas_scale = content / frame_hw                                     # frame -> canvas
-
-  # Humans (the oracle's skip the detector).
-  if 'humans' in oracle:
-    human_edges = to_edges(truth['human_boxes'])
-    human_valid = truth['human_valid']
-    human_scores = human_valid.astype(jnp.float32)
-  else:
-    det = nets.humans.apply(variables['humans'], _normalize(frames, nets.human_norm),
-                            content, train=False)
-    human_edges, human_scores, human_valid = _top_humans(det, settings)
-    human_edges = geometry.scale_boxes(human_edges, 1.0 / canvas_scale[:, None])
-  human_boxes = human_edges - jnp.array([0.0, 0.0, 1.0, 1.0])
-  num_humans = human_boxes.shape[1]
-  flat = lambda x: x.reshape((batch * num_humans,) + x.shape[2:])
-  unflat = lambda x: x.reshape((batch, num_humans) + x.shape[1:])
-
-  if oracle & {'parts', 'states'}:
-    match, matched = _match_truth(human_edges, human_valid, truth, settings)
-    truth_parts = _gather_humans(truth['part_boxes'], match)            # (B, M, 10, 4)
-    truth_valid = _gather_humans(truth['part_valid'], match) & matched[..., None]
-    truth_states = _gather_humans(truth['part_states'], match)
-
-  # Parts: the part detector on the crops of every human at once, (B, M) flattened.
-  k = settings.proposals_per_part
-  if 'parts' in oracle:
-    first = (jnp.arange(k) == 0)[None, None, None, :]
-    part_edges = jnp.where(first[..., None], to_edges(truth_parts)[:, :, :, None], 0.0)
-    part_valid = first & truth_valid[..., None]
-    part_scores = part_valid.astype(jnp.float32)
-  else:
-    regions = geometry.context_regions(human_boxes, frame_hw[:, None], nets.part_context)
-    crops, crop_content, crop_scale = geometry.fitted_crops(
-        _normalize(frames, nets.part_norm), canvas_scale, regions, nets.part_size)
-    det = nets.parts.apply(variables['parts'], flat(crops), flat(crop_content), train=False)
-    part_edges, part_scores, part_valid = map(unflat, _top_proposals(det, settings))
-    # Part-detector input pixels -> frame pixels.
-    part_edges = geometry.shift_boxes(
-        geometry.scale_boxes(part_edges, 1.0 / crop_scale[:, :, None, None]),
-        regions[:, :, None, None, :2])
-    part_valid = part_valid & human_valid[:, :, None, None]
-
-  # States: the part-state crops, the k-th proposals of the ten parts as one set.
-  regions = geometry.context_regions(human_boxes, frame_hw[:, None], nets.state_context)
-  crops, crop_scale, offset = geometry.squeezed_crops(
-      _normalize(frames, nets.state_norm), canvas_scale, regions, nets.state_resize,
-      nets.state_size)
-  sets = jnp.swapaxes(part_edges, 2, 3)                                 # (B, M, k, 10, 4)
-  window_boxes, visible = geometry.boxes_into_window(
-      sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size)
-  set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
-  logits = nets.states.apply(
-      variables['states'], flat(crops), flat(jnp.where(set_valid[..., None], window_boxes, 0.0)),
-      flat(set_valid), jnp.repeat(jnp.asarray(action, jnp.int32), num_humans), train=False)
-  states = jnp.swapaxes(unflat(logits.argmax(-1)), 2, 3).astype(jnp.int32)
-  if 'states' in oracle:
-    known = truth_valid & (truth_states >= 0)
-    states = jnp.where(known[..., None], truth_states[..., None], states)
-
-  part_boxes = part_edges - jnp.array([0.0, 0.0, 1.0, 1.0])
-  return {'human_boxes': human_boxes * human_valid[..., None],
-          'human_scores': human_scores * human_valid, 'human_valid': human_valid,
-          'part_boxes': part_boxes * part_valid[..., None],
-          'part_scores': part_scores * part_valid,
-          'part_states': jnp.where(part_valid, states, -1), 'part_valid': part_valid}
+  return parse_frames_variants(nets, settings, variables, frames, image_shape, action,
+                               truth, variants=(frozenset(oracle),))[0]
 
 
 # ------------------------------------------------------------------------ host side
@@ -267,14 +340,14 @@ def prepare_frame(image: np.ndarray, canvas: tuple[int, int]) -> tuple[np.ndarra
   return resized, image.shape[:2]
 
 
-def frame_truth(frame: Mapping | None, states: Sequence[str], max_humans: int
-                ) -> dict[str, np.ndarray]:
-  """A ground-truth frame in the challenge's schema ({'humans': [...]}, or None) ->
-  padded arrays for the oracles: human_boxes (M, 4), human_valid (M,), part_boxes
-  (M, 10, 4), part_valid (M, 10), part_states (M, 10) (index in `states`, -1 unknown).
-  Humans past `max_humans` are left out."""
+def frame_truth(frame: Mapping | None, states: Sequence[str], max_humans: int,
+                action: int = 0) -> dict[str, np.ndarray]:
+  """A ground-truth frame in the challenge's schema ({'humans': [...]}, or None) and
+  its video's action index -> padded arrays for the oracles: human_boxes (M, 4),
+  human_valid (M,), part_boxes (M, 10, 4), part_valid (M, 10), part_states (M, 10)
+  (index in `states`, -1 unknown), action (). Humans past `max_humans` are left out."""
   state_ids = {name: i for i, name in enumerate(states)}
-  out = {'human_boxes': np.zeros((max_humans, 4), np.float32),
+  out = {'action': np.int32(action), 'human_boxes': np.zeros((max_humans, 4), np.float32),
          'human_valid': np.zeros(max_humans, bool),
          'part_boxes': np.zeros((max_humans, NUM_PARTS, 4), np.float32),
          'part_valid': np.zeros((max_humans, NUM_PARTS), bool),
@@ -350,29 +423,32 @@ class Pipeline:
     return parse_frames(self.nets, self.settings, variables, frames, image_shape, action,
                         truth, oracle=frozenset(oracle))
 
-  def compile(self, mesh: Mesh | None = None, *, oracle: frozenset[str] = frozenset()):
-    """A jitted `(frames, image_shape, action, truth=None) -> outputs` with the
-    variables on device. Frames are split over `mesh`'s 'data' axis (default: all local
-    devices) and each device parses its share alone (`shard_map`: frames never talk
-    to each other), so the outputs equal a single device's."""
+  def compile(self, mesh: Mesh | None = None, *,
+              variants: Sequence[frozenset[str]] = (frozenset(),)):
+    """A jitted `(frames, image_shape, action, truth=None) -> (outputs per variant)`
+    with the variables on device (`parse_frames_variants`). Frames are split over
+    `mesh`'s 'data' axis (default: all local devices) and each device parses its share
+    alone (`shard_map`: frames never talk to each other), so the outputs equal a single
+    device's. `truth` is needed when a variant has an oracle."""
     mesh = mesh or Mesh(np.asarray(jax.local_devices()), ('data',))
-    oracle = frozenset(oracle)
+    variants = tuple(frozenset(v) for v in variants)
+    needs_truth = any(variants)
     variables = jax.device_put(self.variables, NamedSharding(mesh, P()))
-    body = functools.partial(parse_frames, self.nets, self.settings, oracle=oracle)
     split = P('data')
-    if oracle - {'action'}:
-      program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), split, split, split, split),
-                                      out_specs=split, check_vma=False))
-    else:
-      program = jax.jit(jax.shard_map(lambda v, f, s, a: body(v, f, s, a), mesh=mesh,
-                                      in_specs=(P(), split, split, split), out_specs=split, check_vma=False))
+
+    def body(variables, frames, image_shape, action, truth=None):
+      return parse_frames_variants(self.nets, self.settings, variables, frames, image_shape,
+                                   action, truth, variants=variants)
+
+    specs = (P(), split, split, split) + ((split,) if needs_truth else ())
+    program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=split,
+                                    check_vma=False))
 
     def run(frames, image_shape, action, truth=None):
-      if oracle - {'action'}:
-        if truth is None:
-          raise ValueError(f'oracle {sorted(oracle)} needs the ground truth')
-        return program(variables, frames, image_shape, action, truth)
-      return program(variables, frames, image_shape, action)
+      if needs_truth and truth is None:
+        raise ValueError('an oracle needs the ground truth (truth=frame_truth arrays)')
+      args = (frames, image_shape, action) + ((truth,) if needs_truth else ())
+      return program(variables, *args)
 
     return run
 

@@ -28,7 +28,8 @@ from jax.sharding import PartitionSpec as P
 
 from tps_jax.data import augment
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data.pipelines import data_settings, dataset_metadata, make_pipeline
+from tps_jax.data import builders
+from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path, make_pipeline
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
 from tps_jax.train import tasks
@@ -130,10 +131,15 @@ class PartStateTask(tasks.Task):
   # --- inference -----------------------------------------------------------
 
   def export_metadata(self):
-    """Vocabularies in label order; the crop rule and sizes of the eval pipeline."""
+    """Vocabularies in label order; the crop rule and sizes of the eval pipeline; how
+    often each part has each state in the training split (`state_counts` (10, S): the
+    majority-state baseline of tps_jax/inference/ablation.py)."""
     settings = data_settings('part_state', self.config)
     built = dataset_metadata('part_state', self.config)['settings']
-    return {'kind': 'part_state',
+    table = builders.state_table(dataset_path('part_state', settings), 'train')
+    counts = [np.bincount(column[column >= 0], minlength=len(self.vocab.states)).tolist()
+              for column in table.T]
+    return {'kind': 'part_state', 'state_counts': counts,
             'vocab': {'parts': list(self.vocab.parts), 'states': list(self.vocab.states),
                       'actions': list(self.vocab.actions)},
             'preprocessing': {'image_size': list(settings.image_size),
