@@ -41,19 +41,67 @@ def _metadata(kind, vocab: tps.Vocab, config):
                             'normalization': norm}}
 
 
-CONFIGS = {'human_detector': lambda: human_detector.get_config('tiny'),
-           'part_detector': lambda: part_detector.get_config('tiny'),
-           'part_state': lambda: part_state.get_config('tiny'),
-           'action': lambda: action.get_config('tiny')}
+def _micro_detector(config, backbone_overrides):
+  config.model.backbone_overrides = backbone_overrides
+  config.model.neck = {'out_channels': 16}
+  config.model.rpn.update(pre_nms_top_n_test=50, post_nms_top_n_test=20)
+  config.model.roi.update(fc_dim=16, max_detections=10, max_candidates=40)
+  return config
 
 
-def write_random_export(workdir, kind, vocab: tps.Vocab, seed=0, config=None):
+def _micro_swin(overrides):
+  return {**overrides, 'embed_dim': 16, 'depths': (1, 1, 1, 1), 'num_heads': (1, 1, 2, 2)}
+
+
+def _micro_part_state():
+  config = part_state.get_config('tiny')
+  config.model.backbone_overrides = _micro_swin(config.model.backbone_overrides)
+  config.model.update(roi_channels=8, hidden_dim=16, num_heads=2, mlp_dim=16, num_layers=1)
+  return config
+
+
+def _micro_action():
+  config = action.get_config('tiny')
+  config.model.overrides = _micro_swin(config.model.overrides)
+  return config
+
+
+# The tiny configs made smaller still: the same code paths, seconds to compile.
+CONFIGS = {
+    'human_detector': lambda: _micro_detector(human_detector.get_config('tiny'),
+                                              {'depths': (1, 1, 1, 1), 'frozen_stages': -1}),
+    'part_detector': lambda: _micro_detector(
+        part_detector.get_config('tiny'),
+        _micro_swin(part_detector.get_config('tiny').model.backbone_overrides)),
+    'part_state': _micro_part_state,
+    'action': _micro_action,
+}
+
+
+def random_variables(shapes, seed=0):
+  """Host-side random values for a variables tree of ShapeDtypeStructs (no compilation):
+  LeCun-normal kernels, zero biases and means, unit scales and variances."""
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name in ('bias', 'mean'):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+    return (rng.standard_normal(leaf.shape) / np.sqrt(max(fan_in, 1))).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
+
+
+def write_random_export(workdir, kind, vocab: tps.Vocab, seed=0, config=None, metadata=None):
   """WORKDIR/export of a randomly initialised network of `kind`; returns its path."""
   config = config or CONFIGS[kind]()
-  metadata = _metadata(kind, vocab, config)
+  metadata = metadata or _metadata(kind, vocab, config)
   task = tasks.get_task(config.task, config, metadata=metadata)
-  variables = jax.device_get(task.init_variables(jax.random.PRNGKey(seed)))
-  return checkpointing.export(str(workdir), variables, config, metadata)
+  shapes = jax.eval_shape(task.init_variables, jax.random.PRNGKey(seed))
+  return checkpointing.export(str(workdir), random_variables(shapes, seed), config, metadata)
 
 
 def write_random_bundle(tmp_path, root, **settings):

@@ -3,9 +3,11 @@
 The networks were trained on inputs the host made with PIL (tps_jax/data/builders.py,
 tps_jax/data/pipelines.py, tps_jax/data/augment.py); at inference the same geometry
 is computed here in jnp, batched and jittable, and the pixels are resampled on device
-by bilinear RoIAlign (`ops.roi_align`, aligned, one sample per output pixel and up to
-`MAX_SAMPLES` per axis when shrinking, i.e. PIL's pixel-centre convention with a box
-filter for downscaling). Rules mirrored:
+with PIL's bilinear filter (`resample`: a triangle of radius max(1, scale) around each
+output pixel's centre, normalised, reading only the crop's own pixels as PIL does on
+the cut-out crop) as two dense matmuls per crop. Against PIL on the same pixels the
+crops differ by about 0.3 grey level on average (PIL rounds to integers after each
+axis; tests/test_pipeline.py). Rules mirrored:
 
 - canvas (`augment.resize_pad`): a frame (h, w) is scaled by s = min(H / h, W / w) to
   content (round(h s), round(w s)) at the top-left of an (H, W) canvas, padding the
@@ -22,11 +24,8 @@ network take them); continuous edges inside (x2 + 1), as the detectors output th
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
-
-from tps_jax.ops.roi_align import roi_align
-
-MAX_SAMPLES = 2     # bilinear samples per output pixel and axis when shrinking
 
 
 def fit_content(frame_hw, canvas_hw):
@@ -48,6 +47,17 @@ def shift_boxes(boxes, origin_xy):
   return boxes + jnp.concatenate([origin_xy, origin_xy], axis=-1)
 
 
+def crop_to_frame(edges, regions, crop_scale):
+  """Edge boxes (..., 4) in a crop's input pixels -> frame pixels; the crop is `region`
+  (..., 4) of the frame, scaled by `crop_scale` (..., 2) (y, x)."""
+  return shift_boxes(scale_boxes(edges, 1.0 / crop_scale), regions[..., :2])
+
+
+def frame_to_crop(edges, regions, crop_scale):
+  """The inverse of `crop_to_frame`."""
+  return scale_boxes(shift_boxes(edges, -regions[..., :2]), crop_scale)
+
+
 def context_regions(boxes, frame_hw, context: float):
   """Integer crop regions (left, top, right, bottom) of inclusive boxes (..., 4) in
   frames (..., 2): grown by `context` x the size per side, outwards, clipped; at
@@ -63,10 +73,36 @@ def context_regions(boxes, frame_hw, context: float):
   return jnp.stack([left, top, right, bottom], axis=-1)
 
 
-def resample(images, regions, output_size: tuple[int, int]):
-  """Bilinear crops: images (N, H, W, C), regions (N, K, 4) edges -> (N, K, h, w, C)."""
-  return roi_align(images, regions, output_size, spatial_scale=1.0, sampling_ratio=-1,
-                   aligned=True, max_sampling_ratio=MAX_SAMPLES)
+def _filter_weights(start, step, bins: int, low, high, size: int):
+  """(..., bins, size) PIL bilinear weights along one axis: output pixel i is centred at
+  start + (i + 0.5) step; input pixels outside [low, high) take no part."""
+  support = jnp.maximum(step, 1.0)[..., None, None]
+  centre = start[..., None] + (jnp.arange(bins, dtype=jnp.float32) + 0.5) * step[..., None]
+  pixel = jnp.arange(size, dtype=jnp.float32)
+  weight = jnp.maximum(0.0, 1.0 - jnp.abs(pixel + 0.5 - centre[..., None]) / support)
+  weight = jnp.where((pixel >= low[..., None, None]) & (pixel < high[..., None, None]),
+                     weight, 0.0)
+  return weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-12)
+
+
+def resample(images, start, step, bounds, output_size: tuple[int, int]):
+  """Bilinear crops as PIL resizes: images (N, H, W, C); per crop (N, K, 2) (x, y) the
+  first output pixel's edge `start` and the input pixels per output pixel `step`, and
+  the (N, K, 4) pixel `bounds` (left, top, right, bottom) it may read -> (N, K, h, w, C).
+  """
+  out_h, out_w = output_size
+  height, width = images.shape[1:3]
+  bounds = jnp.round(bounds)
+  rows = _filter_weights(start[..., 1], step[..., 1], out_h, bounds[..., 1], bounds[..., 3],
+                         height)                                          # (N, K, h, H)
+  cols = _filter_weights(start[..., 0], step[..., 0], out_w, bounds[..., 0], bounds[..., 2],
+                         width)                                           # (N, K, w, W)
+  precision = jax.lax.Precision.HIGHEST
+  if out_h * width <= height * out_w:      # contract the bigger axis second: fewer flops
+    tmp = jnp.einsum('nkyh,nhwc->nkywc', rows, images, precision=precision)
+    return jnp.einsum('nkxw,nkywc->nkyxc', cols, tmp, precision=precision)
+  tmp = jnp.einsum('nkxw,nhwc->nkhxc', cols, images, precision=precision)
+  return jnp.einsum('nkyh,nkhxc->nkyxc', rows, tmp, precision=precision)
 
 
 def content_mask(content_hw, output_size: tuple[int, int]):
@@ -78,6 +114,19 @@ def content_mask(content_hw, output_size: tuple[int, int]):
   return inside[..., None].astype(jnp.float32)
 
 
+def _region_hw(regions):
+  return jnp.stack([regions[..., 3] - regions[..., 1], regions[..., 2] - regions[..., 0]],
+                   axis=-1)
+
+
+def _crops(canvas, canvas_scale, regions, start, crop_scale, output_size):
+  """`resample` of frame regions whose output pixel i starts at frame x = start +
+  i / crop_scale, reading the region's pixels, on a canvas `canvas_scale` x the frame."""
+  to_canvas = canvas_scale[:, None, ::-1]                                 # (N, 1, 2) (x, y)
+  return resample(canvas, start * to_canvas, to_canvas / crop_scale[..., ::-1],
+                  scale_boxes(regions, canvas_scale[:, None]), output_size)
+
+
 def fitted_crops(canvas, canvas_scale, regions, output_size: tuple[int, int]):
   """Crops resized to fit `output_size` keeping the aspect ratio (the part detector's
   input): (crops (N, K, h, w, C) padded with 0, content (N, K, 2) (h, w), crop scale
@@ -86,15 +135,10 @@ def fitted_crops(canvas, canvas_scale, regions, output_size: tuple[int, int]):
   canvas (N, H, W, C) normalised; canvas_scale (N, 2): frame -> canvas (y, x);
   regions (N, K, 4) frame edges.
   """
-  region_hw = jnp.stack([regions[..., 3] - regions[..., 1],
-                         regions[..., 2] - regions[..., 0]], axis=-1)
+  region_hw = _region_hw(regions)
   content = fit_content(region_hw, output_size)
   crop_scale = content / region_hw
-  out = jnp.asarray(output_size, jnp.float32)
-  # The whole output canvas seen in frame pixels: its content is the region.
-  window = jnp.concatenate([regions[..., :2], regions[..., :2] + (out / crop_scale)[..., ::-1]],
-                           axis=-1)
-  crops = resample(canvas, scale_boxes(window, canvas_scale[:, None]), output_size)
+  crops = _crops(canvas, canvas_scale, regions, regions[..., :2], crop_scale, output_size)
   return crops * content_mask(content, output_size), content, crop_scale
 
 
@@ -102,14 +146,10 @@ def squeezed_crops(canvas, canvas_scale, regions, resize: int, output_size: tupl
   """The part-state input: each region squeezed to resize x resize, centre window
   `output_size` (crops (N, K, h, w, C), crop scale (N, K, 2) (y, x) = resize / region
   size, offset (y, x) of the window in the squeezed crop)."""
-  region_hw = jnp.stack([regions[..., 3] - regions[..., 1],
-                         regions[..., 2] - regions[..., 0]], axis=-1)
-  crop_scale = resize / region_hw
+  crop_scale = resize / _region_hw(regions)
   offset = (resize - jnp.asarray(output_size, jnp.float32)) / 2.0
   start = regions[..., :2] + (offset / crop_scale)[..., ::-1]
-  end = start + (jnp.asarray(output_size, jnp.float32) / crop_scale)[..., ::-1]
-  window = jnp.concatenate([start, end], axis=-1)
-  crops = resample(canvas, scale_boxes(window, canvas_scale[:, None]), output_size)
+  crops = _crops(canvas, canvas_scale, regions, start, crop_scale, output_size)
   return crops, crop_scale, offset
 
 
@@ -119,8 +159,7 @@ def boxes_into_window(frame_edges, regions, crop_scale, offset, output_size):
 
   regions (..., 4), crop_scale (..., 2), offset (2,) broadcast over the P boxes.
   """
-  local = shift_boxes(frame_edges, -regions[..., None, :2])
-  local = scale_boxes(local, crop_scale[..., None, :])
+  local = frame_to_crop(frame_edges, regions[..., None, :], crop_scale[..., None, :])
   local = shift_boxes(local, -jnp.broadcast_to(offset[::-1], local.shape[:-1] + (2,)))
   height, width = output_size
   clipped = jnp.stack([jnp.clip(local[..., 0], 0, width), jnp.clip(local[..., 1], 0, height),

@@ -231,9 +231,7 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
   det = nets.parts.apply(variables['parts'], _flat(crops), _flat(crop_content), train=False)
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
   edges, scores, valid = map(unflat, _top_proposals(det, settings))
-  # Part-detector input pixels -> frame pixels.
-  edges = geometry.shift_boxes(geometry.scale_boxes(edges, 1.0 / crop_scale[:, :, None, None]),
-                               regions[:, :, None, None, :2])
+  edges = geometry.crop_to_frame(edges, regions[:, :, None, None], crop_scale[:, :, None, None])
   return edges, scores, valid & human_valid[:, :, None, None]
 
 
