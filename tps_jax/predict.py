@@ -191,7 +191,7 @@ def run(argv) -> int:
                                                threads=_DECODE_THREADS.value):
       if error:
         skipped.append(error)
-        bar.write(f'skipped: {error}')
+        bar.write(f'skipped: {error}', file=sys.stderr)
         bar.update(1)
       else:
         yield video
