@@ -83,6 +83,7 @@ def _stderr_lines(capsys) -> list[str]:
 # ------------------------------------------------------------------ checkpoint writes
 
 
+@pytest.mark.slow
 def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(tmp_path,
                                                                             capsys):
   prefix = _permissions_apply()
@@ -268,6 +269,7 @@ def _tensorboard_steps(workdir, tag='loss') -> set[int]:
   return steps
 
 
+@pytest.mark.slow
 def test_sigkill_keeps_the_tensorboard_scalars_of_checkpointed_steps(tmp_path):
   workdir = str(tmp_path / 'run')
   proc = _start(workdir, '--config.total_steps=100000', '--config.log_steps=5',
@@ -283,6 +285,7 @@ def test_sigkill_keeps_the_tensorboard_scalars_of_checkpointed_steps(tmp_path):
   assert set(range(5, saved + 1, 5)) <= _tensorboard_steps(workdir)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_records_the_partial_window_and_exits_75(tmp_path):
   workdir = str(tmp_path / 'run')
   proc = _start(workdir, '--config.total_steps=100000', '--config.log_steps=7',
@@ -365,10 +368,10 @@ def test_first_hour_mistakes_are_one_line(tmp_path, config, flags, expected):
 def test_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('')
-  code, err, _ = _run(a_file)
-  assert code == 1 and err == [
-      f'error: --workdir={a_file}: is a file, not a directory; give a new directory or '
-      "an earlier run's"]
+  with pytest.raises(SystemExit) as error:
+    trainer.run_cli(toy_config(), str(a_file))
+  assert error.value.code == (f'error: --workdir={a_file}: is a file, not a directory; '
+                              "give a new directory or an earlier run's")
   read_only = tmp_path / 'read_only'
   read_only.mkdir(mode=0o555)
   code, err, _ = _run(read_only / 'run', prefix=_permissions_apply())
