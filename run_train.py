@@ -5,12 +5,15 @@ Multi-host: add --multihost (cluster auto-detection) or --coordinator_address=HO
 JAX_PROCESS_ID environment variables).
 """
 
+import glob
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from tps_jax.train import run_cli
+# tps_jax.train (and with it JAX) is imported in main(): the worker processes that
+# data preparation and grain spawn re-import this file, and need none of it.
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Stage config file.',
                                           lock_config=True)
@@ -22,10 +25,51 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'Index of this process.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _config_path(argv) -> str:
+  """The file named by --config=FILE[:variant] (or --config FILE) in argv."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):].split(':', 1)[0]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1].split(':', 1)[0]
+  return ''
+
+
+def _config_file_error(error: OSError, argv) -> str:
+  """One line for a --config file that did not load (ml_collections defers the error
+  until the config is used)."""
+  path = _config_path(argv)
+  configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+  known = sorted(f'configs/{os.path.basename(p)}' for p in glob.glob(f'{configs}/*.py')
+                 if not p.endswith('__init__.py'))
+  if os.path.isfile(path):
+    cause = str(error.__cause__ or error).strip().splitlines()[-1].strip()
+    problem = f'cannot be loaded ({cause})'
+  else:
+    problem = 'is a directory' if os.path.isdir(path) else 'no such file'
+  return (f'--config={path}: {problem}; stage configs are {", ".join(known)} (a variant '
+          'follows a colon, e.g. --config=configs/part_state.py:tiny)')
+
+
+def _flag_error(error: flags.Error) -> str:
+  """A flag error on one line; a config's ValueError (e.g. an unknown variant) without
+  the traceback ml_collections puts into the message."""
+  text = str(error).strip()
+  flag, marker, trace = text.partition(': Error whilst parsing config file:')
+  last = trace.strip().splitlines()[-1] if marker and trace.strip() else ''
+  if last.startswith('ValueError: '):
+    return f'{flag}: {last[len("ValueError: "):]}'
+  return text
+
+
 def parse_flags(argv):
-  """absl flag parsing, with a one-line error for a --config.<field> that does not exist."""
+  """absl flag parsing, with one-line errors for a --config file that does not load or
+  has no such variant, and a --config.<field> that does not exist."""
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value.get('task')  # a config file that did not load raises here
+  except OSError as e:
+    sys.exit(f'error: {_config_file_error(e, argv)}')
   except (AttributeError, KeyError) as e:
     # ml_collections raises with the bare field name (and maybe a suggestion).
     while isinstance(e, BaseException) and e.args:
@@ -34,11 +78,13 @@ def parse_flags(argv):
     bad = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     sys.exit(f'error: no such config field: {detail} (in {" ".join(bad)})')
   except flags.Error as e:
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {_flag_error(e)}')
+  return remaining
 
 
 def main(argv):
   del argv
+  from tps_jax.train import run_cli  # pylint: disable=g-import-not-at-top
   run_cli(_CONFIG.value, _WORKDIR.value, multihost=_MULTIHOST.value,
           coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
           process_id=_PROCESS_ID.value)

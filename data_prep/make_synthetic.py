@@ -39,7 +39,6 @@ import dataclasses
 import fractions
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import string
@@ -53,6 +52,7 @@ from tqdm import tqdm
 
 from data_prep import _render as render
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import processes
 from tps_jax.evaluation import submission
 
 VERSION = 1
@@ -464,7 +464,7 @@ def make_dataset(out: str, *, videos: int, frames: int, seed: int, size: tuple[i
   with tqdm(total=len(todo), desc="synthetic videos", unit="video",
             disable=not progress) as bar:
     if jobs > 1 and len(todo) > 1:
-      with multiprocessing.Pool(jobs) as pool:
+      with processes.process_pool(jobs) as pool:
         for _ in pool.imap_unordered(make_one, todo):
           bar.update()
     else:

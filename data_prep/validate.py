@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import multiprocessing
 import os
 import sys
 from typing import Callable, Iterable, Sequence, TypeVar
@@ -43,6 +42,7 @@ import av
 from tqdm import tqdm
 
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import processes
 
 VIDEO_MODES = ("full", "quick", "none")
 LIST_FILES = ("body_part.txt", "part_stat.txt", "object.txt")
@@ -291,7 +291,7 @@ def parallel_map(fn: Callable[[_Job], _Result], jobs: Sequence[_Job], *, workers
         bar.set_postfix_str(postfix, refresh=False)
       bar.update()
     if workers > 1 and len(jobs) > 1:
-      with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+      with processes.process_pool(min(workers, len(jobs))) as pool:
         for index, result in pool.imap_unordered(_Indexed(fn), enumerate(jobs)):
           done(index, result)
     else:

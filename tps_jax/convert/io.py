@@ -3,20 +3,32 @@
 `.safetensors` are read with the safetensors library (numpy; bfloat16 through its flax
 reader); anything else (`.pth`, `.pt`, `.bin`, `.ckpt`) with
 `torch.load(weights_only=True)`, which refuses pickled objects other than tensors and
-plain containers. torch is imported lazily: the library never needs it otherwise.
+plain containers. When it refuses, the error names the first foreign global the pickle
+would import, found by reading its opcodes (`pickle_globals`), never by unpickling;
+it never suggests turning `weights_only` off. torch is imported lazily: the library
+never needs it otherwise.
 Tensors come back as numpy arrays keyed by their state-dict names; floating point ones
 as float32 (parameters are float32 in tps_jax).
 """
 from __future__ import annotations
 
+import io
 import os
+import pickletools
 import re
+import zipfile
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 # Containers that training frameworks put around the state dict, in order of preference.
 _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_state', 'params')
+# Globals of a plain tensor file: torch's tensor / storage rebuilders and dtypes, and
+# the containers of a state dict.
+_PLAIN_GLOBAL = re.compile(r'^(torch\.|collections\.OrderedDict$|_codecs\.encode$)')
+_STRING_OPCODES = frozenset({'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE',
+                             'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8'})
+_LISTED = 5   # names listed in an error before "and N more"
 
 
 class ConversionError(ValueError):
@@ -62,12 +74,7 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for pickled objects / corrupt files.
-    message = str(e)
-    refused = re.search(r'Unsupported global: GLOBAL (\S+)', message)
-    reason = (f'it pickles {refused[1]}, which a weights-only load refuses' if refused
-              else _first_line(e))
-    raise ConversionError(f'{path}: cannot be read as a weights-only checkpoint ({reason}); '
-                          're-save its state dict alone') from None
+    raise ConversionError(_load_failure(path, e)) from None
   state = _unwrap(obj, path)
   out = {}
   for name, value in state.items():
@@ -75,6 +82,87 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
       value = value.detach().cpu()
       out[name] = value.float().numpy() if value.is_floating_point() else value.numpy()
   return out
+
+
+def _load_failure(path: str, error: Exception) -> str:
+  """Why torch.load(weights_only=True) failed, on one line, without torch's advice."""
+  resave = ('re-save the state dict alone (torch.save(model.state_dict(), path)) or as '
+            '.safetensors')
+  try:
+    foreign = [n for n in pickle_globals(path) if not _PLAIN_GLOBAL.match(n)]
+  except Exception:  # pylint: disable=broad-except  (a file too damaged to scan)
+    foreign = []
+  if foreign:
+    return (f'{path}: not a plain tensor file: its pickle imports {listing(foreign)}, '
+            f'which a weights-only load refuses to run; {resave}')
+  # torch wraps its reason in advice to load with weights_only=False: the unsafe route,
+  # not ours to pass on. The reason is the paragraph that does not mention it.
+  paragraphs = [p.strip() for p in re.split(r'\n\s*\n', str(error)) if p.strip()]
+  reasons = [p.splitlines()[0] for p in paragraphs if 'weights_only' not in p]
+  reason = f'{type(error).__name__}: {reasons[0]}' if reasons else type(error).__name__
+  return f'{path}: cannot be read as a torch checkpoint ({reason})'
+
+
+def pickle_globals(path: str) -> list[str]:
+  """'module.name' of every global the pickle(s) of a torch file would import, in
+  order, without duplicates; read from the opcodes, nothing is unpickled."""
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      streams = [archive.read(n) for n in archive.namelist() if n.endswith('data.pkl')]
+  else:  # the legacy format: several pickles in a row, then raw storage bytes
+    with open(path, 'rb') as f:
+      streams = [f.read()]
+  names = []
+  for data in streams:
+    names += _globals_in(io.BytesIO(data))
+  return list(dict.fromkeys(names))
+
+
+def _globals_in(stream: io.BytesIO) -> list[str]:
+  """GLOBAL / INST / STACK_GLOBAL names of the pickles in `stream`, read until the end
+  or bytes that are not a pickle. STACK_GLOBAL takes its names from the stack: the
+  strings pushed (or fetched from the memo) just before it."""
+  names, strings, memo = [], [], {}
+  size = len(stream.getbuffer())
+  while stream.tell() < size:
+    try:
+      top = None   # the string on top of the stack, if the last opcode pushed one
+      for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in ('GLOBAL', 'INST'):
+          names.append(arg.replace(' ', '.'))
+        elif name == 'STACK_GLOBAL' and len(strings) >= 2:
+          names.append(f'{strings[-2]}.{strings[-1]}')
+        if name in _STRING_OPCODES:
+          top = arg if isinstance(arg, str) else arg.decode('latin-1')
+          strings.append(top)
+          continue
+        if name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+          memo[arg] = top
+        elif name == 'MEMOIZE':
+          memo[len(memo)] = top
+        elif name in ('GET', 'BINGET', 'LONG_BINGET') and isinstance(memo.get(arg), str):
+          top = memo[arg]
+          strings.append(top)
+          continue
+        if name not in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+          top = None
+    except ValueError:  # not (or no longer) a pickle
+      break
+  return names
+
+
+def listing(items: list[str], limit: int = _LISTED, sep: str = ', ') -> str:
+  """'a, b, c' or 'a, b, c, d, e and 12 more': a list kept to one readable line."""
+  shown = sep.join(items[:limit])
+  return shown if len(items) <= limit else f'{shown} and {len(items) - limit} more'
+
+
+def natural_key(name: str) -> tuple:
+  """Order of tensor names in errors: parameters before BatchNorm statistics (they say
+  more), numbers compared as numbers (blocks_6 before blocks_10)."""
+  return (name.startswith('batch_stats/'),
+          [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)])
 
 
 def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
@@ -137,20 +225,21 @@ def torch_to_flax_leaf(path: str, value: np.ndarray) -> np.ndarray:
 
 def check_tree(expected: Mapping[str, tuple], got: Mapping[str, np.ndarray], source: str,
                allow_missing: Iterable[str] = ()) -> None:
-  """Raises one ConversionError listing the missing / unexpected keys and shape mismatches
-  of flat {path: array} `got` against flat {path: shape} `expected`."""
-  missing = sorted(set(expected) - set(got) - set(allow_missing))
-  unexpected = sorted(set(got) - set(expected))
+  """Raises one ConversionError naming the first few missing / unexpected keys and shape
+  mismatches ('and N more') of flat {path: array} `got` against flat
+  {path: shape} `expected`."""
+  missing = sorted(set(expected) - set(got) - set(allow_missing), key=natural_key)
+  unexpected = sorted(set(got) - set(expected), key=natural_key)
   mismatched = [f'{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k])}'
-                for k in sorted(set(expected) & set(got))
+                for k in sorted(set(expected) & set(got), key=natural_key)
                 if tuple(got[k].shape) != tuple(expected[k])]
   problems = []
   if missing:
-    problems.append(f'missing keys: {", ".join(missing)}')
+    problems.append(f'missing keys: {listing(missing)}')
   if unexpected:
-    problems.append(f'unexpected keys: {", ".join(unexpected)}')
+    problems.append(f'unexpected keys: {listing(unexpected)}')
   if mismatched:
-    problems.append(f'shape mismatches: {"; ".join(mismatched)}')
+    problems.append(f'shape mismatches: {listing(mismatched, sep="; ")}')
   if problems:
     raise ConversionError(f'{source}: ' + ' | '.join(problems))
 

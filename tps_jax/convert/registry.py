@@ -38,7 +38,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from tps_jax.convert.io import ConversionError, read_state_dict, unflatten
+from tps_jax.convert.io import (ConversionError, listing, natural_key, read_state_dict,
+                                unflatten)
 
 
 @dataclasses.dataclass
@@ -103,26 +104,26 @@ def variable_shapes(conversion: Conversion) -> dict[str, tuple[int, ...]]:
 
 
 def check_params(conversion: Conversion, arch: str, source: str) -> None:
-  """Raises one ConversionError listing every missing, unexpected or mis-shaped tensor
-  (parameters and model state such as BatchNorm statistics)."""
+  """Raises one ConversionError naming the first few missing, unexpected and mis-shaped
+  tensors, then 'and N more' (parameters and model state such as BatchNorm statistics)."""
   expected = {(path[len('params/'):] if path.startswith('params/') else path): shape
               for path, shape in variable_shapes(conversion).items()}
   params = {**conversion.params, **conversion.model_state}
   sources = conversion.sources
   named = lambda path: sources.get(path, path)
   problems = []
-  missing = sorted(set(expected) - set(params))
+  missing = sorted(set(expected) - set(params), key=natural_key)
   if missing:
     problems.append(f'missing keys (model parameters the checkpoint lacks): '
-                    f'{", ".join(missing)}')
-  unexpected = sorted(named(p) for p in set(params) - set(expected))
+                    f'{listing(missing)}')
+  unexpected = sorted((named(p) for p in set(params) - set(expected)), key=natural_key)
   if unexpected:
-    problems.append(f'unexpected keys (not in the model): {", ".join(unexpected)}')
+    problems.append(f'unexpected keys (not in the model): {listing(unexpected)}')
   mismatched = [f'{named(p)} {tuple(params[p].shape)} vs model {p} {expected[p]}'
-                for p in sorted(set(params) & set(expected))
+                for p in sorted(set(params) & set(expected), key=natural_key)
                 if tuple(params[p].shape) != expected[p]]
   if mismatched:
-    problems.append(f'shape mismatches (flax layout): {"; ".join(mismatched)}')
+    problems.append(f'shape mismatches (flax layout): {listing(mismatched, sep="; ")}')
   if problems:
     raise ConversionError(f'{source}: the checkpoint ({conversion.flavour}) does not fit '
                           f'arch {arch}: ' + ' | '.join(problems))

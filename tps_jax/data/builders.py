@@ -48,7 +48,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import re
 import types
@@ -60,6 +59,7 @@ from tqdm import tqdm
 
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import processes
 from tps_jax.data import video as video_lib
 
 STAGES = ("humans", "parts", "part_states", "action_clips")
@@ -512,8 +512,7 @@ def worker_pool(maker: ExampleMaker, jobs: int):
   if jobs <= 1:
     yield None
     return
-  context = multiprocessing.get_context("spawn")
-  with context.Pool(jobs, initializer=_set_worker_maker, initargs=(maker,)) as pool:
+  with processes.process_pool(jobs, _set_worker_maker, (maker,)) as pool:
     yield pool
 
 

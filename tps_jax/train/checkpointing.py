@@ -4,14 +4,23 @@ Layout of a workdir:
   checkpoints/<step>/state   the TrainState            checkpoints/<step>/data  iterator
   export/variables           final {'params': ..., <model_state>}   export/config.json
   export/metadata.json       vocabularies and preprocessing (Task.export_metadata)
+  damaged_checkpoints/<step> checkpoints that could not be read, set aside on resume
+
+Faults end in one line (`CheckpointError`), never in a hang or a traceback: a save
+that cannot be written fails at once, naming the path and the cause; a checkpoint
+that cannot be read is named as damaged (not as a config mismatch) and the resume
+falls back to the newest readable one (`restore_latest`); only when none is readable
+does it refuse, so a run never restarts from step 0 by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sys
 from typing import Any, Callable
 
 import grain
@@ -28,28 +37,84 @@ Adapter = Callable[[str, np.ndarray, tuple], 'np.ndarray | None']
 
 
 METADATA_FILE = 'metadata.json'   # export/: Task.export_metadata
+DAMAGED_DIR = 'damaged_checkpoints'
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used (one line, names the directory and the leaf)."""
 
 
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read (missing or truncated), as opposed to
+  one written by another configuration."""
+
+
+def error_cause(error: BaseException, limit: int = 300) -> str:
+  """The root cause of a (chained) exception on one line: 'Permission denied:
+  /w/checkpoints/30.orbax-checkpoint-tmp' for an OSError, else 'Type: first line'."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  root = next((e for e in chain if isinstance(e, OSError) and e.strerror), chain[-1])
+  if isinstance(root, OSError) and root.strerror:
+    text = f'{root.strerror}: {root.filename}' if root.filename else root.strerror
+  else:
+    lines = str(root).strip().splitlines()
+    text = f'{type(root).__name__}: {lines[0] if lines else ""}'
+  # TensorStore nests its causes ('A: B: ... local file "f": why') and appends its JSON
+  # spec: the innermost file and reason say it all.
+  text = re.sub(r'\s*\[tensorstore_spec=.*', '', text)
+  if 'local file "' in text:
+    file_name, _, reason = text.rsplit('local file "', 1)[1].partition('": ')
+    text = f'{reason}: {file_name}'
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the finished checkpoints in workdir/checkpoints, ascending."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
 def make_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
       # cleanup_tmp_directories: a save cut short by SIGKILL leaves a tmp folder.
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                           enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True),
+      # Step folders are made before `save` returns: one that cannot be made fails
+      # there, at once, instead of in a background thread that orbax then waits
+      # 300 s for.
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True,
+          async_options=ocp.AsyncOptions(create_directories_asynchronously=False)),
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'data': grain.checkpoint.CheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-  """Starts an async save of the state and the iterator position at `step`."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=grain.checkpoint.CheckpointSave(data_iterator)))
+  """Starts an async save of the state and the iterator position at `step`.
+
+  Raises CheckpointError naming the path and the cause when it cannot be written
+  (also for an earlier save whose background writing failed).
+  """
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iterator)))
+  except Exception as e:  # orbax raises from its own code, the OS and TensorStore alike.
+    raise CheckpointError(f'cannot write checkpoint {step} in {manager.directory}: '
+                          f'{error_cause(e)}') from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the pending async save; a failure is a one-line CheckpointError."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # as in `save`
+    raise CheckpointError(f'a checkpoint save in {manager.directory} failed: '
+                          f'{error_cause(e)}') from e
 
 
 def _flat_shapes(tree: PyTree) -> dict[str, tuple]:
@@ -74,19 +139,114 @@ def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> str |
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
-  """Restores the state (with the shardings of `abstract_state`) and the iterator."""
-  metadata = manager.item_metadata(step)['state']
-  saved = _flat_shapes(getattr(metadata, 'tree', metadata))
+  """Restores the state (with the shardings of `abstract_state`) and the iterator.
+
+  Raises DamagedCheckpointError for files that cannot be read, CheckpointError for a
+  checkpoint of another model or optimiser (leaf names or shapes differ).
+  """
+  step_dir = os.path.join(manager.directory, str(step))
+  # Without it orbax reads the tree as empty, which would look like a config mismatch.
+  if not os.path.isfile(os.path.join(step_dir, 'state', '_METADATA')):
+    raise DamagedCheckpointError(f'{step_dir}/state/_METADATA is missing')
+  try:
+    metadata = manager.item_metadata(step)['state']
+  except Exception as e:  # unreadable metadata: orbax, JSON and OS errors alike
+    raise DamagedCheckpointError(error_cause(e)) from e
+  saved = _flat_shapes(getattr(metadata, 'tree', metadata) or {})
+  if not saved:
+    raise DamagedCheckpointError(f'{step_dir}/state/_METADATA lists no arrays')
   expected = _flat_shapes(abstract_state)
   mismatch = first_mismatch(saved, expected)
   if mismatch:
     raise CheckpointError(
-        f'{manager.directory}/{step}: checkpoint incompatible with this config: {mismatch} '
+        f'{step_dir}: checkpoint incompatible with this config: {mismatch} '
         '(use a fresh --workdir)')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  except Exception as e:  # missing / truncated files: TensorStore, grain, OS errors
+    raise DamagedCheckpointError(error_cause(e)) from e
   return restored['state']
+
+
+@contextlib.contextmanager
+def _quiet_closed_loop():
+  """Silences the 'Event loop is closed' reports (one traceback per array) of
+  TensorStore reads that a failed restore left behind; they surface while the next
+  checkpoint is read."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and 'Event loop is closed' in str(value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.int32(ok)).min())
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves checkpoints/<step> to damaged_checkpoints/<step>[-n]; returns the new path.
+
+  Moved, not deleted: it is the user's data; and out of checkpoints/, so that the
+  resumed run can save that step again.
+  """
+  parent = os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_DIR)
+  target, n = os.path.join(parent, str(step)), 1
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(parent, f'{step}-{n}')
+  if jax.process_index() == 0:
+    os.makedirs(parent, exist_ok=True)
+    os.replace(os.path.join(manager.directory, str(step)), target)
+  multihost_utils.sync_global_devices(f'set_aside:{step}')
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
+                   ) -> tuple[Any, int | None, list[str]]:
+  """(state, step, report lines) of the newest readable checkpoint; (None, None, [])
+  when there is none at all.
+
+  Damaged newer checkpoints are skipped and moved to damaged_checkpoints/ (one report
+  line each, with the cause). When every checkpoint is damaged nothing is moved and
+  CheckpointError refuses to start: restarting from step 0 is the user's decision.
+  """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    state, cause = None, 'unreadable on another process'
+    try:
+      with _quiet_closed_loop():
+        state = restore(manager, step, abstract_state, data_iterator)
+    except DamagedCheckpointError as e:
+      cause = str(e)
+    if not _all_processes_agree(state is not None):
+      damaged.append((step, cause))
+      continue
+    report = []
+    for bad, why in damaged:
+      report.append(f'checkpoint {bad} in {manager.directory} is damaged ({why}); '
+                    f'skipped it and moved it to {_set_aside(manager, bad)}')
+    if damaged:
+      manager.reload()
+    return state, step, report
+  if damaged:
+    causes = '; '.join(f'step {step}: {why}' for step, why in damaged)
+    raise CheckpointError(
+        f'{manager.directory}: every checkpoint is damaged, nothing to resume from '
+        f'({causes}); move the folder aside to start again from step 0, or use a fresh '
+        '--workdir')
+  return None, None, []
 
 
 def _resolve_source(path: str) -> str:
@@ -101,7 +261,7 @@ def _resolve_source(path: str) -> str:
     raise CheckpointError(f'{path}: init_from directory does not exist')
   checkpoints = os.path.join(path, 'checkpoints')
   if os.path.isdir(checkpoints):
-    steps = sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+    steps = saved_steps(path)
     if not steps:
       raise CheckpointError(f'{checkpoints}: init_from workdir holds no checkpoint')
     return os.path.join(checkpoints, str(steps[-1]), 'state')

@@ -1,6 +1,11 @@
 """Metric writers: metrics.jsonl, TensorBoard events and a console progress line.
 
-Only process 0 writes; on other processes the writer does nothing.
+Only process 0 writes; on other processes the writer does nothing. Records are
+written as they are logged, so after a crash metrics.jsonl may hold steps past the
+last checkpoint; a resume drops those records (the resumed run logs the steps again)
+and `dropped_steps` says which, and TensorBoard is told to discard them too (a purge
+step). Train records carry `steps_averaged`, the number of steps they average (fewer
+than log_steps for a record cut short by SIGTERM); it is not plotted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import time
 
 import jax
 
+# Bookkeeping written to metrics.jsonl but not plotted.
+UNPLOTTED = frozenset({'steps_averaged'})
+
 
 class MetricWriter:
   """Writes `{'step': s, name: value, ...}` lines and TensorBoard scalars."""
@@ -20,35 +28,53 @@ class MetricWriter:
   def __init__(self, workdir: str, *, resume_step: int = 0):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.dropped_steps: list[int] = []   # records after resume_step, removed
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._truncate_after(resume_step)
+    self.dropped_steps = self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    # TensorBoard discards the earlier events from resume_step + 1 on: redone steps.
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                             purge_step=resume_step + 1)
 
-  def _truncate_after(self, step: int) -> None:
-    """Drops lines logged after the checkpoint we resume from (they will be redone)."""
+  def _truncate_after(self, step: int) -> list[int]:
+    """Drops lines logged after the checkpoint we resume from (they will be redone),
+    and a last line cut short by a kill; returns the dropped steps (-1: unreadable)."""
     if not os.path.exists(self.path):
-      return
+      return []
+    kept, dropped = [], []
     with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line)['step'] <= step]
-    if len(kept) != len(lines):
+      for line in f:
+        if not line.strip():
+          continue
+        try:
+          logged = json.loads(line)['step']
+        except (ValueError, KeyError, TypeError):
+          dropped.append(-1)
+          continue
+        if logged <= step:
+          kept.append(line)
+        else:
+          dropped.append(logged)
+    if dropped:
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
         f.writelines(kept)
       os.replace(tmp, self.path)
+    return dropped
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
       return
-    record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    record = {'step': int(step), **{k: v if isinstance(v, int) else float(v)
+                                    for k, v in metrics.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     for name, value in metrics.items():
-      self._tb.add_scalar(name, float(value), int(step))
+      if name not in UNPLOTTED:
+        self._tb.add_scalar(name, float(value), int(step))
 
   def flush(self) -> None:
     if self._tb is not None:

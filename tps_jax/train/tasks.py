@@ -285,6 +285,9 @@ def trainer_config(task: str, *, total_steps: int, batch_size: int, log_steps: i
   config.init_from = ml_collections.ConfigDict(
       {'path': init_from, 'include': init_include, 'exclude': init_exclude,
        'prefix': init_prefix, 'source_prefix': init_source_prefix})
+  # Resume a workdir although settings that change what it trains differ from those
+  # it was started with (tps_jax/train/settings.py).
+  config.allow_config_change = False
   return config
 
 

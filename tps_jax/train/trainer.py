@@ -8,7 +8,14 @@ data iterator, `init_from`, evaluation, logging, SIGTERM handling and export.
 Config fields read here: task, seed, total_steps, batch_size (global),
 grad_accum_steps, log_steps, checkpoint_steps, keep_checkpoints, eval_steps (0: no
 eval), bf16, mesh.model, optim.* (see optim.py), init_from: a path or
-{path, include, exclude, prefix} (path '' = off; see `_init_from`).
+{path, include, exclude, prefix} (path '' = off; see `_init_from`),
+allow_config_change (see settings.py).
+
+Interruptions: SIGTERM saves a checkpoint at the step boundary and the process exits
+with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL: rerun to resume), which a scheduler can
+tell from an unhandled SIGTERM death (143). SIGKILL loses only the steps since the
+last checkpoint; TensorBoard events are flushed at every checkpoint. A checkpoint that
+cannot be written stops the run at once with one line (exit 1).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from typing import Any
 
 import jax
@@ -26,6 +34,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from tps_jax.train import checkpointing
+from tps_jax.train import settings
 from tps_jax.train import sharding
 from tps_jax.train import tasks as tasks_lib
 from tps_jax.train.logging import MetricWriter, Progress
@@ -33,7 +42,8 @@ from tps_jax.train.optim import ema_update, make_optimizer
 from tps_jax.train.state import TrainState
 
 PyTree = Any
-PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+# Stopped by SIGTERM after saving a checkpoint: sysexits' "temporary failure, retry".
+PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL
 
 
 def say(message: str) -> None:
@@ -53,6 +63,21 @@ def format_eval(metrics: dict[str, float], limit: int = 6) -> str:
 
 class TrainingError(RuntimeError):
   """A problem reported to the user as one line (no traceback)."""
+
+
+def prepare_workdir(workdir: str) -> str:
+  """The absolute workdir, created if needed, after checking it can be written."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise TrainingError(f'--workdir={workdir}: is a file, not a directory; give a new '
+                        "directory or an earlier run's")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    os.rmdir(tempfile.mkdtemp(prefix='.write-test-', dir=workdir))
+  except OSError as e:
+    raise TrainingError(f'--workdir={workdir}: cannot write there ({e.strerror}); give a '
+                        'directory you can write to') from None
+  return workdir
 
 
 def initialize_distributed(*, multihost: bool = False, coordinator_address: str = '',
@@ -276,6 +301,20 @@ def _init_from(config, task: tasks_lib.Task, state: TrainState,
                        model_state=jax.device_put(model_state, shardings.model_state))
 
 
+def _save(manager, step: int, state: TrainState, train_iter, writer: MetricWriter) -> None:
+  """Starts the checkpoint save at `step` and flushes the TensorBoard events with it
+  (a SIGKILL then loses no scalar of a checkpointed step)."""
+  try:
+    checkpointing.save(manager, step, state, train_iter)
+  except checkpointing.CheckpointError as e:
+    last = manager.latest_step()
+    resume = (f'the last checkpoint is step {last}: a rerun resumes there'
+              if last is not None else 'no checkpoint was saved: a rerun starts at step 0')
+    raise TrainingError(f'{e} ({resume} and logs again the steps metrics.jsonl holds '
+                        'after it)') from e
+  writer.flush()
+
+
 def plan_train_state(task: tasks_lib.Task, config, mesh, rng):
   """How the train state is made, without making it.
 
@@ -309,7 +348,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Returns a summary: {'step', 'preempted', 'eval': final eval metrics, 'export'}.
   """
-  workdir = os.path.abspath(workdir)
+  settings.check_counts(config)
+  workdir = prepare_workdir(workdir)
+  # The settings first: a refused resume should not wait for the model or the data.
+  if checkpointing.saved_steps(workdir):
+    for line in settings.check_resume(workdir, config):
+      say(line)
   compute_dtype = jnp.bfloat16 if config.get('bf16', False) else jnp.float32
   try:
     task = tasks_lib.get_task(config.task, config, compute_dtype=compute_dtype)
@@ -329,15 +373,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   init_state, abstract_state, state_shardings, tx, schedule, ema_decay = plan_train_state(
       task, config, mesh, rng)
   manager = checkpointing.make_manager(workdir, keep=config.get('keep_checkpoints', 3))
-  latest = manager.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, state_shardings)
-    state = checkpointing.restore(manager, latest, target, train_iter)
-    say(f'resumed {workdir} from step {latest}')
-  else:
-    state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-    state = _init_from(config, task, state, state_shardings)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, state_shardings)
+  try:
+    state, restored_step, report = checkpointing.restore_latest(manager, target, train_iter)
+    for line in report:
+      say(line)
+    if state is not None:
+      settings.check_total_steps(config, restored_step, workdir)
+      say(f'resumed {workdir} from step {restored_step}')
+    else:
+      state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+      state = _init_from(config, task, state, state_shardings)
+  except BaseException:
+    manager.close()  # joins orbax's start-up threads, which an exit would interrupt
+    raise
+  if jax.process_index() == 0:  # the settings this workdir now trains with
+    settings.store(workdir, config)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
@@ -352,6 +404,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   step = int(jax.device_get(state.step))
   writer = MetricWriter(workdir, resume_step=step)
+  if writer.dropped_steps:
+    say(f'{writer.path}: dropped {len(writer.dropped_steps)} record(s) logged after step '
+        f'{step}, the step this run starts from (it logs those steps again)')
   progress = Progress(total_steps, config.batch_size, step)
   log_steps = config.log_steps
   checkpoint_steps = config.checkpoint_steps
@@ -362,7 +417,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   def check_finite(check):
     checked_step, finite = check
     if not bool(jax.device_get(finite)):
-      manager.wait_until_finished()
+      checkpointing.wait(manager)
       raise TrainingError(
           f'non-finite loss or gradient at step {checked_step}; stopped without saving '
           f'it (last good checkpoint: step {manager.latest_step()} in {workdir})')
@@ -376,11 +431,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         check_finite(pending_check)
       pending_check = (step, finite)
       window.append(metrics)
+      # Every process must agree to save (orbax saves are collective).
+      stop = sigterm.received
+      if jax.process_count() > 1:
+        stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
 
       record = {}
-      if step % log_steps == 0 or step == total_steps:
+      if step % log_steps == 0 or step == total_steps or stop:
         check_finite(pending_check)
-        record.update(_mean_metrics(window))
+        record.update(_mean_metrics(window), steps_averaged=len(window))
         window = []
         progress.update(step, record['loss'])
       if eval_steps and (step % eval_steps == 0 or step == total_steps):
@@ -390,18 +449,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         say(f'eval at step {step}: {format_eval(eval_metrics)}')
       if record:
         writer.write(step, record)
-      # Every process must agree to save (orbax saves are collective).
-      stop = sigterm.received
-      if jax.process_count() > 1:
-        stop = bool(multihost_utils.process_allgather(np.int32(stop)).max())
       if step % checkpoint_steps == 0 or step == total_steps or stop:
         check_finite(pending_check)
-        checkpointing.save(manager, step, state, train_iter)
+        _save(manager, step, state, train_iter, writer)
       if stop and step < total_steps:
         preempted = True
-        say(f'SIGTERM: saved a checkpoint at step {step}; exiting')
+        checkpointing.wait(manager)
+        say(f'SIGTERM: saved a checkpoint at step {step}; exiting with code '
+            f'{PREEMPTED_EXIT_CODE} (rerun the same command to resume)')
         break
-    manager.wait_until_finished()
+    checkpointing.wait(manager)
   writer.flush()
 
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
@@ -422,19 +479,22 @@ def run_cli(config, workdir: str, **distributed) -> None:
   """The command-line entry: set up processes, train, turn known errors into one line.
 
   A config with `stages` (configs/demo.py) runs several stages in turn
-  (tps_jax/train/stages.py); any other config is one stage.
+  (tps_jax/train/stages.py); any other config is one stage. Exit status: 0 done,
+  1 an error (one line), PREEMPTED_EXIT_CODE stopped by SIGTERM after a checkpoint.
   """
   # Orbax logs every file it writes at INFO; the trainer's own news goes to `say`.
   logging.set_verbosity(logging.WARNING)
   initialize_distributed(**distributed)
   try:
+    prepare_workdir(workdir)
     if 'stages' in config:
       from tps_jax.train import stages  # pylint: disable=g-import-not-at-top
       results = stages.run_stages(config, workdir)
       preempted = any(r.get('preempted') for r in results.values())
     else:
       preempted = train_and_evaluate(config, workdir)['preempted']
-  except (TrainingError, checkpointing.CheckpointError, FileNotFoundError) as e:
+  except (TrainingError, checkpointing.CheckpointError, settings.SettingsError,
+          FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   if preempted:
     sys.exit(PREEMPTED_EXIT_CODE)
