@@ -1,5 +1,7 @@
 """Trains one stage: python run_train.py --config=configs/<stage>.py[:variant] --workdir=DIR
 
+A config with `stages` (configs/demo.py) is a chain of stages, run by tps_jax/chain.py.
+
 Multi-host: add --multihost (cluster auto-detection) or --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 JAX_PROCESS_ID environment variables).
@@ -84,7 +86,10 @@ def parse_flags(argv):
 
 def main(argv):
   del argv
-  from tps_jax.train import run_cli  # pylint: disable=g-import-not-at-top
+  if 'stages' in _CONFIG.value:
+    from tps_jax.chain import run_cli  # pylint: disable=g-import-not-at-top
+  else:
+    from tps_jax.train import run_cli  # pylint: disable=g-import-not-at-top
   run_cli(_CONFIG.value, _WORKDIR.value, multihost=_MULTIHOST.value,
           coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
           process_id=_PROCESS_ID.value)

@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from tps_jax.train import stages
+from tps_jax import chain
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,26 +53,26 @@ def test_demo_writes_the_data_trains_both_stages_and_prints_baselines(tmp_path):
 
 
 def test_stage_entries_and_overrides_are_checked():
-  with pytest.raises(stages.StageError, match="name=configs"):
-    stages.parse_stage("configs/action.py:tiny")
-  with pytest.raises(stages.StageError, match="with name in"):
-    stages.parse_stage("detector=configs/human_detector.py")
-  config = stages.load_stage_config("configs/action.py:tiny")
-  with pytest.raises(stages.StageError, match="optim.no_such_field"):
-    stages._set_dotted(config, "optim.no_such_field", 1)   # pylint: disable=protected-access
-  with pytest.raises(stages.StageError, match="no module"):
-    stages.load_stage_config("configs/no_such_stage.py")
-  with pytest.raises(stages.StageError, match="stage_init.action: 'part_state' is not an "
+  with pytest.raises(chain.ChainError, match="name=configs"):
+    chain.parse_stage("configs/action.py:tiny")
+  with pytest.raises(chain.ChainError, match="with name in"):
+    chain.parse_stage("detector=configs/human_detector.py")
+  config = chain.load_stage_config("configs/action.py:tiny")
+  with pytest.raises(chain.ChainError, match="optim.no_such_field"):
+    chain._set_dotted(config, "optim.no_such_field", 1)   # pylint: disable=protected-access
+  with pytest.raises(chain.ChainError, match="no module"):
+    chain.load_stage_config("configs/no_such_stage.py")
+  with pytest.raises(chain.ChainError, match="stage_init.action: 'part_state' is not an "
                      "earlier stage"):
-    stages._init_from_stage(config, {"from": "part_state"}, "/w", "action", {})  # pylint: disable=protected-access
+    chain._init_from_stage(config, {"from": "part_state"}, "/w", "action", {})  # pylint: disable=protected-access
 
 
 def test_an_existing_root_that_is_not_a_dataset_is_refused(tmp_path):
   data = ml_collections.ConfigDict({"root": str(tmp_path), "videos": 4, "seed": 0,
                                     "build_stages": ["action_clips"]})
   (tmp_path / "something.txt").write_text("not a dataset")
-  with pytest.raises(stages.StageError, match="not a finished Kinetics-TPS dataset"):
-    stages.ensure_dataset(data, str(tmp_path / "work"))
+  with pytest.raises(chain.ChainError, match="not a finished Kinetics-TPS dataset"):
+    chain.ensure_dataset(data, str(tmp_path / "work"))
 
 
 def test_demo_command_reports_a_bad_override_in_one_line(tmp_path):

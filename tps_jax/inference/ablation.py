@@ -68,6 +68,21 @@ def score_row(name: str, gt_vid, gt_part, pred_vid, pred_part) -> Row:
              else 0.0, float(np.mean([report.correct[v] for v in videos])) if videos else 0.0)
 
 
+def score_rows(truth, submissions, pipeline) -> list[Row]:
+  """The table's rows: one per ROWS entry (`submissions` in ROWS order), then the
+  majority-state baseline on the system's submission when the part-state export
+  records its training states (`state_counts`)."""
+  rows = [score_row(name, truth.vid, truth.part, *pred)
+          for (name, _), pred in zip(ROWS, submissions)]
+  counts = pipeline.states.metadata.get('state_counts')
+  if counts:
+    majority = majority_states(counts, pipeline.state_names)
+    pred_vid, pred_part = submissions[0]
+    baseline = {v: with_states(frames, majority) for v, frames in pred_part.items()}
+    rows.append(score_row(BASELINE, truth.vid, truth.part, pred_vid, baseline))
+  return rows
+
+
 def format_table(rows: Sequence[Row]) -> str:
   system = next((r for r in rows if r.name == 'system'), None)
   lines = [f'  {"row":<28}{"score":>9}{"vs system":>10}{"mean PSC":>10}{"action":>10}']

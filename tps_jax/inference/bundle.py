@@ -27,6 +27,7 @@ serialized/signature.json states B, the canvas, the vocabularies and the outputs
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -82,6 +83,26 @@ def write_bundle(out: str, *, humans: str, parts: str, states: str, actions: Seq
     shutil.rmtree(out)
   os.replace(tmp, out)
   return out
+
+
+def fingerprint(bundle: str) -> str:
+  """A digest of what the bundle computes with -- its JSON files' content and its
+  variables' file names, sizes and modification times (kept by the copies) -- so that
+  results made with one bundle are not mixed with another's (inference/runner.py)."""
+  bundle = os.path.abspath(bundle)
+  digest = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(bundle)):
+    dirs[:] = sorted(d for d in dirs if d != SERIALIZED_DIR)
+    for name in sorted(files):
+      path = os.path.join(folder, name)
+      digest.update(os.path.relpath(path, bundle).encode())
+      if name.endswith('.json'):
+        with open(path, 'rb') as f:
+          digest.update(f.read())
+      else:
+        stat = os.stat(path)
+        digest.update(f':{stat.st_size}:{stat.st_mtime_ns}'.encode())
+  return digest.hexdigest()[:16]
 
 
 def read_manifest(bundle: str) -> dict[str, Any]:

@@ -360,8 +360,18 @@ def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '
   return merged, report
 
 
+def init_report_summary(path: str, report: dict[str, list[str]]) -> str:
+  """`merge_params`'s report in one line of counts (`init_report_lines` lists names)."""
+  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch',
+                                        'not_included'))
+  counts = [f'{len(report[k])} {k.replace("_", " ")}' for k in
+            ('adapted', 'missing', 'shape_mismatch', 'not_included', 'unused') if report.get(k)]
+  return (f'init_from {path}: restored {len(report["restored"])}/{total} parameter leaves'
+          + (f' ({", ".join(counts)})' if counts else ''))
+
+
 def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
-  """Human-readable summary of `merge_params`'s report."""
+  """`merge_params`'s report, every leaf named."""
   total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch',
                                         'not_included'))
   lines = [f'init_from {path}: restored {len(report["restored"])}/{total} parameter '

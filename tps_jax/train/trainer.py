@@ -53,6 +53,18 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+LOG_FILE = 'log.txt'   # WORKDIR/log.txt: what is too long for the console
+
+
+def log_details(workdir: str, lines: list[str]) -> str:
+  """Appends `lines` to WORKDIR/log.txt (process 0); returns its path."""
+  path = os.path.join(workdir, LOG_FILE)
+  if jax.process_index() == 0:
+    with open(path, 'a') as f:
+      f.write(''.join(f'{line}\n' for line in lines))
+  return path
+
+
 def format_eval(metrics: dict[str, float], limit: int = 6) -> str:
   """The headline eval metrics on one line: the first `limit` without a per-class /
   per-part suffix (e.g. top1 but not top1_left_arm), sorted by name."""
@@ -255,7 +267,7 @@ class _SigtermFlag:
 
 
 def _init_from(config, task: tasks_lib.Task, state: TrainState,
-               shardings: TrainState) -> TrainState:
+               shardings: TrainState, workdir: str) -> TrainState:
   """Overwrites part of the fresh params from `config.init_from` (if set).
 
   `path`: a trainer workdir (its latest checkpoint), an export dir, or an orbax tree
@@ -263,8 +275,8 @@ def _init_from(config, task: tasks_lib.Task, state: TrainState,
   `include` (re.search) and not `exclude` are taken when the source has them with
   the same shape, or one the task adapts (`Task.adapt_init_leaf`); source names get
   `prefix` prepended, and with `source_prefix` only the source leaves under it count,
-  without it. All others keep their fresh initialisation. The report of restored /
-  adapted / re-initialised leaves is printed.
+  without it. All others keep their fresh initialisation. A line of counts is printed;
+  the leaves restored / adapted / re-initialised, by name, go to WORKDIR/log.txt.
   """
   init_from = config.get('init_from')
   if not init_from:
@@ -282,8 +294,8 @@ def _init_from(config, task: tasks_lib.Task, state: TrainState,
   merged, report = checkpointing.merge_params(state.params, sources['params'],
                                               include or '.*', exclude or '',
                                               adapt=task.adapt_init_leaf)
-  for line in checkpointing.init_report_lines(path, report):
-    say(line)
+  log = log_details(workdir, checkpointing.init_report_lines(path, report))
+  say(f'{checkpointing.init_report_summary(path, report)}; the leaves by name: {log}')
   if not report['restored']:
     raise TrainingError(f'init_from {path}: no parameter matched include={include!r}')
   # Model state (e.g. frozen BatchNorm statistics) follows the same include/exclude.
@@ -384,7 +396,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       say(f'resumed {workdir} from step {restored_step}')
     else:
       state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-      state = _init_from(config, task, state, state_shardings)
+      state = _init_from(config, task, state, state_shardings, workdir)
   except BaseException:
     manager.close()  # joins orbax's start-up threads, which an exit would interrupt
     raise
@@ -478,8 +490,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 def run_cli(config, workdir: str, **distributed) -> None:
   """The command-line entry: set up processes, train, turn known errors into one line.
 
-  A config with `stages` (configs/demo.py) runs several stages in turn
-  (tps_jax/train/stages.py); any other config is one stage. Exit status: 0 done,
+  One stage (run_train.py sends a chain of stages to tps_jax/chain.py). Exit status: 0 done,
   1 an error (one line), PREEMPTED_EXIT_CODE stopped by SIGTERM after a checkpoint.
   """
   # Orbax logs every file it writes at INFO; the trainer's own news goes to `say`.
@@ -487,12 +498,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   initialize_distributed(**distributed)
   try:
     prepare_workdir(workdir)
-    if 'stages' in config:
-      from tps_jax.train import stages  # pylint: disable=g-import-not-at-top
-      results = stages.run_stages(config, workdir)
-      preempted = any(r.get('preempted') for r in results.values())
-    else:
-      preempted = train_and_evaluate(config, workdir)['preempted']
+    preempted = train_and_evaluate(config, workdir)['preempted']
   except (TrainingError, checkpointing.CheckpointError, settings.SettingsError,
           FileNotFoundError) as e:
     sys.exit(f'error: {e}')
