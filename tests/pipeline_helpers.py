@@ -7,38 +7,13 @@ scores checkable).
 """
 import os
 
-import jax
 import numpy as np
 
 from configs import action, human_detector, part_detector, part_state
-from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import bundle as bundle_lib
+from tps_jax.inference import export as export_lib
 from tps_jax.inference import pipeline as pipeline_lib
-from tps_jax.train import checkpointing
-from tps_jax.train import tasks
-
-
-def _metadata(kind, vocab: tps.Vocab, config):
-  norm = augment.normalization()
-  data = config.data
-  size = data.image_size
-  hw = [size, size] if isinstance(size, int) else list(size)
-  if kind == 'human_detector':
-    return {'kind': kind, 'vocab': {'classes': ['person']},
-            'preprocessing': {'image_size': hw, 'normalization': norm}}
-  if kind == 'part_detector':
-    return {'kind': kind, 'vocab': {'classes': list(tps.PARTS)},
-            'preprocessing': {'image_size': hw, 'context': 0.1, 'normalization': norm}}
-  if kind == 'part_state':
-    return {'kind': kind, 'vocab': {'parts': list(tps.PARTS), 'states': list(vocab.states),
-                                    'actions': list(vocab.actions)},
-            'preprocessing': {'image_size': hw, 'resize': data.resize, 'context': 0.1,
-                              'normalization': norm}}
-  return {'kind': kind, 'vocab': {'actions': list(vocab.actions)},
-          'preprocessing': {'num_frames': data.num_frames, 'frame_stride': data.frame_stride,
-                            'image_size': hw, 'resize': data.resize, 'clip_short_side': 256,
-                            'normalization': norm}}
 
 
 def _micro_detector(config, backbone_overrides):
@@ -78,30 +53,11 @@ CONFIGS = {
 }
 
 
-def random_variables(shapes, seed=0):
-  """Host-side random values for a variables tree of ShapeDtypeStructs (no compilation):
-  LeCun-normal kernels, zero biases and means, unit scales and variances."""
-  rng = np.random.default_rng(seed)
-
-  def value(path, leaf):
-    name = str(getattr(path[-1], 'key', path[-1]))
-    if name in ('bias', 'mean'):
-      return np.zeros(leaf.shape, leaf.dtype)
-    if name in ('scale', 'var'):
-      return np.ones(leaf.shape, leaf.dtype)
-    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    return (rng.standard_normal(leaf.shape) / np.sqrt(max(fan_in, 1))).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(value, shapes)
-
-
-def write_random_export(workdir, kind, vocab: tps.Vocab, seed=0, config=None, metadata=None):
+def write_random_export(workdir, kind, vocab: tps.Vocab, seed=0, config=None):
   """WORKDIR/export of a randomly initialised network of `kind`; returns its path."""
   config = config or CONFIGS[kind]()
-  metadata = metadata or _metadata(kind, vocab, config)
-  task = tasks.get_task(config.task, config, metadata=metadata)
-  shapes = jax.eval_shape(task.init_variables, jax.random.PRNGKey(seed))
-  return checkpointing.export(str(workdir), random_variables(shapes, seed), config, metadata)
+  metadata = export_lib.metadata_for(kind, config, states=vocab.states, actions=vocab.actions)
+  return export_lib.write_random_export(str(workdir), config, metadata, seed)
 
 
 def write_random_bundle(tmp_path, root, **settings):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import PIL.Image
+import portpicker
 import pytest
 
 from tests import pipeline_helpers as helpers
@@ -345,6 +346,41 @@ def test_predict_writes_a_scoreable_submission_resumes_and_skips_bad_videos(
                      "train", "--out", out, "--set", "max_humans=2", "--noprogress",
                      check=False)
   assert other.returncode == 2 and "--fresh" in other.stderr.strip().splitlines()[-1]
+
+
+def test_predict_on_a_folder_of_videos(bundle, synthetic_root, tmp_path):
+  folder = tmp_path / "videos" / "some_class"
+  folder.mkdir(parents=True)
+  video = next(tps.iter_videos(str(synthetic_root), "test"))
+  shutil.copy(video.video_path, folder)
+  proc = run_module("tps_jax.predict", "--bundle", bundle, "--video_folder",
+                    tmp_path / "videos", "--out", tmp_path / "pred", "--noprogress")
+  assert "score:" not in proc.stdout                 # no ground truth, no score
+  pred_vid, pred_part = submission.load_pair(str(tmp_path / "pred"), "pred")
+  assert list(pred_vid) == [video.name] and pred_vid[video.name] in tps.Vocab.from_root(
+      str(synthetic_root)).actions
+  assert sorted(pred_part[video.name]) == ["img_00001.json", "img_00006.json",
+                                           "img_00011.json"]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_videos_and_process_0_merges(bundle, synthetic_root,
+                                                             tmp_path):
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tps_jax.predict", "--bundle", bundle, "--data_root",
+       str(synthetic_root), "--split", "train", "--out", str(tmp_path), "--noprogress"],
+      cwd=REPO_ROOT, env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                              JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [proc.communicate(timeout=900) for proc in procs]
+  for proc, (_, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-3000:]
+  videos = sorted(v.name for v in tps.iter_videos(str(synthetic_root), "train"))
+  assert "parsed 3 video(s)" in outputs[0][1]        # process 0: videos 0, 2, 4
+  assert "score:" in outputs[0][0] and not outputs[1][0]
+  pred_vid, pred_part = submission.load_pair(str(tmp_path), "pred")
+  assert sorted(pred_vid) == videos and all(pred_part[v] for v in videos)
 
 
 def test_oracle_without_ground_truth_is_one_line(bundle, synthetic_root, tmp_path):

@@ -1,15 +1,18 @@
-"""`parse_video`: decoded videos -> the challenge's per-video results, through a Pipeline.
+"""Decoded videos -> the challenge's per-video results, through a Pipeline.
 
 Per video the action recogniser runs first (every member of the ensemble on its
 clips x crops views, averaged as tps_jax/inference/action.py does), so that the
-part-state network gets the *predicted* action (or the ground truth's with the
-'action' oracle). Then the video's scored frames join a queue that is cut into
-fixed-size batches for the compiled `parse_frames`, across video boundaries, the last
-batch padded: one compiled program serves every video, and the device gets the next
+part-state network gets the *predicted* action (the ground truth's in variants with
+the 'action' oracle). Then the video's scored frames join a queue that is cut into
+fixed-size batches for the compiled program, across video boundaries, the last batch
+padded: one compiled program serves every video, and the device works on the next
 batch while the host turns the previous one's outputs into JSON.
 
-`VideoParser.run(stream)` takes `(item, DecodedVideo)` pairs and yields `VideoResult`s
-as each video's last frame comes back.
+A parser runs one or more *variants* (oracle sets, tps_jax/inference/pipeline.py): one
+program computes all of them, each network once per distinct input, and every
+`VideoResult` holds one submission entry per variant -- the ablation table in one pass.
+`VideoParser.run(stream)` takes DecodedVideos and yields VideoResults as each video's
+last frame comes back.
 """
 from __future__ import annotations
 
