@@ -29,19 +29,23 @@ area is the tool's number, not merely close to it:
 The tool runs one pass per cell of human thresholds x part thresholds (0.001, 0.3, 0.5,
 0.9, 0.99; the score is the cell h = 0.5, p = 0.3); here one pass reads the submission
 into flat arrays and every cell is a cheap threshold over them: one Hungarian
-assignment per frame (it does not depend on h), one IoU per (GT part, proposal).
+assignment per frame (it does not depend on h), one IoU per (GT part, proposal with the
+GT's state; proposals with another state never score, so only those boxes are read
+into numbers when msgspec has already checked the file's).
 
-What is read, refused and warned about follows the tool: it refuses (asserts or stops)
-only on more than 10 humans in a frame it reads, more than 5 states for a part it
-reads, a part with more boxes than states, and whatever it cannot read where it reads
-it (a missing key, a box that is not 4 numbers). Those are refused here too, with one
-line naming the place, as are non-finite boxes and coordinates beyond +-2^24 (the tool
-would compute NaN or, for huge integers, numbers float64 cannot reproduce). What it
-reads and scores as it is (inverted boxes, a part with fewer boxes than states, unknown
-part names or states) is scored the same way and warned about, with counts and
-examples. A GT video missing from the submission makes the tool stop with a KeyError;
-here it counts as the wrong class with every frame missing (warned). Whatever the tool
-never reads (videos or frames outside the GT, humans never matched) is not checked.
+What is refused and what is warned about follows the tool. It stops (asserts, or fails)
+only on: more than 10 humans in a frame it reads (a GT frame with a GT human, present in
+the submission); more than 5 states for a part it reads (a GT part name, on the
+prediction matched at the lowest h); more boxes than states there; a value it cannot
+read where it reads it (a missing key, a box that is not 4 numbers). Those are refused,
+one line naming the place, as are non-finite boxes where read and coordinates beyond
++-2^24 in a box that decides a score (for huge integers the tool's exact integer
+arithmetic and float64 part ways). Everything else is scored as the tool scores it and
+warned about with counts and examples: inverted boxes (same formula), parts with fewer
+boxes than states (N_p counts the states), states, actions and part names outside the
+vocabularies, videos and frames outside the GT (never read). A GT video missing from the
+submission stops the tool with a KeyError; here it counts as the wrong class with every
+frame missing (warned). What the tool never reads is not checked.
 """
 from __future__ import annotations
 
@@ -503,8 +507,7 @@ class _Parts:
   the matched prediction: per part the number of states N_p and the best IoU among the
   proposals with the GT's state (the only ones that can score)."""
 
-  def __init__(self, flat: _Flat, match: np.ndarray, read: np.ndarray,
-               state_ids: Mapping[str, int]):
+  def __init__(self, flat: _Flat, match: np.ndarray, read: np.ndarray):
     notes, clean, finite = flat.notes, flat.clean, flat.finite
     self.counts = flat.part_counts[read]
     pred_of = match[read].tolist()
@@ -546,15 +549,15 @@ class _Parts:
                [place(r) for r in fewer[:MAX_EXAMPLES]], len(fewer))
 
     # Proposal j < boxes of part r pairs box j with state j. States are compared by id:
-    # equal strings get equal ids; a name outside the vocabulary (or not a string) -1.
+    # equal strings get equal ids; a state no GT part read here has (or not a string) -1.
+    gt_objs = list(chain.from_iterable(map(dict.values, gt_parts)))
+    gt_states = list(map(attrgetter("verb"), gt_objs))
+    state_ids = {state: k for k, state in enumerate(set(gt_states))}
+    gt_ids = np.fromiter(map(state_ids.__getitem__, gt_states), np.int64, len(gt_states))
     self.states = list(chain.from_iterable(states))
     ids = np.fromiter(map(state_ids.get, self.states, repeat(-1)), np.int64,
                       len(self.states))
-    gt_objs = list(chain.from_iterable(map(dict.values, gt_parts)))
-    gt_ids = np.fromiter(map(state_ids.__getitem__, map(attrgetter("verb"), gt_objs)),
-                         np.int64, len(gt_objs))
-    self.unknown_states = (list(compress(self.states, (ids < 0).tolist()))
-                           if (ids < 0).any() else [])
+    self.other_states = list(compress(self.states, (ids < 0).tolist())) if (ids < 0).any() else []
     proposal_part = np.repeat(np.arange(len(boxes)), num_boxes)
     proposal_index = _positions(num_boxes)
     proposal_state = ids[np.repeat(_starts(self.num_states), num_boxes) + proposal_index]
@@ -598,14 +601,12 @@ class _Parts:
 
 # ------------------------------------------------------------------------- scoring
 
-def _state_ids(gt_part: Mapping, extra_states) -> tuple[dict[str, int], set[str]]:
-  """Ids of the state vocabulary (GT states and extra_states); the GT's part names."""
+def _gt_states(gt_part: Mapping) -> set[str]:
+  """Every state of the ground truth."""
   gt_humans = chain.from_iterable(frame.humans for frames in gt_part.values()
                                   for frame in frames.values())
-  gt_parts = list(map(attrgetter("parts"), gt_humans))
-  states = set(map(attrgetter("verb"), chain.from_iterable(map(dict.values, gt_parts))))
-  states |= set(extra_states)
-  return {state: k for k, state in enumerate(sorted(states))}, set(chain.from_iterable(gt_parts))
+  gt_parts = map(dict.values, map(attrgetter("parts"), gt_humans))
+  return set(map(attrgetter("verb"), chain.from_iterable(gt_parts)))
 
 
 def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part: Mapping, *,
@@ -622,13 +623,11 @@ def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part:
   if not videos:
     raise submission.SubmissionError(f"{GT_VID}: no videos to score")
   human_thresholds, part_thresholds = tuple(human_thresholds), tuple(part_thresholds)
-  extra_states, extra_actions = vocabulary or (set(), set())
-  state_ids, gt_names = _state_ids(gt_part, extra_states)
   flat = _Flat(gt_part, pred_part, videos, notes)
   match, match_iou, square = flat.match()
   read = np.flatnonzero(_matched(match_iou, square, min(human_thresholds))
                         & (flat.part_counts > 0))
-  parts = _Parts(flat, match, read, state_ids)
+  parts = _Parts(flat, match, read)
   best = parts.best_iou()
 
   # Per read GT part, its score at each part threshold; then the tool's sums.
@@ -651,19 +650,22 @@ def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part:
   psc = np.divide(video_sum, counted, out=np.ones_like(video_sum), where=counted > 0)
 
   correct = np.array([v in pred_vid and pred_vid[v] == gt_vid[v] for v in videos], bool)
-  actions = set(gt_vid.values()) | set(extra_actions)
-  _warn_names(gt_vid, pred_vid, pred_part, actions, gt_names, parts, notes,
-              " (the GT's and --data_root's)" if vocabulary else " (those of the GT)")
+  _warn_names(gt_vid, gt_part, pred_vid, pred_part, flat, parts, notes, vocabulary)
   return ScoreReport(videos=videos, human_thresholds=human_thresholds,
                      part_thresholds=part_thresholds, psc_cells=psc, correct_videos=correct,
                      counted_frames=counted, warnings=notes.warnings)
 
 
-def _warn_names(gt_vid, pred_vid, pred_part, actions, gt_names, parts: _Parts, notes: _Notes,
-                vocabulary: str) -> None:
+def _warn_names(gt_vid, gt_part, pred_vid, pred_part, flat: _Flat, parts: _Parts,
+                notes: _Notes, vocabulary) -> None:
   """Videos outside the GT; actions, states and part names outside the vocabularies."""
+  extra_states, extra_actions = vocabulary or (set(), set())
+  actions = set(gt_vid.values()) | set(extra_actions)
+  known = " (the GT's and --data_root's)" if vocabulary else " (those of the GT)"
+  gt_names = set(chain.from_iterable(flat.gt_parts))
   odd_names = sorted(gt_names - set(submission.PARTS))
-  notes.warn(f"part name(s) in {GT_PART} outside the 10 parts", "scored like the others",
+  notes.warn(f"part name(s) in {GT_PART} outside the 10 parts (in the frames read)",
+             "scored like the others",
              odd_names, len(odd_names))
   missing = [v for v in gt_vid if v not in pred_vid]
   notes.warn(f"video(s) of {GT_VID} missing from {PRED_VID}",
@@ -676,12 +678,16 @@ def _warn_names(gt_vid, pred_vid, pred_part, actions, gt_names, parts: _Parts, n
   unknown = {a: n for a, n in read_actions.items() if not (isinstance(a, str) and a in actions)}
   odd = [v for v in gt_vid if v in pred_vid
          and not isinstance(pred_vid[v], collections.abc.Hashable)]
-  notes.warn(f"predicted action(s) outside the vocabulary{vocabulary}",
+  notes.warn(f"predicted action(s) outside the vocabulary{known}",
              "counted as the wrong class", [repr(a) for a in unknown] + [repr(pred_vid[v])
                                                                          for v in odd],
              sum(unknown.values()) + len(odd))
-  counts = collections.Counter(parts.unknown_states)
-  notes.warn(f"predicted state(s) outside the vocabulary{vocabulary}",
+  counts = collections.Counter(parts.other_states)        # the rare case: look closer
+  if counts:
+    states = _gt_states(gt_part) | set(extra_states)
+    counts = collections.Counter({s: n for s, n in counts.items()
+                                  if not (isinstance(s, str) and s in states)})
+  notes.warn(f"predicted state(s) outside the vocabulary{known}",
              "they match no GT state", [repr(s) for s, _ in counts.most_common()],
              sum(counts.values()))
   names = sorted(map(repr, set(chain.from_iterable(parts.pred_parts)) - set(submission.PARTS)))
