@@ -264,3 +264,12 @@ def test_what_the_tool_never_reads_is_only_warned_about():
              for w in report.warnings), report.warnings
   assert any("part name(s) outside the 10 parts" in w and "'tail'" in w
              for w in report.warnings), report.warnings
+
+
+def test_the_assignment_is_scipys():
+  from scipy.optimize import linear_sum_assignment
+  rng = np.random.default_rng(1)
+  for cost in [rng.random((4, 4)), rng.random((3, 3)).astype(np.float32),
+               np.round(rng.random((5, 5)), 1)]:                     # ties
+    for ours, theirs in zip(S.linear_sum_assignment(cost), linear_sum_assignment(cost)):
+      assert ours.tolist() == theirs.tolist()
