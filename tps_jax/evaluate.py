@@ -130,13 +130,17 @@ def main(argv) -> int:
     return _refuse(e.problems)
   for warning in report.warnings:
     print(f"warning: {warning}", file=sys.stderr)
-  if _PER_VIDEO.value:
-    submission.write_json_atomic(_PER_VIDEO.value, {
-        v: {"psc": psc, "correct": correct}
-        for (v, psc), correct in zip(report.psc.items(), report.correct_videos.tolist())})
-  if _PLOT.value:
-    _plot(report, _PLOT.value)
   print(report.format(verbose=_VERBOSE.value))
+  try:
+    if _PER_VIDEO.value:
+      submission.write_json_atomic(_PER_VIDEO.value, {
+          v: {"psc": psc, "correct": correct}
+          for (v, psc), correct in zip(report.psc.items(), report.correct_videos.tolist())})
+    if _PLOT.value:
+      _plot(report, _PLOT.value)
+  except (OSError, ValueError) as e:   # an unwritable path, an image type matplotlib lacks
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

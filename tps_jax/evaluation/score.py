@@ -217,22 +217,31 @@ def _positions(counts: np.ndarray) -> np.ndarray:
 def threshold_accuracy(psc: np.ndarray, correct: np.ndarray) -> np.ndarray:
   """accuracy(k / 10000) for k = 1..9999 (..., 9999): count / videos, as the tool divides.
 
-  psc (..., V), correct (V,). k / 10000 <= PSC is decided by searchsorted on the exact
-  float64 thresholds, so the counts are the tool's.
+  psc (..., V), correct (V,). A video passes t = k / 10000 for k <= K, K the number of
+  thresholds <= its PSC: searchsorted against the exact float64 thresholds, so the
+  counts are the tool's.
   """
   psc = np.asarray(psc, np.float64)
   correct = np.asarray(correct, bool)
   thresholds = np.arange(1, NUM_THRESHOLDS) / NUM_THRESHOLDS
-  rows = np.sort(psc[..., correct].reshape(math.prod(psc.shape[:-1]), int(correct.sum())))
-  # Per row, the videos with PSC >= t: all but those sorted before t.
-  counts = np.stack([len(row) - np.searchsorted(row, thresholds, side="left") for row in rows])
-  return (counts / psc.shape[-1]).reshape(psc.shape[:-1] + (NUM_THRESHOLDS - 1,))
+  rows = psc[..., correct].reshape(math.prod(psc.shape[:-1]), int(correct.sum()))
+  passed = np.searchsorted(thresholds, rows, side="right")               # K per video
+  offsets = NUM_THRESHOLDS * np.arange(len(rows))[:, None]
+  hist = np.bincount((passed + offsets).ravel(), minlength=NUM_THRESHOLDS * len(rows))
+  counts = np.cumsum(hist.reshape(len(rows), NUM_THRESHOLDS)[:, ::-1], axis=1)[:, ::-1]
+  return (counts[:, 1:] / psc.shape[-1]).reshape(psc.shape[:-1] + (NUM_THRESHOLDS - 1,))
 
 
 def area(psc, correct) -> np.ndarray:
-  """sum over k = 1..9999 of (1.0 / 10000) * accuracy(k / 10000), added in order."""
-  terms = (1.0 / NUM_THRESHOLDS) * threshold_accuracy(psc, correct)
-  return np.add.accumulate(terms, axis=-1)[..., -1]
+  """sum over k = 1..9999 of (1.0 / 10000) * accuracy(k / 10000), added in order.
+
+  psc (..., V); cells with the same PSC vector (common: h = 0.001 and 0.3 often agree)
+  are summed once.
+  """
+  psc = np.asarray(psc, np.float64)
+  rows, inverse = np.unique(psc.reshape(-1, psc.shape[-1]), axis=0, return_inverse=True)
+  terms = (1.0 / NUM_THRESHOLDS) * threshold_accuracy(rows, correct)
+  return np.add.accumulate(terms, axis=-1)[:, -1][inverse.ravel()].reshape(psc.shape[:-1])
 
 
 def auc_score(psc: Sequence[float], correct: Sequence[bool]) -> float:
@@ -590,12 +599,12 @@ class _Parts:
     proposal_index = _positions(num_boxes)
     proposal_state = ids[np.repeat(_starts(self.num_states), num_boxes) + proposal_index]
     same = proposal_state == gt_ids[proposal_part]
-    flat_boxes = list(chain.from_iterable(boxes))
     where = lambda i: f"{place(proposal_part[i])}/proposal {proposal_index[i] + 1}"
     chosen = np.flatnonzero(same)
     if clean and finite:          # only the boxes that can score need numbers
-      proposal_boxes = _box_values(list(compress(flat_boxes, same.tolist())))
+      proposal_boxes = _box_values(list(compress(chain.from_iterable(boxes), same.tolist())))
     else:                         # the tool reads every box of the part (until a match)
+      flat_boxes = list(chain.from_iterable(boxes))
       _refuse_malformed(flat_boxes, tuple, notes,
                         lambda i: f"{PRED_PART}: {where(i)}: {flat_boxes[i].problem}",
                         (0.0,) * 4)
