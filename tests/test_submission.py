@@ -1,9 +1,8 @@
-"""Submission validation and the `python -m tps_jax.evaluate` command."""
+"""Submission validation (strict) and writing; the command is tested in test_evaluate.py."""
 import json
 
 import pytest
 
-from tests.conftest import run_module
 from tps_jax.evaluation import submission
 
 BOX = [0, 0, 9, 9]
@@ -50,37 +49,3 @@ def test_corrupt_or_missing_files_name_the_file(tmp_path):
   (tmp_path / "pred_part_result.json").write_text("{}")
   with pytest.raises(submission.SubmissionError, match="pred_vid_result.json: not valid JSON"):
     submission.load_pair(str(tmp_path), "pred")
-
-
-def _write_dirs(tmp_path, pred_part, pred_vid=None):
-  gt, pred = tmp_path / "gt", tmp_path / "pred"
-  gt.mkdir(), pred.mkdir()
-  gt_frame = {"humans": [{"number": 1, "box": BOX, "parts": {
-      "head": {"number": 1, "box": BOX, "verb": "none", "name": "head"},
-      "torso": {"number": 2, "box": BOX, "verb": "bend", "name": "torso"}}}]}
-  (gt / "gt_vid_result.json").write_text(json.dumps({"v": "run", "w": "run"}))
-  (gt / "gt_part_result.json").write_text(json.dumps({"v": {"img_00001.json": gt_frame},
-                                                      "w": {"img_00001.json": gt_frame}}))
-  (pred / "pred_vid_result.json").write_text(json.dumps(pred_vid or {"v": "run", "w": "run"}))
-  (pred / "pred_part_result.json").write_text(json.dumps(pred_part))
-  return gt, pred
-
-
-def test_cli_prints_the_grid_and_the_score_last(tmp_path):
-  # v: head right, torso missing -> PSC 0.5; w: missing from the part file -> PSC 0.
-  gt, pred = _write_dirs(tmp_path, _pred())
-  proc = run_module("tps_jax.evaluate", "--gt", gt, "--pred", pred,
-                    "--per-video", tmp_path / "per_video.json")
-  assert proc.stdout.strip().splitlines()[-1] == f"score: {5000 / 10000 / 2:.6f}"
-  assert "human-match IoU" in proc.stdout
-  assert "1 frame(s) missing from pred_part_result.json" in proc.stderr
-  per_video = json.loads((tmp_path / "per_video.json").read_text())
-  assert per_video == {"v": {"psc": 0.5, "correct": True}, "w": {"psc": 0.0, "correct": True}}
-
-
-def test_cli_refuses_a_submission_over_the_limits(tmp_path):
-  gt, pred = _write_dirs(tmp_path, _pred(humans=11))
-  proc = run_module("tps_jax.evaluate", "--gt", gt, "--pred", pred, check=False)
-  assert proc.returncode == 2
-  assert "11 humans, at most 10 allowed" in proc.stderr
-  assert "score:" not in proc.stdout

@@ -1,13 +1,31 @@
-r"""Scores a Kinetics-TPS submission with the challenge's rules.
+r"""Scores a Kinetics-TPS submission exactly as the challenge's evaluation tool does.
 
-  python -m tps_jax.evaluate --gt DIR --pred DIR [--per-video FILE.json]
+  python -m tps_jax.evaluate --gt DIR --pred DIR [--per-video FILE.json] [--verbose]
+      [--strict] [--data_root ROOT] [--plot FILE.png]
 
-DIR --gt holds gt_vid_result.json and gt_part_result.json; DIR --pred holds
-pred_vid_result.json and pred_part_result.json. Prints the 5 x 5 grid of conditioned
-accuracies and, as the last line, `score: 0.xxxxxx`. A submission that breaks the
-challenge's limits is refused (exit 2); missing videos or frames score 0 (warned).
+--gt holds gt_vid_result.json and gt_part_result.json; --pred holds
+pred_vid_result.json and pred_part_result.json. Prints the tool's 25 cells (human IoU
+> h x part IoU >= p, h and p in 0.001, 0.3, 0.5, 0.9, 0.99) as a 5 x 5 table of areas
+under accuracy(t) and, as the last line, `score: 0.xxxxxx` (the cell h = 0.5, p =
+0.3). `--verbose` first prints every cell's accuracies at t = 0, 0.1, ..., 0.9 and its
+area in the tool's own format, so that the two outputs can be compared line by line.
+
+A submission is refused (exit 2, one line per problem) only where the tool refuses it:
+more than 10 humans in a frame, more than 5 states for a part, a part with more boxes
+than states, or something it cannot read where it reads it (and non-finite boxes).
+Everything else it scores is scored the same way and warned about on stderr with
+counts and examples: inverted boxes, missing videos and frames, videos and frames it
+never reads, actions and states outside the vocabularies (those of the ground truth,
+plus list/part_stat.txt and the action class folders of `--data_root`). `--strict`
+refuses every problem `submission.validate` finds instead (inverted boxes, unknown
+names, anything malformed anywhere).
+
+`--per-video FILE` (or --per_video) writes {video: {"psc", "correct"}} of the score's
+cell; `--plot FILE.png` draws accuracy(t) of that cell (the score is the area under it)
+and the histogram of per-video PSC.
 """
-import json
+import gc
+import os
 import sys
 
 from absl import app, flags
@@ -20,6 +38,14 @@ _PRED = flags.DEFINE_string("pred", None,
                             "Folder with pred_vid_result.json, pred_part_result.json.")
 _PER_VIDEO = flags.DEFINE_string("per_video", None,
                                  "Write each video's PSC and correctness to this JSON file.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also print every cell's accuracies at t = 0, "
+                             "0.1, ..., 0.9 and its area, as the official tool prints them.")
+_STRICT = flags.DEFINE_bool("strict", False, "Refuse every validation problem, also those "
+                            "the official tool scores as they are (inverted boxes, ...).")
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset root whose list/part_stat.txt "
+                                 "and action class folders extend the vocabularies.")
+_PLOT = flags.DEFINE_string("plot", None, "Draw accuracy(t) and the per-video PSC "
+                            "histogram into this image file (.png, .pdf, .svg).")
 _MAX_PROBLEMS = flags.DEFINE_integer("max_problems", 20, "Problems printed before a count.")
 flags.register_validator("gt", lambda v: v is not None, "--gt is required")
 flags.register_validator("pred", lambda v: v is not None, "--pred is required")
@@ -34,30 +60,98 @@ def _refuse(problems: list[str]) -> int:
   return 2
 
 
+def _vocabulary(root: str | None):
+  """(states, actions) of --data_root, or None."""
+  if not root:
+    return None
+  from tps_jax.data import kinetics_tps as tps  # noqa: PLC0415  (only with --data_root)
+  try:
+    vocab = tps.Vocab.from_root(root)
+  except tps.AnnotationError as e:
+    raise submission.SubmissionError(f"--data_root: {e}") from None
+  return set(vocab.states), set(vocab.actions)
+
+
+def _read(vocabulary) -> tuple:
+  """The four results in the scorer's typed form; --strict validates the dicts first."""
+  if not _STRICT.value:
+    return (*submission.read_results(_GT.value, "gt"),
+            *submission.read_results(_PRED.value, "pred"))
+  gt_vid, gt_part = submission.load_pair(_GT.value, "gt")
+  pred_vid, pred_part = submission.load_pair(_PRED.value, "pred")
+  states, actions = vocabulary or (None, None)
+  problems = submission.validate(gt_vid, gt_part, kind="gt", actions=actions, states=states)
+  problems += submission.validate(pred_vid, pred_part, kind="pred", actions=actions,
+                                  states=states)
+  if problems:
+    raise submission.SubmissionError(problems[0], problems)
+  return (gt_vid, submission.as_typed(gt_part, "gt"),
+          pred_vid, submission.as_typed(pred_part, "pred"))
+
+
+def _plot(report: score_lib.ScoreReport, path: str) -> None:
+  """accuracy(t) of the score's cell (the score is the area under it) and the PSC histogram."""
+  import matplotlib  # noqa: PLC0415  (only with --plot)
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  t, accuracy = report.accuracy_curve()
+  psc = report.psc_cells[report.official_cell]
+  h, p = score_lib.HUMAN_IOU_THRESHOLD, score_lib.PART_IOU_THRESHOLD
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  left.step(t, accuracy, where="post", color="tab:blue")
+  left.fill_between(t, accuracy, step="post", alpha=0.25, color="tab:blue")
+  left.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="PSC threshold t",
+           ylabel="accuracy(t): right class and PSC >= t",
+           title=f"score = area = {report.score_rounded:.6f}  (human IoU > {h}, part IoU >= {p})")
+  left.grid(alpha=0.3)
+  right.hist([psc[report.correct_videos], psc[~report.correct_videos]], bins=50, range=(0, 1),
+             stacked=True, color=["tab:green", "tab:red"],
+             label=["right class", "wrong class"])
+  right.set(xlim=(0, 1), xlabel="video PSC", ylabel="videos",
+            title=f"per-video PSC ({len(report.videos)} videos)")
+  right.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+_KEEP = []   # the parsed files, kept alive until os._exit (tearing them down takes seconds)
+
+
 def main(argv) -> int:
   del argv
+  gc.disable()   # millions of small objects and no cycles: collecting only costs time
   try:
-    gt_vid, gt_part = submission.load_pair(_GT.value, "gt")
-    pred_vid, pred_part = submission.load_pair(_PRED.value, "pred")
+    vocabulary = _vocabulary(_DATA_ROOT.value)
+    results = _read(vocabulary)
+    _KEEP.append(results)
+    report = score_lib.score_typed(*results, vocabulary=vocabulary)
   except submission.SubmissionError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  problems = submission.validate(gt_vid, gt_part, kind="gt")
-  problems += submission.validate(pred_vid, pred_part, kind="pred")
-  if problems:
-    return _refuse(problems)
-  report = score_lib.challenge_score(gt_vid, gt_part, pred_vid, pred_part)
+    return _refuse(e.problems)
   for warning in report.warnings:
     print(f"warning: {warning}", file=sys.stderr)
-  if _PER_VIDEO.value:
-    submission.write_json_atomic(_PER_VIDEO.value, {
-        v: {"psc": report.psc[v], "correct": report.correct[v]} for v in report.psc})
-  print(report.format())
+  print(report.format(verbose=_VERBOSE.value))
+  try:
+    if _PER_VIDEO.value:
+      submission.write_json_atomic(_PER_VIDEO.value, {
+          v: {"psc": psc, "correct": correct}
+          for (v, psc), correct in zip(report.psc.items(), report.correct_videos.tolist())})
+    if _PLOT.value:
+      _plot(report, _PLOT.value)
+  except (OSError, ValueError) as e:   # an unwritable path, an image type matplotlib lacks
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
+
+
+def _run(argv) -> None:
+  code = main(argv)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 if __name__ == "__main__":
   # The challenge's spelling --per-video is accepted beside absl's --per_video.
-  app.run(lambda argv: sys.exit(main(argv)),
-          argv=[a.replace("--per-video", "--per_video", 1) if a.startswith("--per-video")
-                else a for a in sys.argv])
+  app.run(_run, argv=[a.replace("--per-video", "--per_video", 1)
+                      if a.startswith("--per-video") else a for a in sys.argv])
