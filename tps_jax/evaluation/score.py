@@ -53,15 +53,13 @@ import collections
 import collections.abc
 import dataclasses
 import functools
-import importlib.machinery
-import importlib.util
 import math
-import os
 from itertools import chain, compress, repeat
 from operator import attrgetter, is_not
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from tps_jax.evaluation import submission
 from tps_jax.evaluation.submission import Malformed, PredFrame, PredHuman, PredPart
@@ -79,31 +77,6 @@ PRED_VID, PRED_PART = submission.PRED_FILES
 
 # ------------------------------------------------------------------------ IoU, matching
 
-def _load_linear_sum_assignment():
-  """scipy.optimize.linear_sum_assignment, loaded from its C extension alone.
-
-  The function is the extension's (scipy.optimize re-exports it as is); importing the
-  scipy.optimize package around it costs a command line about a second. Falls back to
-  the regular import if scipy is laid out differently.
-  """
-  try:
-    folder = os.path.join(os.path.dirname(importlib.util.find_spec("scipy").origin),
-                          "optimize")
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-      path = os.path.join(folder, "_lsap" + suffix)
-      if os.path.exists(path):
-        loader = importlib.machinery.ExtensionFileLoader("_lsap", path)
-        module = importlib.util.module_from_spec(importlib.util.spec_from_loader("_lsap",
-                                                                                  loader))
-        loader.exec_module(module)
-        return module.linear_sum_assignment
-  except (ImportError, AttributeError, OSError):
-    pass
-  from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
-  return linear_sum_assignment
-
-
-linear_sum_assignment = _load_linear_sum_assignment()
 
 def _paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Inclusive IoU of a[..., :] and b[..., :] (broadcast) in their dtype; -1: no overlap."""
