@@ -52,8 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'settings': {'max_humans': 3, 'proposals_per_part': 1, 'human_score_threshold': 0.5,
                    'part_score_threshold': 0.2, 'frame_batch': 8, 'action_clips': 2,
                    'action_crops': 3}})
-  if arg == 'quick':
-    config.stage_overrides = ml_collections.ConfigDict({'total_steps': 150})
+  if arg == 'quick':     # fewer steps for every network: a first look at the system
+    config.stage_overrides = ml_collections.ConfigDict({
+        'human_detector': {'total_steps': 200, 'eval_steps': 200},
+        'part_detector': {'total_steps': 200, 'eval_steps': 200},
+        'part_state': {'total_steps': 250}, 'action': {'total_steps': 500}})
   if arg == 'smoke':
     config.data.videos = 24
     config.stage_overrides = ml_collections.ConfigDict({

@@ -73,7 +73,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.batch_size = 8
   config.log_steps = 25
   config.checkpoint_steps = 200
-  config.eval_steps = 200
+  config.eval_steps = 400                # COCO evaluation at the end only
   config.init_from.path = ""
   config.data.image_size = (128, 96)
   config.data.max_boxes = 10

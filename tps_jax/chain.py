@@ -8,8 +8,8 @@ is an application above the trainer, which knows nothing of it. A chain config h
 - `stages`: `name=configs/<stage>.py[:variant]` strings, `name` one of STAGES;
 - `data`: the dataset (`root`; empty: a synthetic one written into WORKDIR/Kinetics-TPS
   with `videos`, `seed`, `jobs`) and the TFDS datasets to build (`build_stages`);
-- `stage_overrides`: dotted config fields set in every stage (e.g. a short
-  `total_steps` for a smoke run); `stage_init`: {stage: {'from': an earlier stage,
+- `stage_overrides`: config fields set in every stage (e.g. a short `total_steps` for a
+  smoke run), or under a stage's name in that stage only; `stage_init`: {stage: {'from': an earlier stage,
   'source_prefix'}}: the stage starts from that stage's export (the action network's
   Swin from the part-state network's, inflated to 3D as a Video Swin starts from an
   image Swin);
@@ -70,6 +70,28 @@ def _set_dotted(config, field: str, value) -> None:
   if leaf not in node:
     raise ChainError(f'config.stage_overrides: no such stage config field {field!r}')
   node[leaf] = value
+
+
+def apply_overrides(stage_config, name: str, overrides) -> None:
+  """`stage_overrides` of a chain: {field: value} for every stage, {stage: {field:
+  value}} for that stage only (fields dotted or nested)."""
+  def flat(entries, prefix=''):
+    for key, value in entries.items():
+      if hasattr(value, 'items'):
+        yield from flat(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}', value
+
+  for key, value in overrides.items():
+    if key in STAGES:
+      if key == name:
+        for field, v in flat(value):
+          _set_dotted(stage_config, field, v)
+    elif hasattr(value, 'items'):
+      for field, v in flat(value, f'{key}.'):
+        _set_dotted(stage_config, field, v)
+    else:
+      _set_dotted(stage_config, key, value)
 
 
 def _init_from_stage(stage_config, init, workdir: str, name: str,
@@ -155,8 +177,7 @@ def train_stage(name: str, spec: str, config, workdir: str, root: str,
   """Trains (or resumes) one stage in WORKDIR/<name>; returns its results row."""
   stage_config = load_stage_config(spec)
   stage_config.data.root = root
-  for field, value in config.get('stage_overrides', {}).items():
-    _set_dotted(stage_config, field, value)
+  apply_overrides(stage_config, name, config.get('stage_overrides', {}))
   if name in config.get('stage_init', {}):
     _init_from_stage(stage_config, config.stage_init[name], workdir, name, results)
   stage_dir = os.path.join(workdir, name)

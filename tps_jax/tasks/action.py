@@ -173,9 +173,10 @@ def base_config() -> ml_collections.ConfigDict:
 def tiny(config: ml_collections.ConfigDict) -> None:
   """The CPU variant shared by the `:tiny` configs (the same network in both, so the
   tiny pre-training initialises the tiny fine-tuning): a 4-stage Video Swin of width 32
-  on 4 x 96 x 96 clips (frames 6 apart), window (2, 6, 6) - the image Swin of
+  on 4 x 96 x 96 clips (frames 6 apart), window (2, 2, 2) - the image Swin of
   configs/part_state.py:tiny with time added, so that the demo starts it from the
-  trained part-state network as the report starts Video Swin from an image Swin.
+  trained part-state network as the report starts Video Swin from an image Swin (no
+  stage's map is smaller than the window, in 2D or 3D: see that config).
 
   From scratch it stays near chance on the synthetic actions within a CPU budget
   (a Swin this small needs far more than ~700 clips to find the actor among the
@@ -191,7 +192,7 @@ def tiny(config: ml_collections.ConfigDict) -> None:
   config.model.arch = 'swin3d_t'
   config.model.overrides = {'embed_dim': 32, 'depths': (1, 1, 2, 1),
                             'num_heads': (1, 2, 4, 8)}
-  config.model.window_size = (2, 6, 6)
+  config.model.window_size = (2, 2, 2)
   config.model.drop_path_rate = 0.1
   config.model.head_drop_rate = 0.0
   config.data.num_frames = 4
