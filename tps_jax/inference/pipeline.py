@@ -12,7 +12,7 @@ frames (B, H, W, 3) uint8 on the human detector's canvas, frame sizes (B, 2)
 ```
 `Pipeline.parse_frames(variables, frames, image_shape, action)` is that program: static
 shapes, no host round-trip inside. The action recogniser runs per video before it
-(`Pipeline.video_action`: its clips x crops views and the ensemble of
+(tps_jax/inference/parse.py: its clips x crops views and the ensemble of
 tps_jax/inference/action.py), so the part-state network gets the *predicted* action.
 
 Oracles (for ablations and for testing the plumbing): any subset of ORACLES replaces
@@ -23,12 +23,15 @@ that stage's output by the ground truth, given as padded arrays (`frame_truth`):
   with 'humans' that is itself);
 - 'states': every proposal of a part gets that part's ground-truth state (same
   matching), where the ground truth has the part;
-- 'action': the video's ground-truth action instead of the recogniser's (the caller's
-  `action` argument; `parse_frames` itself is unchanged).
+- 'action': the video's ground-truth action (`truth['action']`) instead of the
+  recogniser's (`action`) for the part-state network, and in the submission.
 With all four the written submission scores the maximum, 0.9999.
+`parse_frames_variants` computes several oracle sets in one program, each network once
+per distinct input: the ablation table in one pass (tps_jax/inference/ablation.py).
 
 Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
-(variables replicated); the outputs are identical to a single device's.
+(`shard_map`; variables replicated): each device parses its frames alone, and the
+outputs equal a single device's (boxes and scores up to float reassociation).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.evaluation import submission
 from tps_jax.inference import geometry
 from tps_jax.inference.export import Export, ExportError
 from tps_jax.ops.boxes import box_iou, to_edges
@@ -50,8 +54,6 @@ from tps_jax.ops.boxes import box_iou, to_edges
 PyTree = Any
 ORACLES = ('humans', 'parts', 'states', 'action')
 NUM_PARTS = len(tps.PARTS)
-MAX_HUMANS = 10                 # the challenge's limits (shared/kinetics_tps.md)
-MAX_PROPOSALS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +72,10 @@ class Settings:
   action_views_per_forward: int = 0    # views per forward pass (0: all at once)
 
   def __post_init__(self):
-    checks = [(1 <= self.max_humans <= MAX_HUMANS, f'max_humans must be in 1..{MAX_HUMANS}'),
-              (1 <= self.proposals_per_part <= MAX_PROPOSALS,
-               f'proposals_per_part must be in 1..{MAX_PROPOSALS}'),
+    most_humans, most_proposals = submission.MAX_HUMANS, submission.MAX_PROPOSALS
+    checks = [(1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
+              (1 <= self.proposals_per_part <= most_proposals,
+               f'proposals_per_part must be in 1..{most_proposals}'),
               (0.0 <= self.human_score_threshold <= 1.0, 'human_score_threshold in [0, 1]'),
               (0.0 <= self.part_score_threshold <= 1.0, 'part_score_threshold in [0, 1]'),
               (self.frame_batch >= 1, 'frame_batch must be positive'),
