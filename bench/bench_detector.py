@@ -40,6 +40,7 @@ def cascade_from(conversion) -> tuple:
 
 
 common.define_detector_flags()
+flags.adopt_module_key_flags(common)   # --help lists them
 
 
 def main(argv):

@@ -70,6 +70,7 @@ def random_gfl(size: int):
 
 
 common.define_detector_flags()
+flags.adopt_module_key_flags(common)   # --help lists them
 
 
 def main(argv):

@@ -32,7 +32,9 @@ def one_line(error: BaseException) -> str:
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl flag parsing (FLAGS(argv)) with every error as one line, exit status 1."""
+  """absl flag parsing (FLAGS(argv)) with every error as one line, exit status 1; may run
+  before app.run (e.g. to set the environment before JAX is imported)."""
+  app.define_help_flags()
   try:
     return flags.FLAGS(list(argv))
   except (AttributeError, KeyError) as e:   # ml_collections: the bare config field name
