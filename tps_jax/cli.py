@@ -21,8 +21,8 @@ from absl import app, flags, logging
 
 
 def one_line(error: BaseException) -> str:
-  """A flag error's message on one line: ml_collections' traceback and the bare
-  field name of an unknown config field reduced to what the user typed wrong."""
+  """A flag error's message on one line; the traceback ml_collections puts into a
+  config file's error is reduced to the config's own message (e.g. an unknown variant)."""
   text = str(error).strip()
   flag, marker, trace = text.partition(': Error whilst parsing config file:')
   last = trace.strip().splitlines()[-1] if marker and trace.strip() else ''

@@ -20,8 +20,8 @@ frames of two settings never mix.
 The number of decoded frames should equal the video's count in list/video_<split>_flist.csv;
 a difference is a warning (all decoded frames are written). A video that cannot be
 decoded is an error: its folder is not written, the others go on, and the errors are
-listed in the report (`path: problem`; the command line exits 1). Options other than
-those recorded raise `SettingsError`.
+listed in the report (`path: problem`; the command line exits 1). Bad options, and
+options other than those recorded, raise `SettingsError`.
 """
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def check_settings(out: str, settings: dict) -> None:
     previous = submission.load_json(path)
     if previous != settings:
       raise SettingsError(f"{path}: frames there were extracted with {previous}, not "
-                       f"{settings}; choose another output folder or delete it")
+                          f"{settings}; choose another output folder or delete it")
   else:
     submission.write_json_atomic(path, settings)
 
