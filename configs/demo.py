@@ -15,13 +15,13 @@ where it stopped (tps_jax/chain.py).
 `:quick` trains each network for fewer steps (a look at the whole system in about half
 the time); `:smoke` runs the chain on 24 videos for a few steps (what the tests run).
 
-Expected on 2 CPU cores: see RESULT.
+Expected (2 CPU cores, about 22 minutes): the table in the README's Quickstart --
+system score 0.177 against 0.132 for the majority-state baseline, 0.9999 with every
+stage replaced by the ground truth.
 """
 from __future__ import annotations
 
 import ml_collections
-
-RESULT = '''(measured: see the README's Quickstart)'''
 
 VARIANTS = ('quick', 'smoke')
 
