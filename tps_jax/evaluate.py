@@ -95,6 +95,7 @@ def _plot(report: score_lib.ScoreReport, path: str) -> None:
   import matplotlib  # noqa: PLC0415  (only with --plot)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.ticker  # noqa: PLC0415
   t, accuracy = report.accuracy_curve()
   psc = report.psc_cells[report.official_cell]
   h, p = score_lib.HUMAN_IOU_THRESHOLD, score_lib.PART_IOU_THRESHOLD
@@ -110,6 +111,7 @@ def _plot(report: score_lib.ScoreReport, path: str) -> None:
              label=["right class", "wrong class"])
   right.set(xlim=(0, 1), xlabel="video PSC", ylabel="videos",
             title=f"per-video PSC ({len(report.videos)} videos)")
+  right.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))   # counts
   right.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
