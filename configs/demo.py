@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.stage_init = ml_collections.ConfigDict(
       {'action': {'from': 'part_state', 'source_prefix': 'backbone/'}})
   config.stage_overrides = ml_collections.ConfigDict()
+  config.allow_config_change = False   # resume stages whose settings changed
   # The end-to-end evaluation (tps_jax/inference/pipeline.py Settings): the synthetic
   # frames hold at most three people; one proposal per part.
   config.pipeline = ml_collections.ConfigDict({

@@ -13,6 +13,8 @@ is an application above the trainer, which knows nothing of it. A chain config h
   'source_prefix'}}: the stage starts from that stage's export (the action network's
   Swin from the part-state network's, inflated to 3D as a Video Swin starts from an
   image Swin);
+- `allow_config_change`: passed to every stage (a resume whose settings changed
+  refuses otherwise, tps_jax/train/settings.py);
 - `pipeline` (optional): the end-to-end evaluation, once all four networks are
   trained: their bundle (WORKDIR/bundle, `settings` as tps_jax/inference/pipeline.py's
   Settings), the `split` it parses (WORKDIR/predictions, resumable), scored with the
@@ -179,6 +181,8 @@ def train_stage(name: str, spec: str, config, workdir: str, root: str,
   stage_config = load_stage_config(spec)
   stage_config.data.root = root
   apply_overrides(stage_config, name, config.get('stage_overrides', {}))
+  # A resume with changed settings refuses unless told, as a single stage does.
+  stage_config.allow_config_change = config.get('allow_config_change', False)
   if name in config.get('stage_init', {}):
     _init_from_stage(stage_config, config.stage_init[name], workdir, name, results)
   stage_dir = os.path.join(workdir, name)
