@@ -11,8 +11,10 @@ import glob
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from tps_jax import cli
 
 # tps_jax.train (and with it JAX) is imported in main(): the worker processes that
 # data preparation and grain spawn re-import this file, and need none of it.
@@ -53,34 +55,14 @@ def _config_file_error(error: OSError, argv) -> str:
           'follows a colon, e.g. --config=configs/part_state.py:tiny)')
 
 
-def _flag_error(error: flags.Error) -> str:
-  """A flag error on one line; a config's ValueError (e.g. an unknown variant) without
-  the traceback ml_collections puts into the message."""
-  text = str(error).strip()
-  flag, marker, trace = text.partition(': Error whilst parsing config file:')
-  last = trace.strip().splitlines()[-1] if marker and trace.strip() else ''
-  if last.startswith('ValueError: '):
-    return f'{flag}: {last[len("ValueError: "):]}'
-  return text
-
-
 def parse_flags(argv):
-  """absl flag parsing, with one-line errors for a --config file that does not load or
-  has no such variant, and a --config.<field> that does not exist."""
+  """cli.parse_flags (one-line flag errors: an unknown variant, a --config.<field> that
+  does not exist), and one line for a --config file that does not load."""
   try:
-    remaining = flags.FLAGS(argv)
+    remaining = cli.parse_flags(argv)
     _CONFIG.value.get('task')  # a config file that did not load raises here
   except OSError as e:
     sys.exit(f'error: {_config_file_error(e, argv)}')
-  except (AttributeError, KeyError) as e:
-    # ml_collections raises with the bare field name (and maybe a suggestion).
-    while isinstance(e, BaseException) and e.args:
-      e = e.args[0]
-    detail = str(e).replace('\n', ' ')
-    bad = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    sys.exit(f'error: no such config field: {detail} (in {" ".join(bad)})')
-  except flags.Error as e:
-    sys.exit(f'error: {_flag_error(e)}')
   return remaining
 
 
@@ -96,4 +78,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

@@ -1,7 +1,7 @@
 """Action recogniser training step, Video Swin-T: the trainer's JAX step against
 torchvision's swin3d_t, same threads, one run.
 
-  python bench/bench_action_train.py [--clips 8x112x112,16x224x224] [--batch 1]
+  python bench/bench_action_train.py [--clips 8x112x112,16x224x224] [--batch_size 1]
                                      [--repeats 3] [--warmup 1]
 
 JAX: the step the trainer runs for `configs/action.py` (tps_jax.train.trainer's
@@ -13,16 +13,16 @@ random-initialised weights on both sides (torchvision's, converted). torch uses 
 threads as XLA's CPU pool (the CPUs this process may run on). Compilation and warm-up
 are excluded; each figure is the median of `--repeats` steps.
 """
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from absl import flags
 from torchvision.models.video import swin3d_t
 
 import common
 from configs import action as action_config
+from tps_jax import cli
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
 from tps_jax.tasks.action import ActionTask
@@ -82,24 +82,23 @@ def torch_step_seconds(reference, clip, labels, args) -> float:
   return common.interleaved_medians([run], args.repeats, args.warmup)[0]
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--clips', default='8x112x112,16x224x224',
-                      help='comma-separated TxHxW clip shapes')
-  parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--warmup', type=int, default=1)
-  args = parser.parse_args()
+flags.DEFINE_list('clips', ['8x112x112', '16x224x224'], 'Comma-separated TxHxW clip shapes.')
+flags.DEFINE_integer('batch_size', 1, 'Clips per step.')
+flags.DEFINE_integer('repeats', 3, 'Timed steps.')
+flags.DEFINE_integer('warmup', 1, 'Untimed steps first.')
 
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   common.match_torch_threads()
-  print(f'batch {args.batch}')
+  print(f'batch {args.batch_size}')
   rows = []
-  for text in args.clips.split(','):
+  for text in args.clips:
     shape = tuple(int(v) for v in text.split('x'))
     rng = np.random.default_rng(0)
-    clip = rng.normal(size=(args.batch, *shape, 3)).astype(np.float32)
-    labels = rng.integers(0, 400, args.batch).astype(np.int32)
+    clip = rng.normal(size=(args.batch_size, *shape, 3)).astype(np.float32)
+    labels = rng.integers(0, 400, args.batch_size).astype(np.int32)
     torch.manual_seed(0)
     reference = swin3d_t()
     jax_s = jax_step_seconds(reference, clip, labels, args)
@@ -112,4 +111,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

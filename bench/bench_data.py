@@ -1,26 +1,26 @@
 """Input pipeline throughput: examples/s of each stage's train pipeline (augmentation on).
 
-  python bench/bench_data.py [--root DIR] [--videos 24] [--sizes full|tiny]
-      [--batch_size 8] [--batches 20] [--workers 0,2] [--read_threads 2]
+  python bench/bench_data.py [--data_root DIR] [--videos 24] [--sizes full|tiny]
+      [--batch_size 8] [--batches 20] [--worker_count 0,2] [--read_threads 2]
 
-Without --root it writes a synthetic dataset (`python -m data_prep.make_synthetic
---videos N`, 160x120 frames) and its four TFDS datasets (`python -m data_prep.build`)
-to a temporary folder, timing the build. Each pipeline is measured after two warm-up
+Without --data_root it writes a synthetic dataset (tps_jax.data.synthetic, `--videos`
+videos of 160x120 frames) and its four TFDS datasets (tps_jax.data.build) to a
+temporary folder, timing the build. Each pipeline is measured after two warm-up
 batches, with and without grain worker processes (`data.worker_count`).
 
 `--sizes full`: the full configs' outputs (detectors 800x1344 with rotation and crop,
 part states 224 from 256, clips 32x224x224 with stride 2); `tiny`: the CPU configs'
 (128x160, 64 from 72, 8x64x64).
 """
-import argparse
 import os
 import tempfile
 import time
 
 import ml_collections
+from absl import flags
 
-from data_prep import build, make_synthetic
-from tps_jax.data import pipelines
+from tps_jax import cli
+from tps_jax.data import build, pipelines, synthetic
 
 SIZES = {
     "full": {
@@ -58,30 +58,32 @@ def examples_per_second(root, stage, data, *, batch_size, batches, workers, read
   return batches * batch_size / elapsed
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--root", help="a dataset root with tfds/ built (default: synthetic)")
-  parser.add_argument("--videos", type=int, default=24)
-  parser.add_argument("--sizes", choices=sorted(SIZES), default="full")
-  parser.add_argument("--batch_size", type=int, default=8)
-  parser.add_argument("--batches", type=int, default=20)
-  parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
-  parser.add_argument("--read_threads", type=int, default=2)
-  args = parser.parse_args()
+flags.DEFINE_string("data_root", None, "A dataset root with tfds/ built (default: a "
+                    "synthetic one).")
+flags.DEFINE_integer("videos", 24, "Videos of the synthetic dataset.")
+flags.DEFINE_enum("sizes", "full", sorted(SIZES), "The configs' output sizes.")
+flags.DEFINE_integer("batch_size", 8, "Examples per batch.")
+flags.DEFINE_integer("batches", 20, "Timed batches.")
+flags.DEFINE_list("worker_count", ["0", "2"], "Grain worker process counts to time.")
+flags.DEFINE_integer("read_threads", 2, "Grain read threads.")
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-    root = args.root
+    root = args.data_root
     if root is None:
       root = os.path.join(tmp, "synthetic")
       start = time.perf_counter()
-      make_synthetic.make_dataset(root, videos=args.videos, frames=32, seed=0,
-                                  size=(160, 120), actions=6, progress=False)
+      synthetic.write_synthetic(root, videos=args.videos, frames=32, seed=0,
+                                size=(160, 120), actions=6, progress=False)
       made = time.perf_counter() - start
       start = time.perf_counter()
-      if build.main(["--root", root, "--quiet"]) != 0:
-        raise SystemExit("building the TFDS datasets failed")
+      build.build_datasets(root, progress=False, say=lambda line: None)
       print(f"synthetic dataset ({args.videos} videos): {made:.1f} s; "
             f"the four TFDS datasets: {time.perf_counter() - start:.1f} s")
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [int(w) for w in args.worker_count]
     print(f"train pipelines, sizes={args.sizes}, batch {args.batch_size}, "
           f"{args.batches} batches, read_threads={args.read_threads}, "
           f"{os.cpu_count()} CPU cores")
@@ -95,4 +97,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -1,6 +1,6 @@
 """Detector inference speed: jitted JAX Faster R-CNN / Cascade R-CNN against torchvision.
 
-  python bench/bench_detector.py [--size 512] [--batch 1] [--repeats 5] [--warmup 2]
+  python bench/bench_detector.py [--size 512] [--batch_size 1] [--repeats 5] [--warmup 2]
 
 One run, same machine, same thread count (torch gets as many threads as XLA's CPU
 pool: the CPUs this process may run on), same input: scikit-image's astronaut resized
@@ -15,8 +15,10 @@ Each figure is the median of `--repeats` timed calls after `--warmup` calls
 """
 import torch
 import torchvision
+from absl import flags
 
 import common
+from tps_jax import cli
 import tps_jax.convert.detection  # noqa: F401  (registers the detector converters)
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
@@ -37,8 +39,13 @@ def cascade_from(conversion) -> tuple:
   return model, {"params": unflatten(params), **unflatten(conversion.model_state)}
 
 
-def main():
-  args = common.detector_args(__doc__)
+common.define_detector_flags()
+flags.adopt_module_key_flags(common)   # --help lists them
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   common.match_torch_threads()
   torch.manual_seed(0)
   reference = common.keep_size(torchvision.models.detection.fasterrcnn_resnet50_fpn(
@@ -48,8 +55,8 @@ def main():
   common.compare_detectors(
       [("JAX Faster R-CNN R-50 FPN (1 stage)", conversion.model, conversion.variables()),
        ("JAX Cascade R-CNN R-50 FPN (3 stages)", *cascade_from(conversion))],
-      reference, "torchvision fasterrcnn_resnet50_fpn", args)
+      reference, "torchvision fasterrcnn_resnet50_fpn")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -1,6 +1,6 @@
 """One-stage detector inference speed: jitted JAX RetinaNet (and GFL) against torchvision.
 
-  python bench/bench_one_stage.py [--size 512] [--batch 1] [--repeats 5] [--warmup 2]
+  python bench/bench_one_stage.py [--size 512] [--batch_size 1] [--repeats 5] [--warmup 2]
 
 One run, same machine, same thread count (torch gets as many threads as XLA's CPU pool:
 the CPUs this process may run on), same input: scikit-image's astronaut resized to
@@ -24,8 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision
+from absl import flags
 
 import common
+from tps_jax import cli
 import tps_jax.convert.one_stage  # noqa: F401  (registers the one-stage converters)
 from tps_jax.convert import convert_state_dict
 from tps_jax.models.gfl import build_gfl
@@ -67,8 +69,13 @@ def random_gfl(size: int):
   return model, jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def main():
-  args = common.detector_args(__doc__)
+common.define_detector_flags()
+flags.adopt_module_key_flags(common)   # --help lists them
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   common.match_torch_threads()
   torch.manual_seed(0)
   reference = common.keep_size(busy_head(torchvision.models.detection.retinanet_resnet50_fpn(
@@ -78,8 +85,8 @@ def main():
   common.compare_detectors(
       [("JAX RetinaNet R-50 FPN", conversion.model, conversion.variables()),
        ("JAX GFL R-50 FPN", *random_gfl(args.size))],
-      reference, "torchvision retinanet_resnet50_fpn", args)
+      reference, "torchvision retinanet_resnet50_fpn")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -11,20 +11,19 @@ suppressed), IoU 0.7, max_outputs = N so that both sides do the full work.
 Times are the median of `--repeats` runs after a warm-up (the JAX compile time is
 printed separately). ratio = torchvision time / JAX time (> 1: JAX is faster).
 """
-import argparse
 import os
+import sys
 import time
 
+from absl import flags
 
-def parse_args():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--threads", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=7)
-  return parser.parse_args()
+from tps_jax import cli
 
-
-ARGS = parse_args()
-# Before importing jax: one intra-op thread pool of the same size as torch's.
+flags.DEFINE_integer("threads", 1, "Threads of XLA's and torch's intra-op pools.")
+flags.DEFINE_integer("repeats", 7, "Timed calls.")
+# Parsed before jax is imported: XLA reads its thread pool size from the environment.
+cli.parse_flags(sys.argv)
+ARGS = flags.FLAGS
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                            f"{str(ARGS.threads > 1).lower()} intra_op_parallelism_threads="
                            f"{ARGS.threads}")
@@ -149,7 +148,8 @@ def bench_nms(rng):
               lambda: torchvision.ops.nms(t_boxes, t_scores, 0.7), jax_fns)
 
 
-def main():
+def main(argv):
+  del argv
   print(f"threads={ARGS.threads} jax {jax.__version__} ({jax.default_backend()}) "
         f"torch {torch.__version__} torchvision {torchvision.__version__}")
   rng = np.random.default_rng(0)
@@ -158,4 +158,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -2,7 +2,7 @@
 run stage by stage with host round-trips in between, in one run.
 
   python bench/bench_pipeline.py [--sizes tiny,full] [--frame_batch 8] [--max_humans 10]
-      [--proposals 1] [--repeats 3] [--warmup 1] [--bf16]
+      [--proposals_per_part 1] [--repeats 3] [--warmup 1] [--bf16]
 
 Sizes: `tiny` (the :tiny configs of the four stages, 160x120 frames) and `full` (the
 report's networks: Cascade R-CNN R-50 FPN humans on an 800x1344 canvas, Cascade R-CNN
@@ -22,7 +22,6 @@ Reported: compile seconds, seconds per batch (median, interleaved), frames/s and
 fused/staged ratio (> 1: fused faster), and the peak RSS of the process (and the
 device's peak memory where the backend keeps it).
 """
-import argparse
 import os
 import resource
 import sys
@@ -32,11 +31,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved_medians  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import action, human_detector, part_detector, part_state  # pylint: disable=wrong-import-position
+from tps_jax import cli  # pylint: disable=wrong-import-position
 from tps_jax.data import augment  # pylint: disable=wrong-import-position
 from tps_jax.data import kinetics_tps as tps  # pylint: disable=wrong-import-position
 from tps_jax.inference import bundle as bundle_lib  # pylint: disable=wrong-import-position
@@ -68,7 +69,7 @@ def make_pipeline(size: str, args, folder: str) -> pipeline_lib.Pipeline:
     exports[kind] = export_lib.write_random_export(os.path.join(folder, kind), config,
                                                    metadata, seed=i)
   settings = pipeline_lib.Settings(max_humans=args.max_humans,
-                                   proposals_per_part=args.proposals,
+                                   proposals_per_part=args.proposals_per_part,
                                    human_score_threshold=0.0, part_score_threshold=0.0,
                                    frame_batch=args.frame_batch)
   path = bundle_lib.write_bundle(os.path.join(folder, 'bundle'),
@@ -176,7 +177,7 @@ def bench(size: str, args) -> None:
         repeats=args.repeats, warmup=args.warmup)
     batch = args.frame_batch
     print(f'{size}: {batch} frames/batch, {args.max_humans} humans x 10 parts x '
-          f'{args.proposals} proposal(s), {jax.devices()[0].platform}, '
+          f'{args.proposals_per_part} proposal(s), {jax.devices()[0].platform}, '
           f'{"bf16" if args.bf16 else "fp32"}')
     print(f'  fused  : compile {fused_compile:6.1f} s  {fused_s:8.3f} s/batch  '
           f'{batch / fused_s:8.2f} frames/s')
@@ -188,22 +189,22 @@ def bench(size: str, args) -> None:
              else ''), flush=True)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--sizes', default='tiny', help='comma list of tiny, full')
-  parser.add_argument('--frame_batch', type=int, default=8)
-  parser.add_argument('--max_humans', type=int, default=10)
-  parser.add_argument('--proposals', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--warmup', type=int, default=1)
-  parser.add_argument('--bf16', action='store_true')
-  args = parser.parse_args()
-  for size in args.sizes.split(','):
-    if size not in SIZES:
-      parser.error(f'--sizes: {size!r} is not one of {", ".join(SIZES)}')
-    bench(size, args)
+flags.DEFINE_list('sizes', ['tiny'], f'Network sizes to time, from {", ".join(SIZES)}.')
+flags.register_validator('sizes', lambda sizes: set(sizes) <= set(SIZES),
+                         f'each size must be one of {", ".join(SIZES)}')
+flags.DEFINE_integer('frame_batch', 8, 'Frames per call.')
+flags.DEFINE_integer('max_humans', 10, 'Settings.max_humans.')
+flags.DEFINE_integer('proposals_per_part', 1, 'Settings.proposals_per_part.')
+flags.DEFINE_integer('repeats', 3, 'Timed calls.')
+flags.DEFINE_integer('warmup', 1, 'Untimed calls first.')
+flags.DEFINE_bool('bf16', False, 'bf16 compute.')
+
+
+def main(argv):
+  del argv
+  for size in flags.FLAGS.sizes:
+    bench(size, flags.FLAGS)
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

@@ -1,7 +1,7 @@
 r"""Time `python -m tps_jax.evaluate` against the literal rules, run as the official tool runs.
 
   python bench/bench_score.py [--videos 932] [--frames 60] [--humans 3] \
-      [--literal_fraction 1.0] [--dir DIR]
+      [--literal_fraction 1.0] [--out DIR]
 
 Writes a ground truth and a submission the size of the official test set (932 videos x
 60 sampled frames x 3 humans x 10 parts, 1-5 proposals per part, noisy boxes, a few
@@ -17,7 +17,6 @@ included:
   scaled figure understates the tool's time.
 Both must print the same score on the videos the literal run scores (checked).
 """
-import argparse
 import os
 import re
 import subprocess
@@ -27,11 +26,13 @@ import time
 
 import msgspec
 import numpy as np
+from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tps_jax.evaluation import submission  # noqa: E402  (after the path setup)
+from tps_jax import cli  # noqa: E402  (after the path setup)
+from tps_jax.evaluation import submission  # noqa: E402
 
 STATES = ("none", "bend", "straighten", "kick", "turn", "raise", "swing")
 ACTIONS = ("run", "dance", "jump")
@@ -122,16 +123,18 @@ def official_area(stdout):
   return float(match.group(1))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--videos", type=int, default=932)
-  parser.add_argument("--frames", type=int, default=60)
-  parser.add_argument("--humans", type=int, default=3)
-  parser.add_argument("--literal_fraction", type=float, default=1.0)
-  parser.add_argument("--dir", default=None, help="Keep the JSON files here.")
-  args = parser.parse_args()
-  folder = args.dir or tempfile.mkdtemp(prefix="bench_score_")
+flags.DEFINE_integer("videos", 932, "Videos of the submission.")
+flags.DEFINE_integer("frames", 60, "Sampled frames per video.")
+flags.DEFINE_integer("humans", 3, "Humans per frame.")
+flags.DEFINE_float("literal_fraction", 1.0, "Fraction of the videos the literal rules score.")
+flags.DEFINE_string("out", None, "Keep the JSON files in this folder (default: a temporary "
+                    "one).")
+
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
+  folder = args.out or tempfile.mkdtemp(prefix="bench_score_")
   start = time.perf_counter()
   data = make(args.videos, args.frames, args.humans)
   full = write(os.path.join(folder, "full"), data)
@@ -166,4 +169,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

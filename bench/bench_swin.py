@@ -1,8 +1,8 @@
 """Swin-T and Video Swin-T speed: JAX (jitted) against torchvision (eager), one run.
 
-  python bench/bench_swin.py [--batch 8] [--size 224] [--video-batch 1] [--frames 8]
-                             [--repeats 5] [--models swin_t,swin3d_t] [--no-train]
-                             [--clock wall|cpu]
+  python bench/bench_swin.py [--batch_size 8] [--size 224] [--video_batch_size 1]
+      [--frames 8] [--repeats 5] [--models swin_t,swin3d_t] [--forward_only]
+      [--clock wall|cpu]
 
 Forward: eval mode (torch under no_grad), images/s for Swin-T and clips/s for Video
 Swin-T. Train: one step of forward + backward (cross-entropy) + AdamW, drop-path on
@@ -12,7 +12,6 @@ run on; `taskset -c 0 python bench/bench_swin.py` compares one thread each). War
 torch timed in turns so that both meet the same load on shared cores (the load average
 is printed before and after). Same random-initialised weights on both sides.
 """
-import argparse
 import os
 import time
 
@@ -21,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
+from absl import flags
 from torchvision.models import swin_t
 from torchvision.models.video import swin3d_t
 
 import common
+from tps_jax import cli
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
 
@@ -63,7 +64,7 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
   jax_s, torch_s = common.interleaved_medians([jax_forward, torch_forward], args.repeats,
                                                args.warmup, _CLOCKS[args.clock])
   rows = [(arch, 'forward', unit, items / jax_s, items / torch_s)]
-  if args.no_train:
+  if args.forward_only:
     return rows
 
   tx = optax.adamw(1e-4, weight_decay=0.05)
@@ -105,28 +106,28 @@ def reference_drop_path(reference) -> float:
   return max(rates)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--batch', type=int, default=8, help='Swin-T images per batch')
-  parser.add_argument('--size', type=int, default=224, help='image / frame side')
-  parser.add_argument('--video-batch', type=int, default=1, help='Video Swin-T clips')
-  parser.add_argument('--frames', type=int, default=8, help='frames per clip')
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--models', default='swin_t,swin3d_t')
-  parser.add_argument('--no-train', action='store_true', help='forward only')
-  parser.add_argument('--clock', choices=sorted(_CLOCKS), default='wall',
-                      help='cpu: process CPU time, a steadier measure of one thread '
-                           '(taskset -c 0 ...) on a machine shared with other work')
-  args = parser.parse_args()
+flags.DEFINE_integer('batch_size', 8, 'Swin-T images per batch.')
+flags.DEFINE_integer('size', 224, 'Image / frame side.')
+flags.DEFINE_integer('video_batch_size', 1, 'Video Swin-T clips per batch.')
+flags.DEFINE_integer('frames', 8, 'Frames per clip.')
+flags.DEFINE_integer('repeats', 5, 'Timed calls.')
+flags.DEFINE_integer('warmup', 2, 'Untimed calls first.')
+flags.DEFINE_list('models', ['swin_t', 'swin3d_t'], 'Models to time.')
+flags.DEFINE_bool('forward_only', False, 'Time the forward pass only.')
+flags.DEFINE_enum('clock', 'wall', sorted(_CLOCKS), 'cpu: process CPU time, a steadier '
+                  'measure of one thread (taskset -c 0 ...) on a machine shared with other '
+                  'work.')
 
+
+def main(argv):
+  del argv
+  args = flags.FLAGS
   common.match_torch_threads()
   print(f'{args.clock} clock; load average {os.getloadavg()[0]:.2f}')
-  shapes = {'swin_t': (args.batch, args.size, args.size, 3),
-            'swin3d_t': (args.video_batch, args.frames, args.size, args.size, 3)}
+  shapes = {'swin_t': (args.batch_size, args.size, args.size, 3),
+            'swin3d_t': (args.video_batch_size, args.frames, args.size, args.size, 3)}
   rows = []
-  for arch in args.models.split(','):
+  for arch in args.models:
     rows += bench_model(arch, shapes[arch], args)
     print(f'{arch} done; load average {os.getloadavg()[0]:.2f}', flush=True)
   print(f'\n{"model":10} {"input":18} {"mode":11} {"JAX":>10} {"torch":>10} '
@@ -138,4 +139,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

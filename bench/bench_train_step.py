@@ -52,12 +52,13 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from tps_jax import cli
 from tps_jax.data import pipelines
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.tasks.action import ActionTask
@@ -416,20 +417,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config'])
 
 
-def parse_flags(argv):
-  """absl flag parsing; a bad flag or --config.<field> is one line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:   # ml_collections: the bare field name
-    detail = e
-    while isinstance(detail, BaseException) and detail.args:
-      detail = detail.args[0]
-    bad = ' '.join(a.split('=')[0] for a in argv[1:] if a.startswith('--config.'))
-    sys.exit(f'error: no such config field: {detail} (in {bad})'.replace('\n', ' '))
-  except flags.Error as e:
-    sys.exit(f'error: {e}'.replace('\n', ' '))
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -454,4 +441,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

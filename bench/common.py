@@ -1,10 +1,9 @@
 """What the side-by-side benchmarks share: interleaved timing, torch's thread count, and
-the detector inference comparison (bench_detector.py, bench_one_stage.py).
+the detector inference comparison and its flags (bench_detector.py, bench_one_stage.py).
 
 The benchmarks run as `python bench/<name>.py`, so this module is imported by its
 plain name (the script's folder is on sys.path).
 """
-import argparse
 import os
 import statistics
 import time
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from absl import flags
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -49,18 +49,15 @@ def match_torch_threads() -> int:
 # ------------------------------------------------------------------- detector inference
 
 
-def detector_args(description: str) -> argparse.Namespace:
-  """--size (a multiple of 32), --batch, --repeats, --warmup."""
-  parser = argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--size', type=int, default=512, help='image side (multiple of 32)')
-  parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=2)
-  args = parser.parse_args()
-  if args.size % 32:
-    parser.error('--size must be a multiple of 32 (no padding on either side)')
-  return args
+def define_detector_flags() -> None:
+  """--size (a multiple of 32), --batch_size, --repeats, --warmup (read by
+  compare_detectors)."""
+  flags.DEFINE_integer('size', 512, 'Image side (a multiple of 32).')
+  flags.DEFINE_integer('batch_size', 1, 'Images per call.')
+  flags.DEFINE_integer('repeats', 5, 'Timed calls.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed calls first.')
+  flags.register_validator('size', lambda size: size % 32 == 0,
+                           'must be a multiple of 32 (no padding on either side)')
 
 
 def photograph(size: int, batch: int) -> np.ndarray:
@@ -79,11 +76,12 @@ def keep_size(reference: torch.nn.Module, size: int) -> torch.nn.Module:
   return reference
 
 
-def compare_detectors(detectors, reference, reference_name: str, args) -> None:
+def compare_detectors(detectors, reference, reference_name: str) -> None:
   """Times jitted JAX detectors [(name, model, variables)] against the torchvision
-  `reference` (eval, no_grad) on the same photograph; prints images/s, the ratio to
-  torch and the number of detections of each."""
-  x = photograph(args.size, args.batch)
+  `reference` (eval, no_grad) on the same photograph (define_detector_flags' sizes);
+  prints images/s, the ratio to torch and the number of detections of each."""
+  args = flags.FLAGS
+  x = photograph(args.size, args.batch_size)
   x_jax = jnp.asarray(x)
   x_torch = list(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
   calls, counts = [], []
@@ -103,8 +101,8 @@ def compare_detectors(detectors, reference, reference_name: str, args) -> None:
   calls.append(torch_detect)
 
   seconds = interleaved_medians(calls, args.repeats, args.warmup)
-  rate = [args.batch / s for s in seconds]
-  shape = f'{args.batch}x3x{args.size}x{args.size}'
+  rate = [args.batch_size / s for s in seconds]
+  shape = f'{args.batch_size}x3x{args.size}x{args.size}'
   print(f"\n{'detector':38} {'input':14} {'images/s':>9} {'vs torch':>9} {'dets':>5}")
   names = [name for name, _, _ in detectors] + [reference_name]
   for name, r, count in zip(names, rate, counts):

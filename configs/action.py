@@ -11,7 +11,7 @@ head. The window stays (16, 7, 7) so the pre-trained bias tables fit.
 Full config (Video Swin's Kinetics fine-tuning: 32 frames 2 apart, 224 crops, flips;
 30 epochs of the ~3.4k training videos at batch 64; then 4 clips x 3 crops):
 
-  python -m data_prep.build --root DATA --stages action_clips
+  python -m data_prep.build --data_root DATA --stages action_clips
   python run_train.py --config=configs/action.py --workdir=WORKDIR \
       --config.data.root=DATA --config.init_from.path=WORKDIR_PRE
   python -m tps_jax.evaluate_action --export WORKDIR/export[,WORKDIR2/export...] \
@@ -27,7 +27,7 @@ Swin: the backbone of configs/part_state.py:tiny (the demo, configs/demo.py, run
 exactly this chain), or the tiny pre-training of configs/action_pretrain.py:
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 960
-  python -m data_prep.build --root /tmp/tps_syn --stages part_states,action_clips
+  python -m data_prep.build --data_root /tmp/tps_syn --stages part_states,action_clips
   python run_train.py --config=configs/part_state.py:tiny --workdir=/tmp/ps \
       --config.data.root=/tmp/tps_syn
   python run_train.py --config=configs/action.py:tiny --workdir=/tmp/act \

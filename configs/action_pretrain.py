@@ -13,8 +13,8 @@ SSv2 recipe: window (16, 7, 7), 32 frames, no flip (some classes are left/right)
 AdamW 3e-4 at batch 64, weight decay 0.05, 60 epochs, 2.5 of warmup; layer-wise lr
 decay 0.9 stands in for its 0.1x backbone lr):
 
-  python -m tps_jax.convert --arch swin3d_b --window 16 7 7 \
-      --input swin_base_patch4_window7_224_22k.pth --output weights/swin3d_b_inflated
+  python -m tps_jax.convert --arch swin3d_b --window 16,7,7 \
+      --input swin_base_patch4_window7_224_22k.pth --out weights/swin3d_b_inflated
   python -m data_prep.build --video_folder SSV2 --name ssv2_clips
   python run_train.py --config=configs/action_pretrain.py --workdir=WORKDIR_PRE \
       --config.data.root=SSV2

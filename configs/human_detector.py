@@ -3,8 +3,8 @@ r"""Human detector: Cascade R-CNN, ResNet-50 FPN, one class ('person'), on video
 Full config (the report: COCO-initialised Cascade R-CNN R-50, 93% mAP on humans):
 
   python -m tps_jax.convert --arch cascade_rcnn_r50_fpn \
-      --input cascade_rcnn_r50_fpn_1x_coco.pth --output weights/cascade_rcnn_r50_coco
-  python -m data_prep.build --root DATA --stages humans
+      --input cascade_rcnn_r50_fpn_1x_coco.pth --out weights/cascade_rcnn_r50_coco
+  python -m data_prep.build --data_root DATA --stages humans
   python run_train.py --config=configs/human_detector.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/human_detector.py \
@@ -22,7 +22,7 @@ frozen at its initial statistics, nothing else frozen) on 128x160 frames, 400 st
 8 frames.
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 48
-  python -m data_prep.build --root /tmp/tps_syn --stages humans,parts
+  python -m data_prep.build --data_root /tmp/tps_syn --stages humans,parts
   python run_train.py --config=configs/human_detector.py:tiny --workdir=/tmp/human_tiny \
       --config.data.root=/tmp/tps_syn
 

@@ -5,8 +5,8 @@ Objects365-initialised):
 
   python -m tps_jax.convert --arch cascade_rcnn_swin_l_fpn \
       --input <mmdetection Cascade R-CNN Swin-L Objects365 checkpoint>.pth \
-      --output weights/cascade_rcnn_swin_l_o365
-  python -m data_prep.build --root DATA --stages parts
+      --out weights/cascade_rcnn_swin_l_o365
+  python -m data_prep.build --data_root DATA --stages parts
   python run_train.py --config=configs/part_detector.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector.py \
@@ -24,7 +24,7 @@ left / right part labels (`config.data`).
 (window 4) on 128x96 crops, anchors 16-256 pixels, 400 steps of 8 crops.
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 48
-  python -m data_prep.build --root /tmp/tps_syn --stages humans,parts
+  python -m data_prep.build --data_root /tmp/tps_syn --stages humans,parts
   python run_train.py --config=configs/part_detector.py:tiny --workdir=/tmp/parts_tiny \
       --config.data.root=/tmp/tps_syn
 

@@ -6,8 +6,8 @@ mmdetection gfl_x101_32x4d_fpn_mstrain_2x):
 
   python -m tps_jax.convert --arch gfl_x101_32x4d_fpn \
       --input <mmdetection gfl_x101_32x4d_fpn_mstrain_2x_coco checkpoint>.pth \
-      --output weights/gfl_x101_coco
-  python -m data_prep.build --root DATA --stages parts
+      --out weights/gfl_x101_coco
+  python -m data_prep.build --data_root DATA --stages parts
   python run_train.py --config=configs/part_detector_gfl.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector_gfl.py \
@@ -21,9 +21,9 @@ Pseudo-labels (report section 2.2.2; Table 2): label the training crops with the
 detector, rebuild the part dataset with them, train again:
 
   python -m data_prep.pseudo_label --config configs/part_detector_gfl.py \
-      --export WORKDIR/export --root DATA --out DATA/pseudo_parts.json \
-      [--pos_thresh 0.4 --ignore_thresh 0.1]
-  python -m data_prep.build --root DATA --stages parts --overwrite \
+      --export WORKDIR/export --data_root DATA --out DATA/pseudo_parts.json \
+      [--pseudo_positive 0.4 --pseudo_low 0.1]
+  python -m data_prep.build --data_root DATA --stages parts --overwrite \
       --pseudo_labels DATA/pseudo_parts.json --pseudo_positive 0.4 --pseudo_low 0.1
   python run_train.py --config=configs/part_detector_gfl.py --workdir=WORKDIR_PSEUDO \
       --config.data.root=DATA
@@ -33,7 +33,7 @@ Expected: ~0.567 (no gain over 0.566 in the report).
 `:tiny` (CPU, synthetic data, minutes): a one-block-per-stage ResNet-18 on 128x96 crops.
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 24
-  python -m data_prep.build --root /tmp/tps_syn --stages parts
+  python -m data_prep.build --data_root /tmp/tps_syn --stages parts
   python run_train.py --config=configs/part_detector_gfl.py:tiny \
       --workdir=/tmp/parts_gfl_tiny --config.data.root=/tmp/tps_syn
 

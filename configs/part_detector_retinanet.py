@@ -5,8 +5,8 @@ COCO-initialised mmdetection retinanet_r50_fpn_1x):
 
   python -m tps_jax.convert --arch retinanet_r50_fpn \
       --input <mmdetection retinanet_r50_fpn_1x_coco checkpoint>.pth \
-      --output weights/retinanet_r50_coco
-  python -m data_prep.build --root DATA --stages parts
+      --out weights/retinanet_r50_coco
+  python -m data_prep.build --data_root DATA --stages parts
   python run_train.py --config=configs/part_detector_retinanet.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector_retinanet.py \
@@ -25,7 +25,7 @@ R-CNN it is compared with).
 anchors half mmdetection's size (the synthetic parts are 8-60 pixels).
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 24
-  python -m data_prep.build --root /tmp/tps_syn --stages parts
+  python -m data_prep.build --data_root /tmp/tps_syn --stages parts
   python run_train.py --config=configs/part_detector_retinanet.py:tiny \
       --workdir=/tmp/parts_retinanet_tiny --config.data.root=/tmp/tps_syn
 

@@ -4,8 +4,8 @@ Full config (the report: Swin-L ImageNet-22K, resize 256 / crop 224, batch 512, 
 with weight decay 1e-8, states resampled to balance them per part):
 
   python -m tps_jax.convert --arch swin_l --input swin_large_patch4_window7_224_22k.pth \
-      --output weights/swin_l_22k
-  python -m data_prep.build --root DATA --stages part_states
+      --out weights/swin_l_22k
+  python -m data_prep.build --data_root DATA --stages part_states
   python run_train.py --config=configs/part_state.py --workdir=WORKDIR \
       --config.data.root=DATA
 
@@ -40,7 +40,7 @@ depth 0.2, bf16 compute (a GPU / TPU run; set --config.bf16=False on CPU).
 humans):
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn
-  python -m data_prep.build --root /tmp/tps_syn --stages part_states
+  python -m data_prep.build --data_root /tmp/tps_syn --stages part_states
   python run_train.py --config=configs/part_state.py:tiny --workdir=/tmp/part_state_tiny \
       --config.data.root=/tmp/tps_syn
 

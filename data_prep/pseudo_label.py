@@ -2,9 +2,9 @@ r"""Pseudo-labels for the part detector (report section 2.2.2): a trained detect
 the parts the training annotation lacks.
 
   python -m data_prep.pseudo_label --config configs/part_detector_gfl.py[:variant] \
-      --export WORKDIR/export --root DATASET_ROOT --out FILE \
-      [--pos_thresh 0.4] [--ignore_thresh 0.1] [--split train] [--batch_size 8] [--quiet] \
-      [--config.<field>=value ...]
+      --export WORKDIR/export --data_root DATASET_ROOT --out FILE \
+      [--pseudo_positive 0.4] [--pseudo_low 0.1] [--split train] [--batch_size 8] \
+      [--noprogress] [--config.<field>=value ...]
 
 Runs the exported part detector of `--config` (any family of the detection task:
 'cascade_rcnn', 'retinanet', 'gfl') over the human crops of the built `tps_parts`
@@ -12,7 +12,7 @@ dataset (ROOT/tfds, `python -m data_prep.build --stages parts`), each crop prepa
 the eval pipeline prepares it (tps_jax/data/pipelines.py), in jitted batches of one
 static shape. Detections are mapped back to frame pixels (the crop's `crop_box`) and,
 for each human, those of the parts its annotation (read from ROOT) lacks with score >=
-`ignore_thresh` are written to FILE in the pseudo-label JSON format that the TFDS
+`pseudo_low` are written to FILE in the pseudo-label JSON format that the TFDS
 builder consumes (tps_jax/data/builders.py):
 ```
 {"<video>": {"img_00006.json": {"<human number>": {"<part>": [{"box": [x1, y1, x2, y2], "score": 0.7}, ...]}}}}
@@ -22,11 +22,11 @@ the annotations). A predicted part whose class is already annotated for that hum
 not written: a human has one part of each class, so such a box duplicates the annotated
 one (or is a false positive). Then rebuild the part dataset with the same thresholds:
 
-  python -m data_prep.build --root ROOT --stages parts --overwrite \
+  python -m data_prep.build --data_root ROOT --stages parts --overwrite \
       --pseudo_labels FILE --pseudo_positive 0.4 --pseudo_low 0.1
 
-which adds, to each human, the written parts scoring > pos_thresh as positives and those
-scoring in [ignore_thresh, pos_thresh] as ignore regions (the detector losses neither
+which adds, to each human, the written parts scoring > pseudo_positive as positives and
+those scoring in [pseudo_low, pseudo_positive] as ignore regions (the detector losses neither
 reward nor penalise anchors / RoIs inside them). The counts of both are printed.
 
 Speed: one pass, decoding in grain threads and the detector jitted on fixed-size
@@ -49,10 +49,11 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import pipelines
 from tps_jax.train import checkpointing
@@ -60,17 +61,17 @@ from tps_jax.train import tasks as tasks_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Part detector config file[:variant].")
 _EXPORT = flags.DEFINE_string("export", None, "Export directory of the trained detector.")
-_ROOT = flags.DEFINE_string("root", None, "Kinetics-TPS root (annotations; datasets under "
-                            "ROOT/tfds unless --config.data.tfds_dir).")
+_DATA_ROOT = flags.DEFINE_string("data_root", None, "Kinetics-TPS root (annotations; "
+                                 "datasets under ROOT/tfds unless --config.data.tfds_dir).")
 _OUT = flags.DEFINE_string("out", None, "Pseudo-label JSON file to write.")
-_POS = flags.DEFINE_float("pos_thresh", 0.4, "Scores above this become positives.")
-_IGNORE = flags.DEFINE_float("ignore_thresh", 0.1,
-                             "Scores in [ignore_thresh, pos_thresh] become ignore regions; "
-                             "lower ones are not written.")
+_POSITIVE = flags.DEFINE_float("pseudo_positive", 0.4, "Scores above this become positives.")
+_LOW = flags.DEFINE_float("pseudo_low", 0.1,
+                          "Scores in [pseudo_low, pseudo_positive] become ignore regions; "
+                          "lower ones are not written.")
 _SPLIT = flags.DEFINE_string("split", "train", "Split of tps_parts to label.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Crops per batch.")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
-flags.mark_flags_as_required(["config", "export", "root", "out"])
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flags_as_required(["config", "export", "data_root", "out"])
 
 # Per-crop fields carried beside the batch (the detector does not see them).
 _IDS = ("video", "frame", "human", "crop_box")
@@ -84,19 +85,20 @@ class PseudoLabelError(ValueError):
 class Summary:
   crops: int = 0                 # crops labelled
   humans_labelled: int = 0       # humans with at least one written part
-  positives: int = 0             # written boxes scoring > pos_thresh
-  ignores: int = 0               # written boxes scoring in [ignore_thresh, pos_thresh]
-  annotated_skipped: int = 0     # boxes >= ignore_thresh of parts the human has annotated
+  positives: int = 0             # written boxes scoring > pseudo_positive
+  ignores: int = 0               # written boxes scoring in [pseudo_low, pseudo_positive]
+  annotated_skipped: int = 0     # boxes >= pseudo_low of parts the human has annotated
 
-  def lines(self, out: str, pos_thresh: float, ignore_thresh: float) -> list[str]:
+  def lines(self, out: str, pseudo_positive: float, pseudo_low: float) -> list[str]:
     return [
-        f"{self.crops} crops: {self.positives} positive boxes (score > {pos_thresh}) and "
-        f"{self.ignores} ignore regions ({ignore_thresh} <= score <= {pos_thresh}) for "
+        f"{self.crops} crops: {self.positives} positive boxes (score > {pseudo_positive}) "
+        "and "
+        f"{self.ignores} ignore regions ({pseudo_low} <= score <= {pseudo_positive}) for "
         f"{self.humans_labelled} humans; {self.annotated_skipped} boxes of annotated parts "
         "left out",
         f"wrote {out}",
-        "next: python -m data_prep.build --root ROOT --stages parts --overwrite "
-        f"--pseudo_labels {out} --pseudo_positive {pos_thresh} --pseudo_low {ignore_thresh}"]
+        "next: python -m data_prep.build --data_root ROOT --stages parts --overwrite "
+        f"--pseudo_labels {out} --pseudo_positive {pseudo_positive} --pseudo_low {pseudo_low}"]
 
 
 # ------------------------------------------------------------------------ the detector
@@ -206,12 +208,12 @@ class Annotations:
 # ---------------------------------------------------------------------------- the run
 
 def pseudo_labels(config, params, model_state, task, root: str, *, split: str = "train",
-                  pos_thresh: float = 0.4, ignore_thresh: float = 0.1, batch_size: int = 8,
+                  pseudo_positive: float = 0.4, pseudo_low: float = 0.1, batch_size: int = 8,
                   progress: bool = True) -> tuple[dict, Summary]:
   """(pseudo-label JSON content, Summary) of a split's crops (see the module docstring)."""
-  if not 0.0 <= ignore_thresh <= pos_thresh <= 1.0:
-    raise PseudoLabelError(f"need 0 <= ignore_thresh ({ignore_thresh}) <= pos_thresh "
-                           f"({pos_thresh}) <= 1")
+  if not 0.0 <= pseudo_low <= pseudo_positive <= 1.0:
+    raise PseudoLabelError(f"need 0 <= pseudo_low ({pseudo_low}) <= pseudo_positive "
+                           f"({pseudo_positive}) <= 1")
   annotations = Annotations(root)
   batches, count = crop_batches(config, split, batch_size)
   predict = jax.jit(task.eval_predictions)
@@ -230,7 +232,7 @@ def pseudo_labels(config, params, model_state, task, root: str, *, split: str = 
       for box, score, label in zip(boxes, np.asarray(detections["scores"][row])[keep],
                                    np.asarray(detections["labels"][row])[keep]):
         score = round(float(score), 6)
-        if score < ignore_thresh:
+        if score < pseudo_low:
           continue
         part = tps.PARTS[int(label)]
         if part in annotated:
@@ -238,7 +240,7 @@ def pseudo_labels(config, params, model_state, task, root: str, *, split: str = 
           continue
         written.setdefault(part, []).append(
             {"box": [round(float(v), 2) for v in box], "score": score})
-        if score > pos_thresh:
+        if score > pseudo_positive:
           summary.positives += 1
         else:
           summary.ignores += 1
@@ -262,24 +264,23 @@ def write_json(path: str, content: dict) -> None:
 
 def main(argv) -> int:
   del argv
-  logging.set_verbosity(logging.WARNING)    # orbax and TFDS log every file they open
   config = _CONFIG.value
   with config.unlocked():
-    config.data.root = _ROOT.value
+    config.data.root = _DATA_ROOT.value
   try:
     task, params, model_state = load_detector(config, _EXPORT.value)
     labels, summary = pseudo_labels(
-        config, params, model_state, task, _ROOT.value, split=_SPLIT.value,
-        pos_thresh=_POS.value, ignore_thresh=_IGNORE.value, batch_size=_BATCH_SIZE.value,
-        progress=not _QUIET.value)
+        config, params, model_state, task, _DATA_ROOT.value, split=_SPLIT.value,
+        pseudo_positive=_POSITIVE.value, pseudo_low=_LOW.value,
+        batch_size=_BATCH_SIZE.value, progress=_PROGRESS.value)
     write_json(_OUT.value, labels)
   except (PseudoLabelError, tps.AnnotationError, FileNotFoundError, ValueError,
           checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print("\n".join(summary.lines(_OUT.value, _POS.value, _IGNORE.value)))
+  print("\n".join(summary.lines(_OUT.value, _POSITIVE.value, _LOW.value)))
   return 0
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -36,7 +36,7 @@ def run_module(module, *args, check=True, env=None, timeout=600):
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
   """A tiny synthetic dataset in the official layout (read-only: copy before editing)."""
+  from tps_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("kinetics_tps") / "Kinetics-TPS"
-  run_module("data_prep.make_synthetic", "--out", root, "--videos", 6,
-             "--frames", 12, "--seed", 0)
+  synthetic.write_synthetic(str(root), videos=6, frames=12, seed=0, progress=False)
   return root

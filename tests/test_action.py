@@ -15,6 +15,7 @@ from configs import action as action_config
 from configs import action_pretrain as pretrain_config
 from tests.conftest import run_module
 from tps_jax.data import augment
+from tps_jax.data import build
 from tps_jax.data import pipelines
 from tps_jax.inference import action as inference
 from tps_jax.tasks import action
@@ -257,8 +258,8 @@ def test_clip_starts_and_crop_regions():
 def clips_data(synthetic_root, tmp_path_factory):
   """The fixture's tps_action_clips dataset (in a temp folder: the root is read-only)."""
   tfds_dir = tmp_path_factory.mktemp('action') / 'tfds'
-  run_module('data_prep.build', '--root', synthetic_root, '--out', tfds_dir,
-             '--stages', 'action_clips', '--quiet')
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=['action_clips'],
+                       progress=False)
   return str(synthetic_root), str(tfds_dir)
 
 
@@ -290,7 +291,7 @@ def test_inflated_2d_swin_initialises_the_pretraining_backbone(tmp_path):
   torch = pytest.importorskip('torch')
   from torchvision.models.swin_transformer import SwinTransformer
   from tps_jax.convert import convert_state_dict
-  from tps_jax.convert.__main__ import write_checkpoint
+  from tps_jax.convert import write_checkpoint
   config = pretrain_config.get_config('tiny')
   overrides = dict(config.model.overrides)
   torch.manual_seed(0)
@@ -346,8 +347,8 @@ def _tiny_run_config(module, root, tfds_dir, **data):
 def test_pretraining_export_initialises_the_finetuning(clips_data, tmp_path, capsys):
   root, tfds_dir = clips_data
   folder_tfds = str(tmp_path / 'folder_tfds')
-  run_module('data_prep.build', '--video_folder', os.path.join(root, 'train_videos'),
-             '--name', 'syn_clips', '--out', folder_tfds, '--quiet')
+  build.build_datasets(video_folder=os.path.join(root, 'train_videos'), name='syn_clips',
+                       out=folder_tfds, progress=False)
   pre = _tiny_run_config(pretrain_config, '', folder_tfds)
   summary = trainer.train_and_evaluate(pre, str(tmp_path / 'pre'))
   assert 0 <= summary['eval']['top1'] <= 1 and 'tta_top1' in summary['eval']

@@ -1,4 +1,5 @@
-"""data_prep.build: the four stage datasets, the split by video, bad input, idempotence."""
+"""tps_jax.data.build (data_prep.build): the four stage datasets, the split by video, bad
+input, idempotence, the command line."""
 import json
 import os
 import shutil
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import build
+from tests.conftest import run_module
+from tps_jax.data import build
 from tps_jax.data import builders
+from tps_jax.data import frames as frames_lib
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
 
-VAL_FRACTION = "0.4"
+VAL_FRACTION = 0.4
 
 
 def _copy(synthetic_root, tmp_path):
@@ -21,11 +24,12 @@ def _copy(synthetic_root, tmp_path):
   return str(root)
 
 
-def _run(capsys, *args):
-  """(exit code, stdout, stderr) of `python -m data_prep.build args`, in process."""
-  code = build.main([str(a) for a in args] + ["--quiet"])
-  out, err = capsys.readouterr()
-  return code, out, err
+def _build(root, **kwargs) -> tuple[list[str], list[str]]:
+  """(problems, reported lines) of build_datasets(root, **kwargs), no progress bars."""
+  lines = []
+  problems = build.build_datasets(root and str(root), progress=False, say=lines.append,
+                                  **kwargs)
+  return problems, lines
 
 
 def _source(out, name, split):
@@ -47,7 +51,7 @@ def _annotations(root):
 @pytest.fixture(scope="module")
 def built(synthetic_root, tmp_path_factory):
   root = _copy(synthetic_root, tmp_path_factory.mktemp("build"))
-  assert build.main(["--root", root, "--val_fraction", VAL_FRACTION, "--quiet"]) == 0
+  assert _build(root, val_fraction=VAL_FRACTION)[0] == []
   return root, os.path.join(root, "tfds")
 
 
@@ -63,7 +67,7 @@ def test_split_by_video_is_recorded_identical_and_disjoint(built):
     train_videos, val_videos = _videos_of(out, name, "train"), _videos_of(out, name, "val")
     assert not train_videos & val_videos
     assert val_videos <= set(recorded) and train_videos <= videos - set(recorded)
-  assert len(val) == round(float(VAL_FRACTION) * len(videos))
+  assert len(val) == round(VAL_FRACTION * len(videos))
   assert _videos_of(out, "tps_action_clips", "train") | set(val) == videos
 
 
@@ -137,23 +141,52 @@ def test_state_table_follows_the_source_order(built):
   np.testing.assert_array_equal(table, [e["part_state"] for e in source])
 
 
-def test_finished_datasets_are_kept_and_settings_checked(built, capsys):
+def test_finished_datasets_are_kept_and_settings_checked(built):
   root, out = built
   info = os.path.join(builders.dataset_dir(out, "tps_humans"), "dataset_info.json")
   before = os.stat(info).st_mtime_ns
-  code, stdout, _ = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION)
-  assert code == 0 and stdout.count("already built") == 4
+  _, lines = _build(root, val_fraction=VAL_FRACTION)
+  assert sum("already built" in line for line in lines) == 4
   assert os.stat(info).st_mtime_ns == before
-  code, _, err = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION, "--seed", "5",
-                      "--stages", "humans")
-  assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
-  assert "built with other settings (seed, val_videos)" in err
+  with pytest.raises(build.BuildError, match=r"built with other settings \(seed, val_videos\)"):
+    _build(root, val_fraction=VAL_FRACTION, seed=5, stages=["humans"])
   clips = builders.dataset_dir(out, "tps_action_clips")
   before = os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns
-  code, stdout, _ = _run(capsys, "--root", root, "--val_fraction", VAL_FRACTION,
-                         "--stages", "action_clips", "--overwrite")
-  assert code == 0 and "already built" not in stdout
+  _, lines = _build(root, val_fraction=VAL_FRACTION, stages=["action_clips"], overwrite=True)
+  assert not any("already built" in line for line in lines)
   assert os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns != before
+
+
+def test_command_line_reports_and_errors_are_one_line(built):
+  root, out = built
+  proc = run_module("data_prep.build", "--data_root", root, "--val_fraction", VAL_FRACTION,
+                    "--stages", "humans,parts", "--noprogress")
+  assert proc.stdout.splitlines() == [
+      f"{builders.dataset_dir(out, name)}: already built, kept (--overwrite to rebuild)"
+      for name in ("tps_humans", "tps_parts")]
+  for args, message in [
+      (("--data_root", root, "--seed", 5, "--stages", "humans"),
+       f"error: {builders.dataset_dir(out, 'tps_humans')}: built with other settings"),
+      (("--data_root", root, "--stages", "humans,faces"),
+       "error: stages: unknown stage(s) faces; choose from humans,parts,"),
+      (("--stages", "humans",), "error: flags data_root=None, video_folder=None: Exactly one "
+                                "of (data_root, video_folder) must have a value")]:
+    proc = run_module("data_prep.build", *args, "--noprogress", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"val_fraction": 1.0}, "val_fraction=1.0: must be in [0, 1)"),
+    ({"jobs": 0}, "jobs=0: must be at least 1"),
+    ({"jpeg_quality": 0}, "jpeg_quality=0: must be in 1..100"),
+    ({"pseudo_low": 0.5}, "pseudo_low=0.5, pseudo_positive=0.4: need 0 <= pseudo_low"),
+    ({"name": "clips"}, "name=clips: only for video_folder"),
+    ({"video_folder": "v"}, "give one dataset source")])
+def test_bad_arguments_are_refused_by_name(tmp_path, arguments, message):
+  with pytest.raises(build.BuildError) as error:
+    build.build_datasets(str(tmp_path), **arguments)
+  assert str(error.value).startswith(message)
 
 
 def _count(out, name):
@@ -161,7 +194,7 @@ def _count(out, name):
              if split in tfds.builder_from_directory(builders.dataset_dir(out, name)).info.splits)
 
 
-def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path, capsys):
+def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   video = next(tps.iter_videos(root, "train"))
   bad = video.annotation_path(video.annotated_frames()[0])
@@ -170,17 +203,16 @@ def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path, 
   with open(bad, "w") as f:
     f.write(text[:len(text) // 2])
   total = sum(len(v.annotated_frames()) for v in tps.iter_videos(root, "train"))
-  code, _, err = _run(capsys, "--root", root, "--stages", "humans")
-  assert code == 1 and err.count("\n") == 1
-  assert err.startswith(f"error: {bad}: truncated JSON")
+  with pytest.raises(tps.AnnotationError) as error:
+    _build(root, stages=["humans"])
+  assert str(error.value).startswith(f"{bad}: truncated JSON")
   assert not builders.is_built(os.path.join(root, "tfds"), "tps_humans")
-  code, _, err = _run(capsys, "--root", root, "--stages", "humans", "--keep_going")
-  assert code == 0
-  assert f"{bad}: truncated JSON" in err and "1 problem(s)" in err
+  problems, _ = _build(root, stages=["humans"], keep_going=True)
+  assert len(problems) == 1 and problems[0].startswith(f"{bad}: truncated JSON")
   assert _count(os.path.join(root, "tfds"), "tps_humans") == total - 1
 
 
-def test_undecodable_video_stops_or_is_skipped_and_counted(synthetic_root, tmp_path, capsys):
+def test_undecodable_video_stops_or_is_skipped_and_counted(synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   videos = list(tps.iter_videos(root, "train"))
   with open(videos[0].video_path, "wb") as f:
@@ -193,41 +225,38 @@ def test_undecodable_video_stops_or_is_skipped_and_counted(synthetic_root, tmp_p
     text = f.read()
   with open(flist, "w") as f:
     f.write(text.replace(f"{late.name},{late.num_frames}", f"{late.name},40"))
-  code, _, err = _run(capsys, "--root", root, "--stages", "action_clips")
-  assert code == 1 and err.count("\n") == 1
-  assert err.startswith(f"error: {videos[0].video_path}: cannot open video")
-  code, _, err = _run(capsys, "--root", root, "--stages", "humans,action_clips",
-                      "--keep_going", "--jobs", "2")     # problems found in workers too
-  assert code == 0 and "2 problem(s)" in err
-  assert f"{videos[0].video_path}: cannot open video" in err
-  assert f"{late.video_path}: the video ends before annotated frame 31" in err
+  with pytest.raises(video_lib.VideoError) as error:
+    _build(root, stages=["action_clips"])
+  assert str(error.value).startswith(f"{videos[0].video_path}: cannot open video")
+  problems, _ = _build(root, stages=["humans", "action_clips"], keep_going=True,
+                       jobs=2)     # problems found in workers too
+  assert len(problems) == 2
+  assert any(p.startswith(f"{videos[0].video_path}: cannot open video") for p in problems)
+  assert f"{late.video_path}: the video ends before annotated frame 31" in "\n".join(problems)
   out = os.path.join(root, "tfds")
   assert _count(out, "tps_action_clips") == len(videos) - 1    # the late one decodes fine
   assert _count(out, "tps_humans") == sum(
       len(v.annotated_frames()) for v in videos[2:])
 
 
-def test_video_folder_builds_an_action_clip_dataset(synthetic_root, tmp_path, capsys):
+def test_video_folder_builds_an_action_clip_dataset(synthetic_root, tmp_path):
   folder = tmp_path / "videos"
   videos = list(tps.iter_videos(str(synthetic_root), "train"))
   for i, video in enumerate(videos):
     os.makedirs(folder / f"class_{i % 2}", exist_ok=True)
     shutil.copy(video.video_path, folder / f"class_{i % 2}" / f"clip{i}.mp4")
-  code, stdout, _ = _run(capsys, "--video_folder", folder, "--name", "my_videos",
-                         "--val_fraction", "0.4")
-  assert code == 0, stdout
+  _build(None, video_folder=str(folder), name="my_videos", val_fraction=0.4)
   out = str(folder / "tfds")
   info = tfds.builder_from_directory(builders.dataset_dir(out, "my_videos")).info
   assert list(info.metadata["actions"]) == ["class_0", "class_1"]
   examples = [e for split in builders.SPLITS for e in _source(out, "my_videos", split)]
   assert sorted(e["video"].decode() for e in examples) == [f"clip{i}" for i in range(len(videos))]
   assert all(e["label"] == int(e["video"].decode()[4:]) % 2 for e in examples)
-  code, stdout, _ = _run(capsys, "--video_folder", folder, "--name", "my_videos",
-                         "--val_fraction", "0.4")
-  assert code == 0 and "already built" in stdout     # tfds/ inside is not a class
+  _, lines = _build(None, video_folder=str(folder), name="my_videos", val_fraction=0.4)
+  assert "already built" in lines[0]     # tfds/ inside is not a class
 
 
-def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path, capsys):
+def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   video = next(tps.iter_videos(root, "train"))
   frames = tmp_path / "frames" / video.action / video.name
@@ -235,35 +264,30 @@ def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path, capsy
   for index in range(1, video.num_frames + 1):
     (frames / f"img_{index:05d}.jpg").write_bytes(video_lib.encode_jpeg(
         np.full((120, 160, 3), 200, np.uint8)))
-  code, _, _ = _run(capsys, "--root", root, "--stages", "humans", "--val_fraction", "0",
-                    "--frames_dir", tmp_path / "frames")
-  assert code == 0
+  _build(root, stages=["humans"], val_fraction=0, frames_dir=str(tmp_path / "frames"))
   for example in _source(os.path.join(root, "tfds"), "tps_humans", "train"):
     mean = video_lib.decode_jpeg(example["image"]).mean()
     assert (abs(mean - 200) < 2) == (example["video"].decode() == video.name)
 
 
-def test_extract_frames_output_feeds_build(synthetic_root, tmp_path, capsys):
+def test_extract_frames_output_feeds_build(synthetic_root, tmp_path):
   """extract_frames' <out>/<split>/<class>/<video> layout is found; resized frames are
   refused (their pixels no longer match the boxes)."""
-  from data_prep import extract_frames
   root = _copy(synthetic_root, tmp_path)
-  assert extract_frames.extract(root, splits=("train",)).ok
-  code, _, _ = _run(capsys, "--root", root, "--stages", "humans,action_clips",
-                    "--val_fraction", "0", "--frames_dir", os.path.join(root, "frames"))
-  assert code == 0
+  assert frames_lib.extract(root, splits=("train",)).ok
+  _build(root, stages=["humans", "action_clips"], val_fraction=0,
+         frames_dir=os.path.join(root, "frames"))
   video = next(tps.iter_videos(root, "train"))
   assert builders.find_frames_dir(os.path.join(root, "frames"), video.action,
                                   video.name) is not None
   resized = os.path.join(tmp_path, "resized")
-  assert extract_frames.extract(root, resized, splits=("train",), short_side=60).ok
-  code, _, err = _run(capsys, "--root", root, "--stages", "humans", "--overwrite",
-                      "--frames_dir", resized)
-  assert code == 1 and "short_side=60" in err and "extract_frames.json" in err
+  assert frames_lib.extract(root, resized, splits=("train",), short_side=60).ok
+  with pytest.raises(tps.AnnotationError, match=r"extract_frames.json: .*short_side=60"):
+    _build(root, stages=["humans"], overwrite=True, frames_dir=resized)
 
 
 def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
-    synthetic_root, tmp_path, capsys):
+    synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   annotations = _annotations(root)
   val = builders.split_videos([(v, a) for v, (a, _) in annotations.items()], 0.4, 0)
@@ -279,9 +303,8 @@ def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
       next(iter(human.parts)): [{"box": box, "score": 0.99}]}}}}
   path = tmp_path / "pseudo.json"
   path.write_text(json.dumps(pseudo))
-  code, stdout, _ = _run(capsys, "--root", root, "--stages", "parts", "--val_fraction", "0.4",
-                         "--pseudo_labels", path)
-  assert code == 0 and "pseudo-labels: 1 humans of annotated train frames" in stdout
+  _, lines = _build(root, stages=["parts"], val_fraction=0.4, pseudo_labels=str(path))
+  assert "pseudo-labels: 1 humans of annotated train frames" in lines[0]
   example = next(e for e in _source(os.path.join(root, "tfds"), "tps_parts", "train")
                  if e["video"].decode() == video and e["frame"] == index and
                  e["human"] == number)

@@ -22,9 +22,9 @@ from torchvision.models import swin_transformer as tv_swin
 from torchvision.models.video import swin3d_t
 
 from tests.conftest import run_module
-from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
+from tps_jax.convert import (ConversionError, convert_checkpoint, convert_state_dict,
+                             load_pytorch_weights)
 from tps_jax.convert import swin as swin_convert
-from tps_jax.convert.__main__ import main
 from tps_jax.convert.io import unflatten
 from tps_jax.train.checkpointing import load_params
 
@@ -414,7 +414,7 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_command_line_writes_a_checkpoint_that_load_params_reads(swin_t_files, tmp_path):
   pth, _ = swin_t_files
   output = tmp_path / 'swin_t_converted'
-  proc = run_module('tps_jax.convert', '--arch', 'swin_t', '--input', pth, '--output', output)
+  proc = run_module('tps_jax.convert', '--arch', 'swin_t', '--input', pth, '--out', output)
   lines = proc.stdout.splitlines()
   assert f'  loaded  features.1.0.attn.qkv.weight -> layers_0/blocks_0/attn/qkv/kernel ' \
          f'(96, 288)' in lines
@@ -436,29 +436,35 @@ def test_command_line_writes_a_checkpoint_that_load_params_reads(swin_t_files, t
   assert 'backbone/layers_0/blocks_0/attn/qkv/kernel' in load_params(str(output), 'backbone/')
 
 
-def _cli_error(capsys, *args) -> str:
-  assert main([str(a) for a in args]) == 1
-  captured = capsys.readouterr()
-  assert len(captured.err.strip().splitlines()) == 1, captured.err
-  return captured.err.strip()
+def _conversion_error(arch, pth, out, **kwargs) -> str:
+  with pytest.raises(ConversionError) as error:
+    convert_checkpoint(arch, str(pth), str(out), **kwargs)
+  return str(error.value)
 
 
-def test_command_line_errors_write_nothing(swin_t_files, tmp_path, capsys):
+def test_conversion_errors_write_nothing(swin_t_files, tmp_path):
   pth, _ = swin_t_files
   out = tmp_path / 'out'
-  assert _cli_error(capsys, '--arch', 'swin_x', '--input', pth, '--output', out).startswith(
-      "error: unknown arch 'swin_x'; supported: ")
+  assert _conversion_error('swin_x', pth, out).startswith("unknown arch 'swin_x'; supported: ")
   torch.save({'model': {'w': torch.zeros(2)}, 'hook': _Hook()}, tmp_path / 'bad.pth')
-  assert 'its pickle imports' in _cli_error(capsys, '--arch', 'swin_t', '--input',
-                                    tmp_path / 'bad.pth', '--output', out)
-  assert 'does not fit arch swin_b' in _cli_error(capsys, '--arch', 'swin_b', '--input', pth,
-                                                  '--output', out)
-  assert 'has not the 2 axes' in _cli_error(capsys, '--arch', 'swin_t', '--input', pth,
-                                            '--output', out, '--window', 8, 7, 7)
+  assert 'its pickle imports' in _conversion_error('swin_t', tmp_path / 'bad.pth', out)
+  assert 'does not fit arch swin_b' in _conversion_error('swin_b', pth, out)
+  assert 'has not the 2 axes' in _conversion_error('swin_t', pth, out, window=(8, 7, 7))
   assert os.listdir(tmp_path) == ['bad.pth']
   out.mkdir()
-  assert 'already exists (pass --overwrite' in _cli_error(capsys, '--arch', 'swin_t',
-                                                          '--input', pth, '--output', out)
-  with pytest.raises(SystemExit) as exit_:
-    main(['--help'])
-  assert exit_.value.code == 0 and '--window' in capsys.readouterr().out
+  assert 'already exists (pass --overwrite' in _conversion_error('swin_t', pth, out)
+
+
+def test_command_line_errors_are_one_line(swin_t_files, tmp_path):
+  pth, _ = swin_t_files
+  for args, message in [
+      (('--arch', 'swin_x', '--input', pth, '--out', tmp_path / 'out'),
+       "error: unknown arch 'swin_x'; supported: "),
+      (('--arch', 'swin_t', '--input', pth, '--out', tmp_path / 'out', '--window', '8,x'),
+       "error: flag --window=['8', 'x']: must be integers, e.g. 12,12 or 16,7,7"),
+      (('--arch', 'swin_t', '--input', pth), 'error: flag --out=None: ')]:
+    proc = run_module('tps_jax.convert', *args, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert not os.path.exists(tmp_path / 'out')
+  assert '--window' in run_module('tps_jax.convert', '--help', check=False).stdout

@@ -13,6 +13,7 @@ import pytest
 
 from configs import human_detector, part_detector
 from tests.conftest import REPO_ROOT, run_module
+from tps_jax.data import build
 from tps_jax.models.resnet import ResNet
 from tps_jax.models.swin import SwinTransformer
 from tps_jax.tasks import detection
@@ -219,8 +220,8 @@ def test_tiny_human_detector_trains_exports_and_evaluates(synthetic_root, tmp_pa
   """run_train.py on the synthetic fixture for a few steps, then the evaluation command
   on the export."""
   tfds_dir = tmp_path / "tfds"
-  run_module("data_prep.build", "--root", synthetic_root, "--out", tfds_dir,
-             "--stages", "humans", "--quiet")
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=["humans"],
+                       progress=False)
   workdir = tmp_path / "run"
   data_flags = [f"--config.data.root={synthetic_root}", f"--config.data.tfds_dir={tfds_dir}"]
   proc = subprocess.run(

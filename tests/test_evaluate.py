@@ -42,7 +42,7 @@ def test_prints_the_tools_grid_and_the_score_last(tmp_path):
   # v: head right, torso missing -> PSC 0.5; w: missing from the part file -> PSC 0.
   gt, pred = _write(tmp_path, {"v": {"img_00001.json": _pred_frame()}})
   proc = run_module("tps_jax.evaluate", "--gt", gt, "--pred", pred,
-                    "--per-video", tmp_path / "per_video.json")
+                    "--per_video", tmp_path / "per_video.json")
   lines = proc.stdout.strip().splitlines()
   assert lines[-1] == f"score: {5000 / 10000 / 2:.6f}"
   table = lines[lines.index(next(l for l in lines if l.startswith("  h \\ p"))):][:6]

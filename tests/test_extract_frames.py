@@ -1,4 +1,5 @@
-"""data_prep.extract_frames: names and counts, pixels, resume, leftovers, broken videos."""
+"""tps_jax.data.frames (data_prep.extract_frames): names and counts, pixels, resume,
+leftovers, broken videos."""
 import os
 import shutil
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import extract_frames as E
 from tests.conftest import run_module
+from tps_jax.data import frames as E
 from tps_jax.data import kinetics_tps as tps
 
 
@@ -30,9 +31,9 @@ def _leftovers(out):
 
 
 def test_help():
-  out = run_module("data_prep.extract_frames", "--help").stdout
-  for flag in ("--root", "--out", "--split", "--workers", "--short_side", "--quality",
-               "--only_annotated"):
+  out = run_module("data_prep.extract_frames", "--help", check=False).stdout
+  for flag in ("--data_root", "--out", "--split", "--jobs", "--short_side", "--jpeg_quality",
+               "--[no]only_annotated", "--[no]progress"):
     assert flag in out
 
 
@@ -47,8 +48,8 @@ def test_output_size_scales_the_short_side():
 def extracted(synthetic_root, tmp_path_factory):
   """All frames of the synthetic set, by the command line: (out, first run)."""
   out = tmp_path_factory.mktemp("frames") / "frames"
-  proc = run_module("data_prep.extract_frames", "--root", synthetic_root, "--out", out,
-                    "--workers", 2, "--quiet")
+  proc = run_module("data_prep.extract_frames", "--data_root", synthetic_root, "--out", out,
+                    "--jobs", 2, "--noprogress")
   return out, proc
 
 
@@ -85,20 +86,21 @@ def test_rerun_skips_finished_videos(synthetic_root, extracted):
   first = os.path.join(E.frames_dir(str(out), split, video.action, video.name),
                        "img_00001.jpg")
   mtime = os.stat(first).st_mtime_ns
-  proc = run_module("data_prep.extract_frames", "--root", synthetic_root, "--out", out,
-                    "--workers", 1, "--quiet")
+  report = E.extract(str(synthetic_root), str(out), jobs=1)
   assert f": 0 video(s) extracted (0 frames), {len(_videos(synthetic_root))} already " \
-         "done" in proc.stdout
+         "done" in report.summary()
   assert os.stat(first).st_mtime_ns == mtime
 
 
 def test_other_options_on_the_same_output_are_refused(synthetic_root, extracted):
   out, _ = extracted
-  proc = run_module("data_prep.extract_frames", "--root", synthetic_root, "--out", out,
-                    "--quality", 50, "--quiet", check=False)
-  assert proc.returncode == 2
+  proc = run_module("data_prep.extract_frames", "--data_root", synthetic_root, "--out", out,
+                    "--jpeg_quality", 50, "--noprogress", check=False)
+  assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
   assert proc.stderr.startswith(f"error: {out / E.SETTINGS_FILE}: frames there were "
                                 "extracted with")
+  with pytest.raises(E.SettingsError, match="jpeg_quality=0: must be in 1..100"):
+    E.extract(str(synthetic_root), str(out), jpeg_quality=0)
 
 
 def test_a_leftover_temporary_folder_is_redone(synthetic_root, tmp_path):
@@ -127,8 +129,8 @@ def test_a_broken_video_is_reported_and_the_others_go_on(synthetic_root, tmp_pat
   with open(cut.video_path, "wb") as f:
     f.write(data[:-200])
   out = tmp_path / "frames"
-  proc = run_module("data_prep.extract_frames", "--root", root, "--out", out, "--workers",
-                    2, "--quiet", check=False)
+  proc = run_module("data_prep.extract_frames", "--data_root", root, "--out", out, "--jobs",
+                    2, "--noprogress", check=False)
   assert proc.returncode == 1
   lines = proc.stdout.splitlines()
   assert f"{garbage.video_path}: cannot decode (Invalid data found when processing " \
@@ -167,8 +169,7 @@ def test_a_frame_count_differing_from_the_csv_is_a_warning(synthetic_root, tmp_p
   flist.write_text(flist.read_text().replace(f"{video.name},{video.num_frames}",
                                              f"{video.name},{video.num_frames + 2}"))
   out = tmp_path / "frames"
-  proc = run_module("data_prep.extract_frames", "--root", root, "--out", out, "--split",
-                    split, "--workers", 1, "--quiet")
-  assert f"{video.video_path}: warning: {video.num_frames} frames decoded, but {flist} " \
-         f"lists {video.num_frames + 2}" in proc.stdout.splitlines()
+  report = E.extract(str(root), str(out), (split,), jobs=1)
+  assert report.warnings == [f"{video.video_path}: warning: {video.num_frames} frames "
+                             f"decoded, but {flist} lists {video.num_frames + 2}"]
   assert _jpgs(out, split, video) == _names(range(1, video.num_frames + 1))

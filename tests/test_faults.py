@@ -21,9 +21,8 @@ import pytest
 import torch
 
 from tests.test_trainer import losses, read_metrics, toy_config
-from tps_jax.convert import ConversionError
+from tps_jax.convert import ConversionError, convert_checkpoint
 from tps_jax.convert import io as convert_io
-from tps_jax.convert.__main__ import main as convert_main
 from tps_jax.data import processes
 from tps_jax.train import checkpointing, settings, trainer
 
@@ -320,7 +319,7 @@ class _RunsCode:
 @pytest.mark.parametrize('save_kwargs', [
     {}, {'pickle_protocol': 4}, {'_use_new_zipfile_serialization': False}],
     ids=['zip', 'protocol_4', 'legacy'])
-def test_pickle_that_would_run_code_is_named_never_run(tmp_path, capsys, save_kwargs):
+def test_pickle_that_would_run_code_is_named_never_run(tmp_path, save_kwargs):
   marker = tmp_path / 'ran'
   path = tmp_path / 'weights.pth'
   torch.save({'w': torch.zeros(2), 'hook': _RunsCode(marker)}, path, **save_kwargs)
@@ -331,9 +330,9 @@ def test_pickle_that_would_run_code_is_named_never_run(tmp_path, capsys, save_kw
                      f'{os.system.__module__}.system, which a weights-only load refuses to '
                      'run; re-save the state dict alone (torch.save(model.state_dict(), '
                      'path)) or as .safetensors')
-  assert convert_main(['--arch', 'swin_t', '--input', str(path), '--output',
-                       str(tmp_path / 'out')]) == 1
-  assert capsys.readouterr().err == f'error: {message}\n'
+  with pytest.raises(ConversionError) as error:
+    convert_checkpoint('swin_t', str(path), str(tmp_path / 'out'))
+  assert str(error.value) == message
   assert not marker.exists() and not (tmp_path / 'out').exists()
 
 
@@ -406,11 +405,11 @@ def test_pools_spawn_and_spawned_children_do_not_import_jax(tmp_path):
 def test_dataset_workers_are_not_forked_from_a_process_running_jax(tmp_path):
   """JAX warns at every fork of a process whose backend is up (the demo's case)."""
   script = ('import jax, sys; jax.numpy.zeros(1).block_until_ready(); '
-            'from data_prep import make_synthetic; '
-            'make_synthetic.main(sys.argv[1:])')
+            'from tps_jax.data import synthetic; '
+            'synthetic.write_synthetic(sys.argv[1], videos=3, frames=6, jobs=2, '
+            'progress=False)')
   out = subprocess.run(
-      [sys.executable, '-W', 'always', '-c', script, '--out', str(tmp_path / 'data'),
-       '--videos', '3', '--frames', '6', '--jobs', '2', '--quiet'],
+      [sys.executable, '-W', 'always', '-c', script, str(tmp_path / 'data')],
       cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
       text=True, timeout=300)
   assert out.returncode == 0, out.stderr

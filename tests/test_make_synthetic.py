@@ -1,4 +1,5 @@
-"""data_prep.make_synthetic: layout, videos, boxes, vocabulary, ground truth, determinism."""
+"""tps_jax.data.synthetic (data_prep.make_synthetic): layout, videos, boxes, vocabulary,
+ground truth, determinism, resume, the command line."""
 import copy
 import filecmp
 import os
@@ -6,14 +7,15 @@ import shutil
 
 import av
 import numpy as np
+import pytest
 
-from data_prep import _render as render
-from data_prep import make_synthetic
 from tests.conftest import run_module
+from tps_jax.data import synthetic
+from tps_jax.data import synthetic_render as render
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.evaluation import score, submission
 
-ARGS = ("--videos", 6, "--frames", 12, "--seed", 0)   # as tests/conftest.py
+ARGS = {"videos": 6, "frames": 12, "seed": 0}   # as tests/conftest.py
 WIDTH, HEIGHT = 160, 120
 
 
@@ -23,18 +25,35 @@ def _files(root):
 
 
 def test_help():
-  out = run_module("data_prep.make_synthetic", "--help").stdout
-  for flag in ("--out", "--videos", "--frames", "--seed", "--size", "--actions", "--jobs"):
+  out = run_module("data_prep.make_synthetic", "--help", check=False).stdout
+  for flag in ("--out", "--videos", "--frames", "--seed", "--size", "--actions",
+               "--test_fraction", "--jobs", "--[no]progress"):
     assert flag in out
 
 
-def test_bad_arguments_are_refused(tmp_path):
-  proc = run_module("data_prep.make_synthetic", "--out", tmp_path / "a", "--size", "161x120",
-                    check=False)
-  assert proc.returncode != 0 and "--size 161x120" in proc.stderr
-  proc = run_module("data_prep.make_synthetic", "--out", tmp_path / "b", "--actions", 99,
-                    check=False)
-  assert proc.returncode != 0 and "--actions must be in 1.." in proc.stderr
+@pytest.mark.parametrize("arguments, message", [
+    ({"size": (161, 120)}, "size=161x120: width >= 64 and height >= 48, both even"),
+    ({"actions": 99}, "actions=99: must be in 1.."),
+    ({"test_fraction": 1.0}, "test_fraction=1.0: must be in [0, 1)"),
+    ({"videos": 0}, "videos=0: must be positive"),
+    ({"jobs": 0}, "jobs=0: must be at least 1")])
+def test_bad_arguments_are_refused_by_name(tmp_path, arguments, message):
+  with pytest.raises(synthetic.SyntheticError) as error:
+    synthetic.write_synthetic(str(tmp_path / "a"), **arguments)
+  assert str(error.value).startswith(message)
+  assert not (tmp_path / "a").exists()
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  for args, message in [
+      (("--out", tmp_path / "a", "--size", "160by120"),
+       "error: flag --size=160by120: must look like 160x120 (WxH)"),
+      (("--out", tmp_path / "a", "--size", "161x120"), "error: size=161x120: width >= 64"),
+      (("--videos", 2), "error: flag --out=None: Flag --out must have a value other than "
+                        "None.")]:
+    proc = run_module("data_prep.make_synthetic", *args, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_layout_is_complete(synthetic_root):
@@ -43,7 +62,7 @@ def test_layout_is_complete(synthetic_root):
   assert tps.read_list(str(lists / "body_part.txt")) == list(tps.PARTS)
   assert tps.read_list(str(lists / "part_stat.txt")) == list(render.STATES)
   assert tps.read_list(str(lists / "object.txt")) == list(render.OBJECTS)
-  actions = sorted(list(make_synthetic.ACTIONS)[:6])
+  actions = sorted(list(synthetic.ACTIONS)[:6])
   for split in tps.SPLITS:
     assert sorted(os.listdir(root / f"{split}_videos")) == actions
     assert sorted(os.listdir(root / f"{split}_annotations")) == actions
@@ -122,14 +141,16 @@ def test_ground_truth_validates_and_scores_one_against_itself(synthetic_root):
 
 
 def test_same_seed_same_bytes_other_seed_other_data(synthetic_root, tmp_path):
-  run_module("data_prep.make_synthetic", "--out", tmp_path / "again", *ARGS, "--quiet")
+  proc = run_module("data_prep.make_synthetic", "--out", tmp_path / "again", "--videos", 6,
+                    "--frames", 12, "--seed", 0, "--jobs", 2, "--noprogress")
+  assert proc.stdout == f"{tmp_path / 'again'}: 5 train and 1 test videos, 6 actions, 160x120\n"
   files = _files(synthetic_root)
   assert files == _files(tmp_path / "again")
   match, mismatch, errors = filecmp.cmpfiles(synthetic_root, tmp_path / "again", files,
                                              shallow=False)
   assert not mismatch and not errors and len(match) == len(files)
-  run_module("data_prep.make_synthetic", "--out", tmp_path / "other", "--videos", 2,
-             "--frames", 6, "--seed", 1, "--quiet")
+  synthetic.write_synthetic(str(tmp_path / "other"), videos=2, frames=6, seed=1,
+                            progress=False)
   other = tps.read_flist(str(tmp_path / "other/list/video_train_flist.csv"))
   assert not set(other) & set(tps.read_flist(str(synthetic_root /
                                                  "list/video_train_flist.csv")))
@@ -145,14 +166,14 @@ def test_resume_redoes_only_unfinished_videos(synthetic_root, tmp_path):
   with open(stale, "wb") as f:
     f.write(b"half a video")
   untouched = os.stat(second.video_path).st_mtime_ns
-  run_module("data_prep.make_synthetic", "--out", root, *ARGS, "--quiet")
+  summary = synthetic.write_synthetic(str(root), **ARGS, progress=False)
+  assert len(summary.plans) == 6 and summary.actions == tuple(synthetic.ACTIONS)[:6]
   files = _files(synthetic_root)
   assert _files(root) == files
   assert not filecmp.cmpfiles(synthetic_root, root, files, shallow=False)[1]
   assert os.stat(second.video_path).st_mtime_ns == untouched
-  proc = run_module("data_prep.make_synthetic", "--out", root, "--videos", 6, "--frames", 12,
-                    "--seed", 1, check=False)
-  assert proc.returncode != 0 and "made with other arguments" in proc.stderr
+  with pytest.raises(synthetic.SyntheticError, match="made with other arguments"):
+    synthetic.write_synthetic(str(root), **dict(ARGS, seed=1), progress=False)
 
 
 def test_every_state_is_its_own_prototype_and_every_state_is_used():
@@ -164,7 +185,7 @@ def test_every_state_is_its_own_prototype_and_every_state_is_used():
         pose[render.FIELD[field]] = -value if field in ("torso", "head_yaw") else value
       assert render.state_of(part, pose, {}) == state
   declared = {"none"}                     # every unnamed slot
-  for _, keyframes in list(make_synthetic.ACTIONS.values())[:6]:
+  for _, keyframes in list(synthetic.ACTIONS.values())[:6]:
     for spec in keyframes:
       declared |= {v[0] if isinstance(v, tuple) else v for k, v in spec.items() if k != "lift"}
   assert declared == set(render.STATES)

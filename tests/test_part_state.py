@@ -11,6 +11,7 @@ import pytest
 
 from configs import part_state as part_state_config
 from tests.conftest import run_module
+from tps_jax.data import build
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (PartStateTask, part_state_loss, part_state_losses,
@@ -363,8 +364,8 @@ def test_full_config_one_real_train_step(synthetic_root):
 def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture, with the kernels split over a `model` axis of
   2 (simulated devices): metrics.jsonl, export, and the exported states predicted."""
-  run_module('data_prep.build', '--root', synthetic_root, '--out', tmp_path / 'tfds',
-             '--stages', 'part_states', '--quiet')
+  build.build_datasets(str(synthetic_root), out=str(tmp_path / 'tfds'),
+                       stages=['part_states'], progress=False)
   workdir = tmp_path / 'run'
   flags = ['--config.data.root', synthetic_root, '--config.data.tfds_dir', tmp_path / 'tfds',
            '--config.total_steps', 4, '--config.batch_size', 4, '--config.log_steps', 2,

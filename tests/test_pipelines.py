@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_prep import build
 from tps_jax.data import augment
+from tps_jax.data import build
 from tps_jax.data import builders
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import pipelines
@@ -44,7 +44,7 @@ KEYS["parts"] = {**KEYS["humans"], "image": ((64, 40, 3), np.float32),
 def root(synthetic_root, tmp_path_factory):
   root = tmp_path_factory.mktemp("pipelines") / "root"
   shutil.copytree(synthetic_root, root)
-  assert build.main(["--root", str(root), "--val_fraction", "0.4", "--quiet"]) == 0
+  assert build.build_datasets(str(root), val_fraction=0.4, progress=False) == []
   return str(root)
 
 
@@ -175,7 +175,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
   config = ml_collections.ConfigDict({"batch_size": 2, "data": {"root": str(tmp_path)}})
   expected = os.path.join(str(tmp_path), "tfds", "tps_part_states")
   with pytest.raises(FileNotFoundError, match=f"^{expected}: no such dataset "
-                     r"\(run python -m data_prep.build --root "):
+                     r"\(run python -m data_prep.build --data_root "):
     pipelines.make_pipeline("part_state", config, "train", train=True, seed=0)
 
 

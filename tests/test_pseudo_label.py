@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from configs import part_detector_gfl
 from data_prep import pseudo_label
 from tests.conftest import run_module
-from tps_jax.data import builders, pipelines
+from tps_jax.data import build, builders, pipelines
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.tasks import detection
 from tps_jax.train import checkpointing, tasks
@@ -75,7 +75,7 @@ def root(synthetic_root, tmp_path_factory):
         human["parts"].pop(part, None)
     with open(path, "w") as f:
       json.dump(frame, f)
-  run_module("data_prep.build", "--root", root, "--stages", "parts", "--quiet")
+  build.build_datasets(str(root), stages=["parts"], progress=False)
   return str(root)
 
 
@@ -150,8 +150,8 @@ def test_builder_and_pipeline_take_the_labels_with_ignore_flags(labelled, root, 
   path = str(tmp_path / "pseudo.json")
   pseudo_label.write_json(path, labels)
   assert builders.load_pseudo_labels(path)          # the builder's own reader accepts it
-  run_module("data_prep.build", "--root", root, "--stages", "parts", "--overwrite",
-             "--pseudo_labels", path, "--pseudo_positive", 0.4, "--pseudo_low", 0.1, "--quiet")
+  build.build_datasets(root, stages=["parts"], overwrite=True, pseudo_labels=str(path),
+                       pseudo_positive=0.4, pseudo_low=0.1, progress=False)
   after = train_records(config)
   assert len(after) == len(before)
   added = sum(len(r["labels"]) for r in after) - sum(len(r["labels"]) for r in before)
@@ -173,8 +173,9 @@ def test_builder_and_pipeline_take_the_labels_with_ignore_flags(labelled, root, 
 def test_bad_thresholds_and_a_wrong_export_are_named(labelled, root, tmp_path):
   config, _, _ = labelled
   task = tasks.get_task("detection", config)
-  with pytest.raises(pseudo_label.PseudoLabelError, match="ignore_thresh"):
-    pseudo_label.pseudo_labels(config, {}, {}, task, root, pos_thresh=0.2, ignore_thresh=0.3)
+  with pytest.raises(pseudo_label.PseudoLabelError, match="pseudo_low"):
+    pseudo_label.pseudo_labels(config, {}, {}, task, root, pseudo_positive=0.2,
+                               pseudo_low=0.3)
   with pytest.raises(pseudo_label.PseudoLabelError, match="no export"):
     pseudo_label.load_detector(config, str(tmp_path / "nowhere"))
   gfl_config = part_detector_gfl.get_config("tiny")
@@ -194,11 +195,12 @@ def test_command_line_with_a_gfl_export(root, tmp_path):
   export = checkpointing.export(str(tmp_path / "gfl"), variables, config)
   out = tmp_path / "labels.json"
   proc = run_module("data_prep.pseudo_label", "--config", "configs/part_detector_gfl.py:tiny",
-                    "--export", export, "--root", root, "--out", out, "--quiet",
-                    "--ignore_thresh", 0.0, "--pos_thresh", 0.5)
+                    "--export", export, "--data_root", root, "--out", out, "--noprogress",
+                    "--pseudo_low", 0.0, "--pseudo_positive", 0.5)
   assert "crops:" in proc.stdout and f"--pseudo_labels {out}" in proc.stdout
   builders.load_pseudo_labels(str(out))       # the builder reads it (untrained: maybe empty)
   bad = run_module("data_prep.pseudo_label", "--config", "configs/part_detector_gfl.py:tiny",
-                   "--export", tmp_path / "missing", "--root", root, "--out", out, check=False)
+                   "--export", tmp_path / "missing", "--data_root", root, "--out", out,
+                   check=False)
   assert bad.returncode == 1 and bad.stderr.strip().startswith("error:")
   assert len(bad.stderr.strip().splitlines()) == 1

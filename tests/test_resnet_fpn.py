@@ -422,7 +422,7 @@ def test_cli_and_load_pytorch_weights_carry_batchnorm_statistics(resnet18_state,
   mean = variables["batch_stats"]["bn1"]["mean"]
   np.testing.assert_array_equal(mean, resnet18_state["bn1.running_mean"])
   proc = subprocess.run([sys.executable, "-m", "tps_jax.convert", "--arch", "resnet18",
-                         "--input", path, "--output", str(tmp_path / "out")],
+                         "--input", path, "--out", str(tmp_path / "out")],
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert "bn1.running_mean -> batch_stats/bn1/mean" in proc.stdout

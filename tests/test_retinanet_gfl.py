@@ -36,6 +36,7 @@ from tests.conftest import REPO_ROOT, run_module
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
+from tps_jax.data import build
 from tps_jax.models import detector_backbone, gfl, retinanet
 from tps_jax.train import tasks
 
@@ -637,8 +638,8 @@ def test_tiny_configs_train_export_and_evaluate(config, synthetic_root, tmp_path
   """run_train.py on the synthetic fixture for a few steps (a fresh process: the config
   registers its family), then the evaluation command on the export."""
   tfds_dir = tmp_path / "tfds"
-  run_module("data_prep.build", "--root", synthetic_root, "--out", tfds_dir,
-             "--stages", "parts", "--quiet")
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=["parts"],
+                       progress=False)
   workdir = tmp_path / "run"
   data_flags = [f"--config.data.root={synthetic_root}", f"--config.data.tfds_dir={tfds_dir}"]
   proc = subprocess.run(

@@ -1,13 +1,14 @@
-"""data_prep.validate: passes on the synthetic set; every injected problem is reported."""
+"""tps_jax.data.validation (data_prep.validate): passes on the synthetic set; every
+injected problem is reported."""
 import json
 import os
 import shutil
 
 import pytest
 
-from data_prep import validate as V
 from tests.conftest import run_module
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import validation as V
 
 
 def _copy(synthetic_root, tmp_path):
@@ -59,15 +60,15 @@ def _set_count(flist_path, name, count):
 
 
 def test_help():
-  out = run_module("data_prep.validate", "--help").stdout
-  for flag in ("--split", "--quick", "--no_videos", "--workers", "--max_problems",
-               "--stats", "--box_tolerance"):
+  out = run_module("data_prep.validate", "--help", check=False).stdout
+  for flag in ("--data_root", "--split", "--video_mode", "--jobs", "--max_problems",
+               "--[no]stats", "--box_tolerance", "--[no]progress"):
     assert flag in out
 
 
 def test_synthetic_dataset_passes(synthetic_root):
-  proc = run_module("data_prep.validate", synthetic_root, "--workers", 2, "--stats",
-                    "--quiet")
+  proc = run_module("data_prep.validate", "--data_root", synthetic_root, "--jobs", 2,
+                    "--stats", "--noprogress")
   lines = proc.stdout.splitlines()
   assert lines[-1] == "OK: no problems"
   rows = {line.split()[0]: line.split()[1:] for line in lines
@@ -143,7 +144,8 @@ def broken(synthetic_root, tmp_path_factory):
   expected["video_without_annotations"] = (
       os.path.join(root, "train_annotations", a.action, "ZZextra00001_000001_000011",
                    "ZZextra00001_000001_000011"), "no such annotation folder")
-  proc = run_module("data_prep.validate", root, "--workers", 2, "--quiet", check=False)
+  proc = run_module("data_prep.validate", "--data_root", root, "--jobs", 2, "--noprogress",
+                    check=False)
   return proc, expected
 
 
@@ -174,8 +176,8 @@ def test_max_problems_limits_the_printout(synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   for video in _videos(root, "train"):
     _set_first_verb("flying")(video.annotation_path(1))
-  proc = run_module("data_prep.validate", root, "--no_videos", "--max_problems", 2,
-                    "--workers", 1, "--quiet", check=False)
+  proc = run_module("data_prep.validate", "--data_root", root, "--video_mode", "none",
+                    "--max_problems", 2, "--jobs", 1, "--noprogress", check=False)
   assert proc.returncode == 1
   assert "... and 3 more problem(s) (--max_problems 2)" in proc.stdout
   assert sum("unknown state 'flying'" in line for line in proc.stdout.splitlines()) == 2
@@ -240,7 +242,11 @@ def test_layout_lists_and_annotation_names_are_checked(synthetic_root, tmp_path)
   assert "test: not checked (see the problem above)" in report.notes
 
 
-def test_a_missing_root_is_one_line(tmp_path):
-  proc = run_module("data_prep.validate", tmp_path / "nowhere", check=False)
+def test_a_missing_root_or_a_bad_flag_is_one_line(tmp_path):
+  proc = run_module("data_prep.validate", "--data_root", tmp_path / "nowhere", check=False)
   assert proc.returncode == 1
-  assert proc.stderr.strip() == f"{tmp_path / 'nowhere'}: no such folder"
+  assert proc.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such folder"
+  proc = run_module("data_prep.validate", "--data_root", tmp_path, "--video_mode", "fast",
+                    check=False)
+  assert proc.returncode == 1 and proc.stderr.strip().startswith(
+      "error: flag --video_mode=fast: value should be one of <full|quick|none>")

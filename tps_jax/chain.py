@@ -115,22 +115,23 @@ def parse_stage(entry: str) -> tuple[str, str]:
 
 def ensure_dataset(data, workdir: str) -> str:
   """The dataset root, after writing the synthetic dataset and the TFDS builds it lacks."""
-  from data_prep import build, make_synthetic  # pylint: disable=g-import-not-at-top
+  from tps_jax.data import build, synthetic  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(data.root or os.path.join(workdir, 'Kinetics-TPS'))
   jobs = data.get('jobs', 0) or len(os.sched_getaffinity(0))
   finished = os.path.isfile(os.path.join(root, 'list', 'video_test_flist.csv'))
-  if not finished:
-    if data.root and os.path.isdir(root) and not os.path.isfile(
-        os.path.join(root, 'synthetic.json')):
-      raise ChainError(f'{root}: not a finished Kinetics-TPS dataset (no '
-                       'list/video_test_flist.csv), and not a synthetic one to complete')
-    say(f'writing the synthetic dataset to {root}')
-    make_synthetic.main(['--out', root, '--videos', str(data.videos),
-                         '--seed', str(data.seed), '--jobs', str(jobs), '--quiet'])
-  code = build.main(['--root', root, '--stages', ','.join(data.build_stages),
-                     '--seed', str(data.seed), '--jobs', str(jobs), '--quiet'])
-  if code:
-    raise ChainError(f'{root}: building the TFDS datasets failed (see above)')
+  try:
+    if not finished:
+      if data.root and os.path.isdir(root) and not os.path.isfile(
+          os.path.join(root, 'synthetic.json')):
+        raise ChainError(f'{root}: not a finished Kinetics-TPS dataset (no '
+                         'list/video_test_flist.csv), and not a synthetic one to complete')
+      say(f'writing the synthetic dataset to {root}')
+      say(str(synthetic.write_synthetic(root, videos=data.videos, seed=data.seed, jobs=jobs,
+                                        progress=False)))
+    build.build_datasets(root, stages=list(data.build_stages), seed=data.seed, jobs=jobs,
+                         progress=False, say=say)
+  except (synthetic.SyntheticError, *build.ERRORS) as e:   # one line, naming the file
+    raise ChainError(str(e)) from None
   return root
 
 

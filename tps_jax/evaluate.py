@@ -1,6 +1,6 @@
 r"""Scores a Kinetics-TPS submission exactly as the challenge's evaluation tool does.
 
-  python -m tps_jax.evaluate --gt DIR --pred DIR [--per-video FILE.json] [--verbose]
+  python -m tps_jax.evaluate --gt DIR --pred DIR [--per_video FILE.json] [--verbose]
       [--strict] [--data_root ROOT] [--plot FILE.png]
 
 --gt holds gt_vid_result.json and gt_part_result.json; --pred holds
@@ -20,7 +20,7 @@ plus list/part_stat.txt and the action class folders of `--data_root`). `--stric
 refuses every problem `submission.validate` finds instead (inverted boxes, unknown
 names, anything malformed anywhere).
 
-`--per-video FILE` (or --per_video) writes {video: {"psc", "correct"}} of the score's
+`--per_video FILE` writes {video: {"psc", "correct"}} of the score's
 cell; `--plot FILE.png` draws accuracy(t) of that cell (the score is the area under it)
 and the histogram of per-video PSC.
 """
@@ -28,8 +28,9 @@ import gc
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from tps_jax import cli
 from tps_jax.evaluation import score as score_lib
 from tps_jax.evaluation import submission
 
@@ -152,6 +153,4 @@ def _run(argv) -> None:
 
 
 if __name__ == "__main__":
-  # The challenge's spelling --per-video is accepted beside absl's --per_video.
-  app.run(_run, argv=[a.replace("--per-video", "--per_video", 1)
-                      if a.startswith("--per-video") else a for a in sys.argv])
+  cli.run(_run)

@@ -15,10 +15,14 @@ Errors are one line on stderr, exit status 1.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+from tqdm import tqdm
+
+from tps_jax import cli
 
 _EXPORT = flags.DEFINE_list('export', None, 'Comma-separated export directories.')
 _DATA_ROOT = flags.DEFINE_string('data_root', '', 'Dataset root (default: the first '
@@ -52,6 +56,12 @@ def format_table(result) -> list[str]:
   return lines
 
 
+def _advance(bar: tqdm, done: int, total: int) -> None:
+  """Moves the progress bar to `done` of `total` videos."""
+  bar.total = total
+  bar.update(done - bar.n)
+
+
 def main(argv) -> int:
   del argv
   # Imported here so that --help does not load JAX.
@@ -62,14 +72,13 @@ def main(argv) -> int:
 
   try:
     members = [action_inference.load_member(path) for path in _EXPORT.value]
-    result = action_inference.evaluate_members(
-        members, split=_SPLIT.value, data_root=_DATA_ROOT.value, dataset=_DATASET.value,
-        tfds_dir=_TFDS_DIR.value, clips=_CLIPS.value, crops=_CROPS.value,
-        average=_AVERAGE.value, batch_size=_BATCH.value,
-        views_per_forward=_VIEWS_PER_FORWARD.value,
-        progress=lambda done, total: print(f'\r{done}/{total} videos', end='',
-                                           file=sys.stderr, flush=True))
-    print(file=sys.stderr)
+    with tqdm(desc=f'{_SPLIT.value} videos', unit='video') as bar:
+      result = action_inference.evaluate_members(
+          members, split=_SPLIT.value, data_root=_DATA_ROOT.value, dataset=_DATASET.value,
+          tfds_dir=_TFDS_DIR.value, clips=_CLIPS.value, crops=_CROPS.value,
+          average=_AVERAGE.value, batch_size=_BATCH.value,
+          views_per_forward=_VIEWS_PER_FORWARD.value,
+          progress=functools.partial(_advance, bar))
   except (FileNotFoundError, ValueError, AnnotationError, video_lib.VideoError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
@@ -84,4 +93,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -15,9 +15,10 @@ import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from tps_jax import cli
 from tps_jax.train import checkpointing
 from tps_jax.train import tasks as tasks_lib
 
@@ -82,4 +83,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

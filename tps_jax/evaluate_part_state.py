@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tps_jax import cli
 
 _EXPORT = flags.DEFINE_string('export', None, 'Part-state network export.')
 _DATA_ROOT = flags.DEFINE_string('data_root', None, 'Kinetics-TPS root (with its TFDS '
@@ -63,4 +65,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

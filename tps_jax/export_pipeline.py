@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tps_jax import cli
 
 _HUMANS = flags.DEFINE_string('humans', None, 'Human detector export.')
 _PARTS = flags.DEFINE_string('parts', None, 'Part detector export.')
@@ -72,4 +74,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -30,9 +30,10 @@ import sys
 
 import av
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
+from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
 from tps_jax.evaluation import drawing
@@ -322,4 +323,4 @@ def write_mp4(path: str, pictures: list[np.ndarray], fps: fractions.Fraction) ->
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -128,7 +128,7 @@ def dataset_path(stage: str, settings) -> str:
         versions.append((tuple(map(int, parts)), entry.path))
   if not versions:
     raise FileNotFoundError(
-        f"{folder}: no such dataset (run python -m data_prep.build --root "
+        f"{folder}: no such dataset (run python -m data_prep.build --data_root "
         f"{settings.root or 'DATASET_ROOT'})")
   return max(versions)[1]
 

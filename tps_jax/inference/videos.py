@@ -58,7 +58,7 @@ def val_videos(root: str) -> list[str]:
     if 'val_videos' in settings:
       return list(settings['val_videos'])
   raise FileNotFoundError(f'{os.path.join(root, "tfds")}: no built dataset; the val split '
-                          f'is defined by python -m data_prep.build --root {root}')
+                          f'is defined by python -m data_prep.build --data_root {root}')
 
 
 def list_videos(*, data_root: str = '', split: str = 'test', video_folder: str = '',
