@@ -104,6 +104,21 @@ def test_train_is_deterministic_per_seed(root):
   assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
 
 
+def test_balance_states_resamples_the_part_state_examples(root, monkeypatch):
+  made, original = [], resample.WeightedResampleDataset
+
+  def recording(*args, **kwargs):
+    made.append(args)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(resample, "WeightedResampleDataset", recording)
+  first = next(_pipeline(root, "part_states", balance_states=False))
+  assert not made
+  assert next(_pipeline(root, "part_states", balance_states=True))["action"].shape == \
+      first["action"].shape
+  assert len(made) == 1
+
+
 @pytest.mark.parametrize("stage,data", [("humans", {}), ("part_states", {"balance_states": True})])
 def test_checkpointed_iterator_resumes_with_the_same_batches(root, stage, data):
   iterator = _pipeline(root, stage, **data)

@@ -346,36 +346,36 @@ def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 
   example_fn = functools.partial(_EXAMPLE_FNS[dataset], settings=settings)
   batch_fn = functools.partial(collate, spec=spec)
   if train:
-    dataset = grain.MapDataset.source(source)[index::count]
-    if not len(dataset):
+    examples = grain.MapDataset.source(source)[index::count]
+    if not len(examples):
       raise ValueError(f"{directory}: split {split!r} has {len(source)} examples, none for "
                        f"process {index} of {count}")
     order_seed, augment_seed = _process_seeds(seed, index)
     if dataset == "part_states" and settings.balance_states:
       table = builders.state_table(directory, split)[index::count]
-      dataset = resample.WeightedResampleDataset(
-          dataset, resample.state_balancing_weights(table), seed=order_seed)
+      examples = resample.WeightedResampleDataset(
+          examples, resample.state_balancing_weights(table), seed=order_seed)
     else:
-      dataset = dataset.shuffle(seed=order_seed).repeat()
-    dataset = dataset.random_map(example_fn, seed=augment_seed)
-    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
+      examples = examples.shuffle(seed=order_seed).repeat()
+    examples = examples.random_map(example_fn, seed=augment_seed)
+    examples = examples.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
   else:
     per_process = math.ceil(len(source) / count)
     start = min(index * per_process, len(source))
-    dataset = grain.MapDataset.source(source)[start:start + per_process]
-    dataset = dataset.map(functools.partial(example_fn, rng=None))
-    dataset = dataset.batch(batch_size, batch_fn=batch_fn)
-    missing = math.ceil(per_process / batch_size) - len(dataset)
+    examples = grain.MapDataset.source(source)[start:start + per_process]
+    examples = examples.map(functools.partial(example_fn, rng=None))
+    examples = examples.batch(batch_size, batch_fn=batch_fn)
+    missing = math.ceil(per_process / batch_size) - len(examples)
     if missing:
       empty = grain.MapDataset.range(missing).map(functools.partial(_empty_batch, spec=spec))
-      dataset = grain.MapDataset.concatenate([dataset, empty])
-  iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(
+      examples = grain.MapDataset.concatenate([examples, empty])
+  iterator = examples.to_iter_dataset(grain.ReadOptions(
       num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches))
   if settings.worker_count > 0:
     if not flags.FLAGS.is_parsed():
       # grain's workers read its absl flags; outside an absl app take their defaults.
       flags.FLAGS.mark_as_parsed()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+    iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=settings.worker_count,
         per_worker_buffer_size=settings.worker_buffer_size))
-  return iter(iter_dataset)
+  return iter(iterator)
