@@ -9,6 +9,7 @@ JAX_PROCESS_ID environment variables).
 
 import glob
 import os
+import pathlib
 import sys
 
 from absl import flags
@@ -45,7 +46,7 @@ def _config_file_error(error: OSError, argv) -> str:
   path = _config_path(argv)
   configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
   known = sorted(f'configs/{os.path.basename(p)}' for p in glob.glob(f'{configs}/*.py')
-                 if not p.endswith('__init__.py'))
+                 if 'def get_config(' in pathlib.Path(p).read_text())
   if os.path.isfile(path):
     cause = str(error.__cause__ or error).strip().splitlines()[-1].strip()
     problem = f'cannot be loaded ({cause})'

@@ -1,4 +1,4 @@
-"""Input pipeline throughput: examples/s of each stage's train pipeline (augmentation on).
+"""Input pipeline throughput: examples/s of each dataset's train pipeline (augmentation on).
 
   python bench/bench_data.py [--data_root DIR] [--videos 24] [--sizes full|tiny]
       [--batch_size 8] [--batches 20] [--worker_count 0,2] [--read_threads 2]
@@ -8,19 +8,24 @@ videos of 160x120 frames) and its four TFDS datasets (tps_jax.data.build) to a
 temporary folder, timing the build. Each pipeline is measured after two warm-up
 batches, with and without grain worker processes (`data.worker_count`).
 
-`--sizes full`: the full configs' outputs (detectors 800x1344 with rotation and crop,
-part states 224 from 256, clips 32x224x224 with stride 2); `tiny`: the CPU configs'
-(128x160, 64 from 72, 8x64x64).
+Each pipeline reads the `data` of the stage config that trains on it (full or `:tiny`),
+with `SIZES` in place of its sizes. `--sizes full`: the full configs' outputs (detectors
+800x1344 with rotation and crop, part states 224 from 256, clips 32x224x224 with stride
+2); `tiny`: the CPU configs' (128x160, 64 from 72, 8x64x64).
 """
 import os
 import tempfile
 import time
 
-import ml_collections
 from absl import flags
 
+from configs import action, human_detector, part_detector, part_state
 from tps_jax import cli
 from tps_jax.data import build, pipelines, synthetic
+
+# The stage config whose `data` each dataset's pipeline is measured with.
+STAGE_CONFIGS = {"humans": human_detector, "parts": part_detector,
+                 "part_states": part_state, "action_clips": action}
 
 SIZES = {
     "full": {
@@ -28,24 +33,26 @@ SIZES = {
                    "random_crop": True},
         "parts": {"image_size": (512, 384), "max_boxes": 16, "random_rotation": 10.0,
                   "random_crop": True},
-        "part_state": {"image_size": 224, "resize": 256},
-        "action": {"num_frames": 32, "frame_stride": 2, "image_size": 224},
+        "part_states": {"image_size": 224, "resize": 256},
+        "action_clips": {"num_frames": 32, "frame_stride": 2, "image_size": 224},
     },
     "tiny": {
         "humans": {"image_size": (128, 160), "max_boxes": 8, "random_rotation": 10.0,
                    "random_crop": True},
         "parts": {"image_size": (128, 96), "max_boxes": 16, "random_rotation": 10.0,
                   "random_crop": True},
-        "part_state": {"image_size": 64, "resize": 72},
-        "action": {"num_frames": 8, "frame_stride": 2, "image_size": 64},
+        "part_states": {"image_size": 64, "resize": 72},
+        "action_clips": {"num_frames": 8, "frame_stride": 2, "image_size": 64},
     },
 }
 
 
-def examples_per_second(root, stage, data, *, batch_size, batches, workers, read_threads):
-  config = ml_collections.ConfigDict({"batch_size": batch_size, "data": {
-      "root": root, "worker_count": workers, "read_threads": read_threads, **data}})
-  iterator = pipelines.make_pipeline(stage, config, "train", train=True, seed=0,
+def examples_per_second(root, dataset, data, *, variant, batch_size, batches, workers,
+                        read_threads):
+  config = STAGE_CONFIGS[dataset].get_config(variant)
+  config.data.update(root=root, tfds_dir="", worker_count=workers, read_threads=read_threads,
+                     **data)
+  iterator = pipelines.make_pipeline(dataset, config, "train", train=True, seed=0,
                                      batch_size=batch_size)
   for _ in range(2):
     next(iterator)
@@ -87,13 +94,15 @@ def main(argv):
     print(f"train pipelines, sizes={args.sizes}, batch {args.batch_size}, "
           f"{args.batches} batches, read_threads={args.read_threads}, "
           f"{os.cpu_count()} CPU cores")
-    print(f"{'stage':<12}" + "".join(f"{f'workers={w}':>14}" for w in workers)
+    print(f"{'dataset':<14}" + "".join(f"{f'workers={w}':>14}" for w in workers)
           + "   (examples/s)")
-    for stage, data in SIZES[args.sizes].items():
-      rates = [examples_per_second(root, stage, data, batch_size=args.batch_size,
-                                   batches=args.batches, workers=w,
-                                   read_threads=args.read_threads) for w in workers]
-      print(f"{stage:<12}" + "".join(f"{r:>14.1f}" for r in rates))
+    variant = "tiny" if args.sizes == "tiny" else None
+    for dataset, data in SIZES[args.sizes].items():
+      rates = [examples_per_second(root, dataset, data, variant=variant,
+                                   batch_size=args.batch_size, batches=args.batches,
+                                   workers=w, read_threads=args.read_threads)
+               for w in workers]
+      print(f"{dataset:<14}" + "".join(f"{r:>14.1f}" for r in rates))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tps_jax import cli  # noqa: E402  (after the path setup)
-from tps_jax.evaluation import submission  # noqa: E402
+from tps_jax.data import submission  # noqa: E402
 
 STATES = ("none", "bend", "straighten", "kick", "turn", "raise", "swing")
 ACTIONS = ("run", "dance", "jump")

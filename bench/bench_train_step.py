@@ -10,14 +10,14 @@ compute dtype from `bf16`), the train state (parameters, optimiser state of
 `make_optimizer` with the task's layer ids, decay mask and frozen parameters, EMA when
 configured) on the trainer's mesh and shardings, and jits the trainer's own
 `make_train_step` with the state donated. The batch is synthetic, with the shapes and
-dtypes of the stage's input pipeline (`pipelines.output_spec`): normal random
+dtypes of the task's input pipeline (`pipelines.output_spec`): normal random
 (normalised) images or clips, valid boxes inside the image, labels in range, masks
 with some parts / boxes absent. No dataset is read, except that with
 `--config.data.root=DATA` the task reads its vocabularies from DATA as in training;
 without it the part-state vocabularies have `--num_states` states and
 `--num_actions` actions and the action recogniser `--num_actions` classes
 (Kinetics-TPS's 74 and 24 by default; SSv2 pre-training has 174). The detectors'
-classes are fixed by `config.data.stage`.
+classes are fixed by `config.data.dataset`.
 
 Reported, one line each, then everything as one JSON line: compile seconds (lowering
 and XLA compilation, apart from the steps), the first (warm-up) step, seconds per
@@ -61,11 +61,11 @@ import numpy as np
 from tps_jax import cli
 from tps_jax.data import pipelines
 from tps_jax.data.kinetics_tps import PARTS, Vocab
+from tps_jax.tasks import base as tasks_lib
 from tps_jax.tasks.action import ActionTask
 from tps_jax.tasks.detection import DetectionTask
 from tps_jax.tasks.part_state import PartStateTask
 from tps_jax.train import sharding
-from tps_jax.train import tasks as tasks_lib
 from tps_jax.train.trainer import make_train_step, plan_train_state
 
 # Dense peak TFLOP/s by (device kind substring, compute dtype). fp32 is the peak
@@ -105,14 +105,15 @@ def provide_vocabularies(task: tasks_lib.Task, *, num_states: int, num_actions: 
     task.class_names = actions
 
 
-def pipeline_stage(task: tasks_lib.Task) -> str:
-  """The input pipeline's stage name of a task ('part_state', 'action', 'humans', ...)."""
+def pipeline_dataset(task: tasks_lib.Task) -> str:
+  """The dataset a task's input pipeline reads ('part_states', 'action_clips', 'humans',
+  'parts')."""
   if isinstance(task, PartStateTask):
-    return 'part_state'
+    return 'part_states'
   if isinstance(task, ActionTask):
-    return 'action'
+    return 'action_clips'
   if isinstance(task, DetectionTask):
-    return task.config.data.stage
+    return task.config.data.dataset
   raise ValueError(f'config.task: no synthetic batch for task {type(task).__name__}')
 
 
@@ -147,17 +148,17 @@ def present_mask(rng: np.random.Generator, shape: tuple[int, ...], fraction: flo
   return mask
 
 
-def synthetic_batch(stage: str, settings, batch_size: int, counts: dict[str, int],
+def synthetic_batch(dataset: str, settings, batch_size: int, counts: dict[str, int],
                     seed: int = 0) -> dict[str, np.ndarray]:
-  """A batch like `pipelines.make_pipeline(stage, ...)`'s, of random content."""
-  spec = pipelines.output_spec(stage, settings)
+  """A batch like `pipelines.make_pipeline(dataset, ...)`'s, of random content."""
+  spec = pipelines.output_spec(dataset, settings)
   rng = np.random.default_rng(seed)
   height, width = settings.image_size
 
   def normal(key):
     return rng.standard_normal((batch_size, *spec[key][0]), np.float32)
 
-  if stage == 'part_state':
+  if dataset == 'part_states':
     parts = spec['part_valid'][0]
     valid = present_mask(rng, (batch_size, *parts), 0.8)
     batch = {'image': normal('image'),
@@ -167,10 +168,10 @@ def synthetic_batch(stage: str, settings, batch_size: int, counts: dict[str, int
              'part_state': np.where(valid, rng.integers(0, counts['states'], valid.shape),
                                     -1),
              'action': rng.integers(0, counts['actions'], (batch_size,))}
-  elif stage == 'action':
+  elif dataset == 'action_clips':
     batch = {'clip': normal('clip'), 'label': rng.integers(0, counts['classes'],
                                                            (batch_size,))}
-  elif stage in ('humans', 'parts'):
+  elif dataset in ('humans', 'parts'):
     boxes = spec['boxes'][0][0]
     # Valid boxes first, then padding, as the pipeline pads them.
     valid = np.arange(boxes) < rng.integers(1, boxes + 1, (batch_size, 1))
@@ -182,9 +183,9 @@ def synthetic_batch(stage: str, settings, batch_size: int, counts: dict[str, int
              'image_size': np.tile(np.int32([height, width]), (batch_size, 1)),
              'scale': np.ones((batch_size,), np.float32)}
   else:
-    raise ValueError(f'no synthetic batch for pipeline stage {stage!r}')
+    raise ValueError(f'no synthetic batch for dataset {dataset!r}')
   if set(batch) != set(spec):
-    raise ValueError(f'synthetic {stage} batch has keys {sorted(batch)}, the pipeline '
+    raise ValueError(f'synthetic {dataset} batch has keys {sorted(batch)}, the pipeline '
                      f'{sorted(spec)}')
   return {key: batch[key].astype(dtype, copy=False).reshape(batch_size, *shape)
           for key, (shape, dtype) in spec.items()}
@@ -288,9 +289,9 @@ def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0
     raise ValueError(f'batch_size={config.batch_size} must be divisible by {data_devices} '
                      f'data devices x grad_accum_steps={accum} (one process)')
 
-  stage = pipeline_stage(task)
-  settings = pipelines.data_settings(stage, config)
-  local_batch = synthetic_batch(stage, settings, config.batch_size, label_counts(task),
+  dataset = pipeline_dataset(task)
+  settings = pipelines.data_settings(dataset, config)
+  local_batch = synthetic_batch(dataset, settings, config.batch_size, label_counts(task),
                                 seed=config.seed)
   batch = sharding.global_batch(local_batch, mesh)
 
@@ -337,7 +338,7 @@ def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0
   achieved = flops / step_s
   device_stats = device.memory_stats() or {}
   return {
-      'task': config.task, 'stage': stage, 'batch_size': config.batch_size,
+      'task': config.task, 'dataset': dataset, 'batch_size': config.batch_size,
       'grad_accum_steps': accum, 'compute_dtype': dtype_name,
       'input_shapes': {k: [list(v.shape), v.dtype.name] for k, v in local_batch.items()},
       'label_counts': label_counts(task),
@@ -372,7 +373,7 @@ def format_lines(result: dict[str, Any], config_name: str) -> list[str]:
   device_peak = (f'; device peak {r["device_peak_bytes"] / GB:.2f} GB'
                  if r['device_peak_bytes'] else '')
   rows = [
-      ('config', f'{config_name} (task {r["task"]}, pipeline stage {r["stage"]})'),
+      ('config', f'{config_name} (task {r["task"]}, dataset {r["dataset"]})'),
       ('device', f'{r["device"]} x{r["num_devices"]}, {r["cpus"]} CPUs; load average '
                  f'{" ".join(map(str, r["load_average_before"]))} before, '
                  f'{" ".join(map(str, r["load_average_after"]))} after'),

@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              # network learns the backgrounds
       'seed': 0,
       'jobs': 0,             # processes writing and building the dataset (0: all CPUs)
-      'build_stages': ['humans', 'parts', 'part_states', 'action_clips']})
+      'datasets': ['humans', 'parts', 'part_states', 'action_clips']})   # built
   # The action network's Swin starts from the part-state network's (inflated to 3D).
   config.stage_init = ml_collections.ConfigDict(
       {'action': {'from': 'part_state', 'source_prefix': 'backbone/'}})

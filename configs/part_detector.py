@@ -1,65 +1,66 @@
 r"""Part detector: Cascade R-CNN, Swin-L FPN, the ten body parts, on human crops.
 
-Full config (the report, Table 1: Cascade R-CNN Swin-L on 50k images, 57.1 mAP;
-Objects365-initialised):
-
   python -m tps_jax.convert --arch cascade_rcnn_swin_l_fpn \
       --input <mmdetection Cascade R-CNN Swin-L Objects365 checkpoint>.pth \
       --out weights/cascade_rcnn_swin_l_o365
-  python -m data_prep.build --data_root DATA --stages parts
+  python -m data_prep.build --data_root DATA --datasets parts
   python run_train.py --config=configs/part_detector.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector.py \
       --export WORKDIR/export --split val --config.data.root=DATA
 
-Expected: AP (COCO mAP@[.5:.95]) ~0.571 on the validation crops. The Objects365 class
-heads (365 classes + background) are re-initialised by `init_from` (shape mismatch);
-backbone, FPN, RPN, the stages' FCs and class-agnostic regressors load. A checkpoint
-whose box heads are mmdetection's 4conv1fc (Swin-Transformer-Object-Detection) needs
-`--config.model.roi.num_convs=4 --config.model.roi.num_fcs=1` to load its heads.
-Augmentation (report): random crop, random rotation, horizontal flip swapping the
-left / right part labels (`config.data`).
+Expected: AP (COCO mAP@[.5:.95]) ~0.571 on the validation crops (the report, Table 1:
+Cascade R-CNN Swin-L, Objects365-initialised, 50k images). `init_from` re-initialises
+the Objects365 class heads; a checkpoint whose box heads are mmdetection's 4conv1fc
+needs `--config.model.roi.num_convs=4 --config.model.roi.num_fcs=1`.
 
-`:tiny` (CPU, synthetic data, minutes): a Swin of width 32 with two blocks per stage
-(window 4) on 128x96 crops, anchors 16-256 pixels, 400 steps of 8 crops.
+`:tiny` (CPU, the synthetic dataset): a Swin of width 32, two blocks per stage, on
+128x96 crops.
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 48
-  python -m data_prep.build --data_root /tmp/tps_syn --stages humans,parts
+  python -m data_prep.build --data_root /tmp/tps_syn --datasets humans,parts
   python run_train.py --config=configs/part_detector.py:tiny --workdir=/tmp/parts_tiny \
       --config.data.root=/tmp/tps_syn
 
-Expected (measured on the shared 2-core CPU: 12 min, 4.5 crops/s): eval AP 0.11,
-AP50 0.28 on the 33 validation crops (head 0.41, torso 0.23; the left / right limbs are
-the hard part), from 0 at initialisation.
+Expected: AP ~0.11, AP50 ~0.28 (0 at initialisation; the left / right limbs are the
+hard part).
 """
 from __future__ import annotations
 
 import ml_collections
 
-from tps_jax.tasks import detection
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = detection.base_config()
-  config.total_steps = 40000
-  config.batch_size = 16
-  config.init_from.path = "weights/cascade_rcnn_swin_l_o365"
-  config.data = ml_collections.ConfigDict({
-      "root": "",
-      "tfds_dir": "",                  # datasets elsewhere than ROOT/tfds
-      "stage": "parts",
-      "eval_split": "val",
-      "image_size": (768, 512),        # static (H, W): tall human crops, resized, padded
-      "max_boxes": 16,
-      "random_crop": True,
-      "crop_min_scale": 0.5,           # crop sides in [s, 1] of the image
-      "min_visible": 0.3,              # boxes keeping less after crop / rotation: ignore
-      "random_rotation": 10.0,         # degrees, uniform in [-r, r]
-      "flip": True,                    # swaps left_* / right_* labels
-      "worker_count": 0,               # grain worker processes
+  config = common.trainer("detection", total_steps=40000, batch_size=16, log_steps=50,
+                          checkpoint_steps=1000, eval_steps=2000,
+                          init_from="weights/cascade_rcnn_swin_l_o365")
+  # Augmentation (the report): random crop, random rotation, horizontal flip.
+  config.data = common.data(
+      dataset="parts",                 # the detection task's dataset: humans | parts
+      eval_split="val",
+      image_size=(768, 512),           # static (H, W): tall human crops, resized, padded
+      max_boxes=16,
+      random_crop=True,
+      crop_min_scale=0.5,              # crop sides in [s, 1] of the image
+      min_visible=0.3,                 # boxes keeping less after crop / rotation: ignore
+      random_rotation=10.0,            # degrees, uniform in [-r, r]
+      flip=True)                       # swaps left_* / right_* labels
+  # Every RPN / RoI field is here, so that any can be set on the command line.
+  config.model = ml_collections.ConfigDict({
+      "family": "cascade_rcnn",
+      "backbone": "swin_l",
+      "backbone_overrides": {"drop_path_rate": 0.2},
+      "convention": "mmdet",
+      "neck": {"out_channels": 256},
+      "rpn": common.cascade_rcnn_settings("rpn"),
+      "roi": common.cascade_rcnn_settings("roi"),
   })
-  config.model.backbone = "swin_l"
-  config.model.backbone_overrides = {"drop_path_rate": 0.2}
+  config.optim = ml_collections.ConfigDict({
+      "learning_rate": 1e-4, "warmup_steps": 500, "end_lr_ratio": 0.01, "b1": 0.9,
+      "b2": 0.999, "eps": 1e-8, "weight_decay": 0.05, "grad_clip_norm": 10.0,
+      "layer_decay": 1.0, "ema_decay": 0.0})
   if arg == "tiny":
     _tiny(config)
   elif arg:

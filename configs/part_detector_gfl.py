@@ -1,55 +1,45 @@
 r"""Part detector baseline: GFL (Generalized Focal Loss), ResNeXt-101 32x4d FPN, on human crops.
 
-Full config (the report, Table 1: GFL X-101 54 mAP on 5k images, 56.6 on 50k; Table 2:
-its predictions on the training set as pseudo-labels, 56.7; the COCO-initialised
-mmdetection gfl_x101_32x4d_fpn_mstrain_2x):
-
   python -m tps_jax.convert --arch gfl_x101_32x4d_fpn \
       --input <mmdetection gfl_x101_32x4d_fpn_mstrain_2x_coco checkpoint>.pth \
       --out weights/gfl_x101_coco
-  python -m data_prep.build --data_root DATA --stages parts
+  python -m data_prep.build --data_root DATA --datasets parts
   python run_train.py --config=configs/part_detector_gfl.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector_gfl.py \
       --export WORKDIR/export --split val --config.data.root=DATA
 
-Expected: AP (COCO mAP@[.5:.95]) ~0.566 on the validation crops with all (~50k)
-training crops. The COCO classifier (80 classes) is re-initialised by `init_from`;
-everything else loads. Data and augmentation are configs/part_detector.py's.
+Expected: AP (COCO mAP@[.5:.95]) ~0.566 on the validation crops with all (~50k) training
+crops (the report, Table 1). Data, augmentation and trainer settings are
+configs/part_detector.py's.
 
-Pseudo-labels (report section 2.2.2; Table 2): label the training crops with the trained
+Pseudo-labels (report section 2.2.2, Table 2): label the training crops with the trained
 detector, rebuild the part dataset with them, train again:
 
   python -m data_prep.pseudo_label --config configs/part_detector_gfl.py \
       --export WORKDIR/export --data_root DATA --out DATA/pseudo_parts.json \
       [--pseudo_positive 0.4 --pseudo_low 0.1]
-  python -m data_prep.build --data_root DATA --stages parts --overwrite \
+  python -m data_prep.build --data_root DATA --datasets parts --overwrite \
       --pseudo_labels DATA/pseudo_parts.json --pseudo_positive 0.4 --pseudo_low 0.1
   python run_train.py --config=configs/part_detector_gfl.py --workdir=WORKDIR_PSEUDO \
       --config.data.root=DATA
 
 Expected: ~0.567 (no gain over 0.566 in the report).
 
-`:tiny` (CPU, synthetic data, minutes): a one-block-per-stage ResNet-18 on 128x96 crops.
+`:tiny` (CPU, the synthetic dataset): a one-block-per-stage ResNet-18 on 128x96 crops.
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 24
-  python -m data_prep.build --data_root /tmp/tps_syn --stages parts
+  python -m data_prep.build --data_root /tmp/tps_syn --datasets parts
   python run_train.py --config=configs/part_detector_gfl.py:tiny \
       --workdir=/tmp/parts_gfl_tiny --config.data.root=/tmp/tps_syn
 
-Expected (measured on a 2-core CPU, 300 steps, ~9 train examples/s, ~5 min): eval AP50
-~0.15, AP ~0.03 (TINY_RESULT).
+Expected: AP50 ~0.15, AP ~0.03.
 """
 from __future__ import annotations
 
 import ml_collections
 
 from configs import part_detector
-
-# The detection task builds `config.model.family` from its registry.
-# Measured (2-core CPU shared with other jobs; --videos 24: 195 train / 24 val crops):
-# step 300 eval AP 0.031, AP50 0.145; ~9 train examples/s; ~5 min.
-TINY_RESULT = "eval AP50 ~0.15 (AP ~0.03) after 300 steps"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

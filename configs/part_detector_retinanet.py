@@ -1,47 +1,35 @@
 r"""Part detector baseline: RetinaNet, ResNet-50 FPN, the ten body parts, on human crops.
 
-Full config (the report, Table 1: RetinaNet R-50 trained on 5k images, 25 mAP; the
-COCO-initialised mmdetection retinanet_r50_fpn_1x):
-
   python -m tps_jax.convert --arch retinanet_r50_fpn \
       --input <mmdetection retinanet_r50_fpn_1x_coco checkpoint>.pth \
       --out weights/retinanet_r50_coco
-  python -m data_prep.build --data_root DATA --stages parts
+  python -m data_prep.build --data_root DATA --datasets parts
   python run_train.py --config=configs/part_detector_retinanet.py --workdir=WORKDIR \
       --config.data.root=DATA
   python -m tps_jax.evaluate_detector --config configs/part_detector_retinanet.py \
       --export WORKDIR/export --split val --config.data.root=DATA
 
 Expected: AP (COCO mAP@[.5:.95]) ~0.25 on the validation crops when trained on 5k crops
-as in the report (with the whole training set it should do better). The COCO classifier
-(80 classes x 9 anchors) is re-initialised by `init_from` (shape mismatch); backbone,
-FPN, both towers and the box regressor load. torchvision's COCO RetinaNet is a starting
-point too (`--arch retinanet_resnet50_fpn`) with `--config.model.convention=torchvision`
-(its P6 is convolved from P5, not C5, and its anchors are torchvision's).
-Data and augmentation are configs/part_detector.py's (the same crops as the Cascade
-R-CNN it is compared with).
+(the report, Table 1). Data, augmentation and trainer settings are
+configs/part_detector.py's (the same crops as the Cascade R-CNN it is compared with).
+torchvision's COCO RetinaNet loads too (`--arch retinanet_resnet50_fpn` with
+`--config.model.convention=torchvision`).
 
-`:tiny` (CPU, synthetic data, minutes): a one-block-per-stage ResNet-18 on 128x96 crops,
+`:tiny` (CPU, the synthetic dataset): a one-block-per-stage ResNet-18 on 128x96 crops,
 anchors half mmdetection's size (the synthetic parts are 8-60 pixels).
 
   python -m data_prep.make_synthetic --out /tmp/tps_syn --videos 24
-  python -m data_prep.build --data_root /tmp/tps_syn --stages parts
+  python -m data_prep.build --data_root /tmp/tps_syn --datasets parts
   python run_train.py --config=configs/part_detector_retinanet.py:tiny \
       --workdir=/tmp/parts_retinanet_tiny --config.data.root=/tmp/tps_syn
 
-Expected (measured on a 2-core CPU, 300 steps, ~9 train examples/s, ~5 min): eval AP50
-~0.10, AP ~0.017 (TINY_RESULT).
+Expected: AP50 ~0.10, AP ~0.017.
 """
 from __future__ import annotations
 
 import ml_collections
 
 from configs import part_detector
-
-# The detection task builds `config.model.family` from its registry.
-# Measured (2-core CPU shared with other jobs; --videos 24: 195 train / 24 val crops):
-# step 300 eval AP 0.017, AP50 0.096; ~9 train examples/s; ~5 min.
-TINY_RESULT = "eval AP50 ~0.10 (AP ~0.017) after 300 steps"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -1,7 +1,7 @@
-r"""Builds the TFDS (ArrayRecord) datasets of the four training stages.
+r"""Builds the TFDS (ArrayRecord) datasets the four networks train on.
 
   python -m data_prep.build --data_root ROOT [--out DIR] \
-      [--stages humans,parts,part_states,action_clips] [--val_fraction 0.1] [--seed 0] \
+      [--datasets humans,parts,part_states,action_clips] [--val_fraction 0.1] [--seed 0] \
       [--frames_dir DIR] [--context 0.1] [--clip_short_side 256] [--jpeg_quality 90] \
       [--pseudo_labels FILE [--pseudo_positive 0.4] [--pseudo_low 0.1]] \
       [--jobs 1] [--keep_going] [--overwrite] [--noprogress]
@@ -34,8 +34,8 @@ _VIDEO_FOLDER = flags.DEFINE_string("video_folder", None,
 _NAME = flags.DEFINE_string("name", None, "Dataset name for --video_folder (e.g. my_videos).")
 _OUT = flags.DEFINE_string("out", None,
                            "Output folder (default DATA_ROOT/tfds or VIDEO_FOLDER/tfds).")
-_STAGES = flags.DEFINE_list("stages", list(builders.STAGES),
-                            f"Comma-separated, from {','.join(builders.STAGES)}.")
+_DATASETS = flags.DEFINE_list("datasets", list(builders.DATASETS),
+                              f"Comma-separated, from {','.join(builders.DATASETS)}.")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1,
                                    "Fraction of the train videos held out as the val split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train/val split.")
@@ -66,7 +66,7 @@ def main(argv) -> int:
   try:
     problems = build.build_datasets(
         _DATA_ROOT.value, video_folder=_VIDEO_FOLDER.value, name=_NAME.value, out=_OUT.value,
-        stages=_STAGES.value, val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
+        datasets=_DATASETS.value, val_fraction=_VAL_FRACTION.value, seed=_SEED.value,
         frames_dir=_FRAMES_DIR.value, context=_CONTEXT.value,
         clip_short_side=_CLIP_SHORT_SIDE.value, jpeg_quality=_JPEG_QUALITY.value,
         pseudo_labels=_PSEUDO_LABELS.value, pseudo_positive=_PSEUDO_POSITIVE.value,

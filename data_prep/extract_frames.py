@@ -22,7 +22,7 @@ from absl import flags
 from tps_jax import cli
 from tps_jax.data import frames
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset root (holds train_videos/).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: DATA_ROOT/frames).")

@@ -8,7 +8,7 @@ the parts the training annotation lacks.
 
 Runs the exported part detector of `--config` (any family of the detection task:
 'cascade_rcnn', 'retinanet', 'gfl') over the human crops of the built `tps_parts`
-dataset (ROOT/tfds, `python -m data_prep.build --stages parts`), each crop prepared as
+dataset (ROOT/tfds, `python -m data_prep.build --datasets parts`), each crop prepared as
 the eval pipeline prepares it (tps_jax/data/pipelines.py), in jitted batches of one
 static shape. Detections are mapped back to frame pixels (the crop's `crop_box`) and,
 for each human, those of the parts its annotation (read from ROOT) lacks with score >=
@@ -22,7 +22,7 @@ the annotations). A predicted part whose class is already annotated for that hum
 not written: a human has one part of each class, so such a box duplicates the annotated
 one (or is a false positive). Then rebuild the part dataset with the same thresholds:
 
-  python -m data_prep.build --data_root ROOT --stages parts --overwrite \
+  python -m data_prep.build --data_root ROOT --datasets parts --overwrite \
       --pseudo_labels FILE --pseudo_positive 0.4 --pseudo_low 0.1
 
 which adds, to each human, the written parts scoring > pseudo_positive as positives and
@@ -56,8 +56,9 @@ from tqdm import tqdm
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import pipelines
+from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
-from tps_jax.train import tasks as tasks_lib
+from tps_jax.train.optim import param_name
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Part detector config file[:variant].")
 _EXPORT = flags.DEFINE_string("export", None, "Export directory of the trained detector.")
@@ -97,7 +98,7 @@ class Summary:
         f"{self.humans_labelled} humans; {self.annotated_skipped} boxes of annotated parts "
         "left out",
         f"wrote {out}",
-        "next: python -m data_prep.build --data_root ROOT --stages parts --overwrite "
+        "next: python -m data_prep.build --data_root ROOT --datasets parts --overwrite "
         f"--pseudo_labels {out} --pseudo_positive {pseudo_positive} --pseudo_low {pseudo_low}"]
 
 
@@ -111,7 +112,7 @@ def load_detector(config, export: str):
   variables = dict(checkpointing.load_export(export)[0])
   params = variables.pop("params")
   expected = jax.eval_shape(task.init_variables, jax.random.key(0))["params"]
-  shapes = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)
+  shapes = lambda tree: {param_name(path): np.shape(leaf)
                          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
   problem = checkpointing.first_mismatch(shapes(params), shapes(expected))
   if problem:

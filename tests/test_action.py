@@ -14,13 +14,16 @@ import pytest
 from configs import action as action_config
 from configs import action_pretrain as pretrain_config
 from tests.conftest import run_module
+from tests.data_configs import data_config
 from tps_jax.data import augment
 from tps_jax.data import build
 from tps_jax.data import pipelines
-from tps_jax.inference import action as inference
+from tps_jax.models.swin import build_video_classifier
+from tps_jax.tasks import action_views
 from tps_jax.tasks import action
-from tps_jax.train import checkpointing, sharding, tasks, trainer
-from tps_jax.train.optim import make_optimizer, path_names
+from tps_jax.tasks import base as tasks
+from tps_jax.train import checkpointing, sharding, trainer
+from tps_jax.train.optim import make_optimizer, param_name
 
 CLASSES = ('a', 'b', 'c', 'd', 'e', 'f', 'g')
 CLIP = (4, 32, 32)           # (T, H, W) of the hand-made batches
@@ -153,7 +156,7 @@ def full_task():
 def test_full_config_layer_ids_and_partition_rules():
   task = full_task()
   params = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
-  leaves = {'/'.join(path_names(p)): leaf
+  leaves = {param_name(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert 87e6 < sum(leaf.size for leaf in leaves.values()) < 89e6     # Video Swin-B
   assert leaves['head/kernel'].shape == (1024, 24)
@@ -194,7 +197,7 @@ def test_configs():
   assert (action_config.get_config('tiny').model.to_dict() ==
           pretrain_config.get_config('tiny').model.to_dict())
   with pytest.raises(ValueError, match='not a video Swin'):
-    action.build_model(ml_collections.ConfigDict({'arch': 'swin_b'}), 3)
+    build_video_classifier(ml_collections.ConfigDict({'arch': 'swin_b'}), 3)
 
 
 # ----------------------------------------------------------------- TTA and ensembling
@@ -204,7 +207,7 @@ def _view_scores(model):
   """Jitted view_scores in every mode: {(average, views_per_forward): (B, K)}."""
   modes = [('logits', 0), ('logits', 2), ('probs', 0)]
   return jax.jit(lambda variables, views: {
-      mode: inference.view_scores(model, variables, views, average=mode[0],
+      mode: action_views.view_scores(model, variables, views, average=mode[0],
                                   views_per_forward=mode[1]) for mode in modes})
 
 
@@ -228,29 +231,29 @@ def test_views_are_averaged_in_the_chosen_space(task, variables, apply):
   np.testing.assert_allclose(scores['probs', 0], jax.nn.softmax(each).mean(0), rtol=1e-4,
                              atol=1e-6)
   with pytest.raises(ValueError, match='does not divide'):
-    inference.view_scores(task.model, variables, views, views_per_forward=3)
+    action_views.view_scores(task.model, variables, views, views_per_forward=3)
 
 
 def test_ensemble_of_two_copies_equals_one(task, variables):
   views = jnp.stack([hand_batch(batch=2, seed=s)['clip'] for s in range(2)], axis=1)
-  member = inference.Member('m', task.model, variables, task.config, CLASSES)
+  member = action_views.Member('m', task.model, variables, task.config, CLASSES)
   scorer = member.scorer(average='logits', views_per_forward=0)
   one = np.asarray(scorer(views))
-  np.testing.assert_allclose(inference.ensemble_scores([one, one]), one, rtol=1e-6)
+  np.testing.assert_allclose(action_views.ensemble_scores([one, one]), one, rtol=1e-6)
   other = one + 1.0
-  np.testing.assert_allclose(inference.ensemble_scores([one, other], weights=[3, 1]),
+  np.testing.assert_allclose(action_views.ensemble_scores([one, other], weights=[3, 1]),
                              one + 0.25, rtol=1e-6)
 
 
 def test_clip_starts_and_crop_regions():
-  np.testing.assert_array_equal(inference.clip_starts(30, 8, 3, 1), [4])   # room 8: centred
-  np.testing.assert_array_equal(inference.clip_starts(30, 8, 3, 4), [1, 3, 5, 7])
-  np.testing.assert_array_equal(inference.clip_starts(10, 8, 3, 2), [0, 0])  # loops
+  np.testing.assert_array_equal(action_views.clip_starts(30, 8, 3, 1), [4])   # room 8: centred
+  np.testing.assert_array_equal(action_views.clip_starts(30, 8, 3, 4), [1, 3, 5, 7])
+  np.testing.assert_array_equal(action_views.clip_starts(10, 8, 3, 2), [0, 0])  # loops
   settings = ml_collections.ConfigDict({'image_size': (64, 64), 'resize': 64})
-  regions = inference.crop_regions(120, 160, settings, 3)
+  regions = action_views.crop_regions(120, 160, settings, 3)
   assert [r[0] for r in regions] == [0.0, 20.0, 40.0]
   assert all(r[1] == 0.0 and r[2] - r[0] == 120.0 and r[3] == 120.0 for r in regions)
-  tall = inference.crop_regions(160, 120, settings, 3)
+  tall = action_views.crop_regions(160, 120, settings, 3)
   assert [r[1] for r in tall] == [0.0, 20.0, 40.0]
 
 
@@ -258,27 +261,26 @@ def test_clip_starts_and_crop_regions():
 def clips_data(synthetic_root, tmp_path_factory):
   """The fixture's tps_action_clips dataset (in a temp folder: the root is read-only)."""
   tfds_dir = tmp_path_factory.mktemp('action') / 'tfds'
-  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=['action_clips'],
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), datasets=['action_clips'],
                        progress=False)
   return str(synthetic_root), str(tfds_dir)
 
 
 def test_one_centred_view_is_the_eval_pipelines_clip(clips_data):
   root, tfds_dir = clips_data
-  config = ml_collections.ConfigDict({'data': {
-      'root': root, 'tfds_dir': tfds_dir, 'num_frames': 4, 'frame_stride': 3,
-      'image_size': 48, 'resize': 56}})
-  settings = pipelines.data_settings('action', config)
-  classes, loaders = inference.dataset_videos(settings, 'train')
-  assert classes == tuple(pipelines.dataset_metadata('action', config)['actions'])
-  batch = next(pipelines.make_pipeline('action', config, 'train', train=False,
+  config = data_config('action_clips', root=root, tfds_dir=tfds_dir, num_frames=4,
+                       frame_stride=3, image_size=48, resize=56)
+  settings = pipelines.data_settings('action_clips', config)
+  classes, loaders = action_views.dataset_videos(settings, 'train')
+  assert classes == tuple(pipelines.dataset_metadata('action_clips', config)['actions'])
+  batch = next(pipelines.make_pipeline('action_clips', config, 'train', train=False,
                                        batch_size=len(loaders)))
   for i, load in enumerate(loaders):
     video = load()
-    views = inference.video_views(video.frames, settings, clips=1, crops=1)
+    views = action_views.video_views(video.frames, settings, clips=1, crops=1)
     np.testing.assert_array_equal(augment.normalize(views[0]), batch['clip'][i])
     assert video.label == batch['label'][i]
-    several = inference.video_views(video.frames, settings, clips=2, crops=3)
+    several = action_views.video_views(video.frames, settings, clips=2, crops=3)
     assert several.shape == (6, 4, 48, 48, 3) and several.dtype == np.uint8
 
 
@@ -319,18 +321,21 @@ def test_inflated_2d_swin_initialises_the_pretraining_backbone(tmp_path):
 
 
 def test_an_image_swin_leaf_is_adapted_to_the_video_swin(task):
-  """`init_from` of a trained image Swin (the demo: the part-state backbone, window 6):
-  patch embedding inflated over time, bias tables repeated over time offsets."""
+  """`init_from` of a trained image Swin (the demo: the part-state backbone, with the
+  video window's spatial size): patch embedding inflated over time, bias tables repeated
+  over time offsets."""
   rng = np.random.default_rng(0)
   kernel = rng.normal(size=(4, 4, 3, 32)).astype(np.float32)
   inflated = task.adapt_init_leaf('patch_embed/proj/kernel', kernel, (2, 4, 4, 3, 32))
   np.testing.assert_allclose(inflated[0], kernel / 2)
   np.testing.assert_allclose(inflated.sum(0), kernel, rtol=1e-6)
-  table = rng.normal(size=(11 * 11, 2)).astype(np.float32)              # window (6, 6)
+  offsets = [2 * side - 1 for side in task.model.window_size]     # (T, H, W) offsets
+  table = rng.normal(size=(offsets[1] * offsets[2], 2)).astype(np.float32)
   adapted = task.adapt_init_leaf('layers_1/blocks_0/attn/relative_position_bias_table',
-                                 table, (3 * 11 * 11, 2))               # window (2, 6, 6)
-  for offset in range(3):
-    np.testing.assert_allclose(adapted.reshape(3, 121, 2)[offset], table, rtol=1e-6)
+                                 table, (np.prod(offsets), 2))
+  for offset in range(offsets[0]):
+    np.testing.assert_allclose(adapted.reshape(offsets[0], -1, 2)[offset], table,
+                               rtol=1e-6)
   assert task.adapt_init_leaf('head/kernel', np.zeros((32, 3)), (32, 7)) is None
 
 
@@ -365,7 +370,7 @@ def test_pretraining_export_initialises_the_finetuning(clips_data, tmp_path, cap
   assert 'init_from' in printed and 're-initialised (not_included): head/bias, head/kernel' \
       in printed
   tuned, _ = checkpointing.load_export(summary['export'])
-  flat = lambda tree: {'/'.join(path_names(p)): np.asarray(v) for p, v in
+  flat = lambda tree: {param_name(p): np.asarray(v) for p, v in
                        jax.tree_util.tree_flatten_with_path(tree['params'])[0]}
   before, after = flat(pre_vars), flat(tuned)
   assert set(before) == set(after)

@@ -1,8 +1,8 @@
 """Augmentations: boxes follow the pixels, flips swap left/right parts, static shapes."""
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.data_configs import data_config
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import pipelines
@@ -160,8 +160,8 @@ def _flip_outcomes(run):
 
 
 def test_part_state_flip_swaps_left_and_right_rows_with_their_states():
-  settings = pipelines.data_settings("part_state", ml_collections.ConfigDict(
-      {"data": {"image_size": 64, "resize": 64, "box_jitter": 0.0, "color_jitter": 0.0}}))
+  settings = pipelines.data_settings("part_states", data_config(
+      "part_states", image_size=64, resize=64, box_jitter=0.0, color_jitter=0.0))
   record = _part_record()
   reference = pipelines.part_state_example(record, None, settings=settings)
 
@@ -187,8 +187,8 @@ def test_part_state_flip_swaps_left_and_right_rows_with_their_states():
 
 
 def test_part_detector_flip_swaps_part_labels():
-  settings = pipelines.data_settings("parts", ml_collections.ConfigDict(
-      {"data": {"image_size": (64, 64), "max_boxes": 4}}))
+  settings = pipelines.data_settings("parts", data_config(
+      "parts", image_size=(64, 64), max_boxes=4))
   part = _part_record()
   record = {"image": part["image"], "boxes": part["part_boxes"][part["part_valid"]],
             "labels": np.flatnonzero(part["part_valid"]).astype(np.int32),
@@ -210,9 +210,9 @@ def test_part_detector_flip_swaps_part_labels():
 
 
 def test_detector_train_transform_marks_cut_boxes_ignore_and_keeps_static_shapes():
-  settings = pipelines.data_settings("humans", ml_collections.ConfigDict(
-      {"data": {"image_size": (48, 64), "max_boxes": 3, "random_rotation": 30.0,
-                "random_crop": True, "crop_min_scale": 0.3, "min_visible": 0.6}}))
+  settings = pipelines.data_settings("humans", data_config(
+      "humans", image_size=(48, 64), max_boxes=3, random_rotation=30.0, random_crop=True,
+      crop_min_scale=0.3, min_visible=0.6))
   boxes = np.array([[0, 0, 29, 29], [40, 20, 79, 59], [10, 30, 20, 50], [60, 0, 70, 10]],
                    np.float32)
   image = np.zeros((60, 80, 3), np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tps_jax.data import pipelines
-from tps_jax.train import tasks as tasks_lib
+from tps_jax.tasks import base as tasks_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO_ROOT, 'bench', 'bench_train_step.py')
@@ -39,22 +39,22 @@ def _tiny_task(name: str, **overrides):
                                   'part_detector'])
 def test_synthetic_batch_is_a_valid_pipeline_batch(name):
   task = _tiny_task(name)
-  stage = bench.pipeline_stage(task)
-  settings = pipelines.data_settings(stage, task.config)
+  dataset = bench.pipeline_dataset(task)
+  settings = pipelines.data_settings(dataset, task.config)
   counts = bench.label_counts(task)
-  batch = bench.synthetic_batch(stage, settings, 3, counts)
+  batch = bench.synthetic_batch(dataset, settings, 3, counts)
 
-  spec = pipelines.output_spec(stage, settings)
+  spec = pipelines.output_spec(dataset, settings)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: ((3, *shape), np.dtype(dtype)) for k, (shape, dtype) in spec.items()}
   height, width = settings.image_size
-  if stage == 'part_state':
+  if dataset == 'part_states':
     assert counts == {'states': 7, 'actions': 5}
     boxes, valid, states = batch['part_boxes'], batch['part_valid'], batch['part_state']
     assert valid[:, 0].all() and not valid.all()
     np.testing.assert_array_equal(states < 0, ~valid)
     assert states.max() < 7 and 0 <= batch['action'].min() and batch['action'].max() < 5
-  elif stage == 'action':
+  elif dataset == 'action_clips':
     assert counts == {'classes': 5}
     assert 0 <= batch['label'].min() and batch['label'].max() < 5
     return

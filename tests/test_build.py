@@ -1,4 +1,4 @@
-"""tps_jax.data.build (data_prep.build): the four stage datasets, the split by video, bad
+"""tps_jax.data.build (data_prep.build): the four datasets, the split by video, bad
 input, idempotence, the command line."""
 import json
 import os
@@ -59,7 +59,7 @@ def test_split_by_video_is_recorded_identical_and_disjoint(built):
   root, out = built
   videos = set(_annotations(root))
   val = None
-  for name in builders.DATASET_NAMES.values():
+  for name in builders.TFDS_NAMES.values():
     info = tfds.builder_from_directory(builders.dataset_dir(out, name)).info
     recorded = list(info.metadata["settings"]["val_videos"])
     assert val is None or recorded == val
@@ -149,10 +149,10 @@ def test_finished_datasets_are_kept_and_settings_checked(built):
   assert sum("already built" in line for line in lines) == 4
   assert os.stat(info).st_mtime_ns == before
   with pytest.raises(build.BuildError, match=r"built with other settings \(seed, val_videos\)"):
-    _build(root, val_fraction=VAL_FRACTION, seed=5, stages=["humans"])
+    _build(root, val_fraction=VAL_FRACTION, seed=5, datasets=["humans"])
   clips = builders.dataset_dir(out, "tps_action_clips")
   before = os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns
-  _, lines = _build(root, val_fraction=VAL_FRACTION, stages=["action_clips"], overwrite=True)
+  _, lines = _build(root, val_fraction=VAL_FRACTION, datasets=["action_clips"], overwrite=True)
   assert not any("already built" in line for line in lines)
   assert os.stat(os.path.join(clips, "dataset_info.json")).st_mtime_ns != before
 
@@ -160,16 +160,16 @@ def test_finished_datasets_are_kept_and_settings_checked(built):
 def test_command_line_reports_and_errors_are_one_line(built):
   root, out = built
   proc = run_module("data_prep.build", "--data_root", root, "--val_fraction", VAL_FRACTION,
-                    "--stages", "humans,parts", "--noprogress")
+                    "--datasets", "humans,parts", "--noprogress")
   assert proc.stdout.splitlines() == [
       f"{builders.dataset_dir(out, name)}: already built, kept (--overwrite to rebuild)"
       for name in ("tps_humans", "tps_parts")]
   for args, message in [
-      (("--data_root", root, "--seed", 5, "--stages", "humans"),
+      (("--data_root", root, "--seed", 5, "--datasets", "humans"),
        f"error: {builders.dataset_dir(out, 'tps_humans')}: built with other settings"),
-      (("--data_root", root, "--stages", "humans,faces"),
-       "error: stages: unknown stage(s) faces; choose from humans,parts,"),
-      (("--stages", "humans",), "error: flags data_root=None, video_folder=None: Exactly one "
+      (("--data_root", root, "--datasets", "humans,faces"),
+       "error: datasets: unknown dataset(s) faces; choose from humans,parts,"),
+      (("--datasets", "humans",), "error: flags data_root=None, video_folder=None: Exactly one "
                                 "of (data_root, video_folder) must have a value")]:
     proc = run_module("data_prep.build", *args, "--noprogress", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
@@ -204,10 +204,10 @@ def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path):
     f.write(text[:len(text) // 2])
   total = sum(len(v.annotated_frames()) for v in tps.iter_videos(root, "train"))
   with pytest.raises(tps.AnnotationError) as error:
-    _build(root, stages=["humans"])
+    _build(root, datasets=["humans"])
   assert str(error.value).startswith(f"{bad}: truncated JSON")
   assert not builders.is_built(os.path.join(root, "tfds"), "tps_humans")
-  problems, _ = _build(root, stages=["humans"], keep_going=True)
+  problems, _ = _build(root, datasets=["humans"], keep_going=True)
   assert len(problems) == 1 and problems[0].startswith(f"{bad}: truncated JSON")
   assert _count(os.path.join(root, "tfds"), "tps_humans") == total - 1
 
@@ -226,9 +226,9 @@ def test_undecodable_video_stops_or_is_skipped_and_counted(synthetic_root, tmp_p
   with open(flist, "w") as f:
     f.write(text.replace(f"{late.name},{late.num_frames}", f"{late.name},40"))
   with pytest.raises(video_lib.VideoError) as error:
-    _build(root, stages=["action_clips"])
+    _build(root, datasets=["action_clips"])
   assert str(error.value).startswith(f"{videos[0].video_path}: cannot open video")
-  problems, _ = _build(root, stages=["humans", "action_clips"], keep_going=True,
+  problems, _ = _build(root, datasets=["humans", "action_clips"], keep_going=True,
                        jobs=2)     # problems found in workers too
   assert len(problems) == 2
   assert any(p.startswith(f"{videos[0].video_path}: cannot open video") for p in problems)
@@ -264,7 +264,7 @@ def test_frames_dir_is_read_instead_of_the_video(synthetic_root, tmp_path):
   for index in range(1, video.num_frames + 1):
     (frames / f"img_{index:05d}.jpg").write_bytes(video_lib.encode_jpeg(
         np.full((120, 160, 3), 200, np.uint8)))
-  _build(root, stages=["humans"], val_fraction=0, frames_dir=str(tmp_path / "frames"))
+  _build(root, datasets=["humans"], val_fraction=0, frames_dir=str(tmp_path / "frames"))
   for example in _source(os.path.join(root, "tfds"), "tps_humans", "train"):
     mean = video_lib.decode_jpeg(example["image"]).mean()
     assert (abs(mean - 200) < 2) == (example["video"].decode() == video.name)
@@ -275,7 +275,7 @@ def test_extract_frames_output_feeds_build(synthetic_root, tmp_path):
   refused (their pixels no longer match the boxes)."""
   root = _copy(synthetic_root, tmp_path)
   assert frames_lib.extract(root, splits=("train",)).ok
-  _build(root, stages=["humans", "action_clips"], val_fraction=0,
+  _build(root, datasets=["humans", "action_clips"], val_fraction=0,
          frames_dir=os.path.join(root, "frames"))
   video = next(tps.iter_videos(root, "train"))
   assert builders.find_frames_dir(os.path.join(root, "frames"), video.action,
@@ -283,7 +283,7 @@ def test_extract_frames_output_feeds_build(synthetic_root, tmp_path):
   resized = os.path.join(tmp_path, "resized")
   assert frames_lib.extract(root, resized, splits=("train",), short_side=60).ok
   with pytest.raises(tps.AnnotationError, match=r"extract_frames.json: .*short_side=60"):
-    _build(root, stages=["humans"], overwrite=True, frames_dir=resized)
+    _build(root, datasets=["humans"], overwrite=True, frames_dir=resized)
 
 
 def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
@@ -303,7 +303,7 @@ def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(
       next(iter(human.parts)): [{"box": box, "score": 0.99}]}}}}
   path = tmp_path / "pseudo.json"
   path.write_text(json.dumps(pseudo))
-  _, lines = _build(root, stages=["parts"], val_fraction=0.4, pseudo_labels=str(path))
+  _, lines = _build(root, datasets=["parts"], val_fraction=0.4, pseudo_labels=str(path))
   assert "pseudo-labels: 1 humans of annotated train frames" in lines[0]
   example = next(e for e in _source(os.path.join(root, "tfds"), "tps_parts", "train")
                  if e["video"].decode() == video and e["frame"] == index and

@@ -59,7 +59,7 @@ def test_stage_entries_and_overrides_are_checked():
     chain.parse_stage("detector=configs/human_detector.py")
   config = chain.load_stage_config("configs/action.py:tiny")
   with pytest.raises(chain.ChainError, match="optim.no_such_field"):
-    chain._set_dotted(config, "optim.no_such_field", 1)   # pylint: disable=protected-access
+    chain.apply_overrides(config, "action", {"action": {"optim": {"no_such_field": 1}}})
   with pytest.raises(chain.ChainError, match="no module"):
     chain.load_stage_config("configs/no_such_stage.py")
   with pytest.raises(chain.ChainError, match="stage_init.action: 'part_state' is not an "
@@ -69,7 +69,7 @@ def test_stage_entries_and_overrides_are_checked():
 
 def test_an_existing_root_that_is_not_a_dataset_is_refused(tmp_path):
   data = ml_collections.ConfigDict({"root": str(tmp_path), "videos": 4, "seed": 0,
-                                    "build_stages": ["action_clips"]})
+                                    "datasets": ["action_clips"]})
   (tmp_path / "something.txt").write_text("not a dataset")
   with pytest.raises(chain.ChainError, match="not a finished Kinetics-TPS dataset"):
     chain.ensure_dataset(data, str(tmp_path / "work"))

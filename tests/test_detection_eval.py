@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tps_jax.evaluation.detection import CocoDetectionEvaluator
+from tps_jax.metrics.coco import CocoDetectionEvaluator
 
 GT = np.array([[[10, 10, 50, 60], [100, 100, 140, 180], [0, 0, 0, 0]]], np.float32)
 GT_LABELS = np.array([[0, 1, 0]])

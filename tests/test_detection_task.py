@@ -16,8 +16,8 @@ from tests.conftest import REPO_ROOT, run_module
 from tps_jax.data import build
 from tps_jax.models.resnet import ResNet
 from tps_jax.models.swin import SwinTransformer
+from tps_jax.tasks import base as tasks
 from tps_jax.tasks import detection
-from tps_jax.train import tasks
 
 TRAINER_FIELDS = ("task", "seed", "total_steps", "batch_size", "log_steps",
                   "checkpoint_steps", "eval_steps", "init_from", "optim", "mesh", "bf16")
@@ -67,14 +67,14 @@ def test_frozen_backbone_stages_are_not_trainable():
   assert task.is_trainable(("box_heads_2", "cls_score", "kernel"))
 
 
-def test_an_unknown_detector_family_or_stage_is_named():
+def test_an_unknown_detector_family_or_dataset_is_named():
   config = human_detector.get_config("tiny")
   config.model.family = "yolo"
   with pytest.raises(ValueError, match="unknown detector 'yolo'.*cascade_rcnn"):
     tasks.get_task("detection", config).model
   config = human_detector.get_config("tiny")
-  config.data.stage = "objects"
-  with pytest.raises(ValueError, match="config.data.stage"):
+  config.data.dataset = "objects"
+  with pytest.raises(ValueError, match="config.data.dataset"):
     tasks.get_task("detection", config).class_names
 
 
@@ -220,7 +220,7 @@ def test_tiny_human_detector_trains_exports_and_evaluates(synthetic_root, tmp_pa
   """run_train.py on the synthetic fixture for a few steps, then the evaluation command
   on the export."""
   tfds_dir = tmp_path / "tfds"
-  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=["humans"],
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), datasets=["humans"],
                        progress=False)
   workdir = tmp_path / "run"
   data_flags = [f"--config.data.root={synthetic_root}", f"--config.data.tfds_dir={tfds_dir}"]

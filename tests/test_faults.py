@@ -20,6 +20,7 @@ import time
 import pytest
 import torch
 
+from configs import action, human_detector
 from tests.test_trainer import losses, read_metrics, toy_config
 from tps_jax.convert import ConversionError, convert_checkpoint
 from tps_jax.convert import io as convert_io
@@ -40,7 +41,7 @@ def _permissions_apply() -> list[str]:
   return [setpriv, '--bounding-set', '-dac_override,-dac_read_search']
 
 
-def _start(workdir, *flags, prefix=(), config='configs/toy.py:tiny'):
+def _start(workdir, *flags, prefix=(), config='tests/toy_task.py:tiny'):
   return subprocess.Popen(
       [*prefix, sys.executable, 'run_train.py', f'--config={config}',
        f'--workdir={workdir}', *flags],
@@ -48,7 +49,7 @@ def _start(workdir, *flags, prefix=(), config='configs/toy.py:tiny'):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run(workdir, *flags, prefix=(), config='configs/toy.py:tiny', timeout=300):
+def _run(workdir, *flags, prefix=(), config='tests/toy_task.py:tiny', timeout=300):
   """run_train.py to the end: (exit code, stderr lines, seconds)."""
   start = time.time()
   proc = _start(workdir, *flags, prefix=prefix, config=config)
@@ -246,6 +247,25 @@ def test_resume_with_changed_settings_lists_them_and_refuses_unless_allowed(fini
   assert sorted(losses(workdir))[-5:] == [31, 32, 33, 34, 35]
 
 
+@pytest.mark.parametrize('module', [human_detector, action])
+def test_settings_stored_before_the_field_renames_resume_unchanged(module, tmp_path):
+  """A workdir started when `data.stage` named the detectors' dataset, `data.dataset`
+  the TFDS folder and the library filled in `tfds_name` and AdamW's b1 / b2 / eps."""
+  config = module.get_config('tiny')
+  stored = json.loads(config.to_json_best_effort())
+  data, optim = stored['data'], stored['optim']
+  if 'dataset' in data:
+    data['stage'] = data.pop('dataset')
+  if data['tfds_name']:
+    data['dataset'] = data['tfds_name']
+  del data['tfds_name'], optim['b1'], optim['b2'], optim['eps']
+  (tmp_path / settings.SETTINGS_FILE).write_text(json.dumps(stored))
+  assert settings.check_resume(str(tmp_path), config) == []
+  config.optim.eps = 1e-6
+  with pytest.raises(settings.SettingsError, match=r'optim.eps 1e-08 -> 1e-06'):
+    settings.check_resume(str(tmp_path), config)
+
+
 # ------------------------------------------------------------------ runs cut short
 
 
@@ -352,9 +372,9 @@ def test_unreadable_weight_file_never_suggests_weights_only_false(tmp_path):
     ('configs/nope.py', [], 'error: --config=configs/nope.py: no such file; stage configs '
      'are configs/action.py, '),
     ('configs', [], 'error: --config=configs: is a directory; stage configs are '),
-    ('configs/toy.py:tny', [], "error: flag --config=configs/toy.py:tny: configs/toy.py: "
-     "unknown variant 'tny' (known: tiny)"),
-    ('configs/toy.py:tiny', ['--config.checkpoint_steps=0'],
+    ('tests/toy_task.py:tny', [], "error: flag --config=tests/toy_task.py:tny: "
+     "tests/toy_task.py: unknown variant 'tny' (known: tiny)"),
+    ('tests/toy_task.py:tiny', ['--config.checkpoint_steps=0'],
      'error: config.checkpoint_steps=0: must be a positive integer, e.g. '
      '--config.checkpoint_steps=1000'),
 ], ids=['config_path', 'config_dir', 'variant', 'checkpoint_steps'])

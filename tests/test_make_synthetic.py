@@ -13,7 +13,8 @@ from tests.conftest import run_module
 from tps_jax.data import synthetic
 from tps_jax.data import synthetic_render as render
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import score, submission
+from tps_jax.data import submission
+from tps_jax.metrics import score
 
 ARGS = {"videos": 6, "frames": 12, "seed": 0}   # as tests/conftest.py
 WIDTH, HEIGHT = 160, 120

@@ -14,7 +14,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run_two_processes(workdir, *flags):
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
-      [sys.executable, 'run_train.py', '--config=configs/toy.py:tiny',
+      [sys.executable, 'run_train.py', '--config=tests/toy_task.py:tiny',
        f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
        '--num_processes=2', f'--process_id={i}', *flags],
       cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),

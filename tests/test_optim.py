@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import toy
-from tps_jax.train import optim, tasks
+from tests import toy_task as toy
+from tps_jax.tasks import base as tasks
+from tps_jax.train import optim
 
 
 def optim_config(**overrides):
@@ -89,6 +90,7 @@ def test_path_names():
   tree = {'a': [{'b': 1}], 'c': (2,)}
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   assert [optim.path_names(p) for p, _ in flat] == [('a', '0', 'b'), ('c', '0')]
+  assert [optim.param_name(p) for p, _ in flat] == ['a/0/b', 'c/0']
 
 
 def test_frozen_parameters_get_no_update_and_no_moments():

@@ -17,7 +17,7 @@ from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (PartStateTask, part_state_loss, part_state_losses,
                                       part_state_metric_sums)
 from tps_jax.train import checkpointing, sharding, trainer
-from tps_jax.train.optim import layer_lr_scales, path_names
+from tps_jax.train.optim import layer_lr_scales, param_name, path_names
 
 NUM_STATES, NUM_ACTIONS, SIZE = 7, 3, 32
 MICRO_SWIN = flax.core.FrozenDict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
@@ -281,7 +281,7 @@ def test_layer_ids_cover_every_parameter(tiny_task):
   depths = tiny_task.backbone_depths()
   num_layers = tiny_task.num_layers()
   assert num_layers == sum(depths) + 1
-  ids = {'/'.join(path_names(p)): tiny_task.layer_id(path_names(p))
+  ids = {param_name(p): tiny_task.layer_id(path_names(p))
          for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert all(0 <= i <= num_layers for i in ids.values())
   assert ids['backbone/patch_embed/proj/kernel'] == 0
@@ -318,7 +318,7 @@ def test_full_config_swin_l_layer_ids_and_partition_rules(synthetic_root):
   task = PartStateTask(config, compute_dtype=jnp.bfloat16)
   params = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
   assert task.num_layers() == 25            # Swin-L: 2 + 2 + 18 + 2 blocks, + the head
-  leaves = {'/'.join(path_names(p)): leaf
+  leaves = {param_name(p): leaf
             for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert leaves['backbone/layers_3/blocks_1/mlp/fc1/kernel'].shape == (1536, 6144)
   assert task.layer_id(('backbone', 'layers_3', 'blocks_1', 'mlp', 'fc1', 'kernel')) == 24
@@ -365,7 +365,7 @@ def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture, with the kernels split over a `model` axis of
   2 (simulated devices): metrics.jsonl, export, and the exported states predicted."""
   build.build_datasets(str(synthetic_root), out=str(tmp_path / 'tfds'),
-                       stages=['part_states'], progress=False)
+                       datasets=['part_states'], progress=False)
   workdir = tmp_path / 'run'
   flags = ['--config.data.root', synthetic_root, '--config.data.tfds_dir', tmp_path / 'tfds',
            '--config.total_steps', 4, '--config.batch_size', 4, '--config.log_steps', 2,

@@ -16,7 +16,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import PIL.Image
 import portpicker
@@ -24,11 +23,12 @@ import pytest
 
 from tests import pipeline_helpers as helpers
 from tests.conftest import REPO_ROOT, run_module
+from tests.data_configs import data_config
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import pipelines
 from tps_jax.data import video as video_lib
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import geometry
 from tps_jax.inference import pipeline as pipeline_lib
@@ -113,8 +113,8 @@ def test_part_detector_crop_matches_training_preprocessing(annotated_frame):
   size, context = (128, 96), 0.1
   region = augment.context_region(human_box, width, height, context)
   crop, crop_boxes, _ = augment.crop(frame, part_boxes, region)
-  settings = pipelines.data_settings("parts", ml_collections.ConfigDict(
-      {"data": {"image_size": size, "max_boxes": 16}}))
+  settings = pipelines.data_settings("parts", data_config(
+      "parts", image_size=size, max_boxes=16))
   host = pipelines.detector_example(
       {"image": _png(crop), "boxes": crop_boxes,
        "labels": np.zeros(len(crop_boxes), np.int32), "ignore": np.zeros(len(crop_boxes), bool)},
@@ -144,8 +144,8 @@ def test_part_state_crop_matches_training_preprocessing(annotated_frame):
   frame_table[rows] = part_boxes
   valid = np.zeros(len(tps.PARTS), bool)
   valid[rows] = True
-  settings = pipelines.data_settings("part_state", ml_collections.ConfigDict(
-      {"data": {"image_size": size, "resize": resize}}))
+  settings = pipelines.data_settings("part_states", data_config(
+      "part_states", image_size=size, resize=resize))
   host = pipelines.part_state_example(
       {"image": _png(crop), "part_boxes": table,
        "part_valid": valid, "part_state": np.zeros(len(tps.PARTS), np.int32), "action": 0},

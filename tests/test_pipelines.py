@@ -5,11 +5,11 @@ import os
 import shutil
 
 import grain
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.data_configs import data_config
 from tps_jax.data import augment
 from tps_jax.data import build
 from tps_jax.data import builders
@@ -22,18 +22,18 @@ DATA = {
                "random_crop": True},
     "parts": {"image_size": (64, 40), "max_boxes": 12, "random_rotation": 10.0,
               "random_crop": True},
-    "part_state": {"image_size": 40, "resize": 48},
-    "action": {"num_frames": 4, "frame_stride": 2, "image_size": 32},
+    "part_states": {"image_size": 40, "resize": 48},
+    "action_clips": {"num_frames": 4, "frame_stride": 2, "image_size": 32},
 }
 KEYS = {
     "humans": {"image": ((48, 64, 3), np.float32), "boxes": ((4, 4), np.float32),
                "labels": ((4,), np.int32), "valid": ((4,), np.bool_),
                "ignore": ((4,), np.bool_), "image_size": ((2,), np.int32),
                "scale": ((), np.float32)},
-    "part_state": {"image": ((40, 40, 3), np.float32), "part_boxes": ((10, 4), np.float32),
-                   "part_valid": ((10,), np.bool_), "part_state": ((10,), np.int32),
-                   "action": ((), np.int32)},
-    "action": {"clip": ((4, 32, 32, 3), np.float32), "label": ((), np.int32)},
+    "part_states": {"image": ((40, 40, 3), np.float32), "part_boxes": ((10, 4), np.float32),
+                    "part_valid": ((10,), np.bool_), "part_state": ((10,), np.int32),
+                    "action": ((), np.int32)},
+    "action_clips": {"clip": ((4, 32, 32, 3), np.float32), "label": ((), np.int32)},
 }
 KEYS["parts"] = {**KEYS["humans"], "image": ((64, 40, 3), np.float32),
                  "boxes": ((12, 4), np.float32), "labels": ((12,), np.int32),
@@ -48,9 +48,10 @@ def root(synthetic_root, tmp_path_factory):
   return str(root)
 
 
-def _config(root, stage, **data):
-  return ml_collections.ConfigDict({"batch_size": 4,
-                                    "data": {"root": root, **DATA[stage], **data}})
+def _config(root, dataset, **data):
+  config = data_config(dataset, root=root, **DATA[dataset], **data)
+  config.batch_size = 4
+  return config
 
 
 def _pipeline(root, stage, *, train=True, seed=0, shard=(0, 1), batch_size=3, **data):
@@ -69,8 +70,8 @@ def _assert_same(batches_a, batches_b):
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def _num_examples(root, stage, split):
-  name = pipelines.STAGE_DATASETS[stage]
+def _num_examples(root, dataset, split):
+  name = builders.TFDS_NAMES[dataset]
   return len(tfds.builder_from_directory(builders.dataset_dir(
       os.path.join(root, "tfds"), name)).as_data_source(split))
 
@@ -85,25 +86,40 @@ def test_batches_have_the_documented_keys_shapes_and_dtypes(root, stage):
     for key, (shape, dtype) in KEYS[stage].items():
       assert batch[key].shape == (rows, *shape), key
       assert batch[key].dtype == dtype, key
-    images = batch["clip" if stage == "action" else "image"]
+    images = batch["clip" if stage == "action_clips" else "image"]
     assert -2.2 < images.min() < 0 < images.max() < 2.7      # ImageNet-normalised
     if stage in ("humans", "parts"):
       assert batch["valid"].any() and not (batch["ignore"] & ~batch["valid"]).any()
       content = batch["image_size"] * batch["scale"][:, None]
       assert (content <= np.array(KEYS[stage]["image"][0][:2]) + 0.5).all()
-    if stage == "part_state":
+    if stage == "part_states":
       assert (batch["part_state"][~batch["part_valid"]] == -1).all()
       assert (batch["part_state"][batch["part_valid"]] >= 0).all()
 
 
 def test_train_is_deterministic_per_seed(root):
-  first = _take(_pipeline(root, "part_state", seed=1), 3)
-  _assert_same(first, _take(_pipeline(root, "part_state", seed=1), 3))
-  other = _take(_pipeline(root, "part_state", seed=2), 3)
+  first = _take(_pipeline(root, "part_states", seed=1), 3)
+  _assert_same(first, _take(_pipeline(root, "part_states", seed=1), 3))
+  other = _take(_pipeline(root, "part_states", seed=2), 3)
   assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
 
 
-@pytest.mark.parametrize("stage,data", [("humans", {}), ("part_state", {"balance_states": True})])
+def test_balance_states_resamples_the_part_state_examples(root, monkeypatch):
+  made, original = [], resample.WeightedResampleDataset
+
+  def recording(*args, **kwargs):
+    made.append(args)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(resample, "WeightedResampleDataset", recording)
+  first = next(_pipeline(root, "part_states", balance_states=False))
+  assert not made
+  assert next(_pipeline(root, "part_states", balance_states=True))["action"].shape == \
+      first["action"].shape
+  assert len(made) == 1
+
+
+@pytest.mark.parametrize("stage,data", [("humans", {}), ("part_states", {"balance_states": True})])
 def test_checkpointed_iterator_resumes_with_the_same_batches(root, stage, data):
   iterator = _pipeline(root, stage, **data)
   _take(iterator, 5)                 # past the end of the first epoch
@@ -115,12 +131,12 @@ def test_checkpointed_iterator_resumes_with_the_same_batches(root, stage, data):
 
 
 def test_eval_is_finite_in_order_and_without_augmentation(root):
-  batches = list(_pipeline(root, "part_state", train=False))
-  assert sum(len(b["action"]) for b in batches) == _num_examples(root, "part_state", "val")
-  _assert_same(batches, list(_pipeline(root, "part_state", train=False)))
-  config = _config(root, "part_state")
-  settings = pipelines.data_settings("part_state", config)
-  source = tfds.builder_from_directory(pipelines.dataset_path("part_state", settings)
+  batches = list(_pipeline(root, "part_states", train=False))
+  assert sum(len(b["action"]) for b in batches) == _num_examples(root, "part_states", "val")
+  _assert_same(batches, list(_pipeline(root, "part_states", train=False)))
+  config = _config(root, "part_states")
+  settings = pipelines.data_settings("part_states", config)
+  source = tfds.builder_from_directory(pipelines.dataset_path("part_states", settings)
                                        ).as_data_source("val")
   first = pipelines.part_state_example(source[0], None, settings=settings)
   np.testing.assert_array_equal(batches[0]["image"][0], augment.normalize(first["image"]))
@@ -150,13 +166,13 @@ def test_train_shards_are_disjoint_and_cover_the_data(root, monkeypatch):
     names.append(raw["video"])
     return {"clip": np.zeros((4, 32, 32, 3), np.uint8), "label": np.int32(0)}
 
-  monkeypatch.setitem(pipelines._EXAMPLE_FNS, "action", identify)
-  total = _num_examples(root, "action", "train")
+  monkeypatch.setitem(pipelines._EXAMPLE_FNS, "action_clips", identify)
+  total = _num_examples(root, "action_clips", "train")
   seen = []
   for index in range(2):
     names.clear()
     per_process = len(range(index, total, 2))
-    _take(_pipeline(root, "action", shard=(index, 2), batch_size=1, read_threads=0),
+    _take(_pipeline(root, "action_clips", shard=(index, 2), batch_size=1, read_threads=0),
           per_process)
     seen.append(set(names[:per_process]))
     assert len(seen[-1]) == per_process          # an epoch visits each example once
@@ -165,27 +181,38 @@ def test_train_shards_are_disjoint_and_cover_the_data(root, monkeypatch):
 
 def test_dataset_metadata_gives_the_vocabularies(root):
   vocab = tps.Vocab.from_root(root)
-  metadata = pipelines.dataset_metadata("part_state", _config(root, "part_state"))
+  metadata = pipelines.dataset_metadata("part_states", _config(root, "part_states"))
   assert tuple(metadata["states"]) == vocab.states
   assert tuple(metadata["actions"]) == vocab.actions
   assert tuple(metadata["parts"]) == tps.PARTS
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-  config = ml_collections.ConfigDict({"batch_size": 2, "data": {"root": str(tmp_path)}})
+  config = data_config("part_states", root=str(tmp_path))
+  config.batch_size = 2
   expected = os.path.join(str(tmp_path), "tfds", "tps_part_states")
   with pytest.raises(FileNotFoundError, match=f"^{expected}: no such dataset "
-                     r"\(run python -m data_prep.build --data_root "):
-    pipelines.make_pipeline("part_state", config, "train", train=True, seed=0)
+                     r"\(run python -m data_prep.build --data_root .* --datasets part_states"):
+    pipelines.make_pipeline("part_states", config, "train", train=True, seed=0)
+
+
+def test_a_missing_data_field_is_named_not_filled_in():
+  config = data_config("action_clips")
+  del config.data["frame_stride"]
+  del config.data["read_threads"]
+  with pytest.raises(pipelines.DataConfigError,
+                     match=r"^config.data: no read_threads, frame_stride \(the action_clips "
+                     "pipeline reads"):
+    pipelines.data_settings("action_clips", config)
 
 
 def test_grain_worker_process_gives_the_same_resumable_batches(root):
-  expected = _take(_pipeline(root, "action"), 4)
-  worker = _pipeline(root, "action", worker_count=1)     # one worker: the same order
+  expected = _take(_pipeline(root, "action_clips"), 4)
+  worker = _pipeline(root, "action_clips", worker_count=1)     # one worker: the same order
   _assert_same(expected[:2], _take(worker, 2))
   state = worker.get_state()
   worker.close()
-  resumed = _pipeline(root, "action", worker_count=1)
+  resumed = _pipeline(root, "action_clips", worker_count=1)
   resumed.set_state(state)
   _assert_same(expected[2:], _take(resumed, 2))
   resumed.close()

@@ -23,7 +23,8 @@ from tests.conftest import run_module
 from tps_jax.data import build, builders, pipelines
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.tasks import detection
-from tps_jax.train import checkpointing, tasks
+from tps_jax.tasks import base as tasks
+from tps_jax.train import checkpointing
 
 # Score of part k on every crop: 0.41 and 0.39 straddle 0.4, 0.1 is exactly the low
 # threshold (an ignore region), 0.09 and 0.02 are dropped.
@@ -75,7 +76,7 @@ def root(synthetic_root, tmp_path_factory):
         human["parts"].pop(part, None)
     with open(path, "w") as f:
       json.dump(frame, f)
-  build.build_datasets(str(root), stages=["parts"], progress=False)
+  build.build_datasets(str(root), datasets=["parts"], progress=False)
   return str(root)
 
 
@@ -150,7 +151,7 @@ def test_builder_and_pipeline_take_the_labels_with_ignore_flags(labelled, root, 
   path = str(tmp_path / "pseudo.json")
   pseudo_label.write_json(path, labels)
   assert builders.load_pseudo_labels(path)          # the builder's own reader accepts it
-  build.build_datasets(root, stages=["parts"], overwrite=True, pseudo_labels=str(path),
+  build.build_datasets(root, datasets=["parts"], overwrite=True, pseudo_labels=str(path),
                        pseudo_positive=0.4, pseudo_low=0.1, progress=False)
   after = train_records(config)
   assert len(after) == len(before)

@@ -38,7 +38,7 @@ from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
 from tps_jax.data import build
 from tps_jax.models import detector_backbone, gfl, retinanet
-from tps_jax.train import tasks
+from tps_jax.tasks import base as tasks
 
 HEIGHT, WIDTH = 320, 384            # padded input
 CONTENT = (300, 370)                # the photograph inside it
@@ -638,7 +638,7 @@ def test_tiny_configs_train_export_and_evaluate(config, synthetic_root, tmp_path
   """run_train.py on the synthetic fixture for a few steps (a fresh process: the config
   registers its family), then the evaluation command on the export."""
   tfds_dir = tmp_path / "tfds"
-  build.build_datasets(str(synthetic_root), out=str(tfds_dir), stages=["parts"],
+  build.build_datasets(str(synthetic_root), out=str(tfds_dir), datasets=["parts"],
                        progress=False)
   workdir = tmp_path / "run"
   data_flags = [f"--config.data.root={synthetic_root}", f"--config.data.tfds_dir={tfds_dir}"]

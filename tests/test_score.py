@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tests import score_reference
-from tps_jax.evaluation import score as S
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
+from tps_jax.metrics import score as S
 
 BOX = [0, 0, 9, 9]  # 10 x 10 pixels under the inclusive convention: area 100
 

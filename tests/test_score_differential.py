@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from tests import score_reference as reference
-from tps_jax.evaluation import score, submission
+from tps_jax.data import submission
+from tps_jax.metrics import score
 
 NUM_CASES = 240
 # Boxes on a 10-pixel grid: against [0, 0, 9, 9] (area 100), [0, 0, 9, 4] has IoU 0.5,

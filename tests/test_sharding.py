@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import toy
+from tests import toy_task as toy
 from tps_jax.train import checkpointing, sharding, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +41,7 @@ def _run_on_8_devices(workdir, *flags):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run(
-      [sys.executable, 'run_train.py', '--config=configs/toy.py:tiny',
+      [sys.executable, 'run_train.py', '--config=tests/toy_task.py:tiny',
        f'--workdir={workdir}', '--config.total_steps=5', '--config.log_steps=1',
        '--config.eval_steps=5', *flags],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

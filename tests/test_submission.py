@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 
 BOX = [0, 0, 9, 9]
 

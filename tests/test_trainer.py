@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import toy
+from tests import toy_task as toy
 from tps_jax.train import checkpointing, settings, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def losses(workdir):
 def run_train(workdir, *flags, env=None):
   """Starts run_train.py with the toy config (not waiting)."""
   return subprocess.Popen(
-      [sys.executable, 'run_train.py', '--config=configs/toy.py:tiny',
+      [sys.executable, 'run_train.py', '--config=tests/toy_task.py:tiny',
        f'--workdir={workdir}', *flags],
       cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -61,7 +61,7 @@ def test_trains_logs_and_exports(tmp_path):
   assert any(f.startswith('events.out.tfevents')
              for f in os.listdir(os.path.join(workdir, 'tensorboard')))
   variables, config = checkpointing.load_export(os.path.join(workdir, 'export'))
-  assert config['task'] == 'toy' and config['total_steps'] == 20
+  assert config['task'] == 'tests.toy_task:toy' and config['total_steps'] == 20
   assert variables['params']['layer_0']['kernel'].shape == (8, 16)
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from tests.conftest import run_module
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import drawing, submission
+from tps_jax.data import submission
+from tps_jax.metrics import drawing
 
 SCALE = 2
 SCORED_FRAMES = 3                    # the fixture's 12 frames: 1, 6, 11

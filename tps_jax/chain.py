@@ -7,7 +7,7 @@ is an application above the trainer, which knows nothing of it. A chain config h
 
 - `stages`: `name=configs/<stage>.py[:variant]` strings, `name` one of STAGES;
 - `data`: the dataset (`root`; empty: a synthetic one written into WORKDIR/Kinetics-TPS
-  with `videos`, `seed`, `jobs`) and the TFDS datasets to build (`build_stages`);
+  with `videos`, `seed`, `jobs`) and the TFDS datasets to build (`datasets`);
 - `stage_overrides`: config fields set in every stage (e.g. a short `total_steps` for a
   smoke run), or under a stage's name in that stage only; `stage_init`: {stage: {'from': an earlier stage,
   'source_prefix'}}: the stage starts from that stage's export (the action network's
@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from tps_jax.train import settings
 from tps_jax.train import trainer
 
-# Stage name -> (pipeline stage of its dataset, the eval metric reported).
+# Stage name -> (the dataset it trains on, the eval metric reported).
 STAGES = {'human_detector': ('humans', 'AP50'), 'part_detector': ('parts', 'AP50'),
-          'part_state': ('part_state', 'top1'), 'action': ('action', 'top1')}
+          'part_state': ('part_states', 'top1'), 'action': ('action_clips', 'top1')}
 BUNDLE_DIR = 'bundle'
 PREDICTIONS_DIR = 'predictions'
 
@@ -64,36 +65,22 @@ def load_stage_config(spec: str):
   return config_module.get_config(variant or None)
 
 
-def _set_dotted(config, field: str, value) -> None:
-  *parents, leaf = field.split('.')
-  node = config
-  for key in parents:
-    node = node[key]
-  if leaf not in node:
-    raise ChainError(f'config.stage_overrides: no such stage config field {field!r}')
-  node[leaf] = value
-
-
 def apply_overrides(stage_config, name: str, overrides) -> None:
   """`stage_overrides` of a chain: {field: value} for every stage, {stage: {field:
-  value}} for that stage only (fields dotted or nested)."""
-  def flat(entries, prefix=''):
-    for key, value in entries.items():
-      if hasattr(value, 'items'):
-        yield from flat(value, f'{prefix}{key}.')
-      else:
-        yield f'{prefix}{key}', value
-
-  for key, value in overrides.items():
-    if key in STAGES:
-      if key == name:
-        for field, v in flat(value):
-          _set_dotted(stage_config, field, v)
-    elif hasattr(value, 'items'):
-      for field, v in flat(value, f'{key}.'):
-        _set_dotted(stage_config, field, v)
-    else:
-      _set_dotted(stage_config, key, value)
+  value}} for that stage only (fields nested as in the stage config). A field the stage
+  config does not have is refused."""
+  chosen = {}
+  for field, value in settings.flatten(overrides).items():
+    stage, _, rest = field.partition('.')
+    if stage in STAGES:
+      if stage == name and rest:
+        chosen[rest] = value
+    elif value != {}:
+      chosen[field] = value
+  unknown = sorted(set(chosen) - set(settings.flatten(stage_config)))
+  if unknown:
+    raise ChainError(f'config.stage_overrides: no such stage config field {unknown[0]!r}')
+  stage_config.update_from_flattened_dict(chosen)
 
 
 def _init_from_stage(stage_config, init, workdir: str, name: str,
@@ -130,34 +117,34 @@ def ensure_dataset(data, workdir: str) -> str:
       say(f'writing the synthetic dataset to {root}')
       say(str(synthetic.write_synthetic(root, videos=data.videos, seed=data.seed, jobs=jobs,
                                         progress=False)))
-    build.build_datasets(root, stages=list(data.build_stages), seed=data.seed, jobs=jobs,
+    build.build_datasets(root, datasets=list(data.datasets), seed=data.seed, jobs=jobs,
                          progress=False, say=say)
   except (synthetic.SyntheticError, *build.ERRORS) as e:   # one line, naming the file
     raise ChainError(str(e)) from None
   return root
 
 
-def _labels(stage: str, config, split: str) -> np.ndarray:
+def _labels(dataset: str, config, split: str) -> np.ndarray:
   """Labels of a split: (N,) actions, or (N, 10) part states with -1 for absent parts."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tps_jax.data import builders, pipelines  # pylint: disable=g-import-not-at-top
-  settings = pipelines.data_settings(stage, config)
-  directory = pipelines.dataset_path(stage, settings)
-  if stage == 'part_state':
+  settings = pipelines.data_settings(dataset, config)
+  directory = pipelines.dataset_path(dataset, settings)
+  if dataset == 'part_states':
     return builders.state_table(directory, split)
   source = tfds.builder_from_directory(directory).as_data_source(split)
   return np.array([source[i]['label'] for i in range(len(source))], np.int64)
 
 
-def baselines(stage: str, config) -> dict[str, float]:
-  """{'chance': 1 / classes, 'majority': training-majority accuracy on val}; {} for the
-  detectors (mAP has no such baseline)."""
+def baselines(dataset: str, config) -> dict[str, float]:
+  """{'chance': 1 / classes, 'majority': training-majority accuracy on val} of a
+  classifier's dataset; {} for the detectors' (mAP has no such baseline)."""
   from tps_jax.data import pipelines  # pylint: disable=g-import-not-at-top
-  if stage not in ('part_state', 'action'):
+  if dataset not in ('part_states', 'action_clips'):
     return {}
-  metadata = pipelines.dataset_metadata(stage, config)
-  train, val = _labels(stage, config, 'train'), _labels(stage, config, 'val')
-  if stage == 'part_state':
+  metadata = pipelines.dataset_metadata(dataset, config)
+  train, val = _labels(dataset, config, 'train'), _labels(dataset, config, 'val')
+  if dataset == 'part_states':
     hits = count = 0
     for part in range(train.shape[1]):
       seen = train[:, part][train[:, part] >= 0]
@@ -191,11 +178,11 @@ def train_stage(name: str, spec: str, config, workdir: str, root: str,
   summary = trainer.train_and_evaluate(stage_config, stage_dir)
   if summary['preempted']:
     return {'preempted': True}
-  kind, metric = STAGES[name]
+  dataset, metric = STAGES[name]
   value = summary['eval'].get(metric, float('nan'))
   say(f'== {name} done in {_minutes(time.perf_counter() - start)}: {metric} {value:.4f}')
   return {'metric': metric, 'value': value, 'views': summary['eval'].get(f'tta_{metric}'),
-          'export': summary['export'], **baselines(kind, stage_config)}
+          'export': summary['export'], **baselines(dataset, stage_config)}
 
 
 def evaluate_end_to_end(config, workdir: str, root: str,
@@ -203,7 +190,7 @@ def evaluate_end_to_end(config, workdir: str, root: str,
   """Bundles the four networks, parses `config.pipeline.split` with every ablation row
   and scores them; also the part-state top-1 with the predicted action."""
   # pylint: disable=g-import-not-at-top
-  from tps_jax.evaluation import submission
+  from tps_jax.data import submission
   from tps_jax.inference import ablation, bundle, part_states, pipeline, runner, videos
   exports = {name: results[name]['export'] for name in STAGES}
   settings = pipeline.Settings.from_dict(config.pipeline.settings.to_dict())
@@ -291,7 +278,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   except Exception as e:  # the other library errors that are one line by contract
     from tps_jax.inference.export import ExportError  # pylint: disable=g-import-not-at-top
     from tps_jax.inference.runner import RunError  # pylint: disable=g-import-not-at-top
-    from tps_jax.train import checkpointing, settings  # pylint: disable=g-import-not-at-top
+    from tps_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
     if isinstance(e, (ExportError, RunError, checkpointing.CheckpointError,
                       settings.SettingsError)):
       sys.exit(f'error: {e}')

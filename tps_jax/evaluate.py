@@ -31,8 +31,8 @@ import sys
 from absl import flags
 
 from tps_jax import cli
-from tps_jax.evaluation import score as score_lib
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
+from tps_jax.metrics import score as score_lib
 
 _GT = flags.DEFINE_string("gt", None, "Folder with gt_vid_result.json, gt_part_result.json.")
 _PRED = flags.DEFINE_string("pred", None,

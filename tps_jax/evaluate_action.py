@@ -2,13 +2,13 @@ r"""Evaluates action recognisers with multi-view TTA, alone and as a logit ensem
 
   python -m tps_jax.evaluate_action --export DIR[,DIR...] --data_root ROOT \
       [--clips 4 --crops 3] [--split val] [--average logits|probs] [--batch_size 4] \
-      [--views_per_forward 0] [--dataset NAME --tfds_dir DIR] [--out DIR]
+      [--views_per_forward 0] [--tfds_name NAME --tfds_dir DIR] [--out DIR]
 
 Each DIR is a training export (`WORKDIR/export`, tps_jax/train/checkpointing.py); the
 members may differ in arch and clip settings (each samples its own views). Prints
 top-1 / top-5 per member and for the ensemble (the mean of the members' view-averaged
 logits, or probabilities with --average probs). `--split val` (or `train`) reads the
-TFDS clips dataset (`--dataset`, default the first member's, under ROOT/tfds or
+TFDS clips dataset (`--tfds_name`, default the first member's, under ROOT/tfds or
 `--tfds_dir`); `--split test` decodes ROOT/test_videos. `--out DIR` writes the
 ensemble's `pred_vid_result.json` ({video: class name}, the challenge's format) there.
 Errors are one line on stderr, exit status 1.
@@ -38,7 +38,7 @@ _BATCH = flags.DEFINE_integer('batch_size', 4, 'Videos per forward batch.')
 _VIEWS_PER_FORWARD = flags.DEFINE_integer(
     'views_per_forward', 0, 'Views through the network at once (divides clips x crops; '
     '0: all).')
-_DATASET = flags.DEFINE_string('dataset', None, 'TFDS clips dataset name.')
+_TFDS_NAME = flags.DEFINE_string('tfds_name', None, 'TFDS clips dataset name.')
 _TFDS_DIR = flags.DEFINE_string('tfds_dir', None, 'Folder of TFDS datasets.')
 _OUT = flags.DEFINE_string('out', None, 'Write pred_vid_result.json to this folder.')
 flags.mark_flag_as_required('export')
@@ -66,15 +66,16 @@ def main(argv) -> int:
   del argv
   # Imported here so that --help does not load JAX.
   from tps_jax.data import video as video_lib
+  from tps_jax.data import submission
   from tps_jax.data.kinetics_tps import AnnotationError
-  from tps_jax.evaluation import submission
-  from tps_jax.inference import action as action_inference
+  from tps_jax.inference import action as action_export
+  from tps_jax.tasks import action_views
 
   try:
-    members = [action_inference.load_member(path) for path in _EXPORT.value]
+    members = [action_export.load_member(path) for path in _EXPORT.value]
     with tqdm(desc=f'{_SPLIT.value} videos', unit='video') as bar:
-      result = action_inference.evaluate_members(
-          members, split=_SPLIT.value, data_root=_DATA_ROOT.value, dataset=_DATASET.value,
+      result = action_views.evaluate_members(
+          members, split=_SPLIT.value, data_root=_DATA_ROOT.value, tfds_name=_TFDS_NAME.value,
           tfds_dir=_TFDS_DIR.value, clips=_CLIPS.value, crops=_CROPS.value,
           average=_AVERAGE.value, batch_size=_BATCH.value,
           views_per_forward=_VIEWS_PER_FORWARD.value,

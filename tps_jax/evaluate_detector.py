@@ -19,8 +19,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from tps_jax import cli
+from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
-from tps_jax.train import tasks as tasks_lib
+from tps_jax.train.optim import param_name
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Detector config file[:variant].")
 _EXPORT = flags.DEFINE_string("export", None, "Export directory of a training run.")
@@ -40,8 +41,7 @@ def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
-          for path, leaf in leaves}
+  return {param_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
 
 def evaluate(config, export: str, split: str, batch_size: int):

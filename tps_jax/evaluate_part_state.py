@@ -34,10 +34,11 @@ flags.mark_flags_as_required(['export', 'data_root'])
 def main(argv) -> int:
   del argv
   from absl import logging
-  from tps_jax.evaluation import submission
-  from tps_jax.inference import action as action_lib
+  from tps_jax.data import submission
+  from tps_jax.inference import action as action_export
   from tps_jax.inference import part_states
   from tps_jax.inference.export import ExportError, load_export
+  from tps_jax.tasks import action_views
   logging.set_verbosity(logging.WARNING)
   try:
     if bool(_ACTION.value) == bool(_PRED.value):
@@ -47,8 +48,8 @@ def main(argv) -> int:
     if _PRED.value:
       predicted = submission.load_json(os.path.join(_PRED.value, submission.PRED_FILES[0]))
     else:
-      members = [action_lib.load_member(path) for path in _ACTION.value]
-      predicted = action_lib.evaluate_members(
+      members = [action_export.load_member(path) for path in _ACTION.value]
+      predicted = action_views.evaluate_members(
           members, split=_SPLIT.value, data_root=_DATA_ROOT.value, clips=_CLIPS.value,
           crops=_CROPS.value).predictions()
     true = part_states.part_state_top1(export, data_root=_DATA_ROOT.value, split=_SPLIT.value)

@@ -88,8 +88,8 @@ def run(argv) -> int:
   del argv
   import jax
   from absl import logging
-  from tps_jax.evaluation import score as score_lib
-  from tps_jax.evaluation import submission
+  from tps_jax.data import submission
+  from tps_jax.metrics import score as score_lib
   from tps_jax.inference import ablation as ablation_lib
   from tps_jax.inference import bundle as bundle_lib
   from tps_jax.inference import pipeline as pipeline_lib
@@ -148,7 +148,7 @@ def run(argv) -> int:
 def main(argv) -> int:
   from tps_jax.data import video as video_lib
   from tps_jax.data.kinetics_tps import AnnotationError
-  from tps_jax.evaluation.submission import SubmissionError
+  from tps_jax.data.submission import SubmissionError
   from tps_jax.inference.export import ExportError
   from tps_jax.inference.runner import RunError
   try:

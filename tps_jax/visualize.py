@@ -36,8 +36,8 @@ from PIL import Image
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
-from tps_jax.evaluation import drawing
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
+from tps_jax.metrics import drawing
 
 OUTPUT_EXTENSIONS = (".png", ".gif", ".mp4")
 SHEET_FRAMES = 16                    # default frames of a contact sheet

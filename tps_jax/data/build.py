@@ -1,6 +1,6 @@
-r"""Builds the TFDS (ArrayRecord) datasets of the four training stages: `build_datasets`.
+r"""Builds the TFDS (ArrayRecord) datasets the four networks train on: `build_datasets`.
 
-  problems = build_datasets(data_root=ROOT, out=None, stages=STAGES, val_fraction=0.1,
+  problems = build_datasets(data_root=ROOT, out=None, datasets=DATASETS, val_fraction=0.1,
                             seed=0, jobs=1, keep_going=False, overwrite=False)
   problems = build_datasets(video_folder=DIR, name='my_videos', ...)
 
@@ -55,22 +55,22 @@ ERRORS = (BuildError, tps.AnnotationError, video_lib.VideoError)
 
 
 def check_arguments(*, data_root: str | None, video_folder: str | None, name: str | None,
-                    stages: Sequence[str], val_fraction: float, frames_dir: str | None,
+                    datasets: Sequence[str], val_fraction: float, frames_dir: str | None,
                     jpeg_quality: int, pseudo_labels: str | None, pseudo_positive: float,
                     pseudo_low: float, jobs: int) -> None:
   """Raises BuildError naming the first argument build_datasets cannot use."""
-  unknown = [s for s in stages if s not in builders.STAGES]
+  unknown = [d for d in datasets if d not in builders.DATASETS]
   problems = [
       (bool(data_root) == bool(video_folder),
        "give one dataset source: data_root (a Kinetics-TPS root) or video_folder"),
       (bool(video_folder) and not name, "video_folder needs a dataset name"),
       (bool(name) and not video_folder,
-       f"name={name}: only for video_folder (Kinetics-TPS datasets are named tps_<stage>)"),
+       f"name={name}: only for video_folder (Kinetics-TPS datasets are named tps_<dataset>)"),
       (bool(video_folder) and bool(frames_dir or pseudo_labels),
        "frames_dir and pseudo_labels are for a Kinetics-TPS data_root"),
-      (bool(unknown) or not stages,
-       f"stages: unknown stage(s) {', '.join(unknown) or '(none)'}; choose from "
-       f"{','.join(builders.STAGES)}"),
+      (bool(unknown) or not datasets,
+       f"datasets: unknown dataset(s) {', '.join(unknown) or '(none)'}; choose from "
+       f"{','.join(builders.DATASETS)}"),
       (not 0.0 <= val_fraction < 1.0, f"val_fraction={val_fraction}: must be in [0, 1)"),
       (jobs < 1, f"jobs={jobs}: must be at least 1"),
       (not 1 <= jpeg_quality <= 100, f"jpeg_quality={jpeg_quality}: must be in 1..100"),
@@ -84,7 +84,7 @@ def check_arguments(*, data_root: str | None, video_folder: str | None, name: st
 
 def build_datasets(data_root: str | None = None, *, video_folder: str | None = None,
                    name: str | None = None, out: str | None = None,
-                   stages: Sequence[str] = builders.STAGES, val_fraction: float = 0.1,
+                   datasets: Sequence[str] = builders.DATASETS, val_fraction: float = 0.1,
                    seed: int = 0, frames_dir: str | None = None, context: float = 0.1,
                    clip_short_side: int = 256, jpeg_quality: int = 90,
                    pseudo_labels: str | None = None, pseudo_positive: float = 0.4,
@@ -99,7 +99,7 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
     video_folder: instead, a folder of class sub-folders of videos; with `name`.
     name: the dataset name of a video_folder build (e.g. 'my_videos').
     out: the output folder (default DATA_ROOT/tfds or VIDEO_FOLDER/tfds).
-    stages: which of builders.STAGES to build from data_root.
+    datasets: which of builders.DATASETS to build from data_root.
     val_fraction: fraction of the train videos held out as the val split.
     seed: seed of the train/val split.
     frames_dir: extracted frame folders to read instead of decoding the videos.
@@ -116,7 +116,7 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
     progress: progress bars.
     say: receives each line of the report (datasets kept, built, pseudo-label counts).
   """
-  check_arguments(data_root=data_root, video_folder=video_folder, name=name, stages=stages,
+  check_arguments(data_root=data_root, video_folder=video_folder, name=name, datasets=datasets,
                   val_fraction=val_fraction, frames_dir=frames_dir,
                   jpeg_quality=jpeg_quality, pseudo_labels=pseudo_labels,
                   pseudo_positive=pseudo_positive, pseudo_low=pseudo_low, jobs=jobs)
@@ -126,7 +126,7 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
   if video_folder:
     out = out or os.path.join(video_folder, "tfds")
     actions, entries = builders.scan_video_folder(video_folder, exclude=out)
-    datasets = [(name, "action_clips")]
+    todo_names = [(name, "action_clips")]
     vocab = None
     source = os.path.abspath(video_folder)
   else:
@@ -135,7 +135,7 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
     entries = builders.list_kinetics_tps(data_root, vocab, frames_root=frames_dir,
                                          problems=problems)
     actions = vocab.actions
-    datasets = [(builders.DATASET_NAMES[stage], stage) for stage in stages]
+    todo_names = [(builders.TFDS_NAMES[dataset], dataset) for dataset in datasets]
     source = os.path.abspath(data_root)
   val_videos = builders.split_videos([(e.name, e.action) for e in entries], val_fraction,
                                      seed)
@@ -144,18 +144,18 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
   pseudo = {"pseudo_labels": os.path.abspath(pseudo_labels), "pseudo_positive":
             pseudo_positive, "pseudo_low": pseudo_low} if pseudo_labels else {}
   todo = []
-  for dataset, stage in datasets:
-    settings = _settings(stage, shared, context=context, pseudo=pseudo,
+  for tfds_name, dataset in todo_names:
+    settings = _settings(dataset, shared, context=context, pseudo=pseudo,
                          clip_short_side=clip_short_side)
-    if _reuse(out, dataset, settings, overwrite):
-      say(f"{builders.dataset_dir(out, dataset)}: already built, kept (--overwrite to "
+    if _reuse(out, tfds_name, settings, overwrite):
+      say(f"{builders.dataset_dir(out, tfds_name)}: already built, kept (--overwrite to "
           "rebuild)")
     else:
-      todo.append((dataset, stage, settings))
+      todo.append((tfds_name, dataset, settings))
   if not todo:
     return problems or []
   labels = None
-  if pseudo_labels and any(stage == "parts" for _, stage, _ in todo):
+  if pseudo_labels and any(dataset == "parts" for _, dataset, _ in todo):
     labels = _pseudo_labels(pseudo_labels, entries, set(val_videos), say)
   maker = builders.ExampleMaker(options, vocab=vocab, keep_going=keep_going,
                                 pseudo_labels=labels, positive=pseudo_positive,
@@ -163,19 +163,19 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
   found: list[str] = []
   tfds.disable_progress_bar()
   with builders.worker_pool(maker, jobs) as pool:
-    for dataset, stage, settings in todo:
+    for tfds_name, dataset, settings in todo:
       metadata = {"settings": settings, "source": source, "actions": list(actions),
                   "states": list(vocab.states if vocab else ()), "parts": list(tps.PARTS),
                   "version": builders.VERSION}
-      builder = builders.builder_class(dataset, stage)(
+      builder = builders.builder_class(tfds_name, dataset)(
           entries=entries, val_videos=val_videos, maker=maker, pool=pool, problems=found,
           metadata=metadata, data_dir=out, file_format="array_record")
       # TFDS prints its own lines while preparing; shown only with the progress bars.
       with tempfile.TemporaryDirectory(prefix="tps_build_") as download_dir, \
           contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(download_dir=download_dir)
-      directory = builders.dataset_dir(out, dataset)
-      if stage == "part_states":
+      directory = builders.dataset_dir(out, tfds_name)
+      if dataset == "part_states":
         builders.write_state_tables(directory)
       counts = ", ".join(f"{split} {info.num_examples}"
                          for split, info in sorted(builder.info.splits.items()))
@@ -183,15 +183,15 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
   return list(dict.fromkeys((problems or []) + found))
 
 
-def _settings(stage: str, shared: dict[str, Any], *, context: float,
+def _settings(dataset: str, shared: dict[str, Any], *, context: float,
               pseudo: dict[str, Any], clip_short_side: int) -> dict[str, Any]:
   """The build settings a finished dataset must match to be reused."""
-  settings = {"stage": stage, **shared}
-  if stage in ("parts", "part_states"):
+  settings = {"dataset": dataset, **shared}
+  if dataset in ("parts", "part_states"):
     settings["context"] = context
-  if stage == "parts":
+  if dataset == "parts":
     settings.update(pseudo)
-  if stage == "action_clips":
+  if dataset == "action_clips":
     settings["clip_short_side"] = clip_short_side
   return settings
 
@@ -205,6 +205,8 @@ def _reuse(out: str, name: str, settings: dict, overwrite: bool) -> bool:
     shutil.rmtree(directory)
     return False
   built = dict(tfds.builder_from_directory(directory).info.metadata.get("settings", {}))
+  if "stage" in built:   # built before the key was renamed
+    built["dataset"] = built.pop("stage")
   differs = sorted(k for k in set(built) | set(settings) if built.get(k) != settings.get(k))
   if differs:
     raise BuildError(f"{directory}: built with other settings ({', '.join(differs)}); "

@@ -1,6 +1,6 @@
-"""TFDS datasets (ArrayRecord) for the four training stages, built from a dataset root.
+"""TFDS datasets (ArrayRecord) for the four networks' training, built from a dataset root.
 
-One parametrised builder (`StageBuilder`) writes each stage's dataset; `builder_class`
+One parametrised builder (`TpsBuilder`) writes each of the DATASETS; `builder_class`
 gives the TFDS class of a dataset name. TensorFlow is not needed: features avoid TF
 encoders (images are JPEG bytes in `Tensor(shape=(), dtype=object)`, decoded by the
 grain pipelines of tps_jax/data/pipelines.py).
@@ -62,8 +62,9 @@ from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import processes
 from tps_jax.data import video as video_lib
 
-STAGES = ("humans", "parts", "part_states", "action_clips")
-DATASET_NAMES = {stage: f"tps_{stage}" for stage in STAGES}
+# The datasets built from a Kinetics-TPS root, stored as TFDS_NAMES (tps_<dataset>).
+DATASETS = ("humans", "parts", "part_states", "action_clips")
+TFDS_NAMES = {dataset: f"tps_{dataset}" for dataset in DATASETS}
 VERSION = "1.0.0"
 SPLITS = ("train", "val")
 STATE_TABLE = "part_states-{split}.npy"
@@ -305,8 +306,8 @@ def _scalar(dtype=np.int32):
   return tfds.features.Tensor(shape=(), dtype=dtype)
 
 
-def stage_features(stage: str) -> tfds.features.FeaturesDict:
-  """The TFDS features of a stage's examples (see the module docstring)."""
+def dataset_features(dataset: str) -> tfds.features.FeaturesDict:
+  """The TFDS features of a dataset's examples (see the module docstring)."""
   common = {"video": tfds.features.Text(), "frame": _scalar()}
   boxes = {"boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
@@ -325,7 +326,7 @@ def stage_features(stage: str) -> tfds.features.FeaturesDict:
       "action_clips": {"video": tfds.features.Text(), "label": _scalar(),
                        "num_frames": _scalar(),
                        "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_)},
-  }[stage]
+  }[dataset]
   return tfds.features.FeaturesDict(features)
 
 
@@ -340,11 +341,11 @@ class _HumanCrop:
 
 
 class ExampleMaker:
-  """Turns a video's frames and annotations into a stage's examples.
+  """Turns a video's frames and annotations into a dataset's examples.
 
   Bad items raise (strict) or, with `keep_going`, are skipped and returned as problems
-  (a video that cannot be decoded: all its examples). Each stage decides on its own, so
-  a dataset's content does not depend on which stages are built with it. Picklable:
+  (a video that cannot be decoded: all its examples). Each dataset decides on its own,
+  so a dataset's content does not depend on which others are built with it. Picklable:
   worker processes run `examples` (see `worker_pool`).
   """
 
@@ -359,11 +360,12 @@ class ExampleMaker:
     self.pseudo_labels = pseudo_labels or {}
     self.positive, self.low = positive, low
 
-  def examples(self, stage: str, entry: VideoEntry) -> tuple[list[tuple[str, dict]], list[str]]:
-    """(every example of one video for `stage`, the problems skipped)."""
+  def examples(self, dataset: str, entry: VideoEntry
+               ) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(every example of one video for `dataset`, the problems skipped)."""
     problems: list[str] | None = [] if self.keep_going else None
     try:
-      if stage == "action_clips":
+      if dataset == "action_clips":
         return [self._clip(entry)], []
       out = []
       for index, image in self._frames(entry, list(entry.annotated)):
@@ -371,7 +373,7 @@ class ExampleMaker:
         annotation = tps.load_frame(entry.annotation_path(index), vocab=self.vocab,
                                     image_size=(width, height), problems=problems)
         if annotation is not None:
-          out += self._frame_examples(stage, entry, index, image, annotation, problems)
+          out += self._frame_examples(dataset, entry, index, image, annotation, problems)
       return out, problems or []
     except (video_lib.VideoError, tps.AnnotationError) as e:
       _record(problems, e)
@@ -415,11 +417,11 @@ class ExampleMaker:
     return entry.name, {"video": entry.name, "label": entry.label,
                         "num_frames": len(frames), "frames": np.array(frames, dtype=object)}
 
-  def _frame_examples(self, stage, entry, index, image, annotation,
+  def _frame_examples(self, dataset, entry, index, image, annotation,
                       problems) -> list[tuple[str, dict]]:
     key = f"{entry.name}/{index:05d}"
     common = {"video": entry.name, "frame": index}
-    if stage == "humans":
+    if dataset == "humans":
       boxes = np.array([h.box for h in annotation.humans], np.float32).reshape(-1, 4)
       return [(key, {**common, "image": self._jpeg(image), "action": entry.label,
                      "boxes": boxes, "labels": np.zeros(len(boxes), np.int32),
@@ -427,13 +429,13 @@ class ExampleMaker:
     out = []
     for h, human in enumerate(annotation.humans):
       crop = self._crop(entry, index, image, human, h, problems)
-      if stage == "part_states" and not crop.parts:
+      if dataset == "part_states" and not crop.parts:
         continue
       example = {**common, "image": self._jpeg(crop.image), "human": crop.number,
                  "action": entry.label,
                  "crop_box": np.array(crop.region, np.float32)}
       out.append((f"{key}/{h}", {**example, **(
-          self._part_rows(crop) if stage == "part_states" else self._part_list(crop))}))
+          self._part_rows(crop) if dataset == "part_states" else self._part_list(crop))}))
     return out
 
   def _crop(self, entry, index, image, human: tps.Human, position: int,
@@ -516,12 +518,12 @@ def worker_pool(maker: ExampleMaker, jobs: int):
     yield pool
 
 
-class StageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """The one builder of every stage's dataset; `builder_class(name, stage)` subclasses
-  it per dataset name (TFDS takes the name from the class)."""
+class TpsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """The one builder of every dataset; `builder_class(name, dataset)` subclasses it per
+  TFDS name (TFDS takes the name from the class)."""
   VERSION = tfds.core.Version(VERSION)
-  RELEASE_NOTES = {str(VERSION): "Kinetics-TPS stage datasets (tps_jax)."}
-  stage: str = ""
+  RELEASE_NOTES = {str(VERSION): "Kinetics-TPS datasets (tps_jax)."}
+  dataset: str = ""
 
   def __init__(self, *, entries: Sequence[VideoEntry] = (), val_videos: Sequence[str] = (),
                maker: ExampleMaker | None = None, pool=None,
@@ -538,8 +540,8 @@ class StageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=f"tps_jax stage '{self.stage}' (see "
-        "tps_jax/data/builders.py)", features=stage_features(self.stage),
+        builder=self, description=f"tps_jax dataset '{self.dataset}' (see "
+        "tps_jax/data/builders.py)", features=dataset_features(self.dataset),
         metadata=tfds.core.MetadataDict(self._metadata))
 
   def _split_generators(self, dl_manager):
@@ -552,7 +554,7 @@ class StageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return splits
 
   def _generate_examples(self, split: str, entries: Sequence[VideoEntry]):
-    jobs = [(self.stage, entry) for entry in entries]
+    jobs = [(self.dataset, entry) for entry in entries]
     results = (self._pool.imap(_worker_examples, jobs) if self._pool is not None else
                (self._maker.examples(*job) for job in jobs))
     for examples, problems in tqdm(results, total=len(jobs), desc=f"{self.name} {split}",
@@ -561,13 +563,13 @@ class StageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield from examples
 
 
-def builder_class(name: str, stage: str) -> type[StageBuilder]:
-  """The TFDS builder class writing dataset `name` with `stage`'s examples."""
-  if stage not in STAGES:
-    raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+def builder_class(name: str, dataset: str) -> type[TpsBuilder]:
+  """The TFDS builder class writing `dataset`'s examples under the TFDS name `name`."""
+  if dataset not in DATASETS:
+    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
   return types.new_class(
-      "".join(w.title() for w in name.split("_")), (StageBuilder,),
-      {"skip_registration": True}, lambda ns: ns.update(name=name, stage=stage))
+      "".join(w.title() for w in name.split("_")), (TpsBuilder,),
+      {"skip_registration": True}, lambda ns: ns.update(name=name, dataset=dataset))
 
 
 def dataset_dir(out: str, name: str) -> str:

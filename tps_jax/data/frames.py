@@ -33,9 +33,9 @@ from typing import Iterable, Sequence
 import av
 
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import submission
 from tps_jax.data import processes
 from tps_jax.data.video import VideoError
-from tps_jax.evaluation import submission
 
 SETTINGS_FILE = "extract_frames.json"
 TMP_PREFIX = ".tmp-"

@@ -39,7 +39,7 @@ import os
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 
 PARTS = ("head", "torso", "left_arm", "right_arm", "left_hand", "right_hand",
          "left_leg", "right_leg", "left_foot", "right_foot")

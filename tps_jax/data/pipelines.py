@@ -1,19 +1,20 @@
-"""grain input pipelines of the four training stages: decode, augment, batch to static shapes.
+"""grain input pipelines, one per dataset: decode, augment, batch to static shapes.
 
-  make_pipeline(stage, config, split, *, train, seed=0, shard=(0, 1), batch_size=None)
+  make_pipeline(dataset, config, split, *, train, seed=0, shard=(0, 1), batch_size=None)
       -> grain DatasetIterator of dict batches of numpy arrays
 
-reads the TFDS dataset that `python -m data_prep.build` wrote (tps_jax/data/builders.py;
-`dataset_metadata(stage, config)` gives its vocabularies):
+reads a TFDS dataset that `python -m data_prep.build` wrote (tps_jax/data/builders.py:
+`dataset` is one of its DATASETS, stored as tps_<dataset> or `data.tfds_name`;
+`dataset_metadata(dataset, config)` gives its vocabularies):
 
-- `humans` / `parts` (tps_humans / tps_parts): `image` (B, H, W, 3) f32; `boxes` (B, M, 4)
-  f32; `labels` (B, M) int32 (0: person / index in PARTS); `valid` (B, M) bool; `ignore`
-  (B, M) bool; `image_size` (B, 2) int32; `scale` (B,) f32.
-- `part_state` (tps_part_states): `image` (B, S, S, 3) f32; `part_boxes` (B, 10, 4) f32
-  (row i = PARTS[i]); `part_valid` (B, 10) bool; `part_state` (B, 10) int32 (-1: absent);
+- `humans` / `parts`: `image` (B, H, W, 3) f32; `boxes` (B, M, 4) f32; `labels` (B, M)
+  int32 (0: person / index in PARTS); `valid` (B, M) bool; `ignore` (B, M) bool;
+  `image_size` (B, 2) int32; `scale` (B,) f32.
+- `part_states`: `image` (B, S, S, 3) f32; `part_boxes` (B, 10, 4) f32 (row i =
+  PARTS[i]); `part_valid` (B, 10) bool; `part_state` (B, 10) int32 (-1: absent);
   `action` (B,) int32.
-- `action` (tps_action_clips, or `data.dataset`): `clip` (B, T, S, S, 3) f32; `label` (B,)
-  int32.
+- `action_clips` (or any clips dataset, `data.tfds_name`): `clip` (B, T, S, S, 3) f32;
+  `label` (B,) int32.
 (B: the per-process batch size; S may also be a (height, width) pair.)
 
 Images are normalised with the ImageNet mean and std (on 0..255: (x - 255 * mean) /
@@ -25,23 +26,26 @@ at the bottom/right (pads are 0 after normalisation): the content is `image_size
 a box b in the batch is b / scale in that image. M = max_boxes: the boxes are padded
 (valid False) and, beyond M, the largest non-ignored ones are kept (a warning, once).
 
-`config.data` fields (absent fields take the defaults of DATA_DEFAULTS):
-- every stage: `root` (dataset root; datasets under ROOT/tfds), `tfds_dir` (another
-  folder of datasets), `dataset` (dataset name, e.g. a `--video_folder` build; default
-  the stage's), `read_threads` (grain threads), `prefetch_batches` (batches read ahead),
-  `worker_count` (grain worker processes, 0: none), `worker_buffer_size`.
+`config.data` fields (`DATA_FIELDS`: a pipeline reads every one of its fields, and a
+missing one is a `DataConfigError` naming it; configs/common.py's `data` gives the
+reading fields):
+- every dataset: `root` (dataset root; datasets under ROOT/tfds), `tfds_dir` (another
+  folder of datasets), `tfds_name` (the dataset's folder name, e.g. a `--video_folder`
+  build; '' = tps_<dataset>), `read_threads` (grain threads), `prefetch_batches`
+  (batches read ahead), `worker_count` (grain worker processes, 0: none),
+  `worker_buffer_size`.
 - `humans` / `parts`: `image_size` (H, W), `max_boxes`, `flip` (parts: left/right labels
   swapped), `random_rotation` (degrees, uniform in [-r, r]; boxes re-fitted),
   `random_crop`, `crop_min_scale` (crop sides in [s, 1] of the image), `min_visible`
   (a box keeping less of its area after rotation / crop is marked `ignore`; one keeping
   none is dropped).
-- `part_state`: `image_size` S (crop), `resize` R (the crop is resized to R x R, then
+- `part_states`: `image_size` S (crop), `resize` R (the crop is resized to R x R, then
   cropped S x S: random in train, centred in eval; 0: R = round(S * 8 / 7), i.e. 256 for
   224), `flip` (left/right parts swap rows with their states), `box_jitter` (each box
   side moves by up to this fraction of the box size), `color_jitter` (brightness,
   contrast, saturation factors in [1 - c, 1 + c]), `balance_states` (train examples
   drawn with state-balancing weights, tps_jax/data/resample.py).
-- `action`: `num_frames` T, `frame_stride`, `image_size` S, `crop_area` (train: random
+- `action_clips`: `num_frames` T, `frame_stride`, `image_size` S, `crop_area` (train: random
   crop of this fraction of the frame's area, aspect in [3/4, 4/3], resized to S x S),
   `flip`, `resize` (eval: short side resized to this, centre crop S x S; 0: S).
 
@@ -51,7 +55,7 @@ random maps; the order and augmentation are a function of (seed, process index),
 iterator's get_state / set_state resume it exactly. Eval: this process's contiguous
 share of ceil(N / count) examples, in order, no augmentation, finite; every process
 yields ceil(ceil(N / count) / B) batches, the last ones short or empty (0 rows), as the
-trainer's Task contract asks (tps_jax/train/tasks.py).
+trainer's Task contract asks (tps_jax/tasks/base.py).
 """
 from __future__ import annotations
 
@@ -73,36 +77,47 @@ from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import resample
 from tps_jax.data.video import decode_jpeg
 
-STAGE_DATASETS = {"humans": "tps_humans", "parts": "tps_parts",
-                  "part_state": "tps_part_states", "action": "tps_action_clips"}
-_COMMON = {"root": "", "tfds_dir": "", "dataset": "", "read_threads": 2,
-           "prefetch_batches": 2, "worker_count": 0, "worker_buffer_size": 2}
-_DETECTOR = {"image_size": (800, 1344), "max_boxes": 32, "flip": True,
-             "random_rotation": 0.0, "random_crop": False, "crop_min_scale": 0.5,
-             "min_visible": 0.3}
-DATA_DEFAULTS = {
-    "humans": {**_COMMON, **_DETECTOR},
-    "parts": {**_COMMON, **_DETECTOR},
-    "part_state": {**_COMMON, "image_size": 224, "resize": 0, "flip": True,
-                   "box_jitter": 0.05, "color_jitter": 0.4, "balance_states": False},
-    "action": {**_COMMON, "num_frames": 32, "frame_stride": 2, "image_size": 224,
-               "crop_area": (0.3, 1.0), "flip": True, "resize": 0},
+# Where a dataset is and how it is read: every pipeline's fields.
+READ_FIELDS = ("root", "tfds_dir", "tfds_name", "read_threads", "prefetch_batches",
+               "worker_count", "worker_buffer_size")
+_DETECTOR_FIELDS = ("image_size", "max_boxes", "flip", "random_rotation", "random_crop",
+                    "crop_min_scale", "min_visible")
+# The `config.data` fields each dataset's pipeline reads.
+DATA_FIELDS = {
+    "humans": READ_FIELDS + _DETECTOR_FIELDS,
+    "parts": READ_FIELDS + _DETECTOR_FIELDS,
+    "part_states": READ_FIELDS + ("image_size", "resize", "flip", "box_jitter",
+                                  "color_jitter", "balance_states"),
+    "action_clips": READ_FIELDS + ("num_frames", "frame_stride", "image_size", "crop_area",
+                                   "flip", "resize"),
 }
 NUM_PARTS = len(tps.PARTS)
 _FLIP_PARTS = np.array(tps.FLIP_PARTS)
 _warned_overflow = False
 
 
-def data_settings(stage: str, config) -> ml_collections.ConfigDict:
-  """DATA_DEFAULTS[stage] updated with the matching fields of `config.data`."""
-  if stage not in DATA_DEFAULTS:
-    raise ValueError(f"stage must be one of {', '.join(DATA_DEFAULTS)}, got {stage!r}")
-  data = config.get("data", {}) if hasattr(config, "get") else {}
-  settings = {key: data.get(key, default) for key, default in DATA_DEFAULTS[stage].items()}
+class DataConfigError(ValueError):
+  """A `config.data` a pipeline cannot read (one line naming the fields)."""
+
+
+def data_settings(dataset: str, config) -> ml_collections.ConfigDict:
+  """The `DATA_FIELDS[dataset]` of `config.data`, `image_size` as (H, W) and a `resize`
+  of 0 resolved; DataConfigError naming the fields `config.data` lacks."""
+  if dataset not in DATA_FIELDS:
+    raise ValueError(f"dataset must be one of {', '.join(DATA_FIELDS)}, got {dataset!r}")
+  data = config.get("data") if hasattr(config, "get") else None
+  data = data or {}
+  missing = [field for field in DATA_FIELDS[dataset] if field not in data]
+  if missing:
+    raise DataConfigError(
+        f"config.data: no {', '.join(missing)} (the {dataset} pipeline reads "
+        f"{', '.join(DATA_FIELDS[dataset])}; configs/common.py's data() has the reading "
+        "fields)")
+  settings = {field: data[field] for field in DATA_FIELDS[dataset]}
   settings["image_size"] = _hw(settings["image_size"])
-  if stage == "part_state" and not settings["resize"]:
+  if dataset == "part_states" and not settings["resize"]:
     settings["resize"] = round(max(settings["image_size"]) * 8 / 7)
-  if stage == "action" and not settings["resize"]:
+  if dataset == "action_clips" and not settings["resize"]:
     settings["resize"] = min(settings["image_size"])
   return ml_collections.ConfigDict(settings)
 
@@ -115,9 +130,9 @@ def _hw(size) -> tuple[int, int]:
   return (int(height), int(width))
 
 
-def dataset_path(stage: str, settings) -> str:
-  """The folder of the newest version of the stage's dataset; FileNotFoundError if none."""
-  name = settings.dataset or STAGE_DATASETS[stage]
+def dataset_path(dataset: str, settings) -> str:
+  """The folder of the newest version of a dataset; FileNotFoundError if none."""
+  name = settings.tfds_name or builders.TFDS_NAMES[dataset]
   folder = os.path.join(settings.tfds_dir or os.path.join(settings.root, "tfds"), name)
   versions = []
   if os.path.isdir(folder):
@@ -129,22 +144,22 @@ def dataset_path(stage: str, settings) -> str:
   if not versions:
     raise FileNotFoundError(
         f"{folder}: no such dataset (run python -m data_prep.build --data_root "
-        f"{settings.root or 'DATASET_ROOT'})")
+        f"{settings.root or 'DATASET_ROOT'} --datasets {dataset})")
   return max(versions)[1]
 
 
 # --------------------------------------------------------------------------- examples
 
-def output_spec(stage: str, settings) -> dict[str, tuple[tuple[int, ...], Any]]:
+def output_spec(dataset: str, settings) -> dict[str, tuple[tuple[int, ...], Any]]:
   """{key: (shape, dtype)} of one example of a batch (the leading B left out)."""
   height, width = settings.image_size
-  if stage in ("humans", "parts"):
+  if dataset in ("humans", "parts"):
     boxes = settings.max_boxes
     return {"image": ((height, width, 3), np.float32), "boxes": ((boxes, 4), np.float32),
             "labels": ((boxes,), np.int32), "valid": ((boxes,), np.bool_),
             "ignore": ((boxes,), np.bool_), "image_size": ((2,), np.int32),
             "scale": ((), np.float32)}
-  if stage == "part_state":
+  if dataset == "part_states":
     return {"image": ((height, width, 3), np.float32),
             "part_boxes": ((NUM_PARTS, 4), np.float32), "part_valid": ((NUM_PARTS,), np.bool_),
             "part_state": ((NUM_PARTS,), np.int32), "action": ((), np.int32)}
@@ -262,8 +277,8 @@ def action_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
 _EXAMPLE_FNS: dict[str, Callable[..., dict]] = {
     "humans": functools.partial(detector_example, swap_parts=False),
     "parts": functools.partial(detector_example, swap_parts=True),
-    "part_state": part_state_example,
-    "action": action_example,
+    "part_states": part_state_example,
+    "action_clips": action_example,
 }
 
 
@@ -292,20 +307,20 @@ def _process_seeds(seed: int, process_index: int) -> tuple[int, int]:
   return int(order), int(augmentation)
 
 
-def dataset_metadata(stage: str, config) -> dict[str, Any]:
-  """The stage dataset's metadata: 'actions', 'states' (vocabularies, in label order),
-  'parts', 'settings' (how it was built, with 'val_videos'), 'source'."""
-  directory = dataset_path(stage, data_settings(stage, config))
+def dataset_metadata(dataset: str, config) -> dict[str, Any]:
+  """A dataset's metadata: 'actions', 'states' (vocabularies, in label order), 'parts',
+  'settings' (how it was built, with 'val_videos'), 'source'."""
+  directory = dataset_path(dataset, data_settings(dataset, config))
   return dict(tfds.builder_from_directory(directory).info.metadata)
 
 
-def make_pipeline(stage: str, config, split: str, *, train: bool, seed: int = 0,
+def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 0,
                   shard: tuple[int, int] = (0, 1), batch_size: int | None = None):
   """A grain DatasetIterator of this process's batches (see the module docstring).
 
   Args:
-    stage: 'humans', 'parts', 'part_state' or 'action'.
-    config: the stage's config; reads `config.data` (and `config.batch_size` when
+    dataset: one of DATA_FIELDS ('humans', 'parts', 'part_states', 'action_clips').
+    config: a stage config; reads `config.data` (and `config.batch_size` when
       batch_size is None: the global batch divided by the process count).
     split: 'train' or 'val'.
     train: endless, shuffled and augmented; else finite, in order, no augmentation.
@@ -313,7 +328,7 @@ def make_pipeline(stage: str, config, split: str, *, train: bool, seed: int = 0,
     shard: (process_index, process_count).
     batch_size: per-process batch size.
   """
-  settings = data_settings(stage, config)
+  settings = data_settings(dataset, config)
   index, count = shard
   if not 0 <= index < count:
     raise ValueError(f"shard: process index {index} not in [0, {count})")
@@ -321,46 +336,46 @@ def make_pipeline(stage: str, config, split: str, *, train: bool, seed: int = 0,
     batch_size = config.batch_size // count
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  directory = dataset_path(stage, settings)
+  directory = dataset_path(dataset, settings)
   builder = tfds.builder_from_directory(directory)
   if split not in builder.info.splits:
     raise ValueError(f"{directory}: no split {split!r} (splits: "
                      f"{', '.join(sorted(builder.info.splits))})")
   source = builder.as_data_source(split)
-  spec = output_spec(stage, settings)
-  example_fn = functools.partial(_EXAMPLE_FNS[stage], settings=settings)
+  spec = output_spec(dataset, settings)
+  example_fn = functools.partial(_EXAMPLE_FNS[dataset], settings=settings)
   batch_fn = functools.partial(collate, spec=spec)
   if train:
-    dataset = grain.MapDataset.source(source)[index::count]
-    if not len(dataset):
+    examples = grain.MapDataset.source(source)[index::count]
+    if not len(examples):
       raise ValueError(f"{directory}: split {split!r} has {len(source)} examples, none for "
                        f"process {index} of {count}")
     order_seed, augment_seed = _process_seeds(seed, index)
-    if stage == "part_state" and settings.balance_states:
+    if dataset == "part_states" and settings.balance_states:
       table = builders.state_table(directory, split)[index::count]
-      dataset = resample.WeightedResampleDataset(
-          dataset, resample.state_balancing_weights(table), seed=order_seed)
+      examples = resample.WeightedResampleDataset(
+          examples, resample.state_balancing_weights(table), seed=order_seed)
     else:
-      dataset = dataset.shuffle(seed=order_seed).repeat()
-    dataset = dataset.random_map(example_fn, seed=augment_seed)
-    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
+      examples = examples.shuffle(seed=order_seed).repeat()
+    examples = examples.random_map(example_fn, seed=augment_seed)
+    examples = examples.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
   else:
     per_process = math.ceil(len(source) / count)
     start = min(index * per_process, len(source))
-    dataset = grain.MapDataset.source(source)[start:start + per_process]
-    dataset = dataset.map(functools.partial(example_fn, rng=None))
-    dataset = dataset.batch(batch_size, batch_fn=batch_fn)
-    missing = math.ceil(per_process / batch_size) - len(dataset)
+    examples = grain.MapDataset.source(source)[start:start + per_process]
+    examples = examples.map(functools.partial(example_fn, rng=None))
+    examples = examples.batch(batch_size, batch_fn=batch_fn)
+    missing = math.ceil(per_process / batch_size) - len(examples)
     if missing:
       empty = grain.MapDataset.range(missing).map(functools.partial(_empty_batch, spec=spec))
-      dataset = grain.MapDataset.concatenate([dataset, empty])
-  iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(
+      examples = grain.MapDataset.concatenate([examples, empty])
+  iterator = examples.to_iter_dataset(grain.ReadOptions(
       num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches))
   if settings.worker_count > 0:
     if not flags.FLAGS.is_parsed():
       # grain's workers read its absl flags; outside an absl app take their defaults.
       flags.FLAGS.mark_as_parsed()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+    iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=settings.worker_count,
         per_worker_buffer_size=settings.worker_buffer_size))
-  return iter(iter_dataset)
+  return iter(iterator)

@@ -52,8 +52,8 @@ from PIL import Image, ImageDraw
 
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import processes
+from tps_jax.data import submission
 from tps_jax.data import synthetic_render as render
-from tps_jax.evaluation import submission
 
 VERSION = 1
 FPS = 30

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import score as score_lib
+from tps_jax.metrics import score as score_lib
 
 # (row name, oracle set): the system, then the ground truth stage by stage.
 ROWS: tuple[tuple[str, frozenset[str]], ...] = (

@@ -27,8 +27,8 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
-from tps_jax.train import tasks as tasks_lib
 
 PyTree = Any
 KINDS = ('human_detector', 'part_detector', 'part_state', 'action')

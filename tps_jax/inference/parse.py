@@ -1,7 +1,7 @@
 """Decoded videos -> the challenge's per-video results, through a Pipeline.
 
 Per video the action recogniser runs first (every member of the ensemble on its
-clips x crops views, averaged as tps_jax/inference/action.py does), so that the
+clips x crops views, averaged as tps_jax/tasks/action_views.py does), so that the
 part-state network gets the *predicted* action (the ground truth's in variants with
 the 'action' oracle). Then the video's scored frames join a queue that is cut into
 fixed-size batches for the compiled program, across video boundaries, the last batch
@@ -24,9 +24,9 @@ import numpy as np
 
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.inference import action as action_lib
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference.videos import DecodedVideo, VideoItem
+from tps_jax.tasks import action_views as action_lib
 
 
 @dataclasses.dataclass

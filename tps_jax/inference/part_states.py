@@ -28,9 +28,9 @@ def part_state_top1(export: Export, *, data_root: str, split: str = 'val',
   config = ml_collections.ConfigDict(export.config.to_dict())
   config.data.root = data_root
   config.data.tfds_dir = ''
-  settings = pipelines.data_settings('part_state', config)
+  settings = pipelines.data_settings('part_states', config)
   source = tfds.builder_from_directory(
-      pipelines.dataset_path('part_state', settings)).as_data_source(split)
+      pipelines.dataset_path('part_states', settings)).as_data_source(split)
   action_ids = {name: i for i, name in enumerate(export.vocab['actions'])}
   model = export.model
 

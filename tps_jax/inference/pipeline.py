@@ -13,7 +13,7 @@ frames (B, H, W, 3) uint8 on the human detector's canvas, frame sizes (B, 2)
 `Pipeline.parse_frames(variables, frames, image_shape, action)` is that program: static
 shapes, no host round-trip inside. The action recogniser runs per video before it
 (tps_jax/inference/parse.py: its clips x crops views and the ensemble of
-tps_jax/inference/action.py), so the part-state network gets the *predicted* action.
+tps_jax/tasks/action_views.py), so the part-state network gets the *predicted* action.
 
 Oracles (for ablations and for testing the plumbing): any subset of ORACLES replaces
 that stage's output by the ground truth, given as padded arrays (`frame_truth`):
@@ -46,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 from tps_jax.inference import geometry
 from tps_jax.inference.export import Export, ExportError
 from tps_jax.ops.boxes import box_iou, to_edges
@@ -68,7 +68,7 @@ class Settings:
   frame_batch: int = 8                 # frames per compiled call
   action_clips: int = 4                # action recogniser views: clips x crops
   action_crops: int = 3
-  action_average: str = 'logits'       # 'logits' | 'probs' (tps_jax/inference/action.py)
+  action_average: str = 'logits'       # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
   action_views_per_forward: int = 0    # views per forward pass (0: all at once)
 
   def __post_init__(self):

@@ -30,7 +30,7 @@ from typing import Sequence
 import jax
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.evaluation import submission
+from tps_jax.data import submission
 from tps_jax.inference import parse as parse_lib
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference import videos as videos_lib

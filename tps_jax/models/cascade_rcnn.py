@@ -40,6 +40,7 @@ import numpy as np
 
 from tps_jax import ops
 from tps_jax.models import detector_backbone
+from tps_jax.models.fields import hashable
 from tps_jax.models import rpn as rpn_lib
 
 Dtype = Any
@@ -118,19 +119,11 @@ def make_settings(convention: str = "mmdet", rpn: Mapping[str, Any] | None = Non
     raise ValueError(f"unknown detector convention {convention!r}; known: "
                      f"{', '.join(CONVENTIONS)}")
   rpn_base, roi_base = CONVENTIONS[convention]
-  as_tuples = lambda d: {k: _tuples(v) for k, v in (d or {}).items()}
-  rpn = as_tuples(rpn)
+  rpn = hashable(rpn or {})
   if isinstance(rpn.get("anchors"), Mapping):     # from a config: mmdetection's fields
     rpn["anchors"] = ops.AnchorGenerator.mmdet(**rpn["anchors"])
   return (rpn_lib.RPNSettings(**{**rpn_base, **rpn}),
-          RoISettings(**{**roi_base, **as_tuples(roi)}))
-
-
-def _tuples(value):
-  """Lists (from configs) -> tuples, recursively (settings must be hashable)."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_tuples(v) for v in value)
-  return value
+          RoISettings(**{**roi_base, **hashable(roi or {})}))
 
 
 class BoxHead(nn.Module):
@@ -395,10 +388,9 @@ def build_cascade_rcnn(backbone: str, num_classes: int, *, convention: str = "mm
     backbone_overrides, neck: fields of the backbone / `detector_backbone.build_neck`.
     rpn, roi: fields of `RPNSettings` / `RoISettings`.
   """
-  overrides = {k: _tuples(v) for k, v in (backbone_overrides or {}).items()}
   rpn_settings, roi_settings = make_settings(convention, rpn, roi)
   return CascadeRCNN(
-      backbone=detector_backbone.build_backbone(backbone, dtype=dtype, **overrides),
-      neck=detector_backbone.build_neck(dtype=dtype, **{k: _tuples(v) for k, v in
-                                                         (neck or {}).items()}),
+      backbone=detector_backbone.build_backbone(backbone, dtype=dtype,
+                                                **hashable(backbone_overrides or {})),
+      neck=detector_backbone.build_neck(dtype=dtype, **hashable(neck or {})),
       num_classes=num_classes, rpn=rpn_settings, roi=roi_settings, dtype=dtype)

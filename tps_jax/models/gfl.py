@@ -39,10 +39,11 @@ import numpy as np
 
 from tps_jax import ops
 from tps_jax.models import detector_backbone
-from tps_jax.models.retinanet import (FPN_INPUTS, ConvTower, OneStageDetector, as_tuples,
-                                      big_enough, flatten_levels, head_init, image_shapes,
+from tps_jax.models.fields import hashable
+from tps_jax.models.retinanet import (FPN_INPUTS, ConvTower, OneStageDetector, big_enough,
+                                      flatten_levels, head_init, image_shapes,
                                       level_strides, make_anchors, nms_detections,
-                                      plain_dict, prior_bias, top_candidates)
+                                      prior_bias, top_candidates)
 
 Dtype = Any
 
@@ -225,18 +226,18 @@ def build_gfl(backbone: str, num_classes: int, *,
       arguments).
   """
   neck_fields = {"in_keys": FPN_INPUTS, "extra": "conv_on_output", "num_extra": 2,
-                 **{k: as_tuples(v) for k, v in (neck or {}).items()}}
-  settings = GFLSettings(**{k: as_tuples(v) for k, v in (head or {}).items()})
+                 **hashable(neck or {})}
+  settings = GFLSettings(**hashable(head or {}))
   return GFL(
-      backbone=detector_backbone.build_backbone(backbone, dtype=dtype, **{
-          k: as_tuples(v) for k, v in (backbone_overrides or {}).items()}),
+      backbone=detector_backbone.build_backbone(backbone, dtype=dtype,
+                                                **hashable(backbone_overrides or {})),
       neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
       num_classes=num_classes, settings=settings, dtype=dtype)
 
 
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> GFL:
   """The detection task's builder (`config.model.family = 'gfl'`)."""
-  get = lambda name: plain_dict(model_config.get(name)) or {}
+  get = lambda name: hashable(model_config.get(name)) or {}
   return build_gfl(model_config.backbone, num_classes,
                    backbone_overrides=get("backbone_overrides"), neck=get("neck"),
                    head=get("head"), dtype=dtype)

@@ -45,6 +45,7 @@ import numpy as np
 from tps_jax import ops
 from tps_jax.models import detector_backbone
 from tps_jax.models.cascade_rcnn import clean_targets
+from tps_jax.models.fields import hashable
 
 Dtype = Any
 
@@ -60,20 +61,11 @@ def prior_bias(prior_prob: float) -> float:
   return -math.log((1.0 - prior_prob) / prior_prob)
 
 
-def as_tuples(value):
-  """Lists (from configs) -> tuples, recursively (settings must be hashable)."""
-  if isinstance(value, (list, tuple)):
-    return tuple(as_tuples(v) for v in value)
-  return value
-
-
 def make_anchors(value) -> ops.AnchorGenerator:
   """An AnchorGenerator, or one from a config mapping of `AnchorGenerator.mmdet` args."""
   if isinstance(value, ops.AnchorGenerator):
     return value
-  if hasattr(value, "to_dict"):
-    value = value.to_dict()
-  return ops.AnchorGenerator.mmdet(**{k: as_tuples(v) for k, v in dict(value).items()})
+  return ops.AnchorGenerator.mmdet(**hashable(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +393,7 @@ def make_settings(convention: str = "mmdet", head: Mapping[str, Any] | None = No
     raise ValueError(f"unknown RetinaNet convention {convention!r}; known: "
                      f"{', '.join(CONVENTIONS)}")
   neck, base = CONVENTIONS[convention]
-  head = {k: as_tuples(v) for k, v in (head or {}).items()}
+  head = hashable(head or {})
   return dict(neck), RetinaNetSettings(**{**base, **head})
 
 
@@ -422,23 +414,19 @@ def build_retinanet(backbone: str, num_classes: int, *, convention: str = "mmdet
   """
   neck_base, settings = make_settings(convention, head)
   neck_fields = {"in_keys": FPN_INPUTS, "num_extra": 2, **neck_base,
-                 **{k: as_tuples(v) for k, v in (neck or {}).items()}}
+                 **hashable(neck or {})}
   return RetinaNet(
-      backbone=detector_backbone.build_backbone(backbone, dtype=dtype, **{
-          k: as_tuples(v) for k, v in (backbone_overrides or {}).items()}),
+      backbone=detector_backbone.build_backbone(backbone, dtype=dtype,
+                                                **hashable(backbone_overrides or {})),
       neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
       num_classes=num_classes, settings=settings, dtype=dtype)
 
 
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> RetinaNet:
   """The detection task's builder (`config.model.family = 'retinanet'`)."""
-  get = lambda name: plain_dict(model_config.get(name)) or {}
+  get = lambda name: hashable(model_config.get(name)) or {}
   return build_retinanet(model_config.backbone, num_classes,
                          convention=model_config.get("convention", "mmdet"),
                          backbone_overrides=get("backbone_overrides"), neck=get("neck"),
                          head=get("head"), dtype=dtype)
 
-
-def plain_dict(value):
-  """ConfigDict -> dict (lists stay: settings turn them into tuples)."""
-  return value.to_dict() if hasattr(value, "to_dict") else value

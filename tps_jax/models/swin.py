@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tps_jax.models.fields import hashable
+
 Dtype = Any
 
 _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
@@ -497,3 +499,21 @@ def build_swin(arch: str, **overrides) -> SwinTransformer:
   if arch not in SWIN_ARCHS:
     raise ValueError(f'unknown Swin arch {arch!r}; supported: {", ".join(SWIN_ARCHS)}')
   return SwinTransformer(**{**SWIN_ARCHS[arch], **overrides})
+
+
+def build_video_classifier(model_config, num_classes: int,
+                           dtype: Dtype = jnp.float32) -> SwinTransformer:
+  """The action recogniser's Video Swin from its config: `arch` (a `swin3d_*`),
+  `window_size`, `drop_path_rate`, `head_drop_rate`, `remat`, `overrides` (other
+  `SwinTransformer` fields), with a `num_classes` head. The action task trains it and
+  an export is rebuilt with it."""
+  arch = model_config.arch
+  if arch not in SWIN_ARCHS or len(SWIN_ARCHS[arch]['patch_size']) != 3:
+    raise ValueError(f'config.model.arch: {arch!r} is not a video Swin arch '
+                     f'({", ".join(a for a in SWIN_ARCHS if a.startswith("swin3d"))})')
+  return build_swin(arch, num_classes=num_classes,
+                    window_size=tuple(model_config.window_size),
+                    drop_path_rate=model_config.drop_path_rate,
+                    head_drop_rate=model_config.head_drop_rate,
+                    remat=model_config.remat, dtype=dtype,
+                    **hashable(model_config.overrides))

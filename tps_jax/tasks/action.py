@@ -12,7 +12,7 @@ Loss: softmax cross-entropy against one-hot targets with optional label smoothin
 batch-level mixup / cutmix (`config.loss`; cutmix cuts the same box out of every
 frame of a clip, so it stays one moving scene). Eval metrics: top-1, top-5 and the
 unsmoothed cross-entropy as masked sums. At the end of training the `evaluate` hook
-runs the multi-view (clips x crops) evaluation of tps_jax/inference/action.py on the
+runs the multi-view (clips x crops) evaluation of tps_jax/tasks/action_views.py on the
 exported parameters when `config.tta.clips * config.tta.crops > 1`.
 
 Batches (docs/interfaces.md): clip (B, T, H, W, 3) float32 normalised, label (B,) int32.
@@ -26,14 +26,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from tps_jax.convert import swin as swin_convert
-from tps_jax.models.swin import SWIN_ARCHS, build_swin
-from tps_jax.train import tasks
+from tps_jax.models.swin import build_video_classifier
+from tps_jax.tasks import base
 
 PyTree = Any
 
@@ -119,93 +119,7 @@ def classification_sums(logits, labels, mask) -> dict[str, tuple[jax.Array, jax.
 def action_classes(config) -> tuple[str, ...]:
   """The class names of `config.data`'s clips dataset, in label order (its metadata)."""
   from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
-  return tuple(pipelines.dataset_metadata('action', config)['actions'])
-
-
-# -------------------------------------------------------------------------------- model
-
-
-def build_model(model_config, num_classes: int, dtype=jnp.float32) -> nn.Module:
-  """The Video Swin classifier of `config.model` (see `model_config` fields below)."""
-  arch = model_config.arch
-  if arch not in SWIN_ARCHS or len(SWIN_ARCHS[arch]['patch_size']) != 3:
-    raise ValueError(f'config.model.arch: {arch!r} is not a video Swin arch '
-                     f'({", ".join(a for a in SWIN_ARCHS if a.startswith("swin3d"))})')
-  overrides = tasks.hashable(model_config.get('overrides', {})) or {}
-  return build_swin(arch, num_classes=num_classes,
-                    window_size=tuple(model_config.window_size),
-                    drop_path_rate=model_config.drop_path_rate,
-                    head_drop_rate=model_config.head_drop_rate,
-                    remat=model_config.get('remat', False), dtype=dtype, **overrides)
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Trainer, model, loss and TTA fields shared by configs/action*.py.
-
-  The stage configs set the data, sizes, schedule and `init_from`.
-  """
-  config = tasks.trainer_config('action', total_steps=10000, batch_size=64, log_steps=50,
-                                checkpoint_steps=1000, eval_steps=1000,
-                                init_exclude='^head/')
-  config.model = ml_collections.ConfigDict({
-      'arch': 'swin3d_b',
-      'window_size': (16, 7, 7),     # Something-Something window (shared/design.md)
-      'drop_path_rate': 0.3,
-      'head_drop_rate': 0.5,         # dropout before the classification head
-      'remat': False,
-      'overrides': {},               # other SwinTransformer fields (embed_dim, depths, ...)
-  })
-  config.loss = ml_collections.ConfigDict({
-      'label_smoothing': 0.1, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
-      'switch_prob': 0.5})
-  config.optim = ml_collections.ConfigDict({
-      'learning_rate': 3e-4, 'warmup_steps': 1000, 'end_lr_ratio': 0.01, 'b1': 0.9,
-      'b2': 0.999, 'weight_decay': 0.05, 'grad_clip_norm': 1.0, 'layer_decay': 0.9,
-      'ema_decay': 0.0})
-  # Multi-view evaluation after training (tps_jax/inference/action.py): `clips`
-  # temporal clips x `crops` spatial crops per video, averaged as `average`.
-  config.tta = ml_collections.ConfigDict({
-      'clips': 4, 'crops': 3, 'average': 'logits', 'views_per_forward': 0,
-      'batch_size': 8})
-  return config
-
-
-def tiny(config: ml_collections.ConfigDict) -> None:
-  """The CPU variant shared by the `:tiny` configs (the same network in both, so the
-  tiny pre-training initialises the tiny fine-tuning): a 4-stage Video Swin of width 32
-  on 4 x 96 x 96 clips (frames 6 apart), window (2, 2, 2) - the image Swin of
-  configs/part_state.py:tiny with time added, so that the demo starts it from the
-  trained part-state network as the report starts Video Swin from an image Swin (no
-  stage's map is smaller than the window, in 2D or 3D: see that config).
-
-  From scratch it stays near chance on the synthetic actions within a CPU budget
-  (a Swin this small needs far more than ~700 clips to find the actor among the
-  clutter; a 4-layer CNN on single frames does find it): `init_from` matters here as
-  in the report."""
-  config.total_steps = 1000
-  config.batch_size = 16
-  config.log_steps = 50
-  config.checkpoint_steps = 500
-  config.eval_steps = 250
-  config.bf16 = False
-  config.init_from.path = ''         # the demo: configs/demo.py's stage_init
-  config.model.arch = 'swin3d_t'
-  config.model.overrides = {'embed_dim': 32, 'depths': (1, 1, 2, 1),
-                            'num_heads': (1, 2, 4, 8)}
-  config.model.window_size = (2, 2, 2)
-  config.model.drop_path_rate = 0.1
-  config.model.head_drop_rate = 0.0
-  config.data.num_frames = 4
-  config.data.frame_stride = 6
-  config.data.image_size = 96
-  config.data.resize = 96
-  config.data.crop_area = (0.6, 1.0)
-  config.data.worker_count = 0
-  config.optim.learning_rate = 3e-4
-  config.optim.warmup_steps = 50
-  config.optim.layer_decay = 1.0
-  config.tta.clips, config.tta.crops = 2, 3
-  config.tta.batch_size = 16
+  return tuple(pipelines.dataset_metadata('action_clips', config)['actions'])
 
 
 # --------------------------------------------------------------------------------- task
@@ -214,8 +128,8 @@ _BLOCK = re.compile(r'^layers_(\d+)$')
 _SUBLAYER = re.compile(r'^blocks_(\d+)$')
 
 
-@tasks.register_task('action')
-class ActionTask(tasks.Task):
+@base.register_task('action')
+class ActionTask(base.Task):
   """Video classification of `config.data`'s dataset with a Video Swin.
 
   `class_names` (optional) replaces the dataset's, e.g. to build the model without data.
@@ -241,13 +155,13 @@ class ActionTask(tasks.Task):
     return len(self.class_names)
 
   def build_model(self) -> nn.Module:
-    return build_model(self.config.model, self.num_classes, self.compute_dtype)
+    return build_video_classifier(self.config.model, self.num_classes, self.compute_dtype)
 
   def export_metadata(self):
     """The classes in label order and the clip geometry of the eval pipeline."""
     from tps_jax.data import augment, pipelines
-    settings = pipelines.data_settings('action', self.config)
-    built = pipelines.dataset_metadata('action', self.config).get('settings', {})
+    settings = pipelines.data_settings('action_clips', self.config)
+    built = pipelines.dataset_metadata('action_clips', self.config).get('settings', {})
     return {'kind': 'action', 'vocab': {'actions': list(self.class_names)},
             'preprocessing': {'num_frames': settings.num_frames,
                               'frame_stride': settings.frame_stride,
@@ -271,13 +185,12 @@ class ActionTask(tasks.Task):
     loss_config = self.config.loss
     mix_rng, dropout_rng = jax.random.split(rng)
     clips, labels = batch['clip'], batch['label']
-    targets = smoothed_targets(labels, self.num_classes,
-                               loss_config.get('label_smoothing', 0.0))
+    targets = smoothed_targets(labels, self.num_classes, loss_config.label_smoothing)
     if train:
       clips, targets = mix_batch(mix_rng, clips, targets,
-                                 mixup_alpha=loss_config.get('mixup_alpha', 0.0),
-                                 cutmix_alpha=loss_config.get('cutmix_alpha', 0.0),
-                                 switch_prob=loss_config.get('switch_prob', 0.5))
+                                 mixup_alpha=loss_config.mixup_alpha,
+                                 cutmix_alpha=loss_config.cutmix_alpha,
+                                 switch_prob=loss_config.switch_prob)
     logits = self.model.apply({'params': params, **model_state}, clips, train=train,
                               rngs={'dropout': dropout_rng})
     loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -289,7 +202,7 @@ class ActionTask(tasks.Task):
 
   def eval_metrics(self, params, model_state, batch):
     return classification_sums(self.logits(params, model_state, batch['clip']),
-                               batch['label'], batch[tasks.EXAMPLE_MASK])
+                               batch['label'], batch[base.EXAMPLE_MASK])
 
   # --- optimiser hooks -------------------------------------------------------------
 
@@ -301,18 +214,18 @@ class ActionTask(tasks.Task):
     return sum(self._depths()) + 1
 
   def layer_id(self, path) -> int:
-    """patch_embed -> 0; block j of stage i -> its global index + 1; a stage's patch
-    merging -> the id of the stage's last block; final norm and head -> num_layers."""
+    """patch_embed -> 0; block j of `layers_i` -> its global index + 1; a layer's patch
+    merging -> the id of the layer's last block; final norm and head -> num_layers."""
     starts = np.cumsum([0, *self._depths()]).tolist()
-    stage = _BLOCK.match(path[0])
+    layer = _BLOCK.match(path[0])
     if path[0] == 'patch_embed':
       return 0
-    if stage:
-      i = int(stage[1])
+    if layer:
+      i = int(layer[1])
       block = _SUBLAYER.match(path[1]) if len(path) > 1 else None
       if block:
         return starts[i] + int(block[1]) + 1
-      return starts[i + 1]                    # downsample: after the stage's last block
+      return starts[i + 1]                    # downsample: after the layer's last block
     return self.num_layers()
 
   def adapt_init_leaf(self, name, value, shape):
@@ -336,36 +249,35 @@ class ActionTask(tasks.Task):
   def _pipeline(self, split: str, *, train: bool, seed: int, process_index: int,
                 process_count: int, batch_size: int):
     from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
-    return pipelines.make_pipeline('action', self.config, split, train=train, seed=seed,
+    return pipelines.make_pipeline('action_clips', self.config, split, train=train, seed=seed,
                                    shard=(process_index, process_count),
                                    batch_size=batch_size)
 
   def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return self._pipeline(self.config.data.get('train_split', 'train'), train=True,
+    return self._pipeline(self.config.data.train_split, train=True,
                           seed=seed, process_index=process_index,
                           process_count=process_count, batch_size=batch_size)
 
   def eval_iterator(self, *, process_index, process_count, batch_size):
-    return self._pipeline(self.config.data.get('eval_split', 'val'), train=False, seed=0,
+    return self._pipeline(self.config.data.eval_split, train=False, seed=0,
                           process_index=process_index, process_count=process_count,
                           batch_size=batch_size)
 
   def evaluate(self, variables, workdir):
     """Multi-view top-1 / top-5 on the eval split ({} when `config.tta` asks one view)."""
-    tta = self.config.get('tta')
-    if not tta or tta.clips * tta.crops <= 1:
+    tta = self.config.tta
+    if tta.clips * tta.crops <= 1:
       return {}
-    from tps_jax.inference import action as action_inference
-    member = action_inference.Member(name=workdir, model=self.model, variables=variables,
-                                     config=self.config, class_names=self.class_names)
-    result = action_inference.evaluate_members(
-        [member], split=self.config.data.get('eval_split', 'val'), clips=tta.clips,
+    from tps_jax.tasks import action_views   # the video decoding stack, only when used
+    member = action_views.Member(name=workdir, model=self.model, variables=variables,
+                                 config=self.config, class_names=self.class_names)
+    result = action_views.evaluate_members(
+        [member], split=self.config.data.eval_split, clips=tta.clips,
         crops=tta.crops, average=tta.average, batch_size=tta.batch_size,
         views_per_forward=tta.views_per_forward)
     metrics = result.metrics[member.name]
     if metrics.get('count'):
-      from tps_jax.train.trainer import say
-      say(f'{tta.clips} clips x {tta.crops} crops on {metrics["count"]} '
-          f'{self.config.data.get("eval_split", "val")} videos: top1 {metrics["top1"]:.4f} '
-          f'top5 {metrics["top5"]:.4f}')
+      logging.info('%d clips x %d crops on %d %s videos: top1 %.4f top5 %.4f', tta.clips,
+                   tta.crops, metrics['count'], self.config.data.eval_split,
+                   metrics['top1'], metrics['top5'])
     return {f'tta_{k}': v for k, v in metrics.items()}

@@ -14,8 +14,9 @@ are summed into the loss (the other entries are logged as statistics); with
 input pixels. A `backbone` field makes `is_trainable` honour the backbone's frozen
 stages (tps_jax/models/detector_backbone.py).
 
-The classes are those of `config.data.stage`: 'humans' -> ('person',), 'parts' -> the
-ten parts of tps_jax/data/kinetics_tps.py. Evaluation is COCO mAP on the host
+The classes are those of `config.data.dataset`: 'humans' -> ('person',), 'parts' -> the
+ten parts of tps_jax/data/kinetics_tps.py; the first trains the human detector, the
+second the part detector. Evaluation is COCO mAP on the host
 (`make_evaluator`: AP, AP50, AP75 and AP per class, pycocotools), in the input pixels
 of the eval pipeline (boxes and ground truth in the same frame).
 
@@ -29,21 +30,20 @@ detections come out in that convention; `to_inclusive` turns them back for outpu
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 
 from tps_jax.data import kinetics_tps
-from tps_jax.evaluation.detection import CocoDetectionEvaluator
+from tps_jax.metrics.coco import CocoDetectionEvaluator
 from tps_jax.models import detector_backbone
-from tps_jax.models.cascade_rcnn import build_cascade_rcnn, make_settings
+from tps_jax.models.cascade_rcnn import build_cascade_rcnn
+from tps_jax.models.fields import hashable
 from tps_jax.ops.boxes import to_edges
-from tps_jax.train import tasks
+from tps_jax.tasks import base
 
 DetectorBuilder = Callable[[Any, int, Any], nn.Module]
 _DETECTORS: dict[str, DetectorBuilder] = {}
@@ -62,47 +62,9 @@ def register_detector(name: str):
   return wrap
 
 
-def settings_fields(part: str, convention: str = "mmdet") -> dict[str, Any]:
-  """The fields of a convention's `RPNSettings` ('rpn') or `RoISettings` ('roi'), as
-  config values; the RPN's anchors as `AnchorGenerator.mmdet` arguments."""
-  rpn, roi = make_settings(convention)
-  settings = rpn if part == "rpn" else roi
-  fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
-            if f.name != "anchors"}
-  if part == "rpn":   # shared/design.md: scale 8, ratios 0.5 / 1 / 2, strides 4-64
-    fields["anchors"] = {"strides": (4, 8, 16, 32, 64), "ratios": (0.5, 1.0, 2.0),
-                         "scales": (8,)}
-  return fields
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Trainer, optimiser and model fields shared by the detector configs.
-
-  The model is mmdetection's Cascade R-CNN R-50 FPN (shared/design.md); the stage
-  configs (configs/human_detector.py, part_detector.py) set data, sizes and weights.
-  """
-  config = tasks.trainer_config("detection", total_steps=20000, batch_size=16,
-                                log_steps=50, checkpoint_steps=1000, eval_steps=2000)
-  config.model = ml_collections.ConfigDict({
-      "family": "cascade_rcnn",
-      "backbone": "resnet50",
-      "backbone_overrides": {},
-      "convention": "mmdet",
-      "neck": {"out_channels": 256},
-      # Every field of RPNSettings and RoISettings, so that any can be set on the
-      # command line (--config.model.roi.num_convs=4).
-      "rpn": settings_fields("rpn"),
-      "roi": settings_fields("roi"),
-  })
-  config.optim = ml_collections.ConfigDict({
-      "learning_rate": 1e-4, "warmup_steps": 500, "end_lr_ratio": 0.01,
-      "weight_decay": 0.05, "grad_clip_norm": 10.0, "layer_decay": 1.0, "ema_decay": 0.0})
-  return config
-
-
 @register_detector("cascade_rcnn")
 def _build_cascade_rcnn(model_config, num_classes: int, dtype) -> nn.Module:
-  get = lambda name: tasks.hashable(model_config.get(name)) or {}
+  get = lambda name: hashable(model_config.get(name)) or {}
   return build_cascade_rcnn(
       model_config.backbone, num_classes, convention=model_config.get("convention", "mmdet"),
       backbone_overrides=get("backbone_overrides"), neck=get("neck"), rpn=get("rpn"),
@@ -131,10 +93,11 @@ def build_detector(model_config, num_classes: int, dtype=jnp.float32) -> nn.Modu
 
 
 def class_names(config) -> tuple[str, ...]:
-  stage = config.data.stage
-  if stage not in CLASS_NAMES:
-    raise ValueError(f"config.data.stage: {stage!r} is not one of {', '.join(CLASS_NAMES)}")
-  return CLASS_NAMES[stage]
+  dataset = config.data.dataset
+  if dataset not in CLASS_NAMES:
+    raise ValueError(f"config.data.dataset: {dataset!r} is not one of "
+                     f"{', '.join(CLASS_NAMES)}")
+  return CLASS_NAMES[dataset]
 
 
 def content_shape(batch: Mapping[str, Any]):
@@ -157,7 +120,7 @@ def targets_of(batch: Mapping[str, Any]) -> dict[str, Any]:
   return targets
 
 
-class CocoEvaluator(tasks.Evaluator):
+class CocoEvaluator(base.Evaluator):
   """The trainer's host-side evaluator around `CocoDetectionEvaluator`."""
 
   def __init__(self, names, max_detections: int = 100):
@@ -165,7 +128,7 @@ class CocoEvaluator(tasks.Evaluator):
     self.images = 0
 
   def add(self, outputs):
-    mask = np.asarray(outputs[tasks.EXAMPLE_MASK], bool)
+    mask = np.asarray(outputs[base.EXAMPLE_MASK], bool)
     self.images += int(mask.sum())
     self.coco.add_batch(
         gt_boxes=outputs["gt_boxes"], gt_labels=outputs["gt_labels"],
@@ -187,9 +150,9 @@ class CocoEvaluator(tasks.Evaluator):
     return metrics
 
 
-@tasks.register_task("detection")
-class DetectionTask(tasks.Task):
-  """Trains and evaluates a detector of `config.model.family` on `config.data.stage`."""
+@base.register_task("detection")
+class DetectionTask(base.Task):
+  """Trains and evaluates a detector of `config.model.family` on `config.data.dataset`."""
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -200,13 +163,13 @@ class DetectionTask(tasks.Task):
   def export_metadata(self):
     """Classes in label order, the input canvas and, for parts, the human-crop rule."""
     from tps_jax.data import augment, pipelines
-    stage = self.config.data.stage
+    dataset = self.config.data.dataset
     preprocessing = {"image_size": list(self.config.data.image_size),
                      "normalization": augment.normalization()}
-    if stage == "parts":
-      built = pipelines.dataset_metadata(stage, self.config)["settings"]
+    if dataset == "parts":
+      built = pipelines.dataset_metadata(dataset, self.config)["settings"]
       preprocessing["context"] = built["context"]
-    return {"kind": DETECTOR_KINDS[stage], "vocab": {"classes": list(self.class_names)},
+    return {"kind": DETECTOR_KINDS[dataset], "vocab": {"classes": list(self.class_names)},
             "preprocessing": preprocessing}
 
   def build_model(self) -> nn.Module:
@@ -241,7 +204,7 @@ class DetectionTask(tasks.Task):
     ignore = batch["ignore"] if "ignore" in batch else jnp.zeros_like(batch["valid"])
     return {**detections, "gt_boxes": to_edges(batch["boxes"]), "gt_labels": batch["labels"],
             "gt_valid": batch["valid"], "gt_ignore": ignore,
-            "image_shape": content_shape(batch), tasks.EXAMPLE_MASK: batch[tasks.EXAMPLE_MASK]}
+            "image_shape": content_shape(batch), base.EXAMPLE_MASK: batch[base.EXAMPLE_MASK]}
 
   def make_evaluator(self) -> CocoEvaluator:
     return CocoEvaluator(self.class_names)
@@ -252,7 +215,7 @@ class DetectionTask(tasks.Task):
   def _pipeline(self, split: str, *, train: bool, seed: int, process_index: int,
                 process_count: int, batch_size: int):
     from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
-    return pipelines.make_pipeline(self.config.data.stage, self.config, split, train=train,
+    return pipelines.make_pipeline(self.config.data.dataset, self.config, split, train=train,
                                    seed=seed, shard=(process_index, process_count),
                                    batch_size=batch_size)
 
@@ -261,6 +224,6 @@ class DetectionTask(tasks.Task):
                           process_count=process_count, batch_size=batch_size)
 
   def eval_iterator(self, *, process_index, process_count, batch_size):
-    return self._pipeline(self.config.data.get("eval_split", "val"), train=False, seed=0,
+    return self._pipeline(self.config.data.eval_split, train=False, seed=0,
                           process_index=process_index, process_count=process_count,
                           batch_size=batch_size)

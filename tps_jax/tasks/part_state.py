@@ -1,6 +1,6 @@
 """The `part_state` training stage: PartStateNet on human crops with part boxes.
 
-Batches (docs/interfaces.md, `make_pipeline('part_state', ...)`): `image` (B, S, S, 3)
+Batches (docs/interfaces.md, `make_pipeline('part_states', ...)`): `image` (B, S, S, 3)
 float32, `part_boxes` (B, 10, 4) crop pixels (row i = PARTS[i]), `part_valid` (B, 10)
 bool, `part_state` (B, 10) int32 (-1 absent), `action` (B,) int32.
 
@@ -30,9 +30,10 @@ from tps_jax.data import augment
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.data import builders
 from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path, make_pipeline
+from tps_jax.models.fields import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
-from tps_jax.train import tasks
+from tps_jax.tasks import base
 
 
 def present_parts(part_valid, part_state):
@@ -75,8 +76,8 @@ def part_state_metric_sums(logits, part_state, part_valid, example_mask):
   return metrics
 
 
-@tasks.register_task('part_state')
-class PartStateTask(tasks.Task):
+@base.register_task('part_state')
+class PartStateTask(base.Task):
   """Part-state classification (report section 2.3); see the module docstring."""
 
   @functools.cached_property
@@ -97,7 +98,8 @@ class PartStateTask(tasks.Task):
   def build_model(self) -> PartStateNet:
     fields = self.config.model.to_dict()
     # Hashable, so that the model can be a static argument of jit.
-    fields['backbone_overrides'] = flax.core.FrozenDict(fields.get('backbone_overrides') or {})
+    fields['backbone_overrides'] = flax.core.FrozenDict(
+        hashable(fields.get('backbone_overrides') or {}))
     return PartStateNet(num_states=len(self.vocab.states), num_actions=len(self.vocab.actions),
                         num_parts=len(PARTS), dtype=self.compute_dtype, **fields)
 
@@ -119,14 +121,14 @@ class PartStateTask(tasks.Task):
   def loss_fn(self, params, batch, rng, model_state, *, train):
     logits = self.logits(params, batch, train=train, rng=rng)
     loss, metrics = part_state_loss(logits, batch['part_state'], batch['part_valid'],
-                                    self.config.get('label_smoothing', 0.0))
+                                    self.config.label_smoothing)
     return loss, (metrics, model_state)
 
   def eval_metrics(self, params, model_state, batch):
     del model_state
     return part_state_metric_sums(self.logits(params, batch, train=False),
                                   batch['part_state'], batch['part_valid'],
-                                  batch[tasks.EXAMPLE_MASK])
+                                  batch[base.EXAMPLE_MASK])
 
   # --- inference -----------------------------------------------------------
 
@@ -134,9 +136,9 @@ class PartStateTask(tasks.Task):
     """Vocabularies in label order; the crop rule and sizes of the eval pipeline; how
     often each part has each state in the training split (`state_counts` (10, S): the
     majority-state baseline of tps_jax/inference/ablation.py)."""
-    settings = data_settings('part_state', self.config)
-    built = dataset_metadata('part_state', self.config)['settings']
-    table = builders.state_table(dataset_path('part_state', settings), 'train')
+    settings = data_settings('part_states', self.config)
+    built = dataset_metadata('part_states', self.config)['settings']
+    table = builders.state_table(dataset_path('part_states', settings), 'train')
     counts = [np.bincount(column[column >= 0], minlength=len(self.vocab.states)).tolist()
               for column in table.T]
     return {'kind': 'part_state', 'state_counts': counts,
@@ -168,8 +170,8 @@ class PartStateTask(tasks.Task):
     return sum(self.backbone_depths()) + 1
 
   def layer_id(self, path):
-    """patch_embed 0; block j of stage i: its global index + 1; a stage's patch merging
-    and feature norm with its last block; everything outside the Swin: the head."""
+    """patch_embed 0; block j of `layers_i`: its global index + 1; a layer's patch
+    merging and feature norm with its last block; everything outside the Swin: the head."""
     if path[0] != 'backbone':
       return self.num_layers()
     starts = np.cumsum([0, *self.backbone_depths()]).tolist()
@@ -181,11 +183,11 @@ class PartStateTask(tasks.Task):
     if match := re.fullmatch(r'feature_norm_(\d+)', name):
       return starts[int(match.group(1))]
     if match := re.fullmatch(r'layers_(\d+)', name):
-      stage = int(match.group(1))
+      layer = int(match.group(1))
       if path[2] == 'downsample':
-        return starts[stage + 1]
+        return starts[layer + 1]
       if block := re.fullmatch(r'blocks_(\d+)', path[2]):
-        return starts[stage] + int(block.group(1)) + 1
+        return starts[layer] + int(block.group(1)) + 1
     raise ValueError(f'layer_id: unexpected backbone parameter {"/".join(path)}')
 
   def param_partition_rules(self):
@@ -208,10 +210,10 @@ class PartStateTask(tasks.Task):
   # --- data ----------------------------------------------------------------
 
   def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return make_pipeline('part_state', self.config, 'train', train=True, seed=seed,
+    return make_pipeline('part_states', self.config, 'train', train=True, seed=seed,
                          shard=(process_index, process_count), batch_size=batch_size)
 
   def eval_iterator(self, *, process_index, process_count, batch_size):
-    return make_pipeline('part_state', self.config, self.config.data.eval_split,
+    return make_pipeline('part_states', self.config, self.config.data.eval_split,
                          train=False, seed=0, shard=(process_index, process_count),
                          batch_size=batch_size)

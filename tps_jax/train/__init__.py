@@ -1,5 +1,5 @@
-"""The one generic trainer (`train_and_evaluate`) and the Task protocol it runs."""
+"""The one generic trainer: `train_and_evaluate(config, workdir)` runs the task
+`config.task` names (the protocol: tps_jax/tasks/base.py)."""
 
-from tps_jax.train.tasks import EXAMPLE_MASK, Evaluator, Task, get_task, register_task
 from tps_jax.train.trainer import (TrainingError, initialize_distributed, run_cli,
                                    train_and_evaluate)

@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from tps_jax.train.optim import path_names
+from tps_jax.train.optim import param_name
 
 PyTree = Any
 # (leaf name, source value, target shape) -> value of that shape, or None.
@@ -120,7 +120,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
 def _flat_shapes(tree: PyTree) -> dict[str, tuple]:
   """{'a/b/kernel': shape} of the array leaves (empty optimiser states carry none)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(path_names(path)): tuple(leaf.shape)
+  return {param_name(path): tuple(leaf.shape)
           for path, leaf in flat if hasattr(leaf, 'shape')}
 
 
@@ -304,7 +304,7 @@ def load_collections(path: str, prefix: str = '', source_prefix: str = ''
 
   def flat(subtree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(subtree)
-    names = {'/'.join(path_names(p)): leaf for p, leaf in leaves}
+    names = {param_name(p): leaf for p, leaf in leaves}
     return {prefix + name[len(source_prefix):]: np.asarray(leaf)
             for name, leaf in names.items() if name.startswith(source_prefix)}
 
@@ -336,7 +336,7 @@ def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '
   used = set()
 
   def pick(path, leaf):
-    name = '/'.join(path_names(path))
+    name = param_name(path)
     if not re.search(include, name) or (exclude and re.search(exclude, name)):
       report['not_included'].append(name)
       return leaf

@@ -16,17 +16,14 @@ import optax
 PyTree = Any
 
 
+def param_name(path) -> str:
+  """'encoder/layer_0/kernel': a jax key path as a parameter's name."""
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
 def path_names(path) -> tuple[str, ...]:
-  """('encoder', 'layer_0', 'kernel') for a jax key path."""
-  names = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        names.append(str(getattr(key, attr)))
-        break
-    else:
-      names.append(str(key))
-  return tuple(names)
+  """('encoder', 'layer_0', 'kernel'): a jax key path as the Task hooks take it."""
+  return tuple(param_name(path).split('/'))
 
 
 def warmup_cosine_schedule(learning_rate: float, total_steps: int, warmup_steps: int,
@@ -50,7 +47,7 @@ def layer_lr_scales(params: PyTree, layer_id: Callable[[tuple[str, ...]], int | 
     layer = layer_id(path_names(path))
     layer = num_layers if layer is None else layer
     if not 0 <= layer <= num_layers:
-      raise ValueError(f'layer_id({"/".join(path_names(path))}) = {layer} is outside '
+      raise ValueError(f'layer_id({param_name(path)}) = {layer} is outside '
                        f'[0, {num_layers}]')
     return float(layer_decay) ** (num_layers - layer)
 

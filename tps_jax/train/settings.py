@@ -11,7 +11,9 @@ to keep, or how the work is laid out on the machine (`FREE_FIELDS`) may change f
 new step). Any other difference is listed and refused unless
 `--config.allow_config_change=True`, which replaces the stored settings by the new
 ones. A `total_steps` below the step a workdir has reached is refused either way: the
-parameters cannot be un-trained.
+parameters cannot be un-trained. Settings stored by an earlier version are read in
+today's field names first (`RENAMED_FIELDS`, `FORMER_DEFAULTS`), so that a rename is
+not a change.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ FREE_FIELDS = frozenset({
     'log_steps', 'checkpoint_steps', 'keep_checkpoints', 'eval_steps',
     'allow_config_change', 'grad_accum_steps', 'mesh.model', 'data.read_threads',
     'data.prefetch_batches', 'data.worker_count', 'data.worker_buffer_size'})
+
+# Fields renamed since settings were stored: old name -> new name. Settings stored
+# before the renames are those without `data.tfds_name` (no config had it then).
+RENAMED_FIELDS = {'data.stage': 'data.dataset', 'data.dataset': 'data.tfds_name'}
+# Fields the configs now spell out that the library once filled in when absent: a
+# stored config without one of them ran with this value.
+FORMER_DEFAULTS = {'data.tfds_name': '', 'optim.b1': 0.9, 'optim.b2': 0.999,
+                   'optim.eps': 1e-8}
 
 # Counters every stage config has: (smallest valid value, an example for the message).
 _COUNTS = {'total_steps': (0, 10000), 'batch_size': (1, 32), 'grad_accum_steps': (1, 1),
@@ -89,6 +99,17 @@ def _load(path: str) -> dict[str, Any]:
                         'delete it to store the current settings') from None
 
 
+def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+  """Flat stored settings in today's field names (`RENAMED_FIELDS`), with the fields
+  `current` has that the library once filled in given their values then
+  (`FORMER_DEFAULTS`)."""
+  if 'data.tfds_name' not in stored:
+    stored = {RENAMED_FIELDS.get(field, field): value for field, value in stored.items()}
+  missing = {field: value for field, value in FORMER_DEFAULTS.items()
+             if field in current and field not in stored}
+  return {**stored, **missing}
+
+
 def _describe(changes: list[tuple[str, Any, Any]]) -> str:
   shown = [f'{field} {old!r} -> {new!r}' for field, old, new in changes[:_SHOWN_CHANGES]]
   if len(changes) > _SHOWN_CHANGES:
@@ -107,7 +128,8 @@ def check_resume(workdir: str, config) -> list[str]:
   if not os.path.isfile(path):
     return [f'{path}: no stored settings (a workdir from an earlier version); storing '
             'the current ones']
-  stored, current = _load(path), flatten(config)
+  current = flatten(config)
+  stored = upgrade(_load(path), current)
   absent = '(absent)'
   changes = [(field, stored.get(field, absent), current.get(field, absent))
              for field in sorted(set(stored) | set(current))

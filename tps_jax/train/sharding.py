@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from tps_jax.train.optim import path_names
+from tps_jax.train.optim import param_name
 
 PyTree = Any
 DATA_AXIS = 'data'
@@ -17,13 +17,14 @@ MODEL_AXIS = 'model'
 
 
 def make_mesh(model_axis_size: int = 1) -> Mesh:
-  """A (data, model) mesh over all devices of all processes."""
-  devices = jax.devices()
-  if len(devices) % model_axis_size:
+  """A (data, model) mesh over all devices of all processes (`jax.make_mesh`: devices
+  ordered for the interconnect), with automatic sharding propagation as under jit."""
+  count = jax.device_count()
+  if model_axis_size < 1 or count % model_axis_size:
     raise ValueError(f'config.mesh.model={model_axis_size} does not divide the '
-                     f'{len(devices)} devices')
-  grid = np.asarray(devices).reshape(len(devices) // model_axis_size, model_axis_size)
-  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+                     f'{count} devices')
+  return jax.make_mesh((count // model_axis_size, model_axis_size), (DATA_AXIS, MODEL_AXIS),
+                       axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -54,7 +55,7 @@ def tree_shardings(mesh: Mesh, tree: PyTree, rules: Sequence[tuple[str, P]]) -> 
     rules = ()
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(
-          mesh, spec_for('/'.join(path_names(path)), len(leaf.shape), rules)), tree)
+          mesh, spec_for(param_name(path), len(leaf.shape), rules)), tree)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -1,6 +1,6 @@
 """The one generic trainer: `train_and_evaluate(config, workdir)` for every stage.
 
-A stage supplies a `tps_jax.train.tasks.Task` (model, loss, metrics, pipelines),
+A stage supplies a `tps_jax.tasks.base.Task` (model, loss, metrics, pipelines),
 looked up by `config.task`; everything else lives here: the mesh, the jitted and
 donated train step with gradient accumulation, the optimiser, checkpoints with the
 data iterator, `init_from`, evaluation, logging, SIGTERM handling and export.
@@ -9,7 +9,7 @@ Config fields read here: task, seed, total_steps, batch_size (global),
 grad_accum_steps, log_steps, checkpoint_steps, keep_checkpoints, eval_steps (0: no
 eval), bf16, mesh.model, optim.* (see optim.py), init_from: a path or
 {path, include, exclude, prefix} (path '' = off; see `_init_from`),
-allow_config_change (see settings.py).
+allow_config_change (see settings.py); configs/common.py's `trainer()` writes them all.
 
 Interruptions: SIGTERM saves a checkpoint at the step boundary and the process exits
 with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL: rerun to resume), which a scheduler can
@@ -32,12 +32,13 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
+from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
 from tps_jax.train import settings
 from tps_jax.train import sharding
-from tps_jax.train import tasks as tasks_lib
-from tps_jax.train.logging import MetricWriter, Progress
+from tps_jax.train.metric_writer import MetricWriter, Progress
 from tps_jax.train.optim import ema_update, make_optimizer
 from tps_jax.train.state import TrainState
 
@@ -47,10 +48,11 @@ PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL
 
 
 def say(message: str) -> None:
-  """A line on the console from process 0 (absl INFO is silenced by `run_cli`)."""
+  """A line on the console from process 0 (absl INFO is silenced by `run_cli`), above
+  the progress bar when there is one."""
   logging.info(message)
   if jax.process_index() == 0:
-    print(message, file=sys.stderr, flush=True)
+    tqdm.write(message, file=sys.stderr)
 
 
 LOG_FILE = 'log.txt'   # WORKDIR/log.txt: what is too long for the console
@@ -217,7 +219,7 @@ def evaluate(task: tasks_lib.Task, eval_step, predict_step, state: TrainState, m
     iterator = task.eval_iterator(process_index=jax.process_index(),
                                   process_count=jax.process_count(),
                                   batch_size=local_batch_size)
-  except (FileNotFoundError, NotADirectoryError) as e:
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # data or config.data
     raise TrainingError(str(e)) from e
   evaluator = task.make_evaluator()
   totals = None
@@ -378,7 +380,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     train_iter = task.train_iterator(seed=config.seed, process_index=jax.process_index(),
                                      process_count=jax.process_count(),
                                      batch_size=local_batch_size)
-  except (FileNotFoundError, NotADirectoryError) as e:
+  except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # data or config.data
     raise TrainingError(str(e)) from e
 
   rng = jax.random.PRNGKey(config.seed)
@@ -419,7 +421,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if writer.dropped_steps:
     say(f'{writer.path}: dropped {len(writer.dropped_steps)} record(s) logged after step '
         f'{step}, the step this run starts from (it logs those steps again)')
-  progress = Progress(total_steps, config.batch_size, step)
+  progress = Progress(total_steps, config.batch_size)
   log_steps = config.log_steps
   checkpoint_steps = config.checkpoint_steps
   eval_steps = config.get('eval_steps', 0)
@@ -471,6 +473,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             f'{PREEMPTED_EXIT_CODE} (rerun the same command to resume)')
         break
     checkpointing.wait(manager)
+  progress.close()
   writer.flush()
 
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
@@ -480,6 +483,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                              task.export_metadata())
     extra = task.evaluate(variables, workdir)
     if extra:
+      say(f'final evaluation at step {step}: {format_eval(extra)}')
       writer.write(step, {f'final_{k}': v for k, v in extra.items()})
       summary['eval'] = {**eval_metrics, **extra}
   writer.close()

@@ -1,4 +1,4 @@
-"""Metric writers: metrics.jsonl, TensorBoard events and a console progress line.
+"""Metric writers: metrics.jsonl, TensorBoard events and the console's progress (tqdm).
 
 Only process 0 writes; on other processes the writer does nothing. Records are
 written as they are logged, so after a crash metrics.jsonl may hold steps past the
@@ -10,13 +10,13 @@ than log_steps for a record cut short by SIGTERM); it is not plotted.
 
 from __future__ import annotations
 
-import datetime
+import io
 import json
 import os
 import sys
-import time
 
 import jax
+from tqdm import tqdm
 
 # Bookkeeping written to metrics.jsonl but not plotted.
 UNPLOTTED = frozenset({'steps_averaged'})
@@ -85,26 +85,46 @@ class MetricWriter:
       self._tb.close()
 
 
-class Progress:
-  """A console line: step, loss, examples/s and ETA, measured between log steps."""
+class _Discard(io.TextIOBase):
+  """A stream that drops what tqdm draws: off a terminal the lines are printed instead."""
 
-  def __init__(self, total_steps: int, global_batch_size: int, start_step: int):
+  def write(self, text: str) -> int:
+    return len(text)
+
+
+class Progress:
+  """The console's training progress, with tqdm: a live bar on a terminal; elsewhere (a
+  log file, a pipe) one line per log step. The rate (examples/s) and the ETA are tqdm's,
+  measured from the first logged step on, so the compilation before it is left out."""
+
+  LINE = 'step {n_fmt}/{total_fmt}{postfix}  ETA {remaining}'
+  BAR = 'step {n_fmt}/{total_fmt} {bar}{postfix}  ETA {remaining}'
+
+  def __init__(self, total_steps: int, global_batch_size: int):
     self.total_steps = total_steps
     self.batch_size = global_batch_size
-    self._last_step = start_step
-    self._last_time = None
+    self.active = jax.process_index() == 0
+    self._lines = not sys.stderr.isatty()
+    self._bar = None
 
   def update(self, step: int, loss: float) -> str | None:
-    now = time.perf_counter()
-    line = None
-    if self._last_time is not None and step > self._last_step:
-      steps_per_s = (step - self._last_step) / (now - self._last_time)
-      eta = datetime.timedelta(seconds=round((self.total_steps - step) / steps_per_s))
-      line = (f'step {step}/{self.total_steps}  loss {loss:.4f}  '
-              f'{steps_per_s * self.batch_size:.1f} examples/s  ETA {eta}')
+    """Moves to `step`; returns the progress line (None on other processes)."""
+    if not self.active:
+      return None
+    if self._bar is None:
+      self._bar = tqdm(total=self.total_steps, initial=step, unit='step', mininterval=0,
+                       dynamic_ncols=True, bar_format=self.LINE if self._lines else self.BAR,
+                       file=_Discard() if self._lines else sys.stderr)
     else:
-      line = f'step {step}/{self.total_steps}  loss {loss:.4f}'
-    self._last_step, self._last_time = step, now
-    if jax.process_index() == 0:
+      self._bar.update(step - self._bar.n)
+    rate = self._bar.format_dict['rate']
+    speed = f', {rate * self.batch_size:.1f} examples/s' if rate else ''
+    self._bar.set_postfix_str(f'loss {loss:.4f}{speed}')
+    line = str(self._bar)
+    if self._lines:
       print(line, file=sys.stderr, flush=True)
     return line
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()

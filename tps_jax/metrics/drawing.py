@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tps_jax.evaluation import score
+from tps_jax.metrics import score
 
 Colour = tuple[int, int, int]
 Segment = tuple[str, Colour]         # a run of header text and its colour

@@ -61,8 +61,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tps_jax.evaluation import submission
-from tps_jax.evaluation.submission import Malformed, PredFrame, PredHuman, PredPart
+from tps_jax.data import submission
+from tps_jax.data.submission import Malformed, PredFrame, PredHuman, PredPart
 
 THRESHOLDS = (0.001, 0.3, 0.5, 0.9, 0.99)   # the tool's human and part IoU thresholds
 HUMAN_IOU_THRESHOLD = 0.5                   # the score's cell: IoU > 0.5 ...

@@ -1,11 +1,11 @@
 """The Task protocol: what a training stage supplies to the one generic trainer.
 
-A stage (toy classifier, part-state network, action recogniser, detectors) is a
-subclass of `Task`, registered under a name with `@register_task('name')`; the
-trainer looks it up by `config.task`. The module defining a task must be imported
-before `get_task` is called; the simplest way is for the stage's config file
-(`configs/<stage>.py`) to import it. `config.task` may also be written
-`'package.module:name'`, which imports `package.module` first.
+A stage (part-state network, action recogniser, detectors; a test's toy classifier) is
+a subclass of `Task`, registered under a name with `@register_task('name')`; the
+trainer looks it up by `config.task`. The library's tasks (`LIBRARY_TASKS`: this
+package's modules) are imported on first lookup, so a config only names its task; a
+task defined elsewhere is named `'package.module:name'`, which imports
+`package.module` first.
 
 The trainer owns everything generic: mesh and sharding, the jitted step with
 gradient accumulation, the optimiser (AdamW, schedule, clipping, layer-wise lr
@@ -13,8 +13,8 @@ decay, weight-decay mask, EMA), checkpoints (train state and data iterator),
 `init_from`, logging, export. A task owns only its model, loss, metrics and data:
 
 ```python
-@tasks.register_task('my_stage')
-class MyStage(tasks.Task):
+@base.register_task('my_stage')
+class MyStage(base.Task):
 
   def build_model(self):            # flax linen; use self.compute_dtype for compute
     return MyNet(num_classes=self.config.num_classes, dtype=self.compute_dtype)
@@ -31,7 +31,7 @@ class MyStage(tasks.Task):
 
   def eval_metrics(self, params, model_state, batch):
     logits = self.model.apply({'params': params, **model_state}, batch['image'], train=False)
-    mask = batch[tasks.EXAMPLE_MASK]
+    mask = batch[base.EXAMPLE_MASK]
     correct = (logits.argmax(-1) == batch['label']) & mask
     return {'accuracy': (correct.sum(), mask.sum())}
 
@@ -62,7 +62,9 @@ Contract details:
   and must yield the same number of batches on every process (the last may be
   short; the trainer pads it and sets the mask).
 - A missing dataset must raise (e.g. `FileNotFoundError(f'{root}: no such dataset')`)
-  from the iterator constructors; the trainer prints that one line and exits.
+  from the iterator constructors, a config they cannot read a ValueError (e.g. the
+  pipelines' `DataConfigError` naming a missing `config.data` field); the trainer
+  prints that one line and exits.
 - Optional hooks have working defaults: `init_variables` (model.init on
   `init_inputs`), `layer_id` (layer-wise lr decay: param path -> layer index in
   `[0, num_layers]`, larger = closer to the head), `decay_mask` (which params get
@@ -85,7 +87,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
@@ -245,52 +246,6 @@ class Evaluator(abc.ABC):
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 
-def hashable(value):
-  """ConfigDict / dicts / lists -> dicts / tuples, all the way down (Flax module fields
-  built from config values must be hashable)."""
-  if hasattr(value, 'to_dict'):
-    value = value.to_dict()
-  if isinstance(value, Mapping):
-    return {k: hashable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return tuple(hashable(v) for v in value)
-  return value
-
-
-def trainer_config(task: str, *, total_steps: int, batch_size: int, log_steps: int,
-                   checkpoint_steps: int, eval_steps: int, bf16: bool = False,
-                   init_from: str = '', init_include: str = '.*', init_exclude: str = '',
-                   init_prefix: str = '', init_source_prefix: str = '',
-                   keep_checkpoints: int = 3,
-                   seed: int = 0) -> ml_collections.ConfigDict:
-  """The fields every stage config has, read by the trainer (module docstring of
-  tps_jax/train/trainer.py); a stage config adds `data`, `model`, `optim`, ...
-
-  `init_from` restores the leaves of the checkpoint at `init_from` whose names match
-  `init_include` and not `init_exclude`, after prefixing them with `init_prefix`
-  (and keeping only those under `init_source_prefix`, without it).
-  """
-  config = ml_collections.ConfigDict()
-  config.task = task
-  config.seed = seed
-  config.total_steps = total_steps
-  config.batch_size = batch_size             # global, over all devices and processes
-  config.grad_accum_steps = 1
-  config.log_steps = log_steps
-  config.checkpoint_steps = checkpoint_steps
-  config.keep_checkpoints = keep_checkpoints
-  config.eval_steps = eval_steps
-  config.bf16 = bf16                         # bfloat16 compute, float32 parameters
-  config.mesh = ml_collections.ConfigDict({'model': 1})   # devices on the `model` axis
-  config.init_from = ml_collections.ConfigDict(
-      {'path': init_from, 'include': init_include, 'exclude': init_exclude,
-       'prefix': init_prefix, 'source_prefix': init_source_prefix})
-  # Resume a workdir although settings that change what it trains differ from those
-  # it was started with (tps_jax/train/settings.py).
-  config.allow_config_change = False
-  return config
-
-
 def register_task(name: str):
   """Class decorator registering a Task under `name` (re-registering replaces)."""
 
@@ -301,7 +256,7 @@ def register_task(name: str):
   return wrap
 
 
-# The library's own tasks, imported on first lookup (configs need not import them).
+# The library's own tasks, imported on first lookup (a config names its task only).
 LIBRARY_TASKS = {'detection': 'tps_jax.tasks.detection',
                  'part_state': 'tps_jax.tasks.part_state',
                  'action': 'tps_jax.tasks.action'}
@@ -315,7 +270,10 @@ def get_task(name: str, config, *, compute_dtype=jnp.float32,
   """
   if ':' in name:
     module, name = name.split(':', 1)
-    importlib.import_module(module)
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      raise ValueError(f'config.task: cannot import {module} ({e})') from None
   elif name not in _REGISTRY and name in LIBRARY_TASKS:
     importlib.import_module(LIBRARY_TASKS[name])
   if name not in _REGISTRY:

@@ -1,0 +1,79 @@
+"""Fields every stage config shares, in one place (big_vision-style config helpers).
+
+A stage config (configs/<stage>.py) sets every field its run reads: its own in the
+file, the shared ones through these helpers, each called by name, so nothing is filled
+in behind the config's back (the trainer, the tasks and the input pipelines read what
+the config holds, and a missing `data.*` field is an error naming it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from tps_jax.models import cascade_rcnn
+
+
+def trainer(task: str, *, total_steps: int, batch_size: int, log_steps: int,
+            checkpoint_steps: int, eval_steps: int, bf16: bool = False,
+            init_from: str = '', init_include: str = '.*', init_exclude: str = '',
+            init_prefix: str = '', init_source_prefix: str = '', keep_checkpoints: int = 3,
+            seed: int = 0) -> ml_collections.ConfigDict:
+  """The fields the trainer reads (tps_jax/train/trainer.py); a stage config adds `data`,
+  `model`, `optim` and its task's own.
+
+  `task` names the task (tps_jax/tasks/base.py: a library task by name, another as
+  'package.module:name'). `init_from` restores the leaves of the checkpoint at
+  `init_from` whose names match `init_include` and not `init_exclude`, after prefixing
+  them with `init_prefix` (and keeping only those under `init_source_prefix`, without it).
+  """
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.seed = seed
+  config.total_steps = total_steps
+  config.batch_size = batch_size             # global, over all devices and processes
+  config.grad_accum_steps = 1
+  config.log_steps = log_steps
+  config.checkpoint_steps = checkpoint_steps
+  config.keep_checkpoints = keep_checkpoints
+  config.eval_steps = eval_steps             # 0: no evaluation during training
+  config.bf16 = bf16                         # bfloat16 compute, float32 parameters
+  config.mesh = ml_collections.ConfigDict({'model': 1})   # devices on the `model` axis
+  config.init_from = ml_collections.ConfigDict(
+      {'path': init_from, 'include': init_include, 'exclude': init_exclude,
+       'prefix': init_prefix, 'source_prefix': init_source_prefix})
+  # Resume a workdir although settings that change what it trains differ from those
+  # it was started with (tps_jax/train/settings.py).
+  config.allow_config_change = False
+  return config
+
+
+def data(**fields: Any) -> ml_collections.ConfigDict:
+  """`config.data`: where the datasets are and how they are read (every input
+  pipeline's fields, tps_jax/data/pipelines.py READ_FIELDS), then the stage's `fields`,
+  which may also replace these."""
+  return ml_collections.ConfigDict({
+      'root': '',                    # dataset root: the built datasets are in ROOT/tfds
+      'tfds_dir': '',                # or here
+      'tfds_name': '',               # the dataset's folder name; '' = tps_<dataset>
+      'read_threads': 2,             # grain threads reading records
+      'prefetch_batches': 2,         # batches read ahead
+      'worker_count': 0,             # grain worker processes decoding (0: none)
+      'worker_buffer_size': 2,       # batches each worker holds
+      **fields})
+
+
+def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any]:
+  """Every field of a convention's `RPNSettings` (`part='rpn'`) or `RoISettings`
+  (`'roi'`), as config values, so that any can be set on the command line
+  (--config.model.roi.num_convs=4); the RPN's anchors as `AnchorGenerator.mmdet`
+  arguments (shared/design.md: scale 8, ratios 0.5 / 1 / 2, strides 4-64)."""
+  rpn, roi = cascade_rcnn.make_settings(convention)
+  settings = rpn if part == 'rpn' else roi
+  fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if f.name != 'anchors'}
+  if part == 'rpn':
+    fields['anchors'] = {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0),
+                         'scales': (8,)}
+  return fields

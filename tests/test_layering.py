@@ -1,0 +1,154 @@
+"""The library's layers point down: no import circle, no import of a layer above.
+
+Every module under tps_jax/ is parsed (nothing is imported); every import counts, at
+module level or inside a function. Order, bottom to top:
+
+  ops, data            box ops; the dataset reader, submissions, builders, pipelines
+  models, metrics      the networks; the challenge score, COCO mAP
+  convert              PyTorch checkpoints into the networks' parameters
+  tasks                the four stages' training tasks (and the Task protocol)
+  train                the one trainer, which runs a task
+  inference            exports, the end-to-end pipeline
+  entry points         the chain of stages and the command lines (tps_jax.cli's users)
+
+`LAYERS` lists what each may import; a module in a new package (or a new top-level
+module) must be placed there before this test passes. Modules found by name at run time
+(`tasks.base.LIBRARY_TASKS`, the converter registry) stay inside their own package.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+from tests.conftest import REPO_ROOT
+
+PACKAGE = 'tps_jax'
+LOWER = ('ops', 'data')
+# layer -> the layers its modules may import (its own always).
+LAYERS = {
+    'root': (),                      # tps_jax/__init__.py
+    'cli': (),                       # the command lines' flag handling
+    'ops': (),
+    'data': ('ops',),
+    'models': LOWER,
+    'metrics': LOWER,
+    'convert': (*LOWER, 'models'),
+    'tasks': (*LOWER, 'models', 'metrics', 'convert'),
+    'train': (*LOWER, 'models', 'metrics', 'convert', 'tasks'),
+    'inference': (*LOWER, 'models', 'metrics', 'convert', 'tasks', 'train'),
+    'entry': ('cli', *LOWER, 'models', 'metrics', 'convert', 'tasks', 'train', 'inference'),
+}
+ENTRY_POINTS = {'chain', 'evaluate', 'evaluate_action', 'evaluate_detector',
+                'evaluate_part_state', 'export_pipeline', 'predict', 'visualize'}
+
+
+def module_files() -> dict[str, pathlib.Path]:
+  """{'tps_jax.tasks.action': path, 'tps_jax.tasks': .../__init__.py, ...}."""
+  root = pathlib.Path(REPO_ROOT)
+  modules = {}
+  for path in sorted((root / PACKAGE).rglob('*.py')):
+    parts = list(path.relative_to(root).with_suffix('').parts)
+    if parts[-1] == '__init__':
+      parts.pop()
+    modules['.'.join(parts)] = path
+  return modules
+
+
+def imported(module: str, node: ast.AST, is_package: bool, known) -> list[str]:
+  """The modules an import statement names, resolved to the ones under tps_jax."""
+  if isinstance(node, ast.Import):
+    names = [alias.name for alias in node.names]
+  else:
+    base = node.module or ''
+    if node.level:   # relative: from the importing module's package upwards
+      package = module.split('.')[:len(module.split('.')) - (not is_package)]
+      package = package[:len(package) - node.level + 1]
+      base = '.'.join(package + ([base] if base else []))
+    names = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base
+             for alias in node.names]
+  out = []
+  for name in names:
+    while name not in known and '.' in name:   # an attribute of a module: the module
+      name = name.rsplit('.', 1)[0]
+    if name in known:
+      out.append(name)
+  return out
+
+
+def import_graph() -> dict[str, set[str]]:
+  """{module: the tps_jax modules it imports}, every import statement included."""
+  files = module_files()
+  graph = {}
+  for module, path in files.items():
+    is_package = path.name == '__init__.py'
+    tree = ast.parse(path.read_text(), str(path))
+    graph[module] = {target for node in ast.walk(tree)
+                     if isinstance(node, (ast.Import, ast.ImportFrom))
+                     for target in imported(module, node, is_package, files)
+                     if target != module}
+  return graph
+
+
+def layer(module: str) -> str:
+  parts = module.split('.')
+  if len(parts) == 1:
+    return 'root'
+  if parts[1] in ENTRY_POINTS or parts[-1] == '__main__':
+    return 'entry'
+  return parts[1]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import circle as [a, b, ..., a], or None (iterative depth-first search)."""
+  state = {}   # module -> 1 on the current path, 2 done
+  for start in sorted(graph):
+    if start in state:
+      continue
+    path, stack = [start], [iter(sorted(graph[start]))]
+    state[start] = 1
+    while stack:
+      target = next(stack[-1], None)
+      if target is None:
+        state[path.pop()] = 2
+        stack.pop()
+      elif state.get(target) == 1:
+        return path[path.index(target):] + [target]
+      elif target not in state:
+        state[target] = 1
+        path.append(target)
+        stack.append(iter(sorted(graph[target])))
+  return None
+
+
+def test_every_module_has_a_layer():
+  unplaced = sorted(m for m in import_graph() if layer(m) not in LAYERS)
+  assert not unplaced, f'place these in LAYERS or ENTRY_POINTS: {", ".join(unplaced)}'
+
+
+def test_no_import_circle():
+  cycle = find_cycle(import_graph())
+  assert cycle is None, 'import circle: ' + ' -> '.join(cycle)
+
+
+def test_imports_point_down():
+  upward = [f'{module} ({layer(module)}) imports {target} ({layer(target)}); '
+            f'{layer(module)} may import {", ".join(LAYERS[layer(module)]) or "nothing"}'
+            for module, targets in sorted(import_graph().items())
+            for target in sorted(targets)
+            if layer(target) != layer(module)
+            and layer(target) not in LAYERS.get(layer(module), ())]
+  assert not upward, '\n'.join(upward)
+
+
+def test_the_checks_see_a_circle_and_an_upward_import():
+  graph = {'tps_jax.tasks.action': {'tps_jax.inference.action'},
+           'tps_jax.inference.action': {'tps_jax.tasks.action'}}
+  assert find_cycle(graph) == ['tps_jax.inference.action', 'tps_jax.tasks.action',
+                               'tps_jax.inference.action']
+  assert 'inference' not in LAYERS[layer('tps_jax.tasks.action')]
+  assert layer('tps_jax.convert.__main__') == 'entry' and layer('tps_jax') == 'root'
+  # Imports inside functions count.
+  tree = ast.parse('def f():\n  from tps_jax.inference import action\n')
+  node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
+  assert imported('tps_jax.tasks.x', node, False, {'tps_jax.inference.action'}) == [
+      'tps_jax.inference.action']
