@@ -20,8 +20,7 @@ from tps_jax import cli
 # tps_jax.train (and with it JAX) is imported in main(): the worker processes that
 # data preparation and grain spawn re-import this file, and need none of it.
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Stage config file.',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Stage config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory (resumed if present).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'host:port of process 0.')
@@ -34,7 +33,7 @@ def _config_path(argv) -> str:
   """The file named by --config=FILE[:variant] (or --config FILE) in argv."""
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
-      return arg[len('--config='):].split(':', 1)[0]
+      return arg[len('--config=') :].split(':', 1)[0]
     if arg == '--config' and i + 1 < len(argv):
       return argv[i + 1].split(':', 1)[0]
   return ''
@@ -45,15 +44,20 @@ def _config_file_error(error: OSError, argv) -> str:
   until the config is used)."""
   path = _config_path(argv)
   configs = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-  known = sorted(f'configs/{os.path.basename(p)}' for p in glob.glob(f'{configs}/*.py')
-                 if 'def get_config(' in pathlib.Path(p).read_text())
+  known = sorted(
+    f'configs/{os.path.basename(p)}'
+    for p in glob.glob(f'{configs}/*.py')
+    if 'def get_config(' in pathlib.Path(p).read_text()
+  )
   if os.path.isfile(path):
     cause = str(error.__cause__ or error).strip().splitlines()[-1].strip()
     problem = f'cannot be loaded ({cause})'
   else:
     problem = 'is a directory' if os.path.isdir(path) else 'no such file'
-  return (f'--config={path}: {problem}; stage configs are {", ".join(known)} (a variant '
-          'follows a colon, e.g. --config=configs/part_state.py:tiny)')
+  return (
+    f'--config={path}: {problem}; stage configs are {", ".join(known)} (a variant '
+    'follows a colon, e.g. --config=configs/part_state.py:tiny)'
+  )
 
 
 def parse_flags(argv):
@@ -73,9 +77,14 @@ def main(argv):
     from tps_jax.chain import run_cli  # pylint: disable=g-import-not-at-top
   else:
     from tps_jax.train import run_cli  # pylint: disable=g-import-not-at-top
-  run_cli(_CONFIG.value, _WORKDIR.value, multihost=_MULTIHOST.value,
-          coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-          process_id=_PROCESS_ID.value)
+  run_cli(
+    _CONFIG.value,
+    _WORKDIR.value,
+    multihost=_MULTIHOST.value,
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
 
 
 if __name__ == '__main__':

@@ -13,6 +13,8 @@ random-initialised weights on both sides (torchvision's, converted). torch uses 
 threads as XLA's CPU pool (the CPUs this process may run on). Compilation and warm-up
 are excluded; each figure is the median of `--repeats` steps.
 """
+
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,6 @@ import torch
 from absl import flags
 from torchvision.models.video import swin3d_t
 
-import common
 from configs import action as action_config
 from tps_jax import cli
 from tps_jax.convert import convert_state_dict
@@ -36,26 +37,38 @@ LR, WEIGHT_DECAY, CLIP_NORM = 1e-4, 0.05, 1.0
 def jax_step_seconds(reference, clip, labels, args) -> float:
   config = action_config.get_config()
   config.bf16 = False
-  config.model.update(arch='swin3d_t', window_size=(8, 7, 7), drop_path_rate=0.1,
-                      head_drop_rate=0.0)
+  config.model.update(
+    arch='swin3d_t', window_size=(8, 7, 7), drop_path_rate=0.1, head_drop_rate=0.0
+  )
   config.loss.label_smoothing = 0.0
-  config.optim.update(learning_rate=LR, warmup_steps=0, weight_decay=WEIGHT_DECAY,
-                      grad_clip_norm=CLIP_NORM, layer_decay=1.0)
+  config.optim.update(
+    learning_rate=LR,
+    warmup_steps=0,
+    weight_decay=WEIGHT_DECAY,
+    grad_clip_norm=CLIP_NORM,
+    layer_decay=1.0,
+  )
   if clip.shape[2] != clip.shape[3]:
     raise ValueError(f'square frames only (the config has one side), got {clip.shape[2:4]}')
   config.data.num_frames, config.data.image_size = clip.shape[1], clip.shape[2]
   num_classes = reference.head.out_features
   task = ActionTask(config, class_names=tuple(f'class_{i}' for i in range(num_classes)))
   conversion = convert_state_dict(
-      {k: v.detach().numpy() for k, v in reference.state_dict().items()}, 'swin3d_t')
+    {k: v.detach().numpy() for k, v in reference.state_dict().items()}, 'swin3d_t'
+  )
   params = jax.tree.map(jnp.asarray, unflatten(conversion.params))
-  tx, schedule = make_optimizer(config.optim, params, total_steps=1000,
-                                decay_mask=task.decay_mask)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), model_state={}, ema_params=None,
-                     rng=jax.random.key(0))
-  step = jax.jit(trainer.make_train_step(task, tx, schedule, grad_accum_steps=1,
-                                         ema_decay=0.0), donate_argnums=0)
+  tx, schedule = make_optimizer(config.optim, params, total_steps=1000, decay_mask=task.decay_mask)
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    model_state={},
+    ema_params=None,
+    rng=jax.random.key(0),
+  )
+  step = jax.jit(
+    trainer.make_train_step(task, tx, schedule, grad_accum_steps=1, ema_decay=0.0), donate_argnums=0
+  )
   batch = {'clip': jnp.asarray(clip), 'label': jnp.asarray(labels)}
   holder = [state]
 
@@ -69,7 +82,7 @@ def jax_step_seconds(reference, clip, labels, args) -> float:
 def torch_step_seconds(reference, clip, labels, args) -> float:
   reference.train()
   optimizer = torch.optim.AdamW(reference.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, -1, 1)))   # (B, C, T, H, W)
+  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(clip, -1, 1)))  # (B, C, T, H, W)
   y = torch.from_numpy(labels).long()
 
   def run():

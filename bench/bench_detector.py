@@ -13,13 +13,14 @@ to `--size` x `--size`, normalised. Three detectors on a ResNet-50 FPN:
 Each figure is the median of `--repeats` timed calls after `--warmup` calls
 (compilation excluded); JAX and torch calls alternate so that both see the same load.
 """
+
+import common
 import torch
 import torchvision
 from absl import flags
 
-import common
-from tps_jax import cli
 import tps_jax.convert.detection  # noqa: F401  (registers the detector converters)
+from tps_jax import cli
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
 from tps_jax.models.cascade_rcnn import build_cascade_rcnn
@@ -28,19 +29,19 @@ from tps_jax.models.cascade_rcnn import build_cascade_rcnn
 def cascade_from(conversion) -> tuple:
   """A 3-stage class-agnostic cascade whose stages copy the 1-stage head (class 0's box)."""
   base = conversion.model
-  model = build_cascade_rcnn("resnet50", base.num_classes, convention="mmdet")
-  params = {k: v for k, v in conversion.params.items() if not k.startswith("box_heads_")}
+  model = build_cascade_rcnn('resnet50', base.num_classes, convention='mmdet')
+  params = {k: v for k, v in conversion.params.items() if not k.startswith('box_heads_')}
   for stage in range(3):
     for path, value in conversion.params.items():
-      if path.startswith("box_heads_0/"):
-        if path.startswith("box_heads_0/bbox_pred/"):
+      if path.startswith('box_heads_0/'):
+        if path.startswith('box_heads_0/bbox_pred/'):
           value = value[..., :4]
-        params[path.replace("box_heads_0", f"box_heads_{stage}")] = value
-  return model, {"params": unflatten(params), **unflatten(conversion.model_state)}
+        params[path.replace('box_heads_0', f'box_heads_{stage}')] = value
+  return model, {'params': unflatten(params), **unflatten(conversion.model_state)}
 
 
 common.define_detector_flags()
-flags.adopt_module_key_flags(common)   # --help lists them
+flags.adopt_module_key_flags(common)  # --help lists them
 
 
 def main(argv):
@@ -48,15 +49,24 @@ def main(argv):
   args = flags.FLAGS
   common.match_torch_threads()
   torch.manual_seed(0)
-  reference = common.keep_size(torchvision.models.detection.fasterrcnn_resnet50_fpn(
-      weights=None, weights_backbone=None).eval(), args.size)
-  conversion = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()},
-                                  "fasterrcnn_resnet50_fpn")
+  reference = common.keep_size(
+    torchvision.models.detection.fasterrcnn_resnet50_fpn(
+      weights=None, weights_backbone=None
+    ).eval(),
+    args.size,
+  )
+  conversion = convert_state_dict(
+    {k: v.numpy() for k, v in reference.state_dict().items()}, 'fasterrcnn_resnet50_fpn'
+  )
   common.compare_detectors(
-      [("JAX Faster R-CNN R-50 FPN (1 stage)", conversion.model, conversion.variables()),
-       ("JAX Cascade R-CNN R-50 FPN (3 stages)", *cascade_from(conversion))],
-      reference, "torchvision fasterrcnn_resnet50_fpn")
+    [
+      ('JAX Faster R-CNN R-50 FPN (1 stage)', conversion.model, conversion.variables()),
+      ('JAX Cascade R-CNN R-50 FPN (3 stages)', *cascade_from(conversion)),
+    ],
+    reference,
+    'torchvision fasterrcnn_resnet50_fpn',
+  )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(main)

@@ -17,8 +17,10 @@ through, so both sides do their top-k, decoding and NMS. Each figure is the medi
 `--repeats` timed calls after `--warmup` calls (compilation excluded); JAX and torch
 calls alternate so that both see the same load.
 """
+
 import math
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,9 +28,8 @@ import torch
 import torchvision
 from absl import flags
 
-import common
-from tps_jax import cli
 import tps_jax.convert.one_stage  # noqa: F401  (registers the one-stage converters)
+from tps_jax import cli
 from tps_jax.convert import convert_state_dict
 from tps_jax.models.gfl import build_gfl
 
@@ -41,8 +42,7 @@ def busy_head(model: torch.nn.Module) -> torch.nn.Module:
   with torch.no_grad():
     for module in model.head.modules():
       if isinstance(module, torch.nn.Conv2d):
-        module.weight.normal_(0.0, math.sqrt(2.0 / module.weight[0].numel()),
-                              generator=generator)
+        module.weight.normal_(0.0, math.sqrt(2.0 / module.weight[0].numel()), generator=generator)
         module.bias.zero_()
     model.head.classification_head.cls_logits.bias.fill_(CLASS_BIAS)
   return model
@@ -50,19 +50,20 @@ def busy_head(model: torch.nn.Module) -> torch.nn.Module:
 
 def random_gfl(size: int):
   """A GFL R-50 (80 classes) with He-normal kernels and a class bias as `busy_head`'s."""
-  model = build_gfl("resnet50", 80)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, size, size, 3)), train=False))
+  model = build_gfl('resnet50', 80)
+  abstract = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  )
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):
     names = [k.key for k in path]
-    if names[-1] == "kernel":
+    if names[-1] == 'kernel':
       fan_in = math.prod(leaf.shape[:-1])
       return (rng.standard_normal(leaf.shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
-    if names[-1] in ("scale", "var") or names[-1].startswith("scale_"):
+    if names[-1] in ('scale', 'var') or names[-1].startswith('scale_'):
       return np.ones(leaf.shape, np.float32)
-    if names[-2:] == ["cls_logits", "bias"]:
+    if names[-2:] == ['cls_logits', 'bias']:
       return np.full(leaf.shape, CLASS_BIAS, np.float32)
     return np.zeros(leaf.shape, np.float32)
 
@@ -70,7 +71,7 @@ def random_gfl(size: int):
 
 
 common.define_detector_flags()
-flags.adopt_module_key_flags(common)   # --help lists them
+flags.adopt_module_key_flags(common)  # --help lists them
 
 
 def main(argv):
@@ -78,15 +79,26 @@ def main(argv):
   args = flags.FLAGS
   common.match_torch_threads()
   torch.manual_seed(0)
-  reference = common.keep_size(busy_head(torchvision.models.detection.retinanet_resnet50_fpn(
-      weights=None, weights_backbone=None).eval()), args.size)
-  conversion = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()},
-                                  "retinanet_resnet50_fpn")
+  reference = common.keep_size(
+    busy_head(
+      torchvision.models.detection.retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None
+      ).eval()
+    ),
+    args.size,
+  )
+  conversion = convert_state_dict(
+    {k: v.numpy() for k, v in reference.state_dict().items()}, 'retinanet_resnet50_fpn'
+  )
   common.compare_detectors(
-      [("JAX RetinaNet R-50 FPN", conversion.model, conversion.variables()),
-       ("JAX GFL R-50 FPN", *random_gfl(args.size))],
-      reference, "torchvision retinanet_resnet50_fpn")
+    [
+      ('JAX RetinaNet R-50 FPN', conversion.model, conversion.variables()),
+      ('JAX GFL R-50 FPN', *random_gfl(args.size)),
+    ],
+    reference,
+    'torchvision retinanet_resnet50_fpn',
+  )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(main)

@@ -12,9 +12,11 @@ run on; `taskset -c 0 python bench/bench_swin.py` compares one thread each). War
 torch timed in turns so that both meet the same load on shared cores (the load average
 is printed before and after). Same random-initialised weights on both sides.
 """
+
 import os
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,6 @@ from absl import flags
 from torchvision.models import swin_t
 from torchvision.models.video import swin3d_t
 
-import common
 from tps_jax import cli
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import unflatten
@@ -39,8 +40,11 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
   """[(arch, mode, unit, jax items/s, torch items/s)] for one model."""
   torch.manual_seed(0)
   reference = _TORCH_MODELS[arch]()
-  conversion = convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()},
-                                  arch, drop_path_rate=reference_drop_path(reference))
+  conversion = convert_state_dict(
+    {k: v.numpy() for k, v in reference.state_dict().items()},
+    arch,
+    drop_path_rate=reference_drop_path(reference),
+  )
   model = conversion.model
   params = jax.device_put(unflatten(conversion.params))
   x = np.random.default_rng(0).normal(size=input_shape).astype(np.float32)
@@ -61,8 +65,9 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
     with torch.no_grad():
       reference(x_torch)
 
-  jax_s, torch_s = common.interleaved_medians([jax_forward, torch_forward], args.repeats,
-                                               args.warmup, _CLOCKS[args.clock])
+  jax_s, torch_s = common.interleaved_medians(
+    [jax_forward, torch_forward], args.repeats, args.warmup, _CLOCKS[args.clock]
+  )
   rows = [(arch, 'forward', unit, items / jax_s, items / torch_s)]
   if args.forward_only:
     return rows
@@ -74,6 +79,7 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
     def loss_fn(p):
       logits = model.apply({'params': p}, x, train=True, rngs={'dropout': rng})
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -94,8 +100,9 @@ def bench_model(arch: str, input_shape: tuple[int, ...], args) -> list[tuple]:
     loss.backward()
     optimizer.step()
 
-  jax_s, torch_s = common.interleaved_medians([jax_train, torch_train], args.repeats,
-                                               args.warmup, _CLOCKS[args.clock])
+  jax_s, torch_s = common.interleaved_medians(
+    [jax_train, torch_train], args.repeats, args.warmup, _CLOCKS[args.clock]
+  )
   rows.append((arch, 'train step', unit, items / jax_s, items / torch_s))
   return rows
 
@@ -114,9 +121,14 @@ flags.DEFINE_integer('repeats', 5, 'Timed calls.')
 flags.DEFINE_integer('warmup', 2, 'Untimed calls first.')
 flags.DEFINE_list('models', ['swin_t', 'swin3d_t'], 'Models to time.')
 flags.DEFINE_bool('forward_only', False, 'Time the forward pass only.')
-flags.DEFINE_enum('clock', 'wall', sorted(_CLOCKS), 'cpu: process CPU time, a steadier '
-                  'measure of one thread (taskset -c 0 ...) on a machine shared with other '
-                  'work.')
+flags.DEFINE_enum(
+  'clock',
+  'wall',
+  sorted(_CLOCKS),
+  'cpu: process CPU time, a steadier '
+  'measure of one thread (taskset -c 0 ...) on a machine shared with other '
+  'work.',
+)
 
 
 def main(argv):
@@ -124,18 +136,21 @@ def main(argv):
   args = flags.FLAGS
   common.match_torch_threads()
   print(f'{args.clock} clock; load average {os.getloadavg()[0]:.2f}')
-  shapes = {'swin_t': (args.batch_size, args.size, args.size, 3),
-            'swin3d_t': (args.video_batch_size, args.frames, args.size, args.size, 3)}
+  shapes = {
+    'swin_t': (args.batch_size, args.size, args.size, 3),
+    'swin3d_t': (args.video_batch_size, args.frames, args.size, args.size, 3),
+  }
   rows = []
   for arch in args.models:
     rows += bench_model(arch, shapes[arch], args)
     print(f'{arch} done; load average {os.getloadavg()[0]:.2f}', flush=True)
-  print(f'\n{"model":10} {"input":18} {"mode":11} {"JAX":>10} {"torch":>10} '
-        f'{"JAX/torch":>9}')
+  print(f'\n{"model":10} {"input":18} {"mode":11} {"JAX":>10} {"torch":>10} {"JAX/torch":>9}')
   for arch, mode, unit, jax_rate, torch_rate in rows:
     shape = 'x'.join(map(str, shapes[arch][:-1]))
-    print(f'{arch:10} {shape:18} {mode:11} {jax_rate:10.2f} {torch_rate:10.2f} '
-          f'{jax_rate / torch_rate:8.2f}x   ({unit})')
+    print(
+      f'{arch:10} {shape:18} {mode:11} {jax_rate:10.2f} {torch_rate:10.2f} '
+      f'{jax_rate / torch_rate:8.2f}x   ({unit})'
+    )
 
 
 if __name__ == '__main__':

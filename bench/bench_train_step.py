@@ -40,6 +40,7 @@ threads, one run) is bench/bench_action_train.py.
 Figures (the shared 2-core CPU; GPU figures where a machine was lent) are in the
 report of issue 4.
 """
+
 from __future__ import annotations
 
 import collections
@@ -52,11 +53,11 @@ import sys
 import time
 from typing import Any
 
-from absl import flags, logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
 
 from tps_jax import cli
 from tps_jax.data import pipelines
@@ -71,11 +72,14 @@ from tps_jax.train.trainer import make_train_step, plan_train_state
 # Dense peak TFLOP/s by (device kind substring, compute dtype). fp32 is the peak
 # without tensor cores: XLA may run float32 matmuls as TF32 on them, which can exceed it.
 PEAK_TFLOPS = {
-    ('H100', 'bfloat16'): 989.0, ('H100', 'float32'): 67.0,   # SXM; PCIe: 756 / 51
-    ('H200', 'bfloat16'): 989.0, ('H200', 'float32'): 67.0,
-    ('A100', 'bfloat16'): 312.0, ('A100', 'float32'): 19.5,
+  ('H100', 'bfloat16'): 989.0,
+  ('H100', 'float32'): 67.0,  # SXM; PCIe: 756 / 51
+  ('H200', 'bfloat16'): 989.0,
+  ('H200', 'float32'): 67.0,
+  ('A100', 'bfloat16'): 312.0,
+  ('A100', 'float32'): 19.5,
 }
-GB = 1024 ** 3
+GB = 1024**3
 # HLO text: a while instruction (`%w = (...) while(%init), ...`), its source op name
 # and trip count, and the jax.random helpers whose loops are integer work.
 _WHILE_OP = re.compile(r' while\(%')
@@ -84,12 +88,10 @@ _TRIP_COUNT = re.compile(r'known_trip_count":\{"n":"(\d+)"')
 _PRNG_OP = re.compile(r'threefry|random_bits|_uniform|_bernoulli|_normal|_gamma')
 
 
-
 # ----------------------------------------------------------------------- the task
 
 
-def provide_vocabularies(task: tasks_lib.Task, *, num_states: int, num_actions: int
-                         ) -> None:
+def provide_vocabularies(task: tasks_lib.Task, *, num_states: int, num_actions: int) -> None:
   """Gives a task synthetic class lists when `config.data.root` names no dataset.
 
   The tasks read them from the dataset lazily (cached properties), so setting them
@@ -129,8 +131,9 @@ def label_counts(task: tasks_lib.Task) -> dict[str, int]:
 # ------------------------------------------------------------------- the batch
 
 
-def random_boxes(rng: np.random.Generator, count_shape: tuple[int, ...], height: int,
-                 width: int) -> np.ndarray:
+def random_boxes(
+  rng: np.random.Generator, count_shape: tuple[int, ...], height: int, width: int
+) -> np.ndarray:
   """(*count_shape, 4) inclusive-pixel boxes inside a height x width image, sides
   between 1/16 and 1/2 of the image's."""
   sides = rng.uniform(1 / 16, 1 / 2, (*count_shape, 2)) * np.array([width, height])
@@ -140,16 +143,16 @@ def random_boxes(rng: np.random.Generator, count_shape: tuple[int, ...], height:
   return np.concatenate([corner, corner + sides - 1], -1).astype(np.float32)
 
 
-def present_mask(rng: np.random.Generator, shape: tuple[int, ...], fraction: float
-                 ) -> np.ndarray:
+def present_mask(rng: np.random.Generator, shape: tuple[int, ...], fraction: float) -> np.ndarray:
   """Bool mask with about `fraction` True along the last axis, the first always True."""
   mask = rng.random(shape) < fraction
   mask[..., 0] = True
   return mask
 
 
-def synthetic_batch(dataset: str, settings, batch_size: int, counts: dict[str, int],
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+  dataset: str, settings, batch_size: int, counts: dict[str, int], seed: int = 0
+) -> dict[str, np.ndarray]:
   """A batch like `pipelines.make_pipeline(dataset, ...)`'s, of random content."""
   spec = pipelines.output_spec(dataset, settings)
   rng = np.random.default_rng(seed)
@@ -161,34 +164,40 @@ def synthetic_batch(dataset: str, settings, batch_size: int, counts: dict[str, i
   if dataset == 'part_states':
     parts = spec['part_valid'][0]
     valid = present_mask(rng, (batch_size, *parts), 0.8)
-    batch = {'image': normal('image'),
-             'part_boxes': np.where(valid[..., None],
-                                    random_boxes(rng, (batch_size, *parts), height, width), 0),
-             'part_valid': valid,
-             'part_state': np.where(valid, rng.integers(0, counts['states'], valid.shape),
-                                    -1),
-             'action': rng.integers(0, counts['actions'], (batch_size,))}
+    batch = {
+      'image': normal('image'),
+      'part_boxes': np.where(
+        valid[..., None], random_boxes(rng, (batch_size, *parts), height, width), 0
+      ),
+      'part_valid': valid,
+      'part_state': np.where(valid, rng.integers(0, counts['states'], valid.shape), -1),
+      'action': rng.integers(0, counts['actions'], (batch_size,)),
+    }
   elif dataset == 'action_clips':
-    batch = {'clip': normal('clip'), 'label': rng.integers(0, counts['classes'],
-                                                           (batch_size,))}
+    batch = {'clip': normal('clip'), 'label': rng.integers(0, counts['classes'], (batch_size,))}
   elif dataset in ('humans', 'parts'):
     boxes = spec['boxes'][0][0]
     # Valid boxes first, then padding, as the pipeline pads them.
     valid = np.arange(boxes) < rng.integers(1, boxes + 1, (batch_size, 1))
-    batch = {'image': normal('image'),
-             'boxes': np.where(valid[..., None],
-                               random_boxes(rng, (batch_size, boxes), height, width), 0),
-             'labels': np.where(valid, rng.integers(0, counts['classes'], valid.shape), 0),
-             'valid': valid, 'ignore': np.zeros_like(valid),
-             'image_size': np.tile(np.int32([height, width]), (batch_size, 1)),
-             'scale': np.ones((batch_size,), np.float32)}
+    batch = {
+      'image': normal('image'),
+      'boxes': np.where(valid[..., None], random_boxes(rng, (batch_size, boxes), height, width), 0),
+      'labels': np.where(valid, rng.integers(0, counts['classes'], valid.shape), 0),
+      'valid': valid,
+      'ignore': np.zeros_like(valid),
+      'image_size': np.tile(np.int32([height, width]), (batch_size, 1)),
+      'scale': np.ones((batch_size,), np.float32),
+    }
   else:
     raise ValueError(f'no synthetic batch for dataset {dataset!r}')
   if set(batch) != set(spec):
-    raise ValueError(f'synthetic {dataset} batch has keys {sorted(batch)}, the pipeline '
-                     f'{sorted(spec)}')
-  return {key: batch[key].astype(dtype, copy=False).reshape(batch_size, *shape)
-          for key, (shape, dtype) in spec.items()}
+    raise ValueError(
+      f'synthetic {dataset} batch has keys {sorted(batch)}, the pipeline {sorted(spec)}'
+    )
+  return {
+    key: batch[key].astype(dtype, copy=False).reshape(batch_size, *shape)
+    for key, (shape, dtype) in spec.items()
+  }
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -225,7 +234,7 @@ def flop_loops(hlo_text: str) -> list[str]:
     if _PRNG_OP.search(name):
       continue
     # Named after the innermost jitted helper (e.g. jit(_multilevel_roi_align)).
-    helpers = [s[len('jit('):-1] for s in name.split('/')[1:] if s.startswith('jit(')]
+    helpers = [s[len('jit(') : -1] for s in name.split('/')[1:] if s.startswith('jit(')]
     where = helpers[-1].lstrip('_') if helpers else name
     trips = _TRIP_COUNT.search(line)
     loops.append(f'{where} ({trips.group(1) + " trips" if trips else "trips unknown"})')
@@ -253,27 +262,37 @@ def check_host_memory(memory) -> None:
   needed = memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
   available = _available_host_bytes()
   if available is not None and needed > available:
-    raise MemoryError(f'the step needs {needed / GB:.1f} GB beyond its arguments (XLA '
-                      f'temporaries {memory.temp_size_in_bytes / GB:.1f} GB), only '
-                      f'{available / GB:.1f} GB are available: not run')
+    raise MemoryError(
+      f'the step needs {needed / GB:.1f} GB beyond its arguments (XLA '
+      f'temporaries {memory.temp_size_in_bytes / GB:.1f} GB), only '
+      f'{available / GB:.1f} GB are available: not run'
+    )
 
 
 def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def init_train_state(task: tasks_lib.Task, config, mesh):
   """(state, state shardings, tx, schedule, ema_decay): the trainer's initialisation."""
   rng = jax.random.PRNGKey(config.seed)
   init_state, _, state_shardings, tx, schedule, ema_decay = plan_train_state(
-      task, config, mesh, rng)
+    task, config, mesh, rng
+  )
   state = jax.jit(init_state, out_shardings=state_shardings)(rng)
   return state, state_shardings, tx, schedule, ema_decay
 
 
-def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0.0,
-              num_states: int = 74, num_actions: int = 24, check_memory: bool = True
-              ) -> dict[str, Any]:
+def benchmark(
+  config,
+  *,
+  steps: int = 3,
+  warmup: int = 1,
+  peak_tflops: float = 0.0,
+  num_states: int = 74,
+  num_actions: int = 24,
+  check_memory: bool = True,
+) -> dict[str, Any]:
   """Times the trainer's step of `config` (its batch_size and bf16) on a synthetic
   batch; returns the figures (see the module docstring)."""
   if steps < 1:
@@ -286,13 +305,16 @@ def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0
   accum = config.get('grad_accum_steps', 1)
   data_devices = mesh.shape[sharding.DATA_AXIS]
   if config.batch_size % (data_devices * accum) or jax.process_count() > 1:
-    raise ValueError(f'batch_size={config.batch_size} must be divisible by {data_devices} '
-                     f'data devices x grad_accum_steps={accum} (one process)')
+    raise ValueError(
+      f'batch_size={config.batch_size} must be divisible by {data_devices} '
+      f'data devices x grad_accum_steps={accum} (one process)'
+    )
 
   dataset = pipeline_dataset(task)
   settings = pipelines.data_settings(dataset, config)
-  local_batch = synthetic_batch(dataset, settings, config.batch_size, label_counts(task),
-                                seed=config.seed)
+  local_batch = synthetic_batch(
+    dataset, settings, config.batch_size, label_counts(task), seed=config.seed
+  )
   batch = sharding.global_batch(local_batch, mesh)
 
   start = time.perf_counter()
@@ -303,10 +325,11 @@ def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0
   num_params = sum(int(p.size) for p in params)
 
   train_step = jax.jit(
-      make_train_step(task, tx, schedule, grad_accum_steps=accum, ema_decay=ema_decay),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
-      donate_argnums=0)
+    make_train_step(task, tx, schedule, grad_accum_steps=accum, ema_decay=ema_decay),
+    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
   start = time.perf_counter()
   lowered = train_step.lower(state, batch)
   lower_s = time.perf_counter() - start
@@ -338,23 +361,36 @@ def benchmark(config, *, steps: int = 3, warmup: int = 1, peak_tflops: float = 0
   achieved = flops / step_s
   device_stats = device.memory_stats() or {}
   return {
-      'task': config.task, 'dataset': dataset, 'batch_size': config.batch_size,
-      'grad_accum_steps': accum, 'compute_dtype': dtype_name,
-      'input_shapes': {k: [list(v.shape), v.dtype.name] for k, v in local_batch.items()},
-      'label_counts': label_counts(task),
-      'device': f'{device.platform} ({device.device_kind})',
-      'num_devices': jax.device_count(), 'cpus': len(os.sched_getaffinity(0)),
-      'load_average_before': [round(x, 2) for x in load_before],
-      'load_average_after': [round(x, 2) for x in os.getloadavg()],
-      'params': num_params, 'init_s': init_s, 'lower_s': lower_s, 'compile_s': compile_s,
-      'warmup_step_s': warmup_times, 'step_times_s': step_times, 'step_s': step_s,
-      'examples_per_s': config.batch_size / step_s,
-      'peak_rss_bytes': _peak_rss_bytes(), 'xla_temp_bytes': temp_bytes,
-      'device_peak_bytes': device_stats.get('peak_bytes_in_use'),
-      'flops_per_step': flops, 'flops_loops': loops, 'achieved_tflops': achieved / 1e12,
-      'peak_tflops': peak or None,
-      'utilisation': achieved / (peak * 1e12) if peak else None,
-      'losses': losses, 'finite': finite_all,
+    'task': config.task,
+    'dataset': dataset,
+    'batch_size': config.batch_size,
+    'grad_accum_steps': accum,
+    'compute_dtype': dtype_name,
+    'input_shapes': {k: [list(v.shape), v.dtype.name] for k, v in local_batch.items()},
+    'label_counts': label_counts(task),
+    'device': f'{device.platform} ({device.device_kind})',
+    'num_devices': jax.device_count(),
+    'cpus': len(os.sched_getaffinity(0)),
+    'load_average_before': [round(x, 2) for x in load_before],
+    'load_average_after': [round(x, 2) for x in os.getloadavg()],
+    'params': num_params,
+    'init_s': init_s,
+    'lower_s': lower_s,
+    'compile_s': compile_s,
+    'warmup_step_s': warmup_times,
+    'step_times_s': step_times,
+    'step_s': step_s,
+    'examples_per_s': config.batch_size / step_s,
+    'peak_rss_bytes': _peak_rss_bytes(),
+    'xla_temp_bytes': temp_bytes,
+    'device_peak_bytes': device_stats.get('peak_bytes_in_use'),
+    'flops_per_step': flops,
+    'flops_loops': loops,
+    'achieved_tflops': achieved / 1e12,
+    'peak_tflops': peak or None,
+    'utilisation': achieved / (peak * 1e12) if peak else None,
+    'losses': losses,
+    'finite': finite_all,
   }
 
 
@@ -363,38 +399,62 @@ def format_lines(result: dict[str, Any], config_name: str) -> list[str]:
   r = result
   shapes = '; '.join(f'{k} {tuple(s)} {d}' for k, (s, d) in r['input_shapes'].items())
   loops = collections.Counter(r['flops_loops'])
-  flops_note = (' (a lower bound: loop bodies counted once: ' + ', '.join(
-      f'{count} x {loop}' for loop, count in loops.items()) + ')' if loops else '')
+  flops_note = (
+    ' (a lower bound: loop bodies counted once: '
+    + ', '.join(f'{count} x {loop}' for loop, count in loops.items())
+    + ')'
+    if loops
+    else ''
+  )
   if r['utilisation'] is not None:
-    utilisation = (f'{100 * r["utilisation"]:.1f}% of {r["peak_tflops"]:g} TFLOP/s '
-                   f'{r["compute_dtype"]} peak')
+    utilisation = (
+      f'{100 * r["utilisation"]:.1f}% of {r["peak_tflops"]:g} TFLOP/s {r["compute_dtype"]} peak'
+    )
   else:
     utilisation = 'n/a (no peak known for this device: --peak_tflops)'
-  device_peak = (f'; device peak {r["device_peak_bytes"] / GB:.2f} GB'
-                 if r['device_peak_bytes'] else '')
+  device_peak = (
+    f'; device peak {r["device_peak_bytes"] / GB:.2f} GB' if r['device_peak_bytes'] else ''
+  )
   rows = [
-      ('config', f'{config_name} (task {r["task"]}, dataset {r["dataset"]})'),
-      ('device', f'{r["device"]} x{r["num_devices"]}, {r["cpus"]} CPUs; load average '
-                 f'{" ".join(map(str, r["load_average_before"]))} before, '
-                 f'{" ".join(map(str, r["load_average_after"]))} after'),
-      ('batch', f'{r["batch_size"]} (grad_accum_steps {r["grad_accum_steps"]}), compute '
-                f'{r["compute_dtype"]}; classes {r["label_counts"]}'),
-      ('input', shapes),
-      ('parameters', f'{r["params"] / 1e6:.2f} M'),
-      ('init', f'{r["init_s"]:.1f} s'),
-      ('compile', f'{r["lower_s"] + r["compile_s"]:.1f} s (lower {r["lower_s"]:.1f} s, XLA '
-                  f'{r["compile_s"]:.1f} s)'),
-      ('warm-up step', ', '.join(f'{t:.3f} s' for t in r['warmup_step_s']) or 'none'),
-      ('step', f'{r["step_s"]:.3f} s/step (median of {len(r["step_times_s"])}: '
-               f'{", ".join(f"{t:.3f}" for t in r["step_times_s"])})'),
-      ('throughput', f'{r["examples_per_s"]:.2f} examples/s'),
-      ('memory', f'peak RSS {r["peak_rss_bytes"] / GB:.2f} GB; XLA temp buffers '
-                 f'{r["xla_temp_bytes"] / GB:.2f} GB{device_peak}'),
-      ('flops', f'{r["flops_per_step"] / 1e12:.4f} TFLOP/step{flops_note}'),
-      ('achieved', f'{r["achieved_tflops"]:.4f} TFLOP/s'),
-      ('utilisation', utilisation),
-      ('loss', f'{", ".join(f"{x:.4f}" for x in r["losses"])}'
-               f'{"" if r["finite"] else " (NOT FINITE)"}'),
+    ('config', f'{config_name} (task {r["task"]}, dataset {r["dataset"]})'),
+    (
+      'device',
+      f'{r["device"]} x{r["num_devices"]}, {r["cpus"]} CPUs; load average '
+      f'{" ".join(map(str, r["load_average_before"]))} before, '
+      f'{" ".join(map(str, r["load_average_after"]))} after',
+    ),
+    (
+      'batch',
+      f'{r["batch_size"]} (grad_accum_steps {r["grad_accum_steps"]}), compute '
+      f'{r["compute_dtype"]}; classes {r["label_counts"]}',
+    ),
+    ('input', shapes),
+    ('parameters', f'{r["params"] / 1e6:.2f} M'),
+    ('init', f'{r["init_s"]:.1f} s'),
+    (
+      'compile',
+      f'{r["lower_s"] + r["compile_s"]:.1f} s (lower {r["lower_s"]:.1f} s, XLA '
+      f'{r["compile_s"]:.1f} s)',
+    ),
+    ('warm-up step', ', '.join(f'{t:.3f} s' for t in r['warmup_step_s']) or 'none'),
+    (
+      'step',
+      f'{r["step_s"]:.3f} s/step (median of {len(r["step_times_s"])}: '
+      f'{", ".join(f"{t:.3f}" for t in r["step_times_s"])})',
+    ),
+    ('throughput', f'{r["examples_per_s"]:.2f} examples/s'),
+    (
+      'memory',
+      f'peak RSS {r["peak_rss_bytes"] / GB:.2f} GB; XLA temp buffers '
+      f'{r["xla_temp_bytes"] / GB:.2f} GB{device_peak}',
+    ),
+    ('flops', f'{r["flops_per_step"] / 1e12:.4f} TFLOP/step{flops_note}'),
+    ('achieved', f'{r["achieved_tflops"]:.4f} TFLOP/s'),
+    ('utilisation', utilisation),
+    (
+      'loss',
+      f'{", ".join(f"{x:.4f}" for x in r["losses"])}{"" if r["finite"] else " (NOT FINITE)"}',
+    ),
   ]
   return [f'{name:<14}{value}' for name, value in rows]
 
@@ -402,19 +462,20 @@ def format_lines(result: dict[str, Any], config_name: str) -> list[str]:
 def define_flags() -> None:
   """The command line (defined only when run as a script, so that tests can import
   this module beside other modules' absl flags)."""
-  config_flags.DEFINE_config_file('config', None, 'Stage config file[:variant].',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file('config', None, 'Stage config file[:variant].', lock_config=True)
   flags.DEFINE_integer('batch_size', 0, "Global batch size (0: the config's).")
   flags.DEFINE_integer('steps', 3, 'Timed steps.')
   flags.DEFINE_integer('warmup', 1, 'Untimed steps after compilation.')
   flags.DEFINE_bool('bf16', None, "bf16 compute (default: the config's bf16).")
-  flags.DEFINE_float('peak_tflops', 0.0,
-                     'Device peak TFLOP/s (0: PEAK_TFLOPS by device kind).')
+  flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s (0: PEAK_TFLOPS by device kind).')
   flags.DEFINE_integer('num_states', 74, 'Part states when config.data.root is empty.')
-  flags.DEFINE_integer('num_actions', 24,
-                       'Actions (classes) when config.data.root is empty.')
-  flags.DEFINE_bool('check_memory', True, 'On CPU, refuse a step that needs more '
-                    'memory than is available (instead of meeting the OOM killer).')
+  flags.DEFINE_integer('num_actions', 24, 'Actions (classes) when config.data.root is empty.')
+  flags.DEFINE_bool(
+    'check_memory',
+    True,
+    'On CPU, refuse a step that needs more '
+    'memory than is available (instead of meeting the OOM killer).',
+  )
   flags.mark_flags_as_required(['config'])
 
 
@@ -429,9 +490,15 @@ def main(argv):
     config.bf16 = args.bf16
   config_name = config_flags.get_config_filename(args['config'])
   try:
-    result = benchmark(config, steps=args.steps, warmup=args.warmup,
-                       peak_tflops=args.peak_tflops, num_states=args.num_states,
-                       num_actions=args.num_actions, check_memory=args.check_memory)
+    result = benchmark(
+      config,
+      steps=args.steps,
+      warmup=args.warmup,
+      peak_tflops=args.peak_tflops,
+      num_states=args.num_states,
+      num_actions=args.num_actions,
+      check_memory=args.check_memory,
+    )
   except (ValueError, FileNotFoundError, MemoryError) as e:
     sys.exit(f'error: {e}')
   result['config'] = config_name

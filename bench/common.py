@@ -4,6 +4,7 @@ the detector inference comparison and its flags (bench_detector.py, bench_one_st
 The benchmarks run as `python bench/<name>.py`, so this module is imported by its
 plain name (the script's folder is on sys.path).
 """
+
 import os
 import statistics
 import time
@@ -18,8 +19,7 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def interleaved_medians(fns, repeats: int, warmup: int, clock=time.perf_counter
-                        ) -> list[float]:
+def interleaved_medians(fns, repeats: int, warmup: int, clock=time.perf_counter) -> list[float]:
   """Median seconds per call of each of `fns`, timed in turns so that they share the
   machine's load alike (the cores may be shared); warm-up calls (and compilation)
   excluded."""
@@ -41,8 +41,12 @@ def match_torch_threads() -> int:
   threads = len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)
   import torchvision  # pylint: disable=g-import-not-at-top
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, '
-        f'torchvision {torchvision.__version__}, {threads} threads each', flush=True)
+
+  print(
+    f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, '
+    f'torchvision {torchvision.__version__}, {threads} threads each',
+    flush=True,
+  )
   return threads
 
 
@@ -56,14 +60,16 @@ def define_detector_flags() -> None:
   flags.DEFINE_integer('batch_size', 1, 'Images per call.')
   flags.DEFINE_integer('repeats', 5, 'Timed calls.')
   flags.DEFINE_integer('warmup', 2, 'Untimed calls first.')
-  flags.register_validator('size', lambda size: size % 32 == 0,
-                           'must be a multiple of 32 (no padding on either side)')
+  flags.register_validator(
+    'size', lambda size: size % 32 == 0, 'must be a multiple of 32 (no padding on either side)'
+  )
 
 
 def photograph(size: int, batch: int) -> np.ndarray:
   """(batch, size, size, 3) normalised copies of scikit-image's astronaut."""
   from skimage import data as skimage_data  # pylint: disable=g-import-not-at-top
   from skimage.transform import resize  # pylint: disable=g-import-not-at-top
+
   image = resize(skimage_data.astronaut(), (size, size), anti_aliasing=True)
   return np.repeat(((image.astype(np.float32) - MEAN) / STD)[None], batch, axis=0)
 
@@ -97,13 +103,14 @@ def compare_detectors(detectors, reference, reference_name: str) -> None:
   def torch_detect():
     with torch.no_grad():
       return reference(x_torch)
+
   counts.append(sum(len(d['scores']) for d in torch_detect()))
   calls.append(torch_detect)
 
   seconds = interleaved_medians(calls, args.repeats, args.warmup)
   rate = [args.batch_size / s for s in seconds]
   shape = f'{args.batch_size}x3x{args.size}x{args.size}'
-  print(f"\n{'detector':38} {'input':14} {'images/s':>9} {'vs torch':>9} {'dets':>5}")
+  print(f'\n{"detector":38} {"input":14} {"images/s":>9} {"vs torch":>9} {"dets":>5}')
   names = [name for name, _, _ in detectors] + [reference_name]
   for name, r, count in zip(names, rate, counts):
     print(f'{name:38} {shape:14} {r:9.3f} {r / rate[-1]:8.2f}x {count:5d}')

@@ -28,6 +28,7 @@ configs/part_state.py:tiny (the demo, configs/demo.py, runs exactly this chain):
 Expected: `eval_top1` ~0.51, `final_tta_top1` ~0.60 with 2 clips x 3 crops (chance 0.167);
 from scratch the same network stays near chance.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -38,40 +39,61 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Video Swin's Kinetics fine-tuning: 30 epochs of the ~3.4k training videos at batch
   # 64. bf16: a GPU / TPU run (--config.bf16=False on CPU).
-  config = common.trainer('action', total_steps=1_600, batch_size=64, log_steps=20,
-                          checkpoint_steps=400, eval_steps=400, bf16=True,
-                          init_from='workdirs/action_pretrain', init_exclude='^head/')
+  config = common.trainer(
+    'action',
+    total_steps=1_600,
+    batch_size=64,
+    log_steps=20,
+    checkpoint_steps=400,
+    eval_steps=400,
+    bf16=True,
+    init_from='workdirs/action_pretrain',
+    init_exclude='^head/',
+  )
   config.data = common.data(
-      tfds_name='tps_action_clips',
-      train_split='train',
-      eval_split='val',
-      num_frames=32,
-      frame_stride=2,
-      image_size=224,
-      crop_area=(0.3, 1.0),           # train: random crop of this fraction of the area
-      flip=True,
-      resize=224,                     # eval: short side, then centre crop
-      worker_count=8)
-  config.model = ml_collections.ConfigDict({
+    tfds_name='tps_action_clips',
+    train_split='train',
+    eval_split='val',
+    num_frames=32,
+    frame_stride=2,
+    image_size=224,
+    crop_area=(0.3, 1.0),  # train: random crop of this fraction of the area
+    flip=True,
+    resize=224,  # eval: short side, then centre crop
+    worker_count=8,
+  )
+  config.model = ml_collections.ConfigDict(
+    {
       'arch': 'swin3d_b',
-      'window_size': (16, 7, 7),      # the pre-training's: its bias tables fit
+      'window_size': (16, 7, 7),  # the pre-training's: its bias tables fit
       'drop_path_rate': 0.2,
-      'head_drop_rate': 0.5,          # dropout before the classification head
+      'head_drop_rate': 0.5,  # dropout before the classification head
       'remat': False,
-      'overrides': {},                # other SwinTransformer fields (embed_dim, depths, ...)
-  })
-  config.loss = ml_collections.ConfigDict({
-      'label_smoothing': 0.1, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0,
-      'switch_prob': 0.5})
-  config.optim = ml_collections.ConfigDict({
-      'learning_rate': 2e-4, 'warmup_steps': 160, 'end_lr_ratio': 0.01, 'b1': 0.9,
-      'b2': 0.999, 'eps': 1e-8, 'weight_decay': 0.05, 'grad_clip_norm': 1.0,
-      'layer_decay': 0.9, 'ema_decay': 0.0})
+      'overrides': {},  # other SwinTransformer fields (embed_dim, depths, ...)
+    }
+  )
+  config.loss = ml_collections.ConfigDict(
+    {'label_smoothing': 0.1, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'switch_prob': 0.5}
+  )
+  config.optim = ml_collections.ConfigDict(
+    {
+      'learning_rate': 2e-4,
+      'warmup_steps': 160,
+      'end_lr_ratio': 0.01,
+      'b1': 0.9,
+      'b2': 0.999,
+      'eps': 1e-8,
+      'weight_decay': 0.05,
+      'grad_clip_norm': 1.0,
+      'layer_decay': 0.9,
+      'ema_decay': 0.0,
+    }
+  )
   # Multi-view evaluation after training (tps_jax/tasks/action_views.py): `clips`
   # temporal clips x `crops` spatial crops per video, averaged as `average`.
-  config.tta = ml_collections.ConfigDict({
-      'clips': 4, 'crops': 3, 'average': 'logits', 'views_per_forward': 0,
-      'batch_size': 8})
+  config.tta = ml_collections.ConfigDict(
+    {'clips': 4, 'crops': 3, 'average': 'logits', 'views_per_forward': 0, 'batch_size': 8}
+  )
   if arg == 'tiny':
     tiny(config)
   elif arg:
@@ -91,10 +113,9 @@ def tiny(config: ml_collections.ConfigDict) -> None:
   config.checkpoint_steps = 500
   config.eval_steps = 250
   config.bf16 = False
-  config.init_from.path = ''         # the demo: configs/demo.py's stage_init
+  config.init_from.path = ''  # the demo: configs/demo.py's stage_init
   config.model.arch = 'swin3d_t'
-  config.model.overrides = {'embed_dim': 32, 'depths': (1, 1, 2, 1),
-                            'num_heads': (1, 2, 4, 8)}
+  config.model.overrides = {'embed_dim': 32, 'depths': (1, 1, 2, 1), 'num_heads': (1, 2, 4, 8)}
   config.model.window_size = (2, 2, 2)
   config.model.drop_path_rate = 0.1
   config.model.head_drop_rate = 0.0

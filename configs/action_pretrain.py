@@ -28,6 +28,7 @@ as configs/action.py shows; then the fine-tuning starts from it:
 Expected: `eval_top1` ~0.46 for the pre-training; the fine-tuning from it then reaches
 ~0.82 (~0.88 with 2 x 3 views), against ~0.51 straight from the part-state backbone.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -38,7 +39,7 @@ from configs import action
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, 'tiny'):
     raise ValueError(f'configs/action_pretrain.py: unknown variant {arg!r} (known: tiny)')
-  config = action.get_config()          # the same network, loss and evaluation
+  config = action.get_config()  # the same network, loss and evaluation
   # Video Swin's SSv2 recipe: 60 epochs of SSv2's 168,913 videos at batch 64, 2.5 of
   # warmup; layer-wise lr decay 0.9 stands in for its 0.1x backbone lr.
   config.total_steps = 158_000
@@ -47,8 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_steps = 10_000
   config.init_from.path = 'weights/swin3d_b_inflated'
   config.data.tfds_name = 'ssv2_clips'  # the name given to data_prep.build --name
-  config.data.frame_stride = 1          # SSv2 is 12 fps: 32 frames ~ 2.7 s
-  config.data.flip = False              # some SSv2 classes are left / right
+  config.data.frame_stride = 1  # SSv2 is 12 fps: 32 frames ~ 2.7 s
+  config.data.flip = False  # some SSv2 classes are left / right
   config.model.drop_path_rate = 0.3
   config.optim.learning_rate = 3e-4
   config.optim.warmup_steps = 6_600

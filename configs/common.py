@@ -5,6 +5,7 @@ file, the shared ones through these helpers, each called by name, so nothing is 
 in behind the config's back (the trainer, the tasks and the input pipelines read what
 the config holds, and a missing `data.*` field is an error naming it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,23 @@ import ml_collections
 from tps_jax.models import cascade_rcnn
 
 
-def trainer(task: str, *, total_steps: int, batch_size: int, log_steps: int,
-            checkpoint_steps: int, eval_steps: int, bf16: bool = False,
-            init_from: str = '', init_include: str = '.*', init_exclude: str = '',
-            init_prefix: str = '', init_source_prefix: str = '', keep_checkpoints: int = 3,
-            seed: int = 0) -> ml_collections.ConfigDict:
+def trainer(
+  task: str,
+  *,
+  total_steps: int,
+  batch_size: int,
+  log_steps: int,
+  checkpoint_steps: int,
+  eval_steps: int,
+  bf16: bool = False,
+  init_from: str = '',
+  init_include: str = '.*',
+  init_exclude: str = '',
+  init_prefix: str = '',
+  init_source_prefix: str = '',
+  keep_checkpoints: int = 3,
+  seed: int = 0,
+) -> ml_collections.ConfigDict:
   """The fields the trainer reads (tps_jax/train/trainer.py); a stage config adds `data`,
   `model`, `optim` and its task's own.
 
@@ -32,17 +45,23 @@ def trainer(task: str, *, total_steps: int, batch_size: int, log_steps: int,
   config.task = task
   config.seed = seed
   config.total_steps = total_steps
-  config.batch_size = batch_size             # global, over all devices and processes
+  config.batch_size = batch_size  # global, over all devices and processes
   config.grad_accum_steps = 1
   config.log_steps = log_steps
   config.checkpoint_steps = checkpoint_steps
   config.keep_checkpoints = keep_checkpoints
-  config.eval_steps = eval_steps             # 0: no evaluation during training
-  config.bf16 = bf16                         # bfloat16 compute, float32 parameters
-  config.mesh = ml_collections.ConfigDict({'model': 1})   # devices on the `model` axis
+  config.eval_steps = eval_steps  # 0: no evaluation during training
+  config.bf16 = bf16  # bfloat16 compute, float32 parameters
+  config.mesh = ml_collections.ConfigDict({'model': 1})  # devices on the `model` axis
   config.init_from = ml_collections.ConfigDict(
-      {'path': init_from, 'include': init_include, 'exclude': init_exclude,
-       'prefix': init_prefix, 'source_prefix': init_source_prefix})
+    {
+      'path': init_from,
+      'include': init_include,
+      'exclude': init_exclude,
+      'prefix': init_prefix,
+      'source_prefix': init_source_prefix,
+    }
+  )
   # Resume a workdir although settings that change what it trains differ from those
   # it was started with (tps_jax/train/settings.py).
   config.allow_config_change = False
@@ -53,15 +72,18 @@ def data(**fields: Any) -> ml_collections.ConfigDict:
   """`config.data`: where the datasets are and how they are read (every input
   pipeline's fields, tps_jax/data/pipelines.py READ_FIELDS), then the stage's `fields`,
   which may also replace these."""
-  return ml_collections.ConfigDict({
-      'root': '',                    # dataset root: the built datasets are in ROOT/tfds
-      'tfds_dir': '',                # or here
-      'tfds_name': '',               # the dataset's folder name; '' = tps_<dataset>
-      'read_threads': 2,             # grain threads reading records
-      'prefetch_batches': 2,         # batches read ahead
-      'worker_count': 0,             # grain worker processes decoding (0: none)
-      'worker_buffer_size': 2,       # batches each worker holds
-      **fields})
+  return ml_collections.ConfigDict(
+    {
+      'root': '',  # dataset root: the built datasets are in ROOT/tfds
+      'tfds_dir': '',  # or here
+      'tfds_name': '',  # the dataset's folder name; '' = tps_<dataset>
+      'read_threads': 2,  # grain threads reading records
+      'prefetch_batches': 2,  # batches read ahead
+      'worker_count': 0,  # grain worker processes decoding (0: none)
+      'worker_buffer_size': 2,  # batches each worker holds
+      **fields,
+    }
+  )
 
 
 def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any]:
@@ -71,9 +93,9 @@ def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any
   arguments (shared/design.md: scale 8, ratios 0.5 / 1 / 2, strides 4-64)."""
   rpn, roi = cascade_rcnn.make_settings(convention)
   settings = rpn if part == 'rpn' else roi
-  fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
-            if f.name != 'anchors'}
+  fields = {
+    f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != 'anchors'
+  }
   if part == 'rpn':
-    fields['anchors'] = {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0),
-                         'scales': (8,)}
+    fields['anchors'] = {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0), 'scales': (8,)}
   return fields

@@ -19,6 +19,7 @@ Expected (2 CPU cores, about 22 minutes): the table in the README's Quickstart -
 system score 0.177 against 0.132 for the majority-state baseline, 0.9999 with every
 stage replaced by the ground truth.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -30,36 +31,56 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, *VARIANTS):
     raise ValueError(f'configs/demo.py: unknown variant {arg!r} (known: {", ".join(VARIANTS)})')
   config = ml_collections.ConfigDict()
-  config.stages = ['human_detector=configs/human_detector.py:tiny',
-                   'part_detector=configs/part_detector.py:tiny',
-                   'part_state=configs/part_state.py:tiny',
-                   'action=configs/action.py:tiny']
-  config.data = ml_collections.ConfigDict({
-      'root': '',            # '' = <workdir>/Kinetics-TPS, written when absent
-      'videos': 960,         # synthetic videos (train + test); fewer and the action
-                             # network learns the backgrounds
+  config.stages = [
+    'human_detector=configs/human_detector.py:tiny',
+    'part_detector=configs/part_detector.py:tiny',
+    'part_state=configs/part_state.py:tiny',
+    'action=configs/action.py:tiny',
+  ]
+  config.data = ml_collections.ConfigDict(
+    {
+      'root': '',  # '' = <workdir>/Kinetics-TPS, written when absent
+      'videos': 960,  # synthetic videos (train + test); fewer and the action
+      # network learns the backgrounds
       'seed': 0,
-      'jobs': 0,             # processes writing and building the dataset (0: all CPUs)
-      'datasets': ['humans', 'parts', 'part_states', 'action_clips']})   # built
+      'jobs': 0,  # processes writing and building the dataset (0: all CPUs)
+      'datasets': ['humans', 'parts', 'part_states', 'action_clips'],
+    }
+  )  # built
   # The action network's Swin starts from the part-state network's (inflated to 3D).
   config.stage_init = ml_collections.ConfigDict(
-      {'action': {'from': 'part_state', 'source_prefix': 'backbone/'}})
+    {'action': {'from': 'part_state', 'source_prefix': 'backbone/'}}
+  )
   config.stage_overrides = ml_collections.ConfigDict()
-  config.allow_config_change = False   # resume stages whose settings changed
+  config.allow_config_change = False  # resume stages whose settings changed
   # The end-to-end evaluation (tps_jax/inference/pipeline.py Settings): the synthetic
   # frames hold at most three people; one proposal per part.
-  config.pipeline = ml_collections.ConfigDict({
+  config.pipeline = ml_collections.ConfigDict(
+    {
       'split': 'val',
-      'settings': {'max_humans': 3, 'proposals_per_part': 1, 'human_score_threshold': 0.5,
-                   'part_score_threshold': 0.2, 'frame_batch': 8, 'action_clips': 2,
-                   'action_crops': 3}})
-  if arg == 'quick':     # fewer steps for every network: a first look at the system
-    config.stage_overrides = ml_collections.ConfigDict({
+      'settings': {
+        'max_humans': 3,
+        'proposals_per_part': 1,
+        'human_score_threshold': 0.5,
+        'part_score_threshold': 0.2,
+        'frame_batch': 8,
+        'action_clips': 2,
+        'action_crops': 3,
+      },
+    }
+  )
+  if arg == 'quick':  # fewer steps for every network: a first look at the system
+    config.stage_overrides = ml_collections.ConfigDict(
+      {
         'human_detector': {'total_steps': 200, 'eval_steps': 200},
         'part_detector': {'total_steps': 200, 'eval_steps': 200},
-        'part_state': {'total_steps': 250}, 'action': {'total_steps': 500}})
+        'part_state': {'total_steps': 250},
+        'action': {'total_steps': 500},
+      }
+    )
   if arg == 'smoke':
     config.data.videos = 24
-    config.stage_overrides = ml_collections.ConfigDict({
-        'total_steps': 4, 'log_steps': 2, 'checkpoint_steps': 4, 'eval_steps': 4})
+    config.stage_overrides = ml_collections.ConfigDict(
+      {'total_steps': 4, 'log_steps': 2, 'checkpoint_steps': 4, 'eval_steps': 4}
+    )
   return config

@@ -35,6 +35,7 @@ Expected: ~0.567 (no gain over 0.566 in the report).
 
 Expected: AP50 ~0.15, AP ~0.03.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -43,18 +44,20 @@ from configs import part_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "tiny"):
-    raise ValueError(f"configs/part_detector_gfl.py: unknown variant {arg!r} (known: tiny)")
+  if arg not in (None, 'tiny'):
+    raise ValueError(f'configs/part_detector_gfl.py: unknown variant {arg!r} (known: tiny)')
   config = part_detector.get_config(arg)
-  config.init_from.path = "weights/gfl_x101_coco"
-  config.model = ml_collections.ConfigDict({
-      "family": "gfl",
-      "backbone": "resnext101_32x4d",
-      "backbone_overrides": {"frozen_stages": 1},
-      "neck": {"out_channels": 256},
-      "head": {},                        # tps_jax.models.gfl.GFLSettings fields
-  })
-  if arg == "tiny":
+  config.init_from.path = 'weights/gfl_x101_coco'
+  config.model = ml_collections.ConfigDict(
+    {
+      'family': 'gfl',
+      'backbone': 'resnext101_32x4d',
+      'backbone_overrides': {'frozen_stages': 1},
+      'neck': {'out_channels': 256},
+      'head': {},  # tps_jax.models.gfl.GFLSettings fields
+    }
+  )
+  if arg == 'tiny':
     _tiny(config)
   return config
 
@@ -62,12 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _tiny(config: ml_collections.ConfigDict) -> None:
   """Trainer and data settings of part_detector.py:tiny; a small ResNet and head."""
   config.total_steps = 300
-  config.init_from.path = ""
-  config.model.backbone = "resnet18"
-  config.model.backbone_overrides = {"depths": (1, 1, 1, 1), "frozen_stages": -1}
-  config.model.neck = {"out_channels": 64}
-  config.model.head = {"num_convs": 2, "feat_channels": 64, "num_groups": 16,
-                       "max_detections": 50}
+  config.init_from.path = ''
+  config.model.backbone = 'resnet18'
+  config.model.backbone_overrides = {'depths': (1, 1, 1, 1), 'frozen_stages': -1}
+  config.model.neck = {'out_channels': 64}
+  config.model.head = {'num_convs': 2, 'feat_channels': 64, 'num_groups': 16, 'max_detections': 50}
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 30
   config.optim.weight_decay = 1e-4

@@ -25,6 +25,7 @@ anchors half mmdetection's size (the synthetic parts are 8-60 pixels).
 
 Expected: AP50 ~0.10, AP ~0.017.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -33,21 +34,22 @@ from configs import part_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, "tiny"):
-    raise ValueError(f"configs/part_detector_retinanet.py: unknown variant {arg!r} "
-                     "(known: tiny)")
+  if arg not in (None, 'tiny'):
+    raise ValueError(f'configs/part_detector_retinanet.py: unknown variant {arg!r} (known: tiny)')
   config = part_detector.get_config(arg)
-  config.total_steps = 4000              # ~12 epochs of 5k crops at batch 16
-  config.init_from.path = "weights/retinanet_r50_coco"
-  config.model = ml_collections.ConfigDict({
-      "family": "retinanet",
-      "backbone": "resnet50",
-      "backbone_overrides": {"frozen_stages": 1},
-      "convention": "mmdet",             # 'torchvision' for torchvision's weights
-      "neck": {"out_channels": 256},
-      "head": {},                        # tps_jax.models.retinanet.RetinaNetSettings fields
-  })
-  if arg == "tiny":
+  config.total_steps = 4000  # ~12 epochs of 5k crops at batch 16
+  config.init_from.path = 'weights/retinanet_r50_coco'
+  config.model = ml_collections.ConfigDict(
+    {
+      'family': 'retinanet',
+      'backbone': 'resnet50',
+      'backbone_overrides': {'frozen_stages': 1},
+      'convention': 'mmdet',  # 'torchvision' for torchvision's weights
+      'neck': {'out_channels': 256},
+      'head': {},  # tps_jax.models.retinanet.RetinaNetSettings fields
+    }
+  )
+  if arg == 'tiny':
     _tiny(config)
   return config
 
@@ -55,14 +57,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _tiny(config: ml_collections.ConfigDict) -> None:
   """Trainer and data settings of part_detector.py:tiny; a small ResNet and head."""
   config.total_steps = 300
-  config.init_from.path = ""
-  config.model.backbone = "resnet18"
-  config.model.backbone_overrides = {"depths": (1, 1, 1, 1), "frozen_stages": -1}
-  config.model.neck = {"out_channels": 64}
+  config.init_from.path = ''
+  config.model.backbone = 'resnet18'
+  config.model.backbone_overrides = {'depths': (1, 1, 1, 1), 'frozen_stages': -1}
+  config.model.neck = {'out_channels': 64}
   config.model.head = {
-      "num_convs": 2, "feat_channels": 64, "max_detections": 50,
-      "anchors": {"strides": (8, 16, 32, 64, 128), "ratios": (0.5, 1.0, 2.0),
-                  "octave_base_scale": 2, "scales_per_octave": 3}}
+    'num_convs': 2,
+    'feat_channels': 64,
+    'max_detections': 50,
+    'anchors': {
+      'strides': (8, 16, 32, 64, 128),
+      'ratios': (0.5, 1.0, 2.0),
+      'octave_base_scale': 2,
+      'scales_per_octave': 3,
+    },
+  }
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 30
   config.optim.weight_decay = 1e-4

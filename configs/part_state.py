@@ -28,6 +28,7 @@ drops the encoder's attention sub-layers, so parts do not see each other.
 
 Expected: `eval_top1` ~0.94 (chance 0.077, the per-part majority state 0.73).
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -41,34 +42,46 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = [v for v in (arg or '').split(',') if v]
   unknown = sorted(set(variants) - set(VARIANTS))
   if unknown:
-    raise ValueError(f'configs/part_state.py: unknown variant(s) {", ".join(unknown)} '
-                     f'(known: {", ".join(VARIANTS)}; combine with commas)')
+    raise ValueError(
+      f'configs/part_state.py: unknown variant(s) {", ".join(unknown)} '
+      f'(known: {", ".join(VARIANTS)}; combine with commas)'
+    )
   # 20k steps: about 8 epochs of the ~1.2M training human crops. bf16: a GPU / TPU run
   # (--config.bf16=False on CPU).
   config = common.trainer(
-      'part_state', total_steps=20000, batch_size=512, log_steps=50,
-      checkpoint_steps=1000, eval_steps=2000, bf16=True,
-      init_from='weights/swin_l_22k', init_include=r'^backbone/', init_prefix='backbone/')
+    'part_state',
+    total_steps=20000,
+    batch_size=512,
+    log_steps=50,
+    checkpoint_steps=1000,
+    eval_steps=2000,
+    bf16=True,
+    init_from='weights/swin_l_22k',
+    init_include=r'^backbone/',
+    init_prefix='backbone/',
+  )
   config.label_smoothing = 0.0
   config.data = common.data(
-      eval_split='val',
-      resize=256,                  # the human crop is resized to this, then cropped
-      image_size=224,              # random crop (train) / centre crop (eval)
-      balance_states=True,         # resample humans to balance states per part
-      box_jitter=0.05,             # part boxes jittered by this fraction of their size
-      color_jitter=0.4,
-      flip=True,                   # horizontal flip, swapping left/right parts
-      worker_count=8)              # grain decoding processes
+    eval_split='val',
+    resize=256,  # the human crop is resized to this, then cropped
+    image_size=224,  # random crop (train) / centre crop (eval)
+    balance_states=True,  # resample humans to balance states per part
+    box_jitter=0.05,  # part boxes jittered by this fraction of their size
+    color_jitter=0.4,
+    flip=True,  # horizontal flip, swapping left/right parts
+    worker_count=8,
+  )  # grain decoding processes
   # The report leaves these open: RoIAlign 7x7 on stage 3 (stride 16, the middle of the
   # four), a 1x1 projection to 256 channels; a 2-layer BERT encoder of width 768.
-  config.model = ml_collections.ConfigDict({
+  config.model = ml_collections.ConfigDict(
+    {
       'backbone_arch': 'swin_l',
       'backbone_overrides': {'drop_path_rate': 0.2},
-      'part_feature': 'roi_align',   # 'crop': the no_roi baseline
+      'part_feature': 'roi_align',  # 'crop': the no_roi baseline
       'roi_stage': 3,
       'roi_output_size': 7,
       'roi_channels': 256,
-      'crop_size': 112,              # no_roi: part crops resized to half the human crop
+      'crop_size': 112,  # no_roi: part crops resized to half the human crop
       'hidden_dim': 768,
       'num_layers': 2,
       'num_heads': 12,
@@ -78,12 +91,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'use_action': True,
       'use_attention': True,
       'remat': False,
-  })
+    }
+  )
   # AdamW with weight decay 1e-8 (the report); layer-wise lr decay over the Swin's blocks.
-  config.optim = ml_collections.ConfigDict({
-      'learning_rate': 2e-4, 'warmup_steps': 1000, 'end_lr_ratio': 0.01,
-      'b1': 0.9, 'b2': 0.999, 'eps': 1e-8, 'weight_decay': 1e-8,
-      'grad_clip_norm': 5.0, 'layer_decay': 0.9, 'ema_decay': 0.0})
+  config.optim = ml_collections.ConfigDict(
+    {
+      'learning_rate': 2e-4,
+      'warmup_steps': 1000,
+      'end_lr_ratio': 0.01,
+      'b1': 0.9,
+      'b2': 0.999,
+      'eps': 1e-8,
+      'weight_decay': 1e-8,
+      'grad_clip_norm': 5.0,
+      'layer_decay': 0.9,
+      'ema_decay': 0.0,
+    }
+  )
   if 'tiny' in variants:
     _tiny(config)
   if 'no_action' in variants:
@@ -115,8 +139,12 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.data.image_size = 64
   config.model.backbone_arch = 'swin_t'
   config.model.backbone_overrides = {
-      'embed_dim': 32, 'depths': (1, 1, 2, 1), 'num_heads': (1, 2, 4, 8),
-      'window_size': (2, 2), 'drop_path_rate': 0.0}
+    'embed_dim': 32,
+    'depths': (1, 1, 2, 1),
+    'num_heads': (1, 2, 4, 8),
+    'window_size': (2, 2),
+    'drop_path_rate': 0.0,
+  }
   config.model.roi_stage = 1
   config.model.roi_output_size = 6
   config.model.roi_channels = 32

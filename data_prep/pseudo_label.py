@@ -35,6 +35,7 @@ a pass over the training crops takes as long as an evaluation of the same size).
 Errors (no export, no dataset, an export of another architecture, an annotation that
 no longer matches the dataset) are one line on stderr with exit status 1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import grain
 import jax
@@ -60,22 +62,27 @@ from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Part detector config file[:variant].")
-_EXPORT = flags.DEFINE_string("export", None, "Export directory of the trained detector.")
-_DATA_ROOT = flags.DEFINE_string("data_root", None, "Kinetics-TPS root (annotations; "
-                                 "datasets under ROOT/tfds unless --config.data.tfds_dir).")
-_OUT = flags.DEFINE_string("out", None, "Pseudo-label JSON file to write.")
-_POSITIVE = flags.DEFINE_float("pseudo_positive", 0.4, "Scores above this become positives.")
-_LOW = flags.DEFINE_float("pseudo_low", 0.1,
-                          "Scores in [pseudo_low, pseudo_positive] become ignore regions; "
-                          "lower ones are not written.")
-_SPLIT = flags.DEFINE_string("split", "train", "Split of tps_parts to label.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Crops per batch.")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["config", "export", "data_root", "out"])
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Part detector config file[:variant].')
+_EXPORT = flags.DEFINE_string('export', None, 'Export directory of the trained detector.')
+_DATA_ROOT = flags.DEFINE_string(
+  'data_root',
+  None,
+  'Kinetics-TPS root (annotations; datasets under ROOT/tfds unless --config.data.tfds_dir).',
+)
+_OUT = flags.DEFINE_string('out', None, 'Pseudo-label JSON file to write.')
+_POSITIVE = flags.DEFINE_float('pseudo_positive', 0.4, 'Scores above this become positives.')
+_LOW = flags.DEFINE_float(
+  'pseudo_low',
+  0.1,
+  'Scores in [pseudo_low, pseudo_positive] become ignore regions; lower ones are not written.',
+)
+_SPLIT = flags.DEFINE_string('split', 'train', 'Split of tps_parts to label.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Crops per batch.')
+_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar.')
+flags.mark_flags_as_required(['config', 'export', 'data_root', 'out'])
 
 # Per-crop fields carried beside the batch (the detector does not see them).
-_IDS = ("video", "frame", "human", "crop_box")
+_IDS = ('video', 'frame', 'human', 'crop_box')
 
 
 class PseudoLabelError(ValueError):
@@ -84,52 +91,61 @@ class PseudoLabelError(ValueError):
 
 @dataclasses.dataclass
 class Summary:
-  crops: int = 0                 # crops labelled
-  humans_labelled: int = 0       # humans with at least one written part
-  positives: int = 0             # written boxes scoring > pseudo_positive
-  ignores: int = 0               # written boxes scoring in [pseudo_low, pseudo_positive]
-  annotated_skipped: int = 0     # boxes >= pseudo_low of parts the human has annotated
+  crops: int = 0  # crops labelled
+  humans_labelled: int = 0  # humans with at least one written part
+  positives: int = 0  # written boxes scoring > pseudo_positive
+  ignores: int = 0  # written boxes scoring in [pseudo_low, pseudo_positive]
+  annotated_skipped: int = 0  # boxes >= pseudo_low of parts the human has annotated
 
   def lines(self, out: str, pseudo_positive: float, pseudo_low: float) -> list[str]:
     return [
-        f"{self.crops} crops: {self.positives} positive boxes (score > {pseudo_positive}) "
-        "and "
-        f"{self.ignores} ignore regions ({pseudo_low} <= score <= {pseudo_positive}) for "
-        f"{self.humans_labelled} humans; {self.annotated_skipped} boxes of annotated parts "
-        "left out",
-        f"wrote {out}",
-        "next: python -m data_prep.build --data_root ROOT --datasets parts --overwrite "
-        f"--pseudo_labels {out} --pseudo_positive {pseudo_positive} --pseudo_low {pseudo_low}"]
+      f'{self.crops} crops: {self.positives} positive boxes (score > {pseudo_positive}) '
+      'and '
+      f'{self.ignores} ignore regions ({pseudo_low} <= score <= {pseudo_positive}) for '
+      f'{self.humans_labelled} humans; {self.annotated_skipped} boxes of annotated parts '
+      'left out',
+      f'wrote {out}',
+      'next: python -m data_prep.build --data_root ROOT --datasets parts --overwrite '
+      f'--pseudo_labels {out} --pseudo_positive {pseudo_positive} --pseudo_low {pseudo_low}',
+    ]
 
 
 # ------------------------------------------------------------------------ the detector
 
+
 def load_detector(config, export: str):
   """(task, params, model_state) of an export, checked against the config's model."""
-  if not os.path.isdir(os.path.join(export, "variables")):
-    raise PseudoLabelError(f"{export}: no export (variables/ and config.json)")
+  if not os.path.isdir(os.path.join(export, 'variables')):
+    raise PseudoLabelError(f'{export}: no export (variables/ and config.json)')
   task = tasks_lib.get_task(config.task, config)
   variables = dict(checkpointing.load_export(export)[0])
-  params = variables.pop("params")
-  expected = jax.eval_shape(task.init_variables, jax.random.key(0))["params"]
-  shapes = lambda tree: {param_name(path): np.shape(leaf)
-                         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  params = variables.pop('params')
+  expected = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
+  shapes = lambda tree: {
+    param_name(path): np.shape(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
   problem = checkpointing.first_mismatch(shapes(params), shapes(expected))
   if problem:
-    raise PseudoLabelError(f"{export}: the exported parameters do not fit the config's "
-                           f"{config.model.family} model: {problem}")
+    raise PseudoLabelError(
+      f"{export}: the exported parameters do not fit the config's "
+      f'{config.model.family} model: {problem}'
+    )
   return task, params, variables
 
 
 # ------------------------------------------------------------------------------ crops
 
+
 def _prepare(raw: Mapping[str, Any], *, settings) -> dict[str, Any]:
   """A tps_parts record -> the eval pipeline's example, plus the crop's identity."""
   example = pipelines.detector_example(raw, None, settings=settings, swap_parts=True)
-  video = raw["video"]
-  example.update(video=video.decode() if isinstance(video, bytes) else str(video),
-                 frame=int(raw["frame"]), human=int(raw["human"]),
-                 crop_box=np.asarray(raw["crop_box"], np.float32))
+  video = raw['video']
+  example.update(
+    video=video.decode() if isinstance(video, bytes) else str(video),
+    frame=int(raw['frame']),
+    human=int(raw['human']),
+    crop_box=np.asarray(raw['crop_box'], np.float32),
+  )
   return example
 
 
@@ -138,33 +154,43 @@ def _collate(examples, *, spec, batch_size: int):
   ids = [{k: e[k] for k in _IDS} for e in examples]
   batch = pipelines.collate([{k: e[k] for k in spec} for e in examples], spec=spec)
   rows = len(examples)
-  batch = {k: np.concatenate([v, np.zeros((batch_size - rows, *v.shape[1:]), v.dtype)])
-           for k, v in batch.items()}
+  batch = {
+    k: np.concatenate([v, np.zeros((batch_size - rows, *v.shape[1:]), v.dtype)])
+    for k, v in batch.items()
+  }
   batch[tasks_lib.EXAMPLE_MASK] = np.arange(batch_size) < rows
   return batch, ids
 
 
 def crop_batches(config, split: str, batch_size: int) -> tuple[Iterator, int]:
   """(iterator of (batch, ids), number of batches) over a split of tps_parts, in order."""
-  settings = pipelines.data_settings("parts", config)
-  directory = pipelines.dataset_path("parts", settings)
+  settings = pipelines.data_settings('parts', config)
+  directory = pipelines.dataset_path('parts', settings)
   builder = tfds.builder_from_directory(directory)
   if split not in builder.info.splits:
-    raise PseudoLabelError(f"{directory}: no split {split!r} (splits: "
-                           f"{', '.join(sorted(builder.info.splits))})")
+    raise PseudoLabelError(
+      f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'
+    )
   source = builder.as_data_source(split)
-  spec = pipelines.output_spec("parts", settings)
-  dataset = (grain.MapDataset.source(source)
-             .map(functools.partial(_prepare, settings=settings))
-             .batch(batch_size, batch_fn=functools.partial(_collate, spec=spec,
-                                                           batch_size=batch_size)))
-  iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches)))
+  spec = pipelines.output_spec('parts', settings)
+  dataset = (
+    grain.MapDataset.source(source)
+    .map(functools.partial(_prepare, settings=settings))
+    .batch(batch_size, batch_fn=functools.partial(_collate, spec=spec, batch_size=batch_size))
+  )
+  iterator = iter(
+    dataset.to_iter_dataset(
+      grain.ReadOptions(
+        num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches
+      )
+    )
+  )
   return iterator, math.ceil(len(source) / batch_size)
 
 
-def to_frame(boxes: np.ndarray, scale: float, crop_box: np.ndarray,
-             crop_size: np.ndarray) -> np.ndarray:
+def to_frame(
+  boxes: np.ndarray, scale: float, crop_box: np.ndarray, crop_size: np.ndarray
+) -> np.ndarray:
   """Detections (N, 4) in input pixels of a resized crop -> frame pixels, inside the crop.
 
   The pipeline resized the crop (h, w) = `crop_size` by `scale`; crop pixel (x, y) is
@@ -173,28 +199,32 @@ def to_frame(boxes: np.ndarray, scale: float, crop_box: np.ndarray,
   """
   height, width = float(crop_size[0]), float(crop_size[1])
   crop = boxes / scale - np.array([0.0, 0.0, 1.0, 1.0])
-  crop[:, 2:] = np.maximum(crop[:, 2:], crop[:, :2])     # a box under a pixel wide
+  crop[:, 2:] = np.maximum(crop[:, 2:], crop[:, :2])  # a box under a pixel wide
   crop = np.clip(crop, 0.0, [width - 1, height - 1, width - 1, height - 1])
   return crop + np.tile(crop_box[:2], 2)
 
 
 # ------------------------------------------------------------------------ annotations
 
+
 class Annotations:
   """Annotated part names of (video, frame, human number), read from the root on demand
   (both splits of the built datasets come from the root's train videos)."""
 
   def __init__(self, root: str):
-    self.videos = {video.name: video for video in tps.iter_videos(root, "train")}
+    self.videos = {video.name: video for video in tps.iter_videos(root, 'train')}
     self.root = root
+    # A cache per object (a cached method would keep every Annotations alive).
+    self._frame = functools.lru_cache(maxsize=256)(self._read_frame)
 
-  @functools.lru_cache(maxsize=256)
-  def _frame(self, video: str, frame: int) -> tps.FrameAnnotation:
+  def _read_frame(self, video: str, frame: int) -> tps.FrameAnnotation:
     entry = self.videos.get(video)
     path = entry.annotation_path(frame) if entry is not None else None
     if path is None:
-      raise PseudoLabelError(f"{self.root}: no annotation of {video} frame {frame}, which "
-                             "the dataset holds (rebuild it from this root)")
+      raise PseudoLabelError(
+        f'{self.root}: no annotation of {video} frame {frame}, which '
+        'the dataset holds (rebuild it from this root)'
+      )
     return tps.load_frame(path)
 
   def parts(self, video: str, frame: int, number: int) -> set[str]:
@@ -202,36 +232,58 @@ class Annotations:
     for position, human in enumerate(humans):
       if (human.number if human.number is not None else position + 1) == number:
         return set(human.parts)
-    raise PseudoLabelError(f"{self.root}: {video} frame {frame} has no human number {number}, "
-                           "which the dataset holds (rebuild it from this root)")
+    raise PseudoLabelError(
+      f'{self.root}: {video} frame {frame} has no human number {number}, '
+      'which the dataset holds (rebuild it from this root)'
+    )
 
 
 # ---------------------------------------------------------------------------- the run
 
-def pseudo_labels(config, params, model_state, task, root: str, *, split: str = "train",
-                  pseudo_positive: float = 0.4, pseudo_low: float = 0.1, batch_size: int = 8,
-                  progress: bool = True) -> tuple[dict, Summary]:
+
+def pseudo_labels(
+  config,
+  params,
+  model_state,
+  task,
+  root: str,
+  *,
+  split: str = 'train',
+  pseudo_positive: float = 0.4,
+  pseudo_low: float = 0.1,
+  batch_size: int = 8,
+  progress: bool = True,
+) -> tuple[dict, Summary]:
   """(pseudo-label JSON content, Summary) of a split's crops (see the module docstring)."""
   if not 0.0 <= pseudo_low <= pseudo_positive <= 1.0:
-    raise PseudoLabelError(f"need 0 <= pseudo_low ({pseudo_low}) <= pseudo_positive "
-                           f"({pseudo_positive}) <= 1")
+    raise PseudoLabelError(
+      f'need 0 <= pseudo_low ({pseudo_low}) <= pseudo_positive ({pseudo_positive}) <= 1'
+    )
   annotations = Annotations(root)
   batches, count = crop_batches(config, split, batch_size)
   predict = jax.jit(task.eval_predictions)
   labels: dict[str, dict[str, dict[str, dict[str, list]]]] = {}
   summary = Summary()
-  for batch, ids in tqdm(batches, total=count, desc="pseudo-labels", disable=not progress,
-                         unit="batch"):
+  for batch, ids in tqdm(
+    batches, total=count, desc='pseudo-labels', disable=not progress, unit='batch'
+  ):
     detections = jax.device_get(predict(params, model_state, batch))
     for row, crop in enumerate(ids):
       summary.crops += 1
-      annotated = annotations.parts(crop["video"], crop["frame"], crop["human"])
-      keep = np.asarray(detections["valid"][row], bool)
-      boxes = to_frame(np.asarray(detections["boxes"][row])[keep], float(batch["scale"][row]),
-                       crop["crop_box"], batch["image_size"][row])
+      annotated = annotations.parts(crop['video'], crop['frame'], crop['human'])
+      keep = np.asarray(detections['valid'][row], bool)
+      boxes = to_frame(
+        np.asarray(detections['boxes'][row])[keep],
+        float(batch['scale'][row]),
+        crop['crop_box'],
+        batch['image_size'][row],
+      )
       written = {}
-      for box, score, label in zip(boxes, np.asarray(detections["scores"][row])[keep],
-                                   np.asarray(detections["labels"][row])[keep]):
+      for box, score, label in zip(
+        boxes,
+        np.asarray(detections['scores'][row])[keep],
+        np.asarray(detections['labels'][row])[keep],
+      ):
         score = round(float(score), 6)
         if score < pseudo_low:
           continue
@@ -240,15 +292,16 @@ def pseudo_labels(config, params, model_state, task, root: str, *, split: str = 
           summary.annotated_skipped += 1
           continue
         written.setdefault(part, []).append(
-            {"box": [round(float(v), 2) for v in box], "score": score})
+          {'box': [round(float(v), 2) for v in box], 'score': score}
+        )
         if score > pseudo_positive:
           summary.positives += 1
         else:
           summary.ignores += 1
       if written:
         summary.humans_labelled += 1
-        frames = labels.setdefault(crop["video"], {})
-        frames.setdefault(tps.frame_name(crop["frame"]), {})[str(crop["human"])] = written
+        frames = labels.setdefault(crop['video'], {})
+        frames.setdefault(tps.frame_name(crop['frame']), {})[str(crop['human'])] = written
   return labels, summary
 
 
@@ -256,9 +309,9 @@ def write_json(path: str, content: dict) -> None:
   """Writes `content` to a temporary sibling, then renames it to `path`."""
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
-    raise PseudoLabelError(f"{directory}: no such directory")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
+    raise PseudoLabelError(f'{directory}: no such directory')
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
     json.dump(content, f, indent=1, sort_keys=True)
   os.replace(tmp, path)
 
@@ -271,17 +324,30 @@ def main(argv) -> int:
   try:
     task, params, model_state = load_detector(config, _EXPORT.value)
     labels, summary = pseudo_labels(
-        config, params, model_state, task, _DATA_ROOT.value, split=_SPLIT.value,
-        pseudo_positive=_POSITIVE.value, pseudo_low=_LOW.value,
-        batch_size=_BATCH_SIZE.value, progress=_PROGRESS.value)
+      config,
+      params,
+      model_state,
+      task,
+      _DATA_ROOT.value,
+      split=_SPLIT.value,
+      pseudo_positive=_POSITIVE.value,
+      pseudo_low=_LOW.value,
+      batch_size=_BATCH_SIZE.value,
+      progress=_PROGRESS.value,
+    )
     write_json(_OUT.value, labels)
-  except (PseudoLabelError, tps.AnnotationError, FileNotFoundError, ValueError,
-          checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (
+    PseudoLabelError,
+    tps.AnnotationError,
+    FileNotFoundError,
+    ValueError,
+    checkpointing.CheckpointError,
+  ) as e:
+    print(f'error: {e}', file=sys.stderr)
     return 1
-  print("\n".join(summary.lines(_OUT.value, _POSITIVE.value, _LOW.value)))
+  print('\n'.join(summary.lines(_OUT.value, _POSITIVE.value, _LOW.value)))
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(main)

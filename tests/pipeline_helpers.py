@@ -5,6 +5,7 @@ metadata.json), so everything downstream -- load_export, bundles, predict -- run
 it does on trained networks; only the numbers are meaningless (the oracles make the
 scores checkable).
 """
+
 import os
 
 import numpy as np
@@ -43,13 +44,15 @@ def _micro_action():
 
 # The tiny configs made smaller still: the same code paths, seconds to compile.
 CONFIGS = {
-    'human_detector': lambda: _micro_detector(human_detector.get_config('tiny'),
-                                              {'depths': (1, 1, 1, 1), 'frozen_stages': -1}),
-    'part_detector': lambda: _micro_detector(
-        part_detector.get_config('tiny'),
-        _micro_swin(part_detector.get_config('tiny').model.backbone_overrides)),
-    'part_state': _micro_part_state,
-    'action': _micro_action,
+  'human_detector': lambda: _micro_detector(
+    human_detector.get_config('tiny'), {'depths': (1, 1, 1, 1), 'frozen_stages': -1}
+  ),
+  'part_detector': lambda: _micro_detector(
+    part_detector.get_config('tiny'),
+    _micro_swin(part_detector.get_config('tiny').model.backbone_overrides),
+  ),
+  'part_state': _micro_part_state,
+  'action': _micro_action,
 }
 
 
@@ -63,14 +66,20 @@ def write_random_export(workdir, kind, vocab: tps.Vocab, seed=0, config=None):
 def write_random_bundle(tmp_path, root, **settings):
   """A bundle of four random tiny networks for the vocabularies of dataset `root`."""
   vocab = tps.Vocab.from_root(str(root))
-  exports = {kind: write_random_export(os.path.join(tmp_path, kind), kind, vocab, seed=i)
-             for i, kind in enumerate(CONFIGS)}
+  exports = {
+    kind: write_random_export(os.path.join(tmp_path, kind), kind, vocab, seed=i)
+    for i, kind in enumerate(CONFIGS)
+  }
   return bundle_lib.write_bundle(
-      os.path.join(tmp_path, 'bundle'), humans=exports['human_detector'],
-      parts=exports['part_detector'], states=exports['part_state'],
-      actions=[exports['action']],
-      settings=pipeline_lib.Settings(**{'max_humans': 3, 'frame_batch': 4,
-                                        'action_clips': 1, 'action_crops': 1, **settings}))
+    os.path.join(tmp_path, 'bundle'),
+    humans=exports['human_detector'],
+    parts=exports['part_detector'],
+    states=exports['part_state'],
+    actions=[exports['action']],
+    settings=pipeline_lib.Settings(
+      **{'max_humans': 3, 'frame_batch': 4, 'action_clips': 1, 'action_crops': 1, **settings}
+    ),
+  )
 
 
 def random_frames(batch, canvas, seed=0):

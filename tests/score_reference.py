@@ -18,13 +18,14 @@ The numeric conventions of the challenge's tool act where noted:
 It reads submissions the official tool accepts, plus a video missing from the
 submission (the tool stops on it; here: the wrong class and every frame missing).
 """
+
 import time
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 THRESHOLDS = (0.001, 0.3, 0.5, 0.9, 0.99)
-CELLS = tuple((h, p) for h in THRESHOLDS for p in THRESHOLDS)   # h outer, as printed
+CELLS = tuple((h, p) for h in THRESHOLDS for p in THRESHOLDS)  # h outer, as printed
 OFFICIAL_CELL = (0.5, 0.3)
 STEPS = 10000
 PRINTED_T = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -44,8 +45,8 @@ def inclusive_iou(a, b):
 
 def matched_humans(gt_humans, pred_humans, h):
   """Rule 2: {GT index: predicted index} of the assigned pairs whose IoU is > h."""
-  gt_boxes = [[np.float32(c) for c in human["box"]] for human in gt_humans]
-  pred_boxes = [[np.float32(c) for c in human["box"]] for human in pred_humans]
+  gt_boxes = [[np.float32(c) for c in human['box']] for human in gt_humans]
+  pred_boxes = [[np.float32(c) for c in human['box']] for human in pred_humans]
   num_gt, num_pred = len(gt_boxes), len(pred_boxes)
   iou = np.zeros((num_gt, num_pred), np.float32)
   for i in range(num_gt):
@@ -54,20 +55,21 @@ def matched_humans(gt_humans, pred_humans, h):
   square = iou
   if num_gt != num_pred:
     size = max(num_gt, num_pred)
-    square = np.zeros((size, size))          # float64 padding makes the matrix float64
+    square = np.zeros((size, size))  # float64 padding makes the matrix float64
     square[:num_gt, :num_pred] = iou
   rows, cols = linear_sum_assignment(1 - square)
-  return {int(r): int(c) for r, c in zip(rows, cols)
-          if r < num_gt and c < num_pred and square[r, c] > h}
+  return {
+    int(r): int(c) for r, c in zip(rows, cols) if r < num_gt and c < num_pred and square[r, c] > h
+  }
 
 
 def part_score(gt_part, pred_parts, name, p):
   """Rule 3: 1 / N_p when a proposal has IoU >= p and the GT state, else 0."""
   if name not in pred_parts:
     return 0
-  boxes, verbs = pred_parts[name]["box"], pred_parts[name]["verb"]
+  boxes, verbs = pred_parts[name]['box'], pred_parts[name]['verb']
   for box, verb in zip(boxes, verbs):
-    if inclusive_iou(gt_part["box"], box) >= p and verb == gt_part["verb"]:
+    if inclusive_iou(gt_part['box'], box) >= p and verb == gt_part['verb']:
       return 1.0 / len(verbs)
   return 0
 
@@ -77,11 +79,11 @@ def frame_score(gt_humans, pred_humans, h, p):
   matches = matched_humans(gt_humans, pred_humans, h)
   total, num_parts = 0, 0
   for i, gt_human in enumerate(gt_humans):
-    num_parts += len(gt_human["parts"])
+    num_parts += len(gt_human['parts'])
     human_total = 0
     if i in matches:
-      pred_parts = pred_humans[matches[i]]["parts"]
-      for name, gt_part in gt_human["parts"].items():
+      pred_parts = pred_humans[matches[i]]['parts']
+      for name, gt_part in gt_human['parts'].items():
         human_total += part_score(gt_part, pred_parts, name, p)
     total += human_total
   return None if num_parts == 0 else total / num_parts
@@ -91,16 +93,16 @@ def video_psc(gt_frames, pred_frames, h, p):
   """Rules 4 (checks a-d in order) and 5; pred_frames None: the video is missing."""
   total, counted = 0, 0
   for name, gt_frame in gt_frames.items():
-    gt_humans = gt_frame["humans"]
-    if not gt_humans:                                     # a: left out
+    gt_humans = gt_frame['humans']
+    if not gt_humans:  # a: left out
       continue
-    if pred_frames is None or name not in pred_frames:   # b: counted, scores 0
+    if pred_frames is None or name not in pred_frames:  # b: counted, scores 0
       counted += 1
       continue
-    score = frame_score(gt_humans, pred_frames[name]["humans"], h, p)
-    if score is None:                                     # c: no GT part, left out
+    score = frame_score(gt_humans, pred_frames[name]['humans'], h, p)
+    if score is None:  # c: no GT part, left out
       continue
-    counted += 1                                          # d
+    counted += 1  # d
     total += score
   return 1.0 if counted == 0 else total / counted
 
@@ -153,27 +155,29 @@ def official_run(gt_vid, gt_part, pred_vid, pred_part):
 def printout(results):
   """The lines the tool prints for official_run's results."""
   for (h, p), (accuracies, cell_area) in results.items():
-    yield f"human iou:  {h} part iou:  {p}"
+    yield f'human iou:  {h} part iou:  {p}'
     yield from map(str, accuracies)
-    yield f"area:  {cell_area}"
+    yield f'area:  {cell_area}'
 
 
 def main(argv):
   """`python -m tests.score_reference GT_DIR PRED_DIR`: prints every cell, then the score."""
   import json
   import os
+
   gt_dir, pred_dir = argv[1:3]
   load = lambda folder, name: json.load(open(os.path.join(folder, name)))
-  gt_vid, gt_part = load(gt_dir, "gt_vid_result.json"), load(gt_dir, "gt_part_result.json")
-  pred_vid = load(pred_dir, "pred_vid_result.json")
-  pred_part = load(pred_dir, "pred_part_result.json")
+  gt_vid, gt_part = load(gt_dir, 'gt_vid_result.json'), load(gt_dir, 'gt_part_result.json')
+  pred_vid = load(pred_dir, 'pred_vid_result.json')
+  pred_part = load(pred_dir, 'pred_part_result.json')
   results, area_seconds = official_run(gt_vid, gt_part, pred_vid, pred_part)
   for line in printout(results):
     print(line)
-  print(f"area steps: {area_seconds:.3f} s")
-  print(f"score: {round(results[OFFICIAL_CELL][1], 6):.6f}")
+  print(f'area steps: {area_seconds:.3f} s')
+  print(f'score: {round(results[OFFICIAL_CELL][1], 6):.6f}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   import sys
+
   main(sys.argv)

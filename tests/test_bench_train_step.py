@@ -1,4 +1,5 @@
 """bench/bench_train_step.py: synthetic batches as the pipelines' and one real step."""
+
 import importlib.util
 import json
 import os
@@ -35,8 +36,7 @@ def _tiny_task(name: str, **overrides):
   return task
 
 
-@pytest.mark.parametrize('name', ['part_state', 'action', 'human_detector',
-                                  'part_detector'])
+@pytest.mark.parametrize('name', ['part_state', 'action', 'human_detector', 'part_detector'])
 def test_synthetic_batch_is_a_valid_pipeline_batch(name):
   task = _tiny_task(name)
   dataset = bench.pipeline_dataset(task)
@@ -46,7 +46,8 @@ def test_synthetic_batch_is_a_valid_pipeline_batch(name):
 
   spec = pipelines.output_spec(dataset, settings)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-      k: ((3, *shape), np.dtype(dtype)) for k, (shape, dtype) in spec.items()}
+    k: ((3, *shape), np.dtype(dtype)) for k, (shape, dtype) in spec.items()
+  }
   height, width = settings.image_size
   if dataset == 'part_states':
     assert counts == {'states': 7, 'actions': 5}
@@ -87,8 +88,7 @@ def test_flop_loops_names_loops_but_not_the_prng():
     x = x * jax.random.uniform(key, x.shape)
     return jax.lax.scan(lambda c, _: (c @ x, None), x, None, length=4)[0]
 
-  compiled = jax.jit(step).lower(np.ones((8, 8), np.float32),
-                                 jax.random.PRNGKey(0)).compile()
+  compiled = jax.jit(step).lower(np.ones((8, 8), np.float32), jax.random.PRNGKey(0)).compile()
   loops = bench.flop_loops(compiled.as_text())
   assert len(loops) == 1 and loops[0].endswith('(4 trips)')
 
@@ -96,10 +96,23 @@ def test_flop_loops_names_loops_but_not_the_prng():
 @pytest.mark.slow
 def test_cli_runs_one_step_of_a_tiny_config():
   proc = subprocess.run(
-      [sys.executable, BENCH, '--config=configs/part_detector_gfl.py:tiny',
-       '--batch_size', '2', '--steps', '1', '--warmup', '0'],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      BENCH,
+      '--config=configs/part_detector_gfl.py:tiny',
+      '--batch_size',
+      '2',
+      '--steps',
+      '1',
+      '--warmup',
+      '0',
+    ],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.strip().splitlines()
   result = json.loads(lines[-1])

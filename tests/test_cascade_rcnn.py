@@ -8,6 +8,7 @@ set to the image's sides and it is fed the same normalised image).
 Behaviour tests use a tiny ResNet detector with random numpy weights (no `init`,
 whose compile is slow on CPU) and share one compiled loss / detect function.
 """
+
 import functools
 import math
 import re
@@ -37,20 +38,21 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 # ------------------------------------------------------------------ references
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def photograph() -> np.ndarray:
   """(1, 320, 384, 3) normalised astronaut."""
-  image = skimage_data.astronaut()[:HEIGHT, 64:64 + WIDTH].astype(np.float32) / 255.0
+  image = skimage_data.astronaut()[:HEIGHT, 64 : 64 + WIDTH].astype(np.float32) / 255.0
   return ((image - MEAN) / STD)[None]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def torchvision_rcnn(tmp_path_factory):
   """(random-initialised fasterrcnn_resnet50_fpn in eval mode, path of its .pth)."""
   torch.manual_seed(0)
   model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-      weights=None, weights_backbone=None).eval()
-  path = tmp_path_factory.mktemp("fasterrcnn") / "fasterrcnn.pth"
+    weights=None, weights_backbone=None
+  ).eval()
+  path = tmp_path_factory.mktemp('fasterrcnn') / 'fasterrcnn.pth'
   torch.save(model.state_dict(), path)
   return model, str(path)
 
@@ -58,8 +60,9 @@ def torchvision_rcnn(tmp_path_factory):
 def load(path_or_state, arch, **overrides):
   """(model, variables, conversion) of a checkpoint through the converter registry."""
   if isinstance(path_or_state, str):
-    conversion = convert_state_dict(read_state_dict(path_or_state), arch,
-                                    source=path_or_state, **overrides)
+    conversion = convert_state_dict(
+      read_state_dict(path_or_state), arch, source=path_or_state, **overrides
+    )
   else:
     conversion = convert_state_dict(path_or_state, arch, **overrides)
   return conversion.model, conversion.variables(), conversion
@@ -71,16 +74,15 @@ def nchw(x: np.ndarray) -> torch.Tensor:
 
 def torch_objectness(head_outputs) -> np.ndarray:
   """torchvision's per-level (N, A, H, W) objectness flattened in our anchor order."""
-  return torch.cat([o.permute(0, 2, 3, 1).reshape(o.shape[0], -1) for o in head_outputs],
-                   1).numpy()
+  return torch.cat([o.permute(0, 2, 3, 1).reshape(o.shape[0], -1) for o in head_outputs], 1).numpy()
 
 
 def assert_close(got, want, name, rtol=1e-4):
   """|got - want| <= rtol * max|want|."""
   got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  assert got.shape == want.shape, f"{name}: shape {got.shape} vs {want.shape}"
+  assert got.shape == want.shape, f'{name}: shape {got.shape} vs {want.shape}'
   error, scale = np.abs(got - want).max(), np.abs(want).max()
-  assert error <= rtol * scale, f"{name}: max error {error:.3g} at scale {scale:.3g}"
+  assert error <= rtol * scale, f'{name}: max error {error:.3g} at scale {scale:.3g}'
 
 
 def assert_same_detections(got, want, *, score_tol=1e-4, box_tol=0.05, max_swaps=2):
@@ -93,17 +95,21 @@ def assert_same_detections(got, want, *, score_tol=1e-4, box_tol=0.05, max_swaps
   score within `score_tol` of the cut.
   """
   (gb, gs, gl), (wb, ws, wl) = got, want
-  assert len(gs) == len(ws), f"{len(gs)} detections vs {len(ws)}"
+  assert len(gs) == len(ws), f'{len(gs)} detections vs {len(ws)}'
   unmatched = []
   free = np.ones(len(ws), bool)
   for box, score, label in zip(gb, gs, gl):
-    twins = (free & (wl == label) & (np.abs(ws - score) <= score_tol)
-             & (np.abs(wb - box).max(axis=1) <= box_tol))
+    twins = (
+      free
+      & (wl == label)
+      & (np.abs(ws - score) <= score_tol)
+      & (np.abs(wb - box).max(axis=1) <= box_tol)
+    )
     if twins.any():
       free[np.argmax(twins)] = False
     else:
       unmatched.append(score)
-  assert len(unmatched) <= max_swaps, f"{len(unmatched)} detections without a twin"
+  assert len(unmatched) <= max_swaps, f'{len(unmatched)} detections without a twin'
   cut = ws.min() if len(ws) else 0.0
   assert all(abs(s - cut) <= score_tol for s in unmatched), (unmatched, cut)
 
@@ -111,9 +117,9 @@ def assert_same_detections(got, want, *, score_tol=1e-4, box_tol=0.05, max_swaps
 @pytest.mark.slow
 def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photograph):
   reference, path = torchvision_rcnn
-  model, variables, conversion = load(path, "fasterrcnn_resnet50_fpn")
+  model, variables, conversion = load(path, 'fasterrcnn_resnet50_fpn')
   assert model.roi.num_stages == 1 and not model.roi.class_agnostic
-  assert model.num_classes == 90      # torchvision's 91 outputs, background moved last
+  assert model.num_classes == 90  # torchvision's 91 outputs, background moved last
   image_shape = jnp.array([[HEIGHT, WIDTH]], jnp.float32)
   x = jnp.asarray(photograph)
 
@@ -122,32 +128,37 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
     images = ImageList(nchw(photograph), [(HEIGHT, WIDTH)])
     want_proposals = reference.rpn(images, features)[0][0].numpy()
     want_objectness = torch_objectness(reference.rpn.head(list(features.values()))[0])
-    pooled = reference.roi_heads.box_roi_pool(features, [torch.from_numpy(want_proposals)],
-                                              images.image_sizes)
+    pooled = reference.roi_heads.box_roi_pool(
+      features, [torch.from_numpy(want_proposals)], images.image_sizes
+    )
     want_logits, want_deltas = reference.roi_heads.box_predictor(
-        reference.roi_heads.box_head(pooled))
+      reference.roi_heads.box_head(pooled)
+    )
 
   # RPN: objectness of every anchor and the proposals (same order).
   def propose(m, x):
-    proposals, objectness, _, _ = m.propose(m.pyramid(x, train=False), image_shape,
-                                            (HEIGHT, WIDTH), train=False)
+    proposals, objectness, _, _ = m.propose(
+      m.pyramid(x, train=False), image_shape, (HEIGHT, WIDTH), train=False
+    )
     return proposals, objectness
-  proposals, objectness = jax.jit(
-      lambda v, x: model.apply(v, x, method=propose))(variables, x)
-  assert_close(objectness, want_objectness, "RPN objectness")
+
+  proposals, objectness = jax.jit(lambda v, x: model.apply(v, x, method=propose))(variables, x)
+  assert_close(objectness, want_objectness, 'RPN objectness')
   got = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
   assert got.shape == want_proposals.shape
   rows_equal = np.abs(got - want_proposals).max(axis=1) <= 0.05
-  assert rows_equal.mean() >= 0.99, f"{(~rows_equal).sum()} of {len(got)} proposals differ"
+  assert rows_equal.mean() >= 0.99, f'{(~rows_equal).sum()} of {len(got)} proposals differ'
 
   # RoI head on torchvision's proposals: logits (background moved last) and deltas
   # (the background's box dropped).
   def box_head(m, x, rois):
     return m.box_head(0, m.pyramid(x, train=False), rois, (HEIGHT, WIDTH))
+
   logits, deltas = jax.jit(lambda v, x, r: model.apply(v, x, r, method=box_head))(
-      variables, x, jnp.asarray(want_proposals)[None])
-  assert_close(logits[0], want_logits.numpy()[:, list(range(1, 91)) + [0]], "class logits")
-  assert_close(deltas[0], want_deltas.numpy()[:, 4:], "box deltas")
+    variables, x, jnp.asarray(want_proposals)[None]
+  )
+  assert_close(logits[0], want_logits.numpy()[:, list(range(1, 91)) + [0]], 'class logits')
+  assert_close(deltas[0], want_deltas.numpy()[:, 4:], 'box deltas')
 
   # Whole inference: torchvision's transform neither resizes nor renormalises.
   reference.transform.min_size, reference.transform.max_size = (HEIGHT,), WIDTH
@@ -155,12 +166,16 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
   with torch.no_grad():
     want = reference([nchw(photograph)[0]])[0]
   detections = jax.jit(lambda v, x: model.apply(v, x, image_shape, train=False))(variables, x)
-  valid = np.asarray(detections["valid"][0])
-  assert 20 <= valid.sum() == len(want["scores"])
+  valid = np.asarray(detections['valid'][0])
+  assert 20 <= valid.sum() == len(want['scores'])
   assert_same_detections(
-      (np.asarray(detections["boxes"][0])[valid], np.asarray(detections["scores"][0])[valid],
-       np.asarray(detections["labels"][0])[valid] + 1),
-      (want["boxes"].numpy(), want["scores"].numpy(), want["labels"].numpy()))
+    (
+      np.asarray(detections['boxes'][0])[valid],
+      np.asarray(detections['scores'][0])[valid],
+      np.asarray(detections['labels'][0])[valid] + 1,
+    ),
+    (want['boxes'].numpy(), want['scores'].numpy(), want['labels'].numpy()),
+  )
 
 
 # ------------------------------------------------------- mmdetection cascade names
@@ -177,31 +192,33 @@ def mmdetection_state(reference: torch.nn.Module, seed: int = 1) -> dict[str, np
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   out = {}
   for key, value in state.items():
-    if key.startswith("backbone.body."):
-      out["backbone." + key[len("backbone.body."):]] = value
-    elif key.startswith("backbone.fpn.inner_blocks."):
-      i, leaf = key.split(".")[3], key.split(".")[-1]
-      out[f"neck.lateral_convs.{i}.conv.{leaf}"] = value
-    elif key.startswith("backbone.fpn.layer_blocks."):
-      i, leaf = key.split(".")[3], key.split(".")[-1]
-      out[f"neck.fpn_convs.{i}.conv.{leaf}"] = value
-  for name, new in (("conv.0.0", "rpn_conv"), ("cls_logits", "rpn_cls"),
-                    ("bbox_pred", "rpn_reg")):
-    for leaf in ("weight", "bias"):
-      out[f"rpn_head.{new}.{leaf}"] = state[f"rpn.head.{name}.{leaf}"]
-  noise = lambda x, scale: (x + scale * np.abs(x).mean() * rng.standard_normal(x.shape)
-                            ).astype(np.float32)
+    if key.startswith('backbone.body.'):
+      out['backbone.' + key[len('backbone.body.') :]] = value
+    elif key.startswith('backbone.fpn.inner_blocks.'):
+      i, leaf = key.split('.')[3], key.split('.')[-1]
+      out[f'neck.lateral_convs.{i}.conv.{leaf}'] = value
+    elif key.startswith('backbone.fpn.layer_blocks.'):
+      i, leaf = key.split('.')[3], key.split('.')[-1]
+      out[f'neck.fpn_convs.{i}.conv.{leaf}'] = value
+  for name, new in (('conv.0.0', 'rpn_conv'), ('cls_logits', 'rpn_cls'), ('bbox_pred', 'rpn_reg')):
+    for leaf in ('weight', 'bias'):
+      out[f'rpn_head.{new}.{leaf}'] = state[f'rpn.head.{name}.{leaf}']
+  noise = lambda x, scale: (x + scale * np.abs(x).mean() * rng.standard_normal(x.shape)).astype(
+    np.float32
+  )
   order = list(range(1, 91)) + [0]
   for stage in range(3):
-    head = f"roi_head.bbox_head.{stage}"
-    for leaf in ("weight", "bias"):
-      out[f"{head}.shared_fcs.0.{leaf}"] = noise(state[f"roi_heads.box_head.fc6.{leaf}"], 0.3)
-      out[f"{head}.shared_fcs.1.{leaf}"] = noise(state[f"roi_heads.box_head.fc7.{leaf}"], 0.3)
-      out[f"{head}.fc_cls.{leaf}"] = noise(
-          state[f"roi_heads.box_predictor.cls_score.{leaf}"][order], 0.3)
-      out[f"{head}.fc_reg.{leaf}"] = noise(
-          state[f"roi_heads.box_predictor.bbox_pred.{leaf}"][4:8], 0.3)
-  out["roi_head.mask_head.0.conv.weight"] = np.zeros((4, 4, 3, 3), np.float32)  # skipped
+    head = f'roi_head.bbox_head.{stage}'
+    for leaf in ('weight', 'bias'):
+      out[f'{head}.shared_fcs.0.{leaf}'] = noise(state[f'roi_heads.box_head.fc6.{leaf}'], 0.3)
+      out[f'{head}.shared_fcs.1.{leaf}'] = noise(state[f'roi_heads.box_head.fc7.{leaf}'], 0.3)
+      out[f'{head}.fc_cls.{leaf}'] = noise(
+        state[f'roi_heads.box_predictor.cls_score.{leaf}'][order], 0.3
+      )
+      out[f'{head}.fc_reg.{leaf}'] = noise(
+        state[f'roi_heads.box_predictor.bbox_pred.{leaf}'][4:8], 0.3
+      )
+  out['roi_head.mask_head.0.conv.weight'] = np.zeros((4, 4, 3, 3), np.float32)  # skipped
   return out
 
 
@@ -230,21 +247,25 @@ def torch_cascade(reference, state, photograph, proposals) -> tuple[np.ndarray, 
 
   logits_sum = 0.0
   for stage in range(3):
-    head = f"roi_head.bbox_head.{stage}"
+    head = f'roi_head.bbox_head.{stage}'
     scale = torch.sqrt((rois[:, 2] - rois[:, 0]) * (rois[:, 3] - rois[:, 1]))
     level = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(0, 3).long()
     pooled = torch.zeros(len(rois), 256, 7, 7)
     for i, feature in enumerate(levels):
       mine = level == i
       if mine.any():
-        pooled[mine] = torchvision.ops.roi_align(feature, [rois[mine]], 7, 0.25 / 2 ** i, 0,
-                                                 aligned=True)
-    x = torch.relu(pooled.flatten(1) @ tensor(f"{head}.shared_fcs.0.weight").T
-                   + tensor(f"{head}.shared_fcs.0.bias"))
-    x = torch.relu(x @ tensor(f"{head}.shared_fcs.1.weight").T
-                   + tensor(f"{head}.shared_fcs.1.bias"))
-    logits = x @ tensor(f"{head}.fc_cls.weight").T + tensor(f"{head}.fc_cls.bias")
-    deltas = x @ tensor(f"{head}.fc_reg.weight").T + tensor(f"{head}.fc_reg.bias")
+        pooled[mine] = torchvision.ops.roi_align(
+          feature, [rois[mine]], 7, 0.25 / 2**i, 0, aligned=True
+        )
+    x = torch.relu(
+      pooled.flatten(1) @ tensor(f'{head}.shared_fcs.0.weight').T
+      + tensor(f'{head}.shared_fcs.0.bias')
+    )
+    x = torch.relu(
+      x @ tensor(f'{head}.shared_fcs.1.weight').T + tensor(f'{head}.shared_fcs.1.bias')
+    )
+    logits = x @ tensor(f'{head}.fc_cls.weight').T + tensor(f'{head}.fc_cls.bias')
+    deltas = x @ tensor(f'{head}.fc_reg.weight').T + tensor(f'{head}.fc_reg.bias')
     logits_sum = logits_sum + logits
     rois = decode(deltas, rois, CASCADE_STDS[stage])
   scores = torch.softmax(logits_sum / 3, -1)[:, :-1]
@@ -262,71 +283,75 @@ def test_mmdetection_names_give_a_three_stage_cascade(torchvision_rcnn, photogra
   # mmdetection's adaptive RoIAlign takes ceil(side / 7) samples per bin; under jit the
   # count is capped (default 4): exact here only with a cap covering the longest
   # side of a level-0 RoI (384 / 4 / 7 -> 14), e.g. the thin full-height proposals.
-  model, variables, conversion = load(state, "cascade_rcnn_r50_fpn",
-                                      roi={"max_sampling_ratio": 14})
+  model, variables, conversion = load(state, 'cascade_rcnn_r50_fpn', roi={'max_sampling_ratio': 14})
   assert model.roi.num_stages == 3 and model.roi.class_agnostic and model.num_classes == 90
-  assert conversion.skipped["roi_head.mask_head.0.conv.weight"].startswith("mask branch")
-  assert conversion.sources["box_heads_2/cls_score/kernel"] == "roi_head.bbox_head.2.fc_cls.weight"
+  assert conversion.skipped['roi_head.mask_head.0.conv.weight'].startswith('mask branch')
+  assert conversion.sources['box_heads_2/cls_score/kernel'] == 'roi_head.bbox_head.2.fc_cls.weight'
   x = jnp.asarray(photograph)
   image_shape = jnp.array([[HEIGHT, WIDTH]], jnp.float32)
 
   def propose(m, x):
-    proposals, objectness, _, _ = m.propose(m.pyramid(x, train=False), image_shape,
-                                            (HEIGHT, WIDTH), train=False)
+    proposals, objectness, _, _ = m.propose(
+      m.pyramid(x, train=False), image_shape, (HEIGHT, WIDTH), train=False
+    )
     return proposals, objectness
-  proposals, objectness = jax.jit(
-      lambda v, x: model.apply(v, x, method=propose))(variables, x)
+
+  proposals, objectness = jax.jit(lambda v, x: model.apply(v, x, method=propose))(variables, x)
   with torch.no_grad():
     features = reference.backbone(nchw(photograph))
     want_objectness = torch_objectness(reference.rpn.head(list(features.values()))[0])
-  assert_close(objectness, want_objectness, "RPN objectness (mmdetection names)")
+  assert_close(objectness, want_objectness, 'RPN objectness (mmdetection names)')
 
   detections = jax.jit(lambda v, x: model.apply(v, x, image_shape, train=False))(variables, x)
   boxes = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
   want = torch_cascade(reference, state, photograph, boxes)
-  valid = np.asarray(detections["valid"][0])
+  valid = np.asarray(detections['valid'][0])
   assert valid.sum() >= 20
   assert_same_detections(
-      (np.asarray(detections["boxes"][0])[valid], np.asarray(detections["scores"][0])[valid],
-       np.asarray(detections["labels"][0])[valid]), want)
+    (
+      np.asarray(detections['boxes'][0])[valid],
+      np.asarray(detections['scores'][0])[valid],
+      np.asarray(detections['labels'][0])[valid],
+    ),
+    want,
+  )
 
 
 # --------------------------------------------------------------- import checks
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def torchvision_state(torchvision_rcnn):
   return {k: v.numpy() for k, v in torchvision_rcnn[0].state_dict().items()}
 
 
 def test_class_heads_are_reinitialised_for_another_class_count(torchvision_state):
-  _, _, conversion = load(torchvision_state, "fasterrcnn_resnet50_fpn", num_classes=1)
+  _, _, conversion = load(torchvision_state, 'fasterrcnn_resnet50_fpn', num_classes=1)
   params = conversion.params
-  assert params["box_heads_0/cls_score/kernel"].shape == (1024, 2)
-  assert params["box_heads_0/bbox_pred/kernel"].shape == (1024, 4)
-  for key in ("roi_heads.box_predictor.cls_score.weight",
-              "roi_heads.box_predictor.bbox_pred.bias"):
-    assert "re-initialised" in conversion.skipped[key]
-  assert "box_heads_0/cls_score/kernel" not in conversion.sources
+  assert params['box_heads_0/cls_score/kernel'].shape == (1024, 2)
+  assert params['box_heads_0/bbox_pred/kernel'].shape == (1024, 4)
+  for key in ('roi_heads.box_predictor.cls_score.weight', 'roi_heads.box_predictor.bbox_pred.bias'):
+    assert 're-initialised' in conversion.skipped[key]
+  assert 'box_heads_0/cls_score/kernel' not in conversion.sources
   # Everything else came from the checkpoint, BatchNorm statistics included.
-  assert conversion.sources["box_heads_0/fc_0/kernel"] == "roi_heads.box_head.fc6.weight"
-  assert conversion.sources["rpn_head/objectness/kernel"] == "rpn.head.cls_logits.weight"
-  assert "batch_stats/backbone/layer1_0/bn1/mean" in conversion.model_state
-  assert any("re-initialised" in note for note in conversion.notes)
+  assert conversion.sources['box_heads_0/fc_0/kernel'] == 'roi_heads.box_head.fc6.weight'
+  assert conversion.sources['rpn_head/objectness/kernel'] == 'rpn.head.cls_logits.weight'
+  assert 'batch_stats/backbone/layer1_0/bn1/mean' in conversion.model_state
+  assert any('re-initialised' in note for note in conversion.notes)
 
 
 def test_checkpoints_of_another_architecture_are_refused(torchvision_state):
-  with pytest.raises(ConversionError, match="not a mmdetection two-stage detector"):
-    load(torchvision_state, "cascade_rcnn_r50_fpn")
+  with pytest.raises(ConversionError, match='not a mmdetection two-stage detector'):
+    load(torchvision_state, 'cascade_rcnn_r50_fpn')
   classifier = {k: v.numpy() for k, v in torchvision.models.resnet18().state_dict().items()}
-  with pytest.raises(ConversionError, match="not a torchvision two-stage detector"):
-    load(classifier, "fasterrcnn_resnet50_fpn")
+  with pytest.raises(ConversionError, match='not a torchvision two-stage detector'):
+    load(classifier, 'fasterrcnn_resnet50_fpn')
   extra = dict(torchvision_state)
-  extra["roi_heads.box_head.fc8.weight"] = np.zeros((4, 4), np.float32)
-  with pytest.raises(ConversionError, match="roi_heads.box_head.fc8.weight"):
-    load(extra, "fasterrcnn_resnet50_fpn")
-  with pytest.raises(ConversionError, match="cascade_rcnn_swin_l_fpn"):
-    load(torchvision_state, "cascade_rcnn_swin_l_fpn")   # a ResNet into a Swin arch
+  extra['roi_heads.box_head.fc8.weight'] = np.zeros((4, 4), np.float32)
+  with pytest.raises(ConversionError, match='roi_heads.box_head.fc8.weight'):
+    load(extra, 'fasterrcnn_resnet50_fpn')
+  with pytest.raises(ConversionError, match='cascade_rcnn_swin_l_fpn'):
+    load(torchvision_state, 'cascade_rcnn_swin_l_fpn')  # a ResNet into a Swin arch
 
 
 # ---------------------------------------------------------- tiny model behaviour
@@ -336,16 +361,15 @@ NUM_CLASSES = 3
 
 def random_variables(model, shape, seed=0):
   """He-normal kernels, unit norms, zero biases and statistics: no `init` compile."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape),
-                                               train=False))
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
     name = path[-1].key
-    if name == "kernel":
+    if name == 'kernel':
       fan_in = math.prod(leaf.shape[:-1])
       return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
-    if name in ("scale", "var"):
+    if name in ('scale', 'var'):
       return np.ones(leaf.shape, np.float32)
     return np.zeros(leaf.shape, np.float32)
 
@@ -354,16 +378,24 @@ def random_variables(model, shape, seed=0):
 
 def tiny_model(**roi):
   return build_cascade_rcnn(
-      "resnet18", NUM_CLASSES, backbone_overrides={"depths": (1, 1, 1, 1)},
-      neck={"out_channels": 32},
-      # Anchors crossing the border train too: on 96x128 images the default border
-      # rule would leave the coarse levels without any trainable anchor.
-      rpn={"pre_nms_top_n_train": 200, "post_nms_top_n_train": 100,
-           "pre_nms_top_n_test": 100, "post_nms_top_n_test": 50, "allowed_border": None},
-      roi={"fc_dim": 64, "num_samples": 64, "max_detections": 20, **roi})
+    'resnet18',
+    NUM_CLASSES,
+    backbone_overrides={'depths': (1, 1, 1, 1)},
+    neck={'out_channels': 32},
+    # Anchors crossing the border train too: on 96x128 images the default border
+    # rule would leave the coarse levels without any trainable anchor.
+    rpn={
+      'pre_nms_top_n_train': 200,
+      'post_nms_top_n_train': 100,
+      'pre_nms_top_n_test': 100,
+      'post_nms_top_n_test': 50,
+      'allowed_border': None,
+    },
+    roi={'fc_dim': 64, 'num_samples': 64, 'max_detections': 20, **roi},
+  )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny():
   """(model, variables, jitted losses(variables, images, image_shape, targets, key),
   jitted detect(variables, images, image_shape))."""
@@ -372,8 +404,7 @@ def tiny():
 
   @jax.jit
   def losses(variables, images, image_shape, targets, key):
-    return model.apply(variables, images, image_shape, targets, train=True,
-                       rngs={"sampling": key})
+    return model.apply(variables, images, image_shape, targets, train=True, rngs={'sampling': key})
 
   @jax.jit
   def detect(variables, images, image_shape):
@@ -388,43 +419,59 @@ def test_losses_are_finite_and_every_trainable_parameter_learns(tiny):
   batch = targets(OBJECTS, labels=[[0, 2], [1]])
 
   def loss(params):
-    return total(model.apply({**variables, "params": params}, images(), FULL, batch,
-                             train=True, rngs={"sampling": jax.random.key(0)}))
-  value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    return total(
+      model.apply(
+        {**variables, 'params': params},
+        images(),
+        FULL,
+        batch,
+        train=True,
+        rngs={'sampling': jax.random.key(0)},
+      )
+    )
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
   assert np.isfinite(value) and value > 0
   flat = jax.tree_util.tree_leaves_with_path(grads)
   assert all(np.isfinite(g).all() for _, g in flat)
   for path, grad in flat:
     names = [k.key for k in path]
-    if detector_backbone.is_trainable(model, names) and names[-1] == "kernel":
-      assert np.abs(grad).max() > 0, f"no gradient for {'/'.join(names)}"
+    if detector_backbone.is_trainable(model, names) and names[-1] == 'kernel':
+      assert np.abs(grad).max() > 0, f'no gradient for {"/".join(names)}'
     if not detector_backbone.is_trainable(model, names):
-      assert np.abs(grad).max() == 0, f"frozen {'/'.join(names)} has gradient"
+      assert np.abs(grad).max() == 0, f'frozen {"/".join(names)} has gradient'
 
 
 def test_images_without_boxes_train_without_nan(tiny):
   _, variables, losses, _ = tiny
   out = losses(variables, images(), FULL, targets([[], []]), jax.random.key(0))
   assert all(np.isfinite(v) for v in out.values())
-  assert out["loss_rpn_box"] == 0 and out["loss_box_0"] == 0 and out["rpn_positives"] == 0
-  assert out["loss_rpn_cls"] > 0 and out["loss_cls_0"] > 0
+  assert out['loss_rpn_box'] == 0 and out['loss_box_0'] == 0 and out['rpn_positives'] == 0
+  assert out['loss_rpn_cls'] > 0 and out['loss_cls_0'] > 0
 
 
 def test_degenerate_and_out_of_image_boxes_are_dropped_and_counted(tiny):
   _, variables, losses, _ = tiny
   key = jax.random.key(3)
   clean = losses(variables, images(), FULL, targets(OBJECTS), key)
-  bad = [OBJECTS[0] + [(50, 50, 50, 80), (200, 10, 260, 60)],    # zero width; outside
-         OBJECTS[1] + [(np.nan, 0, 10, 10), (20, 20, 10, 10)]]   # NaN; inverted
+  bad = [
+    OBJECTS[0] + [(50, 50, 50, 80), (200, 10, 260, 60)],  # zero width; outside
+    OBJECTS[1] + [(np.nan, 0, 10, 10), (20, 20, 10, 10)],
+  ]  # NaN; inverted
   dirty = losses(variables, images(), FULL, targets(bad), key)
-  assert float(dirty["gt_dropped"]) == 4 and float(clean["gt_dropped"]) == 0
+  assert float(dirty['gt_dropped']) == 4 and float(clean['gt_dropped']) == 0
   for name in clean:
-    if name != "gt_dropped":
+    if name != 'gt_dropped':
       np.testing.assert_allclose(dirty[name], clean[name], rtol=1e-6, err_msg=name)
   # Labels outside the classes are dropped too; a box half outside is clipped, kept.
-  partly = losses(variables, images(), FULL, targets(
-      [[(100, 20, 400, 90)], [(30, 30, 90, 80)]], labels=[[0], [NUM_CLASSES]]), key)
-  assert float(partly["gt_dropped"]) == 1 and np.isfinite(total(partly))
+  partly = losses(
+    variables,
+    images(),
+    FULL,
+    targets([[(100, 20, 400, 90)], [(30, 30, 90, 80)]], labels=[[0], [NUM_CLASSES]]),
+    key,
+  )
+  assert float(partly['gt_dropped']) == 1 and np.isfinite(total(partly))
 
 
 def test_ignore_regions_are_neither_positive_nor_negative(tiny):
@@ -435,32 +482,38 @@ def test_ignore_regions_are_neither_positive_nor_negative(tiny):
   region = (20, 10, 100, 90)
   batch = targets([[region], [region]], ignore=[[True], [True]])
   anchor_valid = rpn_lib.trainable_anchors(settings, anchors, shapes, TINY_SHAPE[1:3], FULL)
-  _, sample = rpn_lib.sample_anchors(anchors, anchor_valid, batch["boxes"], batch["valid"],
-                                     batch["ignore"], jax.random.key(0), settings)
+  _, sample = rpn_lib.sample_anchors(
+    anchors,
+    anchor_valid,
+    batch['boxes'],
+    batch['valid'],
+    batch['ignore'],
+    jax.random.key(0),
+    settings,
+  )
   sampled = anchors[np.asarray(sample.indices)][np.asarray(sample.valid)]
-  inside = ops.box_overlaps(jnp.asarray(sampled), jnp.asarray([region], jnp.float32), "iof")
+  inside = ops.box_overlaps(jnp.asarray(sampled), jnp.asarray([region], jnp.float32), 'iof')
   assert not np.any(np.asarray(sample.positive))
   assert np.all(np.asarray(inside) <= settings.ignore_iof_thr)
   # As an object the same box gives positives; as an ignore region none, anywhere.
-  as_object = losses(variables, images(), FULL, targets([[region], [region]]),
-                     jax.random.key(0))
+  as_object = losses(variables, images(), FULL, targets([[region], [region]]), jax.random.key(0))
   ignored = losses(variables, images(), FULL, batch, jax.random.key(0))
-  assert as_object["rpn_positives"] > 0 and as_object["positives_0"] > 0
-  assert ignored["rpn_positives"] == 0
-  assert all(ignored[f"positives_{s}"] == 0 for s in range(3))
+  assert as_object['rpn_positives'] > 0 and as_object['positives_0'] > 0
+  assert ignored['rpn_positives'] == 0
+  assert all(ignored[f'positives_{s}'] == 0 for s in range(3))
   assert np.isfinite(total(ignored))
 
 
 def test_detections_are_padded_and_inside_each_image(tiny):
   _, variables, _, detect = tiny
-  image_shape = np.array([[96.0, 128.0], [60.0, 70.0]], np.float32)   # 2nd image padded
+  image_shape = np.array([[96.0, 128.0], [60.0, 70.0]], np.float32)  # 2nd image padded
   out = detect(variables, images(), image_shape)
-  assert out["boxes"].shape == (2, 20, 4) and out["labels"].dtype == jnp.int32
-  boxes, valid = np.asarray(out["boxes"]), np.asarray(out["valid"])
+  assert out['boxes'].shape == (2, 20, 4) and out['labels'].dtype == jnp.int32
+  boxes, valid = np.asarray(out['boxes']), np.asarray(out['valid'])
   assert valid.any()
   assert np.all(boxes[1, :, 2] <= 70.0) and np.all(boxes[1, :, 3] <= 60.0)
-  assert np.all(np.asarray(out["labels"])[valid] < NUM_CLASSES)
-  scores = np.asarray(out["scores"])
+  assert np.all(np.asarray(out['labels'])[valid] < NUM_CLASSES)
+  scores = np.asarray(out['scores'])
   assert np.all(scores[valid] > 0.05) and np.all(scores[~valid] == 0)
   assert np.all(np.diff(scores[0][valid[0]]) <= 0)
 
@@ -468,21 +521,30 @@ def test_detections_are_padded_and_inside_each_image(tiny):
 @pytest.mark.slow
 def test_one_stage_class_specific_and_bfloat16_variants_train():
   model = tiny_model(num_stages=1, class_agnostic=False)
-  bf16 = build_cascade_rcnn("resnet18", NUM_CLASSES, backbone_overrides={"depths": (1,) * 4},
-                            neck={"out_channels": 32}, roi={"fc_dim": 64, "num_samples": 64},
-                            rpn={"pre_nms_top_n_train": 200, "post_nms_top_n_train": 100},
-                            dtype=jnp.bfloat16)
+  bf16 = build_cascade_rcnn(
+    'resnet18',
+    NUM_CLASSES,
+    backbone_overrides={'depths': (1,) * 4},
+    neck={'out_channels': 32},
+    roi={'fc_dim': 64, 'num_samples': 64},
+    rpn={'pre_nms_top_n_train': 200, 'post_nms_top_n_train': 100},
+    dtype=jnp.bfloat16,
+  )
   for m in (model, bf16):
     variables = random_variables(m, TINY_SHAPE)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     out = jax.jit(functools.partial(m.apply, train=True))(
-        variables, images(), FULL, targets(OBJECTS, labels=[[0, 2], [1]]),
-        rngs={"sampling": jax.random.key(0)})
+      variables,
+      images(),
+      FULL,
+      targets(OBJECTS, labels=[[0, 2], [1]]),
+      rngs={'sampling': jax.random.key(0)},
+    )
     assert np.isfinite(total(out)) and total(out) > 0
-  assert variables["params"]["box_heads_0"]["bbox_pred"]["kernel"].shape[-1] == 4
+  assert variables['params']['box_heads_0']['bbox_pred']['kernel'].shape[-1] == 4
   one_stage = random_variables(model, TINY_SHAPE)
-  assert one_stage["params"]["box_heads_0"]["bbox_pred"]["kernel"].shape[-1] == 4 * NUM_CLASSES
-  assert "box_heads_1" not in one_stage["params"]
+  assert one_stage['params']['box_heads_0']['bbox_pred']['kernel'].shape[-1] == 4 * NUM_CLASSES
+  assert 'box_heads_1' not in one_stage['params']
 
 
 def swin_cascade_state(seed: int = 0) -> dict[str, np.ndarray]:
@@ -494,74 +556,81 @@ def swin_cascade_state(seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   state = {}
   for key, value in torchvision.models.swin_t().state_dict().items():
-    if key.startswith("head.") or key.endswith("relative_position_index"):
+    if key.startswith('head.') or key.endswith('relative_position_index'):
       continue
-    key = key.replace("features.0.0.", "patch_embed.proj.").replace(
-        "features.0.2.", "patch_embed.norm.")
+    key = key.replace('features.0.0.', 'patch_embed.proj.').replace(
+      'features.0.2.', 'patch_embed.norm.'
+    )
     key = official_swin_name(key)
-    state["backbone." + key.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")
-          ] = value.numpy()
-  state["backbone.norm3.weight"] = state.pop("backbone.norm.weight")
-  state["backbone.norm3.bias"] = state.pop("backbone.norm.bias")
+    state['backbone.' + key.replace('.mlp.0.', '.mlp.fc1.').replace('.mlp.3.', '.mlp.fc2.')] = (
+      value.numpy()
+    )
+  state['backbone.norm3.weight'] = state.pop('backbone.norm.weight')
+  state['backbone.norm3.bias'] = state.pop('backbone.norm.bias')
   normal = lambda *shape: (0.05 * rng.standard_normal(shape)).astype(np.float32)
   for i, dim in enumerate((96, 192, 384)):
-    state[f"backbone.norm{i}.weight"] = 1 + normal(dim)
-    state[f"backbone.norm{i}.bias"] = normal(dim)
+    state[f'backbone.norm{i}.weight'] = 1 + normal(dim)
+    state[f'backbone.norm{i}.bias'] = normal(dim)
   for i, dim in enumerate((96, 192, 384, 768)):
-    state[f"neck.lateral_convs.{i}.conv.weight"] = normal(256, dim, 1, 1)
-    state[f"neck.lateral_convs.{i}.conv.bias"] = normal(256)
-    state[f"neck.fpn_convs.{i}.conv.weight"] = normal(256, 256, 3, 3)
-    state[f"neck.fpn_convs.{i}.conv.bias"] = normal(256)
-  for name, out in (("rpn_conv", 256), ("rpn_cls", 3), ("rpn_reg", 12)):
-    state[f"rpn_head.{name}.weight"] = normal(out, 256, *((3, 3) if name == "rpn_conv"
-                                                          else (1, 1)))
-    state[f"rpn_head.{name}.bias"] = normal(out)
+    state[f'neck.lateral_convs.{i}.conv.weight'] = normal(256, dim, 1, 1)
+    state[f'neck.lateral_convs.{i}.conv.bias'] = normal(256)
+    state[f'neck.fpn_convs.{i}.conv.weight'] = normal(256, 256, 3, 3)
+    state[f'neck.fpn_convs.{i}.conv.bias'] = normal(256)
+  for name, out in (('rpn_conv', 256), ('rpn_cls', 3), ('rpn_reg', 12)):
+    state[f'rpn_head.{name}.weight'] = normal(out, 256, *((3, 3) if name == 'rpn_conv' else (1, 1)))
+    state[f'rpn_head.{name}.bias'] = normal(out)
   for stage in range(3):
-    head = f"roi_head.bbox_head.{stage}"
+    head = f'roi_head.bbox_head.{stage}'
     for j in range(4):
-      state[f"{head}.shared_convs.{j}.conv.weight"] = normal(256, 256, 3, 3)
-      state[f"{head}.shared_convs.{j}.gn.weight"] = 1 + normal(256)
-      state[f"{head}.shared_convs.{j}.gn.bias"] = normal(256)
-    state[f"{head}.shared_fcs.0.weight"] = normal(1024, 256 * 49) / 4
-    state[f"{head}.shared_fcs.0.bias"] = normal(1024)
-    state[f"{head}.fc_cls.weight"], state[f"{head}.fc_cls.bias"] = normal(11, 1024), normal(11)
-    state[f"{head}.fc_reg.weight"], state[f"{head}.fc_reg.bias"] = normal(4, 1024), normal(4)
-  state["roi_head.mask_head.0.convs.0.conv.weight"] = normal(256, 256, 3, 3)
+      state[f'{head}.shared_convs.{j}.conv.weight'] = normal(256, 256, 3, 3)
+      state[f'{head}.shared_convs.{j}.gn.weight'] = 1 + normal(256)
+      state[f'{head}.shared_convs.{j}.gn.bias'] = normal(256)
+    state[f'{head}.shared_fcs.0.weight'] = normal(1024, 256 * 49) / 4
+    state[f'{head}.shared_fcs.0.bias'] = normal(1024)
+    state[f'{head}.fc_cls.weight'], state[f'{head}.fc_cls.bias'] = normal(11, 1024), normal(11)
+    state[f'{head}.fc_reg.weight'], state[f'{head}.fc_reg.bias'] = normal(4, 1024), normal(4)
+  state['roi_head.mask_head.0.convs.0.conv.weight'] = normal(256, 256, 3, 3)
   return state
 
 
 def official_swin_name(key: str) -> str:
   """torchvision swin_t 'features.<i>.<j>.' / 'features.<i>.' -> official layer names."""
-  key = re.sub(r"^features\.(\d+)\.(\d+)\.",
-               lambda m: f"layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.", key)
-  return re.sub(r"^features\.(\d+)\.", lambda m: f"layers.{(int(m[1]) - 2) // 2}.downsample.",
-                key)
+  key = re.sub(
+    r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.', key
+  )
+  return re.sub(r'^features\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 2) // 2}.downsample.', key)
 
 
 @pytest.mark.slow
 def test_mmdetection_swin_cascade_with_4conv1fc_heads_imports():
   state = swin_cascade_state()
-  model, variables, conversion = load(state, "cascade_rcnn_swin_t_fpn")
+  model, variables, conversion = load(state, 'cascade_rcnn_swin_t_fpn')
   assert model.backbone.feature_norms and model.num_classes == 10
   assert (model.roi.num_convs, model.roi.num_fcs, model.roi.num_stages) == (4, 1, 3)
-  assert conversion.sources["backbone/feature_norm_2/scale"] == "backbone.norm1.weight"
-  assert conversion.sources["box_heads_1/gn_3/scale"] == \
-      "roi_head.bbox_head.1.shared_convs.3.gn.weight"
-  assert "mask branch" in conversion.skipped["roi_head.mask_head.0.convs.0.conv.weight"]
+  assert conversion.sources['backbone/feature_norm_2/scale'] == 'backbone.norm1.weight'
+  assert (
+    conversion.sources['box_heads_1/gn_3/scale'] == 'roi_head.bbox_head.1.shared_convs.3.gn.weight'
+  )
+  assert 'mask branch' in conversion.skipped['roi_head.mask_head.0.convs.0.conv.weight']
   # The box head against torch: 4 x (conv3x3, GroupNorm(32), ReLU), flatten (C, h, w), FC.
   features = np.random.default_rng(1).standard_normal((5, 256, 7, 7)).astype(np.float32)
-  tensor = lambda key: torch.from_numpy(state[f"roi_head.bbox_head.1.{key}"])
+  tensor = lambda key: torch.from_numpy(state[f'roi_head.bbox_head.1.{key}'])
   with torch.no_grad():
     x = torch.from_numpy(features)
     for j in range(4):
-      x = torch.nn.functional.conv2d(x, tensor(f"shared_convs.{j}.conv.weight"), padding=1)
-      x = torch.relu(torch.nn.functional.group_norm(
-          x, 32, tensor(f"shared_convs.{j}.gn.weight"), tensor(f"shared_convs.{j}.gn.bias")))
-    x = torch.relu(x.flatten(1) @ tensor("shared_fcs.0.weight").T + tensor("shared_fcs.0.bias"))
-    want_logits = x @ tensor("fc_cls.weight").T + tensor("fc_cls.bias")
-    want_deltas = x @ tensor("fc_reg.weight").T + tensor("fc_reg.bias")
+      x = torch.nn.functional.conv2d(x, tensor(f'shared_convs.{j}.conv.weight'), padding=1)
+      x = torch.relu(
+        torch.nn.functional.group_norm(
+          x, 32, tensor(f'shared_convs.{j}.gn.weight'), tensor(f'shared_convs.{j}.gn.bias')
+        )
+      )
+    x = torch.relu(x.flatten(1) @ tensor('shared_fcs.0.weight').T + tensor('shared_fcs.0.bias'))
+    want_logits = x @ tensor('fc_cls.weight').T + tensor('fc_cls.bias')
+    want_deltas = x @ tensor('fc_reg.weight').T + tensor('fc_reg.bias')
   logits, deltas = model.apply(
-      variables, jnp.asarray(features.transpose(0, 2, 3, 1))[None],
-      method=lambda m, f: m.box_heads[1](f))
-  assert_close(logits[0], want_logits.numpy(), "4conv1fc logits")
-  assert_close(deltas[0], want_deltas.numpy(), "4conv1fc deltas")
+    variables,
+    jnp.asarray(features.transpose(0, 2, 3, 1))[None],
+    method=lambda m, f: m.box_heads[1](f),
+  )
+  assert_close(logits[0], want_logits.numpy(), '4conv1fc logits')
+  assert_close(deltas[0], want_deltas.numpy(), '4conv1fc deltas')

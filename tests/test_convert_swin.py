@@ -22,14 +22,18 @@ from torchvision.models import swin_transformer as tv_swin
 from torchvision.models.video import swin3d_t
 
 from tests.conftest import run_module
-from tps_jax.convert import (ConversionError, convert_checkpoint, convert_state_dict,
-                             load_pytorch_weights)
+from tps_jax.convert import (
+  ConversionError,
+  convert_checkpoint,
+  convert_state_dict,
+  load_pytorch_weights,
+)
 from tps_jax.convert import swin as swin_convert
 from tps_jax.convert.io import unflatten
 from tps_jax.train.checkpointing import load_params
 
-IMAGE_SHAPE = (2, 232, 200, 3)   # token grids 58x50, 29x25, 15x13, 8x7: padding, shifts
-CLIP_SHAPE = (1, 5, 72, 60, 3)   # time padded and clipped; grids 18x15 .. 3x2: clipped too
+IMAGE_SHAPE = (2, 232, 200, 3)  # token grids 58x50, 29x25, 15x13, 8x7: padding, shifts
+CLIP_SHAPE = (1, 5, 72, 60, 3)  # time padded and clipped; grids 18x15 .. 3x2: clipped too
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -86,9 +90,14 @@ def _assert_scaled_close(got, expected, rel=1e-4, what=''):
   assert error <= rel * scale, f'{what}: max |diff| {error} > {rel} x scale {scale}'
 
 
-def _assert_matches(model, variables, reference, x, keys=('stage_1', 'stage_2', 'stage_3',
-                                                           'stage_4', 'logits'),
-                    reference_x=None):
+def _assert_matches(
+  model,
+  variables,
+  reference,
+  x,
+  keys=('stage_1', 'stage_2', 'stage_3', 'stage_4', 'logits'),
+  reference_x=None,
+):
   """Our features of x against the reference's of reference_x (default: x)."""
   got = _features(model, variables, x)
   expected = _torch_features(reference, x if reference_x is None else reference_x)
@@ -106,17 +115,21 @@ def _official_names(state: dict, video: bool) -> dict:
   out = {}
   for key, value in state.items():
     if video:
-      key = re.sub(r'^features\.(\d+)\.(\d+)\.',
-                   lambda m: f'layers.{int(m[1]) // 2}.blocks.{m[2]}.', key)
-      key = re.sub(r'^features\.(\d+)\.',
-                   lambda m: f'layers.{(int(m[1]) - 1) // 2}.downsample.', key)
+      key = re.sub(
+        r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{int(m[1]) // 2}.blocks.{m[2]}.', key
+      )
+      key = re.sub(
+        r'^features\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 1) // 2}.downsample.', key
+      )
     else:
       key = key.replace('features.0.0.', 'patch_embed.proj.')
       key = key.replace('features.0.2.', 'patch_embed.norm.')
-      key = re.sub(r'^features\.(\d+)\.(\d+)\.',
-                   lambda m: f'layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.', key)
-      key = re.sub(r'^features\.(\d+)\.',
-                   lambda m: f'layers.{(int(m[1]) - 2) // 2}.downsample.', key)
+      key = re.sub(
+        r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.', key
+      )
+      key = re.sub(
+        r'^features\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 2) // 2}.downsample.', key
+      )
     out[key.replace('.mlp.0.', '.mlp.fc1.').replace('.mlp.3.', '.mlp.fc2.')] = value
   return out
 
@@ -170,13 +183,15 @@ def test_swin_t_matches_torchvision(swin_t_reference, swin_t_files):
   _assert_matches(model, variables, swin_t_reference, _input(IMAGE_SHAPE))
 
 
-@pytest.mark.parametrize('height,width', [
-    (224, 224),   # the trained resolution: token grids 56 .. 7, the window's
-    (112, 112),   # stage 3 (7x7) unshifted, stage 4 (4x4) padded up to the window
-    (98, 138),    # the patch remainder padded: grids 25x35, 13x18, 7x9, 4x5 (odd merges)
-])
-def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_state, height,
-                                                   width):
+@pytest.mark.parametrize(
+  'height,width',
+  [
+    (224, 224),  # the trained resolution: token grids 56 .. 7, the window's
+    (112, 112),  # stage 3 (7x7) unshifted, stage 4 (4x4) padded up to the window
+    (98, 138),  # the patch remainder padded: grids 25x35, 13x18, 7x9, 4x5 (odd merges)
+  ],
+)
+def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_state, height, width):
   """Grids at or below the window, as torchvision: the window kept and the grid
   zero-padded up to it, no shift. An image that does not divide by the patch is padded
   here (torchvision's patch convolution would drop the remainder): it matches
@@ -184,8 +199,13 @@ def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_stat
   conversion = convert_state_dict(swin_t_state, 'swin_t')
   x = _input((1, height, width, 3))
   padded = np.pad(x, [(0, 0), (0, -height % 4), (0, -width % 4), (0, 0)])
-  _assert_matches(conversion.model, {'params': unflatten(conversion.params)},
-                  swin_t_reference, x, reference_x=padded)
+  _assert_matches(
+    conversion.model,
+    {'params': unflatten(conversion.params)},
+    swin_t_reference,
+    x,
+    reference_x=padded,
+  )
 
 
 def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
@@ -198,43 +218,60 @@ def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
 def test_swin3d_t_matches_torchvision_at_8x112(swin3d_t_reference):
   """Token grids 4x28x28 .. 4x4x4, as torchvision's swin3d: the window clipped to the grid
   (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7."""
-  conversion = convert_state_dict({k: v.numpy() for k, v in _state(swin3d_t_reference).items()},
-                                  'swin3d_t')
-  _assert_matches(conversion.model, {'params': unflatten(conversion.params)},
-                  swin3d_t_reference, _input((1, 8, 112, 112, 3)))
+  conversion = convert_state_dict(
+    {k: v.numpy() for k, v in _state(swin3d_t_reference).items()}, 'swin3d_t'
+  )
+  _assert_matches(
+    conversion.model,
+    {'params': unflatten(conversion.params)},
+    swin3d_t_reference,
+    _input((1, 8, 112, 112, 3)),
+  )
 
 
 def test_official_video_swin_names(swin3d_t_reference, tmp_path):
   """mmaction2 layout: 'state_dict' with backbone. and cls_head.fc_cls keys."""
   state = _official_names(_state(swin3d_t_reference), video=True)
-  state = {('cls_head.fc_cls.' + k[5:] if k.startswith('head.') else 'backbone.' + k): v
-           for k, v in state.items()}
-  torch.save({'meta': {'epoch': 30, 'config': 'swin_tiny'}, 'state_dict': state},
-             tmp_path / 'video_swin.pth')
+  state = {
+    ('cls_head.fc_cls.' + k[5:] if k.startswith('head.') else 'backbone.' + k): v
+    for k, v in state.items()
+  }
+  torch.save(
+    {'meta': {'epoch': 30, 'config': 'swin_tiny'}, 'state_dict': state}, tmp_path / 'video_swin.pth'
+  )
   model, variables = load_pytorch_weights(str(tmp_path / 'video_swin.pth'), 'swin3d_t')
   assert model.num_classes == 400
-  _assert_matches(model, variables, swin3d_t_reference, _input(CLIP_SHAPE),
-                  keys=('logits',))  # (compiled once with the test above)
+  _assert_matches(
+    model, variables, swin3d_t_reference, _input(CLIP_SHAPE), keys=('logits',)
+  )  # (compiled once with the test above)
 
 
 @pytest.mark.slow
 def test_official_swin_l_names(tmp_path):
   """The official release's layout ({'model': ...}, attn_mask buffers, a 22K head)."""
   torch.manual_seed(4)
-  reference = _randomise(tv_swin.SwinTransformer(
-      patch_size=[4, 4], embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48],
-      window_size=[7, 7], num_classes=21841), seed=5)
+  reference = _randomise(
+    tv_swin.SwinTransformer(
+      patch_size=[4, 4],
+      embed_dim=192,
+      depths=[2, 2, 18, 2],
+      num_heads=[6, 12, 24, 48],
+      window_size=[7, 7],
+      num_classes=21841,
+    ),
+    seed=5,
+  )
   state = _official_names(_state(reference), video=False)
   for i, depth in enumerate([2, 2, 18]):  # stage 4 (7x7 tokens) has no shift, no mask
     for j in range(1, depth, 2):
-      state[f'layers.{i}.blocks.{j}.attn_mask'] = torch.zeros(64 // 4 ** i, 49, 49)
+      state[f'layers.{i}.blocks.{j}.attn_mask'] = torch.zeros(64 // 4**i, 49, 49)
   torch.save({'model': state}, tmp_path / 'swin_large_patch4_window7_224_22k.pth')
   del state
   model, variables = load_pytorch_weights(
-      str(tmp_path / 'swin_large_patch4_window7_224_22k.pth'), 'swin_l')
+    str(tmp_path / 'swin_large_patch4_window7_224_22k.pth'), 'swin_l'
+  )
   assert model.num_classes == 21841
-  _assert_matches(model, variables, reference, _input((1, 224, 224, 3)),
-                  keys=('stage_3', 'logits'))
+  _assert_matches(model, variables, reference, _input((1, 224, 224, 3)), keys=('stage_3', 'logits'))
 
 
 def test_mmdetection_backbone_is_headless_with_stage_norms(swin_t_reference):
@@ -246,33 +283,43 @@ def test_mmdetection_backbone_is_headless_with_stage_norms(swin_t_reference):
   for i, dim in enumerate((96, 192, 384)):
     norms[f'norm{i}.weight'] = 1 + 0.2 * torch.randn(dim, generator=generator)
     norms[f'norm{i}.bias'] = 0.2 * torch.randn(dim, generator=generator)
-  norms['norm3.weight'], norms['norm3.bias'] = official.pop('norm.weight'), official.pop(
-      'norm.bias')
+  norms['norm3.weight'], norms['norm3.bias'] = (
+    official.pop('norm.weight'),
+    official.pop('norm.bias'),
+  )
   del official['head.weight'], official['head.bias']
   backbone = {**official, **norms}
-  detector = {'neck.lateral_convs.0.conv.weight': np.zeros((256, 96, 1, 1), np.float32),
-              'rpn_head.rpn_conv.weight': np.zeros((256, 256, 3, 3), np.float32),
-              'roi_head.bbox_head.0.fc_cls.weight': np.zeros((11, 1024), np.float32)}
+  detector = {
+    'neck.lateral_convs.0.conv.weight': np.zeros((256, 96, 1, 1), np.float32),
+    'rpn_head.rpn_conv.weight': np.zeros((256, 256, 3, 3), np.float32),
+    'roi_head.bbox_head.0.fc_cls.weight': np.zeros((11, 1024), np.float32),
+  }
   conversion = convert_state_dict(
-      {**{'backbone.' + k: v.numpy() for k, v in backbone.items()}, **detector}, 'swin_t')
+    {**{'backbone.' + k: v.numpy() for k, v in backbone.items()}, **detector}, 'swin_t'
+  )
   assert conversion.model.num_classes == 0 and conversion.model.feature_norms
   assert conversion.flavour.startswith('mmdetection backbone')
   assert set(detector) <= set(conversion.skipped)
   # The backbone is the torchvision model's (whose parity is tested above) ...
-  reference = convert_state_dict({k: v.numpy() for k, v in _state(swin_t_reference).items()},
-                                 'swin_t').params
+  reference = convert_state_dict(
+    {k: v.numpy() for k, v in _state(swin_t_reference).items()}, 'swin_t'
+  ).params
   for path, value in reference.items():
     if not path.startswith('head/'):
       np.testing.assert_array_equal(conversion.params[path], value, err_msg=path)
   # ... plus the per-stage norms (what they compute: tests/test_swin.py).
   for i in range(3):
-    np.testing.assert_array_equal(conversion.params[f'feature_norm_{i + 1}/scale'],
-                                  norms[f'norm{i}.weight'].numpy())
-    np.testing.assert_array_equal(conversion.params[f'feature_norm_{i + 1}/bias'],
-                                  norms[f'norm{i}.bias'].numpy())
+    np.testing.assert_array_equal(
+      conversion.params[f'feature_norm_{i + 1}/scale'], norms[f'norm{i}.weight'].numpy()
+    )
+    np.testing.assert_array_equal(
+      conversion.params[f'feature_norm_{i + 1}/bias'], norms[f'norm{i}.bias'].numpy()
+    )
   # mmdetection's own naming (stages / w_msa / ffn, Unfold-ordered merging): same params.
-  renamed = {**{'backbone.' + k: v.numpy() for k, v in _openmmlab_names(backbone).items()},
-             **detector}
+  renamed = {
+    **{'backbone.' + k: v.numpy() for k, v in _openmmlab_names(backbone).items()},
+    **detector,
+  }
   openmmlab = convert_state_dict(renamed, 'swin_t')
   assert 'OpenMMLab' in openmmlab.flavour
   assert set(openmmlab.params) == set(conversion.params)
@@ -289,14 +336,15 @@ def test_inflated_swin_sees_a_static_clip_as_its_frames(tmp_path):
   compile) at 224, where no window is clipped in space."""
   torch.manual_seed(7)
   small = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
-  reference = _randomise(tv_swin.SwinTransformer(patch_size=[4, 4], window_size=[7, 7],
-                                                 num_classes=10, **small), seed=8)
+  reference = _randomise(
+    tv_swin.SwinTransformer(patch_size=[4, 4], window_size=[7, 7], num_classes=10, **small), seed=8
+  )
   torch.save(_state(reference), tmp_path / 'small.pth')
   overrides = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-  model_2d, variables_2d = load_pytorch_weights(str(tmp_path / 'small.pth'), 'swin_t',
-                                                **overrides)
-  model_3d, variables_3d = load_pytorch_weights(str(tmp_path / 'small.pth'), 'swin3d_t',
-                                                **overrides)
+  model_2d, variables_2d = load_pytorch_weights(str(tmp_path / 'small.pth'), 'swin_t', **overrides)
+  model_3d, variables_3d = load_pytorch_weights(
+    str(tmp_path / 'small.pth'), 'swin3d_t', **overrides
+  )
   assert model_3d.num_classes == 10
   table = variables_3d['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
   assert table.shape == (15 * 13 * 13, 1)
@@ -315,8 +363,11 @@ def test_inflated_swin_sees_a_static_clip_as_its_frames(tmp_path):
 def test_bias_table_resize_matches_torch_bicubic():
   table = np.random.default_rng(0).normal(size=(13 * 13, 4)).astype(np.float32)
   resized = swin_convert.adapt_bias_table(table, (7, 7), (12, 12))
-  expected = F.interpolate(torch.from_numpy(table).T.reshape(1, 4, 13, 13), size=(23, 23),
-                           mode='bicubic').reshape(4, -1).T.numpy()
+  expected = (
+    F.interpolate(torch.from_numpy(table).T.reshape(1, 4, 13, 13), size=(23, 23), mode='bicubic')
+    .reshape(4, -1)
+    .T.numpy()
+  )
   assert resized.shape == (23 * 23, 4)
   np.testing.assert_allclose(resized, expected, atol=1e-5)
   np.testing.assert_array_equal(swin_convert.adapt_bias_table(table, (7, 7), (7, 7)), table)
@@ -331,8 +382,11 @@ def test_window_override_resizes_every_table(swin_t_files):
   pth, _ = swin_t_files
   model, variables = load_pytorch_weights(str(pth), 'swin_t', window_size=(12, 12))
   assert model.window_size == (12, 12)
-  tables = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
-            if path[-1].key == 'relative_position_bias_table']
+  tables = [
+    leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+    if path[-1].key == 'relative_position_bias_table'
+  ]
   assert len(tables) == 12 and all(t.shape[0] == 23 * 23 for t in tables)
 
 
@@ -345,8 +399,11 @@ def swin_t_state(swin_t_reference):
 
 
 def test_unknown_arch_lists_the_supported_ones(swin_t_files):
-  with pytest.raises(ConversionError, match=r"unknown arch 'swin_x'; supported: .*swin3d_b"
-                                            r".*swin_l_384.*swin_t"):
+  with pytest.raises(
+    ConversionError,
+    match=r"unknown arch 'swin_x'; supported: .*swin3d_b"
+    r'.*swin_l_384.*swin_t',
+  ):
     load_pytorch_weights(str(swin_t_files[0]), 'swin_x')
 
 
@@ -359,16 +416,22 @@ def test_missing_unexpected_and_mis_shaped_keys_are_all_listed(swin_t_state):
     convert_state_dict(state, 'swin_t', source='x.pth')
   message = str(error.value)
   assert '\n' not in message and message.startswith('x.pth: ')
-  assert 'missing keys (model parameters the checkpoint lacks): ' \
-         'layers_0/blocks_0/attn/qkv/kernel' in message
+  assert (
+    'missing keys (model parameters the checkpoint lacks): '
+    'layers_0/blocks_0/attn/qkv/kernel' in message
+  )
   assert 'unexpected keys (not in the model): features.1.0.attn.extra.weight' in message
-  assert ('features.3.1.mlp.0.weight (192, 10) vs model layers_1/blocks_1/mlp/fc1/kernel '
-          '(192, 768)') in message
+  assert (
+    'features.3.1.mlp.0.weight (192, 10) vs model layers_1/blocks_1/mlp/fc1/kernel (192, 768)'
+  ) in message
 
 
 def test_checkpoint_of_another_arch_names_its_geometry(swin_t_state):
-  with pytest.raises(ConversionError, match=r'embed_dim 96, depths \(2, 2, 6, 2\)\) does not '
-                                            r'fit arch swin_s: missing keys .*layers_2/blocks_6'):
+  with pytest.raises(
+    ConversionError,
+    match=r'embed_dim 96, depths \(2, 2, 6, 2\)\) does not '
+    r'fit arch swin_s: missing keys .*layers_2/blocks_6',
+  ):
     convert_state_dict(swin_t_state, 'swin_s')
 
 
@@ -377,21 +440,22 @@ def test_checkpoint_of_a_smaller_arch_is_named_in_one_short_line(swin_t_state):
   with pytest.raises(ConversionError) as error:
     convert_state_dict(swin_t_state, 'swin_l', source='swin_t.pth')
   message = str(error.value)
-  assert '\n' not in message and len(message) < 1500    # was 20,000 characters
-  assert re.search(r'missing keys \(model parameters the checkpoint lacks\): '
-                   r'layers_2/blocks_6/\S+, (\S+, ){3}\S+ and \d+ more \| ', message)
-  assert re.search(r'shape mismatches \(flax layout\): ([^;]+; ){4}[^;]+ and \d+ more$',
-                   message)
+  assert '\n' not in message and len(message) < 1500  # was 20,000 characters
+  assert re.search(
+    r'missing keys \(model parameters the checkpoint lacks\): '
+    r'layers_2/blocks_6/\S+, (\S+, ){3}\S+ and \d+ more \| ',
+    message,
+  )
+  assert re.search(r'shape mismatches \(flax layout\): ([^;]+; ){4}[^;]+ and \d+ more$', message)
 
 
-def test_video_checkpoint_into_image_arch_and_foreign_checkpoints_are_refused(
-    swin3d_t_reference):
+def test_video_checkpoint_into_image_arch_and_foreign_checkpoints_are_refused(swin3d_t_reference):
   state = {k: v.numpy() for k, v in _state(swin3d_t_reference).items()}
-  with pytest.raises(ConversionError, match='video .3D. Swin checkpoint cannot initialise a '
-                                            '2D'):
+  with pytest.raises(ConversionError, match='video .3D. Swin checkpoint cannot initialise a 2D'):
     convert_state_dict(state, 'swin_t')
-  with pytest.raises(ConversionError, match='not a Swin checkpoint of a known flavour.*'
-                                            'first keys: conv1.weight'):
+  with pytest.raises(
+    ConversionError, match='not a Swin checkpoint of a known flavour.*first keys: conv1.weight'
+  ):
     convert_state_dict({'conv1.weight': np.zeros((64, 3, 7, 7), np.float32)}, 'swin_t')
 
 
@@ -401,8 +465,11 @@ class _Hook:
 
 def test_pickled_objects_are_refused(tmp_path):
   torch.save({'state_dict': {'w': torch.zeros(2)}, 'hook': _Hook()}, tmp_path / 'bad.pth')
-  with pytest.raises(ConversionError, match=r'bad.pth: not a plain tensor file: its pickle '
-                                            r'imports .*_Hook, which a weights-only'):
+  with pytest.raises(
+    ConversionError,
+    match=r'bad.pth: not a plain tensor file: its pickle '
+    r'imports .*_Hook, which a weights-only',
+  ):
     load_pytorch_weights(str(tmp_path / 'bad.pth'), 'swin_t')
   with pytest.raises(ConversionError, match='no such file'):
     load_pytorch_weights(str(tmp_path / 'none.pth'), 'swin_t')
@@ -416,10 +483,12 @@ def test_command_line_writes_a_checkpoint_that_load_params_reads(swin_t_files, t
   output = tmp_path / 'swin_t_converted'
   proc = run_module('tps_jax.convert', '--arch', 'swin_t', '--input', pth, '--out', output)
   lines = proc.stdout.splitlines()
-  assert f'  loaded  features.1.0.attn.qkv.weight -> layers_0/blocks_0/attn/qkv/kernel ' \
-         f'(96, 288)' in lines
-  assert ('  skipped features.1.0.attn.relative_position_index: buffer, recomputed from the '
-          'window size') in lines
+  assert (
+    '  loaded  features.1.0.attn.qkv.weight -> layers_0/blocks_0/attn/qkv/kernel (96, 288)' in lines
+  )
+  assert (
+    '  skipped features.1.0.attn.relative_position_index: buffer, recomputed from the window size'
+  ) in lines
   assert lines[-2] == 'loaded 173 tensors, skipped 12'
   assert sorted(os.listdir(output)) == ['model.json', 'variables']
   assert not [p for p in os.listdir(tmp_path) if '.tmp-' in p]
@@ -427,8 +496,10 @@ def test_command_line_writes_a_checkpoint_that_load_params_reads(swin_t_files, t
     meta = json.load(f)
   assert meta['arch'] == 'swin_t' and meta['model_kwargs']['num_classes'] == 1000
   _, variables = load_pytorch_weights(str(pth), 'swin_t')
-  expected = {'/'.join(p.key for p in path): leaf
-              for path, leaf in jax.tree_util.tree_leaves_with_path(variables['params'])}
+  expected = {
+    '/'.join(p.key for p in path): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(variables['params'])
+  }
   restored = load_params(str(output))
   assert restored.keys() == expected.keys()
   for name, value in expected.items():
@@ -458,11 +529,16 @@ def test_conversion_errors_write_nothing(swin_t_files, tmp_path):
 def test_command_line_errors_are_one_line(swin_t_files, tmp_path):
   pth, _ = swin_t_files
   for args, message in [
-      (('--arch', 'swin_x', '--input', pth, '--out', tmp_path / 'out'),
-       "error: unknown arch 'swin_x'; supported: "),
-      (('--arch', 'swin_t', '--input', pth, '--out', tmp_path / 'out', '--window', '8,x'),
-       "error: flag --window=['8', 'x']: must be integers, e.g. 12,12 or 16,7,7"),
-      (('--arch', 'swin_t', '--input', pth), 'error: flag --out=None: ')]:
+    (
+      ('--arch', 'swin_x', '--input', pth, '--out', tmp_path / 'out'),
+      "error: unknown arch 'swin_x'; supported: ",
+    ),
+    (
+      ('--arch', 'swin_t', '--input', pth, '--out', tmp_path / 'out', '--window', '8,x'),
+      "error: flag --window=['8', 'x']: must be integers, e.g. 12,12 or 16,7,7",
+    ),
+    (('--arch', 'swin_t', '--input', pth), 'error: flag --out=None: '),
+  ]:
     proc = run_module('tps_jax.convert', *args, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

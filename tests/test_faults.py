@@ -43,10 +43,13 @@ def _permissions_apply() -> list[str]:
 
 def _start(workdir, *flags, prefix=(), config='tests/toy_task.py:tiny'):
   return subprocess.Popen(
-      [*prefix, sys.executable, 'run_train.py', f'--config={config}',
-       f'--workdir={workdir}', *flags],
-      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [*prefix, sys.executable, 'run_train.py', f'--config={config}', f'--workdir={workdir}', *flags],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _run(workdir, *flags, prefix=(), config='tests/toy_task.py:tiny', timeout=300):
@@ -84,8 +87,7 @@ def _stderr_lines(capsys) -> list[str]:
 
 
 @pytest.mark.slow
-def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(tmp_path,
-                                                                            capsys):
+def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(tmp_path, capsys):
   prefix = _permissions_apply()
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(toy_config(total_steps=20, eval_steps=0), workdir)
@@ -97,24 +99,31 @@ def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(tmp_
   checkpoints = os.path.join(workdir, 'checkpoints')
   os.chmod(checkpoints, 0o555)
   try:
-    code, err, seconds = _run(workdir, '--config.total_steps=40', '--config.eval_steps=0',
-                              prefix=prefix)
+    code, err, seconds = _run(
+      workdir, '--config.total_steps=40', '--config.eval_steps=0', prefix=prefix
+    )
   finally:
     os.chmod(checkpoints, 0o755)
-  assert code == 1 and seconds < 120, err   # orbax alone waited 300 s, then a traceback
+  assert code == 1 and seconds < 120, err  # orbax alone waited 300 s, then a traceback
   assert not any('Traceback' in line for line in err), err
-  assert err[-1].startswith(f'error: cannot write checkpoint 30 in {checkpoints}: '
-                            f'Permission denied: {checkpoints}/30.orbax-checkpoint-tmp')
-  assert err[-1].endswith('(the last checkpoint is step 20: a rerun resumes there and '
-                          'logs again the steps metrics.jsonl holds after it)')
+  assert err[-1].startswith(
+    f'error: cannot write checkpoint 30 in {checkpoints}: '
+    f'Permission denied: {checkpoints}/30.orbax-checkpoint-tmp'
+  )
+  assert err[-1].endswith(
+    '(the last checkpoint is step 20: a rerun resumes there and '
+    'logs again the steps metrics.jsonl holds after it)'
+  )
   assert checkpointing.saved_steps(workdir) == [10, 20]
-  assert _logged_steps(workdir)[-1] == 30    # ahead of the checkpoint, as the line says
+  assert _logged_steps(workdir)[-1] == 30  # ahead of the checkpoint, as the line says
 
   capsys.readouterr()
   trainer.train_and_evaluate(longer, workdir)
   err = _stderr_lines(capsys)
-  assert f'{workdir}/metrics.jsonl: dropped 2 record(s) logged after step 20, the step ' \
-         'this run starts from (it logs those steps again)' in err
+  assert (
+    f'{workdir}/metrics.jsonl: dropped 2 record(s) logged after step 20, the step '
+    'this run starts from (it logs those steps again)' in err
+  )
   assert f'resumed {workdir} from step 20' in err
   assert losses(workdir) == losses(reference)
   assert sorted(losses(workdir)) == list(range(5, 45, 5))
@@ -132,8 +141,10 @@ def test_a_failed_background_save_is_one_line():
 
   with pytest.raises(checkpointing.CheckpointError) as error:
     checkpointing.wait(Manager())
-  assert str(error.value) == ('a checkpoint save in /w/checkpoints failed: No space left '
-                              'on device: /w/checkpoints/30/state/d/ab12')
+  assert str(error.value) == (
+    'a checkpoint save in /w/checkpoints failed: No space left '
+    'on device: /w/checkpoints/30/state/d/ab12'
+  )
 
 
 # ------------------------------------------------------------------ damaged checkpoints
@@ -152,9 +163,11 @@ def _remove_metadata(step_dir):
 
 
 def _truncate_data(step_dir):
-  data_files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'),
-                                     recursive=True)
-                if os.path.isfile(f) and os.path.basename(os.path.dirname(f)) == 'd']
+  data_files = [
+    f
+    for f in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True)
+    if os.path.isfile(f) and os.path.basename(os.path.dirname(f)) == 'd'
+  ]
   assert data_files
   for path in data_files:
     os.truncate(path, os.path.getsize(path) // 2)
@@ -164,13 +177,18 @@ def _remove_iterator(step_dir):
   os.remove(os.path.join(step_dir, 'data', 'process_0-of-1.json'))
 
 
-@pytest.mark.parametrize('damage, cause', [
+@pytest.mark.parametrize(
+  'damage, cause',
+  [
     (_remove_metadata, '{step_dir}/state/_METADATA is missing'),
     (_truncate_data, 'Requested byte range [0, '),
     (_remove_iterator, 'File {step_dir}/data/process_0-of-1.json does not exist.'),
-], ids=['metadata_removed', 'data_truncated', 'iterator_removed'])
-def test_damaged_newest_checkpoint_is_named_and_skipped(finished_run, tmp_path, capsys,
-                                                       damage, cause):
+  ],
+  ids=['metadata_removed', 'data_truncated', 'iterator_removed'],
+)
+def test_damaged_newest_checkpoint_is_named_and_skipped(
+  finished_run, tmp_path, capsys, damage, cause
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_run, workdir)
   shutil.rmtree(os.path.join(workdir, 'export'))
@@ -187,8 +205,8 @@ def test_damaged_newest_checkpoint_is_named_and_skipped(finished_run, tmp_path, 
   assert skipped[0].endswith(f'); skipped it and moved it to {moved}')
   assert f'resumed {workdir} from step 20' in err
   assert summary['step'] == 30 and os.path.isdir(moved)
-  assert checkpointing.saved_steps(workdir) == [20, 30]    # step 30 saved again
-  assert losses(workdir) == losses(finished_run)           # steps 21..30 redone exactly
+  assert checkpointing.saved_steps(workdir) == [20, 30]  # step 30 saved again
+  assert losses(workdir) == losses(finished_run)  # steps 21..30 redone exactly
 
 
 def test_every_checkpoint_damaged_refuses_instead_of_starting_over(finished_run, tmp_path):
@@ -199,49 +217,56 @@ def test_every_checkpoint_damaged_refuses_instead_of_starting_over(finished_run,
   with pytest.raises(SystemExit) as error:
     trainer.run_cli(toy_config(total_steps=30, eval_steps=0), workdir)
   assert error.value.code == (
-      f'error: {workdir}/checkpoints: every checkpoint is damaged, nothing to resume from '
-      f'(step 30: {workdir}/checkpoints/30/state/_METADATA is missing; step 20: '
-      f'{workdir}/checkpoints/20/state/_METADATA is missing); move the folder aside to '
-      'start again from step 0, or use a fresh --workdir')
-  assert checkpointing.saved_steps(workdir) == [20, 30]   # nothing moved, nothing trained
+    f'error: {workdir}/checkpoints: every checkpoint is damaged, nothing to resume from '
+    f'(step 30: {workdir}/checkpoints/30/state/_METADATA is missing; step 20: '
+    f'{workdir}/checkpoints/20/state/_METADATA is missing); move the folder aside to '
+    'start again from step 0, or use a fresh --workdir'
+  )
+  assert checkpointing.saved_steps(workdir) == [20, 30]  # nothing moved, nothing trained
   assert read_metrics(workdir) == read_metrics(finished_run)
 
 
 # ------------------------------------------------------------------ changed settings
 
 
-def test_resume_with_changed_settings_lists_them_and_refuses_unless_allowed(finished_run,
-                                                                           tmp_path, capsys):
+def test_resume_with_changed_settings_lists_them_and_refuses_unless_allowed(
+  finished_run, tmp_path, capsys
+):
   workdir = str(tmp_path / 'run')
   shutil.copytree(finished_run, workdir)
   records = read_metrics(workdir)
-  faster = toy_config(total_steps=30, eval_steps=0, optim__learning_rate=0.02,
-                      model__dropout=0.1)
+  faster = toy_config(total_steps=30, eval_steps=0, optim__learning_rate=0.02, model__dropout=0.1)
   with pytest.raises(SystemExit) as error:
     trainer.run_cli(faster, workdir)
   assert error.value.code == (
-      f'error: {workdir}: resuming with settings that change what this run trains: '
-      'model.dropout 0.0 -> 0.1; optim.learning_rate 0.01 -> 0.02 (stored in '
-      f'{workdir}/config.json); rerun with the stored settings, use a fresh --workdir, or '
-      'accept the change with --config.allow_config_change=True')
+    f'error: {workdir}: resuming with settings that change what this run trains: '
+    'model.dropout 0.0 -> 0.1; optim.learning_rate 0.01 -> 0.02 (stored in '
+    f'{workdir}/config.json); rerun with the stored settings, use a fresh --workdir, or '
+    'accept the change with --config.allow_config_change=True'
+  )
   # Rerunning a finished 30-step workdir as a 20-step run: refused even when allowed.
   shorter = toy_config(total_steps=20, eval_steps=0, allow_config_change=True)
   with pytest.raises(SystemExit) as error:
     trainer.run_cli(shorter, workdir)
   assert error.value.code == (
-      f'error: config.total_steps=20 is below step 30, where the checkpoint in {workdir} '
-      'is: a run cannot be shortened after the fact; use --config.total_steps=30 or more, '
-      'or a fresh --workdir')
+    f'error: config.total_steps=20 is below step 30, where the checkpoint in {workdir} '
+    'is: a run cannot be shortened after the fact; use --config.total_steps=30 or more, '
+    'or a fresh --workdir'
+  )
   assert read_metrics(workdir) == records
   # Cadence may change freely; total_steps may grow; the rest only when allowed.
   capsys.readouterr()
   faster.total_steps, faster.log_steps, faster.allow_config_change = 35, 1, True
   trainer.train_and_evaluate(faster, workdir)
   err = _stderr_lines(capsys)
-  assert ('total_steps raised from 30 to 35: training on (the learning-rate schedule now '
-          'ends at the new step)') in err
-  assert ('settings changed on resume (allow_config_change): model.dropout 0.0 -> 0.1; '
-          'optim.learning_rate 0.01 -> 0.02') in err
+  assert (
+    'total_steps raised from 30 to 35: training on (the learning-rate schedule now '
+    'ends at the new step)'
+  ) in err
+  assert (
+    'settings changed on resume (allow_config_change): model.dropout 0.0 -> 0.1; '
+    'optim.learning_rate 0.01 -> 0.02'
+  ) in err
   # The accepted settings are the stored ones now.
   assert settings.check_resume(workdir, faster) == []
   assert sorted(losses(workdir))[-5:] == [31, 32, 33, 34, 35]
@@ -272,17 +297,18 @@ def test_settings_stored_before_the_field_renames_resume_unchanged(module, tmp_p
 def _tensorboard_steps(workdir, tag='loss') -> set[int]:
   """Steps with a `tag` scalar in the event files (a record cut short is ignored)."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   steps = set()
   for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
     with open(path, 'rb') as f:
       data = f.read()
     position = 0
-    while position + 12 <= len(data):   # TFRecord: length, crc, payload, crc
-      (length,) = struct.unpack('<Q', data[position:position + 8])
+    while position + 12 <= len(data):  # TFRecord: length, crc, payload, crc
+      (length,) = struct.unpack('<Q', data[position : position + 8])
       position += 12
       if position + length + 4 > len(data):
         break
-      event = event_pb2.Event.FromString(data[position:position + length])
+      event = event_pb2.Event.FromString(data[position : position + length])
       position += length + 4
       steps |= {event.step for value in event.summary.value if value.tag == tag}
   return steps
@@ -291,8 +317,13 @@ def _tensorboard_steps(workdir, tag='loss') -> set[int]:
 @pytest.mark.slow
 def test_sigkill_keeps_the_tensorboard_scalars_of_checkpointed_steps(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = _start(workdir, '--config.total_steps=100000', '--config.log_steps=5',
-                '--config.checkpoint_steps=10', '--config.eval_steps=0')
+  proc = _start(
+    workdir,
+    '--config.total_steps=100000',
+    '--config.log_steps=5',
+    '--config.checkpoint_steps=10',
+    '--config.eval_steps=0',
+  )
   try:
     _wait_until(lambda: max(checkpointing.saved_steps(workdir), default=0) >= 20, proc)
   finally:
@@ -307,8 +338,13 @@ def test_sigkill_keeps_the_tensorboard_scalars_of_checkpointed_steps(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_records_the_partial_window_and_exits_75(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = _start(workdir, '--config.total_steps=100000', '--config.log_steps=7',
-                '--config.checkpoint_steps=100000', '--config.eval_steps=0')
+  proc = _start(
+    workdir,
+    '--config.total_steps=100000',
+    '--config.log_steps=7',
+    '--config.checkpoint_steps=100000',
+    '--config.eval_steps=0',
+  )
   _wait_until(lambda: len(_logged_steps(workdir)) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -316,9 +352,10 @@ def test_sigterm_saves_records_the_partial_window_and_exits_75(tmp_path):
   records = read_metrics(workdir)
   stopped = records[-1]['step']
   assert err.strip().splitlines()[-1] == (
-      f'SIGTERM: saved a checkpoint at step {stopped}; exiting with code 75 (rerun the '
-      'same command to resume)')
-  assert checkpointing.saved_steps(workdir) == [stopped]   # no completed step lost
+    f'SIGTERM: saved a checkpoint at step {stopped}; exiting with code 75 (rerun the '
+    'same command to resume)'
+  )
+  assert checkpointing.saved_steps(workdir) == [stopped]  # no completed step lost
   assert all(r['steps_averaged'] == 7 for r in records[:-1])
   assert records[-1]['steps_averaged'] == stopped - records[-2]['step']
 
@@ -336,9 +373,11 @@ class _RunsCode:
     return os.system, (f'touch {self.marker}',)
 
 
-@pytest.mark.parametrize('save_kwargs', [
-    {}, {'pickle_protocol': 4}, {'_use_new_zipfile_serialization': False}],
-    ids=['zip', 'protocol_4', 'legacy'])
+@pytest.mark.parametrize(
+  'save_kwargs',
+  [{}, {'pickle_protocol': 4}, {'_use_new_zipfile_serialization': False}],
+  ids=['zip', 'protocol_4', 'legacy'],
+)
 def test_pickle_that_would_run_code_is_named_never_run(tmp_path, save_kwargs):
   marker = tmp_path / 'ran'
   path = tmp_path / 'weights.pth'
@@ -346,10 +385,12 @@ def test_pickle_that_would_run_code_is_named_never_run(tmp_path, save_kwargs):
   with pytest.raises(ConversionError) as error:
     convert_io.read_state_dict(str(path))
   message = str(error.value)
-  assert message == (f'{path}: not a plain tensor file: its pickle imports '
-                     f'{os.system.__module__}.system, which a weights-only load refuses to '
-                     'run; re-save the state dict alone (torch.save(model.state_dict(), '
-                     'path)) or as .safetensors')
+  assert message == (
+    f'{path}: not a plain tensor file: its pickle imports '
+    f'{os.system.__module__}.system, which a weights-only load refuses to '
+    'run; re-save the state dict alone (torch.save(model.state_dict(), '
+    'path)) or as .safetensors'
+  )
   with pytest.raises(ConversionError) as error:
     convert_checkpoint('swin_t', str(path), str(tmp_path / 'out'))
   assert str(error.value) == message
@@ -368,20 +409,34 @@ def test_unreadable_weight_file_never_suggests_weights_only_false(tmp_path):
 # ------------------------------------------------------------------ first-hour mistakes
 
 
-@pytest.mark.parametrize('config, flags, expected', [
-    ('configs/nope.py', [], 'error: --config=configs/nope.py: no such file; stage configs '
-     'are configs/action.py, '),
+@pytest.mark.parametrize(
+  'config, flags, expected',
+  [
+    (
+      'configs/nope.py',
+      [],
+      'error: --config=configs/nope.py: no such file; stage configs are configs/action.py, ',
+    ),
     ('configs', [], 'error: --config=configs: is a directory; stage configs are '),
-    ('tests/toy_task.py:tny', [], "error: flag --config=tests/toy_task.py:tny: "
-     "tests/toy_task.py: unknown variant 'tny' (known: tiny)"),
-    ('tests/toy_task.py:tiny', ['--config.checkpoint_steps=0'],
-     'error: config.checkpoint_steps=0: must be a positive integer, e.g. '
-     '--config.checkpoint_steps=1000'),
-], ids=['config_path', 'config_dir', 'variant', 'checkpoint_steps'])
+    (
+      'tests/toy_task.py:tny',
+      [],
+      'error: flag --config=tests/toy_task.py:tny: '
+      "tests/toy_task.py: unknown variant 'tny' (known: tiny)",
+    ),
+    (
+      'tests/toy_task.py:tiny',
+      ['--config.checkpoint_steps=0'],
+      'error: config.checkpoint_steps=0: must be a positive integer, e.g. '
+      '--config.checkpoint_steps=1000',
+    ),
+  ],
+  ids=['config_path', 'config_dir', 'variant', 'checkpoint_steps'],
+)
 def test_first_hour_mistakes_are_one_line(tmp_path, config, flags, expected):
   code, err, seconds = _run(tmp_path / 'w', *flags, config=config)
   assert code == 1 and len(err) == 1 and err[0].startswith(expected), err
-  assert seconds < 60   # before anything is compiled (checkpoint_steps=0: 43 s, then a crash)
+  assert seconds < 60  # before anything is compiled (checkpoint_steps=0: 43 s, then a crash)
 
 
 def test_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path):
@@ -389,22 +444,36 @@ def test_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path):
   a_file.write_text('')
   with pytest.raises(SystemExit) as error:
     trainer.run_cli(toy_config(), str(a_file))
-  assert error.value.code == (f'error: --workdir={a_file}: is a file, not a directory; '
-                              "give a new directory or an earlier run's")
+  assert error.value.code == (
+    f'error: --workdir={a_file}: is a file, not a directory; '
+    "give a new directory or an earlier run's"
+  )
   read_only = tmp_path / 'read_only'
   read_only.mkdir(mode=0o555)
   code, err, _ = _run(read_only / 'run', prefix=_permissions_apply())
   assert code == 1 and err == [
-      f'error: --workdir={read_only}/run: cannot write there (Permission denied); give a '
-      'directory you can write to']
+    f'error: --workdir={read_only}/run: cannot write there (Permission denied); give a '
+    'directory you can write to'
+  ]
 
 
-@pytest.mark.parametrize('field, value', [
-    ('log_steps', 0), ('total_steps', -1), ('batch_size', 0), ('keep_checkpoints', 0),
-    ('eval_steps', -5), ('grad_accum_steps', 0)])
+@pytest.mark.parametrize(
+  'field, value',
+  [
+    ('log_steps', 0),
+    ('total_steps', -1),
+    ('batch_size', 0),
+    ('keep_checkpoints', 0),
+    ('eval_steps', -5),
+    ('grad_accum_steps', 0),
+  ],
+)
 def test_nonsense_counts_are_refused_by_name(field, value):
-  with pytest.raises(settings.SettingsError, match=rf'^config\.{field}={value}: must be .*'
-                                                   rf'e\.g\. --config\.{field}=\d+'):
+  with pytest.raises(
+    settings.SettingsError,
+    match=rf'^config\.{field}={value}: must be .*'
+    rf'e\.g\. --config\.{field}=\d+',
+  ):
     settings.check_counts(toy_config(**{field: value}))
 
 
@@ -415,22 +484,31 @@ def test_pools_spawn_and_spawned_children_do_not_import_jax(tmp_path):
   with processes.process_pool(1) as pool:
     assert pool._ctx.get_start_method() == 'spawn'  # pylint: disable=protected-access
   # What a spawned child runs of the training command: its imports, not main().
-  probe = ("import runpy, sys; runpy.run_path('run_train.py', run_name='__mp_main__'); "
-           "print('jax' in sys.modules)")
-  out = subprocess.run([sys.executable, '-c', probe], cwd=REPO_ROOT, capture_output=True,
-                       text=True, check=True)
+  probe = (
+    "import runpy, sys; runpy.run_path('run_train.py', run_name='__mp_main__'); "
+    "print('jax' in sys.modules)"
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+  )
   assert out.stdout.strip() == 'False'
 
 
 def test_dataset_workers_are_not_forked_from_a_process_running_jax(tmp_path):
   """JAX warns at every fork of a process whose backend is up (the demo's case)."""
-  script = ('import jax, sys; jax.numpy.zeros(1).block_until_ready(); '
-            'from tps_jax.data import synthetic; '
-            'synthetic.write_synthetic(sys.argv[1], videos=3, frames=6, jobs=2, '
-            'progress=False)')
+  script = (
+    'import jax, sys; jax.numpy.zeros(1).block_until_ready(); '
+    'from tps_jax.data import synthetic; '
+    'synthetic.write_synthetic(sys.argv[1], videos=3, frames=6, jobs=2, '
+    'progress=False)'
+  )
   out = subprocess.run(
-      [sys.executable, '-W', 'always', '-c', script, str(tmp_path / 'data')],
-      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True,
-      text=True, timeout=300)
+    [sys.executable, '-W', 'always', '-c', script, str(tmp_path / 'data')],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr
   assert 'os.fork() was called' not in out.stderr, out.stderr

@@ -15,6 +15,7 @@ module level or inside a function. Order, bottom to top:
 module) must be placed there before this test passes. Modules found by name at run time
 (`tasks.base.LIBRARY_TASKS`, the converter registry) stay inside their own package.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,20 +27,28 @@ PACKAGE = 'tps_jax'
 LOWER = ('ops', 'data')
 # layer -> the layers its modules may import (its own always).
 LAYERS = {
-    'root': (),                      # tps_jax/__init__.py
-    'cli': (),                       # the command lines' flag handling
-    'ops': (),
-    'data': ('ops',),
-    'models': LOWER,
-    'metrics': LOWER,
-    'convert': (*LOWER, 'models'),
-    'tasks': (*LOWER, 'models', 'metrics', 'convert'),
-    'train': (*LOWER, 'models', 'metrics', 'convert', 'tasks'),
-    'inference': (*LOWER, 'models', 'metrics', 'convert', 'tasks', 'train'),
-    'entry': ('cli', *LOWER, 'models', 'metrics', 'convert', 'tasks', 'train', 'inference'),
+  'root': (),  # tps_jax/__init__.py
+  'cli': (),  # the command lines' flag handling
+  'ops': (),
+  'data': ('ops',),
+  'models': LOWER,
+  'metrics': LOWER,
+  'convert': (*LOWER, 'models'),
+  'tasks': (*LOWER, 'models', 'metrics', 'convert'),
+  'train': (*LOWER, 'models', 'metrics', 'convert', 'tasks'),
+  'inference': (*LOWER, 'models', 'metrics', 'convert', 'tasks', 'train'),
+  'entry': ('cli', *LOWER, 'models', 'metrics', 'convert', 'tasks', 'train', 'inference'),
 }
-ENTRY_POINTS = {'chain', 'evaluate', 'evaluate_action', 'evaluate_detector',
-                'evaluate_part_state', 'export_pipeline', 'predict', 'visualize'}
+ENTRY_POINTS = {
+  'chain',
+  'evaluate',
+  'evaluate_action',
+  'evaluate_detector',
+  'evaluate_part_state',
+  'export_pipeline',
+  'predict',
+  'visualize',
+}
 
 
 def module_files() -> dict[str, pathlib.Path]:
@@ -60,15 +69,16 @@ def imported(module: str, node: ast.AST, is_package: bool, known) -> list[str]:
     names = [alias.name for alias in node.names]
   else:
     base = node.module or ''
-    if node.level:   # relative: from the importing module's package upwards
-      package = module.split('.')[:len(module.split('.')) - (not is_package)]
-      package = package[:len(package) - node.level + 1]
+    if node.level:  # relative: from the importing module's package upwards
+      package = module.split('.')[: len(module.split('.')) - (not is_package)]
+      package = package[: len(package) - node.level + 1]
       base = '.'.join(package + ([base] if base else []))
-    names = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base
-             for alias in node.names]
+    names = [
+      f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base for alias in node.names
+    ]
   out = []
   for name in names:
-    while name not in known and '.' in name:   # an attribute of a module: the module
+    while name not in known and '.' in name:  # an attribute of a module: the module
       name = name.rsplit('.', 1)[0]
     if name in known:
       out.append(name)
@@ -82,10 +92,13 @@ def import_graph() -> dict[str, set[str]]:
   for module, path in files.items():
     is_package = path.name == '__init__.py'
     tree = ast.parse(path.read_text(), str(path))
-    graph[module] = {target for node in ast.walk(tree)
-                     if isinstance(node, (ast.Import, ast.ImportFrom))
-                     for target in imported(module, node, is_package, files)
-                     if target != module}
+    graph[module] = {
+      target
+      for node in ast.walk(tree)
+      if isinstance(node, (ast.Import, ast.ImportFrom))
+      for target in imported(module, node, is_package, files)
+      if target != module
+    }
   return graph
 
 
@@ -100,7 +113,7 @@ def layer(module: str) -> str:
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
   """One import circle as [a, b, ..., a], or None (iterative depth-first search)."""
-  state = {}   # module -> 1 on the current path, 2 done
+  state = {}  # module -> 1 on the current path, 2 done
   for start in sorted(graph):
     if start in state:
       continue
@@ -112,7 +125,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[path.pop()] = 2
         stack.pop()
       elif state.get(target) == 1:
-        return path[path.index(target):] + [target]
+        return path[path.index(target) :] + [target]
       elif target not in state:
         state[target] = 1
         path.append(target)
@@ -131,24 +144,31 @@ def test_no_import_circle():
 
 
 def test_imports_point_down():
-  upward = [f'{module} ({layer(module)}) imports {target} ({layer(target)}); '
-            f'{layer(module)} may import {", ".join(LAYERS[layer(module)]) or "nothing"}'
-            for module, targets in sorted(import_graph().items())
-            for target in sorted(targets)
-            if layer(target) != layer(module)
-            and layer(target) not in LAYERS.get(layer(module), ())]
+  upward = [
+    f'{module} ({layer(module)}) imports {target} ({layer(target)}); '
+    f'{layer(module)} may import {", ".join(LAYERS[layer(module)]) or "nothing"}'
+    for module, targets in sorted(import_graph().items())
+    for target in sorted(targets)
+    if layer(target) != layer(module) and layer(target) not in LAYERS.get(layer(module), ())
+  ]
   assert not upward, '\n'.join(upward)
 
 
 def test_the_checks_see_a_circle_and_an_upward_import():
-  graph = {'tps_jax.tasks.action': {'tps_jax.inference.action'},
-           'tps_jax.inference.action': {'tps_jax.tasks.action'}}
-  assert find_cycle(graph) == ['tps_jax.inference.action', 'tps_jax.tasks.action',
-                               'tps_jax.inference.action']
+  graph = {
+    'tps_jax.tasks.action': {'tps_jax.inference.action'},
+    'tps_jax.inference.action': {'tps_jax.tasks.action'},
+  }
+  assert find_cycle(graph) == [
+    'tps_jax.inference.action',
+    'tps_jax.tasks.action',
+    'tps_jax.inference.action',
+  ]
   assert 'inference' not in LAYERS[layer('tps_jax.tasks.action')]
   assert layer('tps_jax.convert.__main__') == 'entry' and layer('tps_jax') == 'root'
   # Imports inside functions count.
   tree = ast.parse('def f():\n  from tps_jax.inference import action\n')
   node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
   assert imported('tps_jax.tasks.x', node, False, {'tps_jax.inference.action'}) == [
-      'tps_jax.inference.action']
+    'tps_jax.inference.action'
+  ]

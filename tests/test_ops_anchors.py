@@ -1,4 +1,5 @@
 """FPN anchors: torchvision's AnchorGenerator numerically, mmdetection's by hand."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,11 +31,12 @@ def test_matches_torchvision_anchor_generator_on_five_fpn_levels():
 
 def test_mmdet_retinanet_cells_and_grid_by_hand():
   # RetinaNet: octave_base_scale 4, 3 scales per octave, ratios (0.5, 1, 2), stride 8.
-  generator = AnchorGenerator.mmdet(strides=(8, 16), ratios=(0.5, 1.0, 2.0),
-                                    octave_base_scale=4, scales_per_octave=3)
+  generator = AnchorGenerator.mmdet(
+    strides=(8, 16), ratios=(0.5, 1.0, 2.0), octave_base_scale=4, scales_per_octave=3
+  )
   cells = generator.cell_anchors(0)
   sizes = 32 * 2.0 ** (np.arange(3) / 3)
-  w = np.concatenate([sizes / np.sqrt(r) for r in (0.5, 1.0, 2.0)])   # ratio-major
+  w = np.concatenate([sizes / np.sqrt(r) for r in (0.5, 1.0, 2.0)])  # ratio-major
   h = np.concatenate([sizes * np.sqrt(r) for r in (0.5, 1.0, 2.0)])
   np.testing.assert_allclose(cells, np.stack([-w / 2, -h / 2, w / 2, h / 2], 1), rtol=1e-6)
   assert generator.num_anchors_per_location == (9, 9)
@@ -50,8 +52,9 @@ def test_center_offset_and_cascade_rpn_sizes():
   assert rpn.sizes == ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))
   half = AnchorGenerator.mmdet(strides=(8,), ratios=(1.0,), scales=(8,))
   half = AnchorGenerator(half.sizes, half.aspect_ratios, half.strides, center_offset=0.5)
-  np.testing.assert_allclose(half.grid_anchors([(1, 2)])[0],
-                             [[-28, -28, 36, 36], [-20, -28, 44, 36]])
+  np.testing.assert_allclose(
+    half.grid_anchors([(1, 2)])[0], [[-28, -28, 36, 36], [-20, -28, 44, 36]]
+  )
   np.testing.assert_allclose(half.grid_points([(1, 2)])[0], [[4, 4], [12, 4]])
 
 
@@ -69,9 +72,9 @@ def test_valid_mask_marks_cells_outside_each_unpadded_image():
 
 
 def test_bad_configuration_is_refused():
-  with pytest.raises(ValueError, match="strides"):
+  with pytest.raises(ValueError, match='strides'):
     AnchorGenerator(((32,),), ((1.0,),), strides=(4, 8))
-  with pytest.raises(ValueError, match="image_shape"):
+  with pytest.raises(ValueError, match='image_shape'):
     AnchorGenerator.torchvision().grid_anchors(FEATURES)
-  with pytest.raises(ValueError, match="feature maps"):
+  with pytest.raises(ValueError, match='feature maps'):
     AnchorGenerator.torchvision().grid_anchors(FEATURES[:2], IMAGE)

@@ -12,18 +12,24 @@ from tps_jax.train import optim
 
 
 def optim_config(**overrides):
-  config = ml_collections.ConfigDict({
-      'learning_rate': 0.1, 'warmup_steps': 10, 'end_lr_ratio': 0.0, 'weight_decay': 0.0,
-      'grad_clip_norm': 0.0, 'layer_decay': 1.0, 'ema_decay': 0.0})
+  config = ml_collections.ConfigDict(
+    {
+      'learning_rate': 0.1,
+      'warmup_steps': 10,
+      'end_lr_ratio': 0.0,
+      'weight_decay': 0.0,
+      'grad_clip_norm': 0.0,
+      'layer_decay': 1.0,
+      'ema_decay': 0.0,
+    }
+  )
   config.update(overrides)
   return config
 
 
 def test_warmup_cosine_schedule():
-  schedule = optim.warmup_cosine_schedule(1.0, total_steps=110, warmup_steps=10,
-                                          end_lr_ratio=0.1)
-  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 0.5, 1.0],
-                             atol=1e-6)
+  schedule = optim.warmup_cosine_schedule(1.0, total_steps=110, warmup_steps=10, end_lr_ratio=0.1)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 0.5, 1.0], atol=1e-6)
   # Halfway through the cosine: midway between peak and end.
   np.testing.assert_allclose(schedule(60), 0.55, atol=1e-6)
   np.testing.assert_allclose(schedule(110), 0.1, atol=1e-6)
@@ -51,16 +57,28 @@ def test_global_norm_clipping_scales_every_leaf():
 
 def test_weight_decay_mask_spares_norms_biases_and_position_tables():
   task_cls = tasks.Task
-  params = {'block': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2),
-                      'norm': {'scale': jnp.ones(2)},
-                      'relative_position_bias_table': jnp.ones((9, 3))}}
+  params = {
+    'block': {
+      'kernel': jnp.ones((2, 2)),
+      'bias': jnp.ones(2),
+      'norm': {'scale': jnp.ones(2)},
+      'relative_position_bias_table': jnp.ones((9, 3)),
+    }
+  }
   mask = optim.decay_mask_tree(params, lambda p, x: task_cls.decay_mask(None, p, x))
-  assert mask == {'block': {'kernel': True, 'bias': False, 'norm': {'scale': False},
-                            'relative_position_bias_table': False}}
+  assert mask == {
+    'block': {
+      'kernel': True,
+      'bias': False,
+      'norm': {'scale': False},
+      'relative_position_bias_table': False,
+    }
+  }
   config = optim_config(weight_decay=0.5, warmup_steps=0)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  updates = _one_step(config, params, zeros,
-                      decay_mask=lambda p, x: task_cls.decay_mask(None, p, x))
+  updates = _one_step(
+    config, params, zeros, decay_mask=lambda p, x: task_cls.decay_mask(None, p, x)
+  )
   np.testing.assert_allclose(updates['block']['kernel'], -0.1 * 0.5 * 1.0, rtol=1e-6)
   for name in ('bias', 'relative_position_bias_table'):
     np.testing.assert_array_equal(updates['block'][name], 0.0)
@@ -73,12 +91,18 @@ def test_layer_decay_scales_each_layers_update():
   params = variables['params']
   grads = jax.tree.map(jnp.ones_like, params)
   plain = _one_step(optim_config(warmup_steps=0), params, grads)
-  decayed = _one_step(optim_config(warmup_steps=0, layer_decay=0.5), params, grads,
-                      layer_id=task.layer_id, num_layers=task.num_layers())
+  decayed = _one_step(
+    optim_config(warmup_steps=0, layer_decay=0.5),
+    params,
+    grads,
+    layer_id=task.layer_id,
+    num_layers=task.num_layers(),
+  )
   # num_layers = 3: layer_0 -> id 1 (x0.25), layer_1 -> id 2 (x0.5), head -> 3 (x1).
   for module, scale in (('layer_0', 0.25), ('layer_1', 0.5), ('head', 1.0)):
-    np.testing.assert_allclose(decayed[module]['kernel'], scale * plain[module]['kernel'],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      decayed[module]['kernel'], scale * plain[module]['kernel'], rtol=1e-6
+    )
 
 
 def test_ema_update():
@@ -97,8 +121,9 @@ def test_frozen_parameters_get_no_update_and_no_moments():
   params = {'backbone': {'kernel': jnp.ones((2, 2))}, 'head': {'kernel': jnp.ones((2, 2))}}
   grads = jax.tree.map(jnp.ones_like, params)
   config = optim_config(weight_decay=0.5, warmup_steps=0, grad_clip_norm=1.0)
-  tx, _ = optim.make_optimizer(config, params, total_steps=100,
-                               trainable=lambda path: path[0] != 'backbone')
+  tx, _ = optim.make_optimizer(
+    config, params, total_steps=100, trainable=lambda path: path[0] != 'backbone'
+  )
   opt_state = tx.init(params)
   updates, _ = tx.update(grads, opt_state, params)
   np.testing.assert_array_equal(updates['backbone']['kernel'], 0.0)  # no weight decay either

@@ -14,21 +14,38 @@ from tests.conftest import run_module
 from tps_jax.data import build
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.models.part_state import PartStateNet
-from tps_jax.tasks.part_state import (PartStateTask, part_state_loss, part_state_losses,
-                                      part_state_metric_sums)
+from tps_jax.tasks.part_state import (
+  PartStateTask,
+  part_state_loss,
+  part_state_losses,
+  part_state_metric_sums,
+)
 from tps_jax.train import checkpointing, sharding, trainer
 from tps_jax.train.optim import layer_lr_scales, param_name, path_names
 
 NUM_STATES, NUM_ACTIONS, SIZE = 7, 3, 32
-MICRO_SWIN = flax.core.FrozenDict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
-                                  window_size=(4, 4), drop_path_rate=0.0)
+MICRO_SWIN = flax.core.FrozenDict(
+  embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=(4, 4), drop_path_rate=0.0
+)
 
 
 def micro_model(**overrides):
-  fields = dict(num_states=NUM_STATES, num_actions=NUM_ACTIONS, backbone_arch='swin_t',
-                backbone_overrides=MICRO_SWIN, roi_stage=2, roi_output_size=2,
-                roi_channels=4, crop_size=8, hidden_dim=16, num_layers=2, num_heads=2,
-                mlp_dim=32, dropout_rate=0.1, attention_dropout_rate=0.1)
+  fields = dict(
+    num_states=NUM_STATES,
+    num_actions=NUM_ACTIONS,
+    backbone_arch='swin_t',
+    backbone_overrides=MICRO_SWIN,
+    roi_stage=2,
+    roi_output_size=2,
+    roi_channels=4,
+    crop_size=8,
+    hidden_dim=16,
+    num_layers=2,
+    num_heads=2,
+    mlp_dim=32,
+    dropout_rate=0.1,
+    attention_dropout_rate=0.1,
+  )
   return PartStateNet(**{**fields, **overrides})
 
 
@@ -36,11 +53,13 @@ def micro_batch(batch=2, seed=0, sets=()):
   rng = np.random.default_rng(seed)
   corner = rng.uniform(0, SIZE - 12, (batch, *sets, len(PARTS), 2))
   boxes = np.concatenate([corner, corner + rng.uniform(4, 12, corner.shape)], -1)
-  return {'image': rng.normal(size=(batch, SIZE, SIZE, 3)).astype(np.float32),
-          'part_boxes': boxes.astype(np.float32),
-          'part_valid': rng.random((batch, *sets, len(PARTS))) < 0.7,
-          'part_state': rng.integers(0, NUM_STATES, (batch, *sets, len(PARTS))).astype(np.int32),
-          'action': rng.integers(0, NUM_ACTIONS, (batch,)).astype(np.int32)}
+  return {
+    'image': rng.normal(size=(batch, SIZE, SIZE, 3)).astype(np.float32),
+    'part_boxes': boxes.astype(np.float32),
+    'part_valid': rng.random((batch, *sets, len(PARTS))) < 0.7,
+    'part_state': rng.integers(0, NUM_STATES, (batch, *sets, len(PARTS))).astype(np.int32),
+    'action': rng.integers(0, NUM_ACTIONS, (batch,)).astype(np.int32),
+  }
 
 
 def inputs(batch):
@@ -74,19 +93,20 @@ def masked_loss(logits, batch):
 
 # ------------------------------------------------------------------------------ model
 
-@pytest.mark.parametrize('use_action,part_feature,use_attention',
-                         list(itertools.product([True, False], ['roi_align', 'crop'],
-                                                [True, False])))
+
+@pytest.mark.parametrize(
+  'use_action,part_feature,use_attention',
+  list(itertools.product([True, False], ['roi_align', 'crop'], [True, False])),
+)
 def test_shapes_for_every_ablation_switch(use_action, part_feature, use_attention):
-  model = micro_model(use_action=use_action, part_feature=part_feature,
-                      use_attention=use_attention)
+  model = micro_model(use_action=use_action, part_feature=part_feature, use_attention=use_attention)
   for sets in [(), (3,)]:
     batch = micro_batch(sets=sets)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs(batch),
-                                                  train=False))
-    out = jax.eval_shape(lambda v: model.apply(v, *inputs(batch), train=True,
-                                               rngs={'dropout': jax.random.key(1)}),
-                         variables)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs(batch), train=False))
+    out = jax.eval_shape(
+      lambda v: model.apply(v, *inputs(batch), train=True, rngs={'dropout': jax.random.key(1)}),
+      variables,
+    )
     assert out.shape == (2, *sets, len(PARTS), NUM_STATES) and out.dtype == jnp.float32
   params = variables['params']
   assert ('action_embedding' in params) == use_action
@@ -98,12 +118,20 @@ def test_shapes_for_every_ablation_switch(use_action, part_feature, use_attentio
 def test_unknown_part_feature_and_bad_shapes_are_errors():
   batch = micro_batch()
   with pytest.raises(ValueError, match='part_feature'):
-    jax.eval_shape(lambda: micro_model(part_feature='pool').init(
-        jax.random.key(0), *inputs(batch), train=False))
+    jax.eval_shape(
+      lambda: micro_model(part_feature='pool').init(jax.random.key(0), *inputs(batch), train=False)
+    )
   with pytest.raises(ValueError, match='part_boxes'):
-    jax.eval_shape(lambda: micro_model().init(
-        jax.random.key(0), batch['image'], batch['part_boxes'][:, :9],
-        batch['part_valid'][:, :9], batch['action'], train=False))
+    jax.eval_shape(
+      lambda: micro_model().init(
+        jax.random.key(0),
+        batch['image'],
+        batch['part_boxes'][:, :9],
+        batch['part_valid'][:, :9],
+        batch['action'],
+        train=False,
+      )
+    )
 
 
 @pytest.mark.parametrize('part_feature', ['roi_align', 'crop'])
@@ -115,17 +143,20 @@ def test_absent_parts_change_nothing_else_and_get_no_loss(part_feature):
   absent = ~batch['part_valid']
   assert absent.any() and batch['part_valid'].any()
   # Absent parts: move their boxes, change their labels (and mark some unlabelled).
-  moved = dict(batch, part_boxes=np.where(absent[..., None], batch['part_boxes'][:, ::-1] + 3,
-                                          batch['part_boxes']),
-               part_state=np.where(absent, (batch['part_state'] + 1) % NUM_STATES,
-                                   batch['part_state']))
+  moved = dict(
+    batch,
+    part_boxes=np.where(absent[..., None], batch['part_boxes'][:, ::-1] + 3, batch['part_boxes']),
+    part_state=np.where(absent, (batch['part_state'] + 1) % NUM_STATES, batch['part_state']),
+  )
   moved['part_state'][0, np.flatnonzero(absent[0])[:1]] = -1
   logits, logits_moved = apply(batch), apply(moved)
   present = batch['part_valid']
-  np.testing.assert_allclose(np.asarray(logits)[present], np.asarray(logits_moved)[present],
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(masked_loss(logits, batch), masked_loss(logits_moved, moved),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(logits)[present], np.asarray(logits_moved)[present], rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    masked_loss(logits, batch), masked_loss(logits_moved, moved), rtol=1e-6
+  )
   # Control: moving a *present* part's box does change the other present parts.
   b, k = np.argwhere(present)[0]
   shifted = dict(batch, part_boxes=batch['part_boxes'].copy())
@@ -144,10 +175,11 @@ def test_no_nan_when_a_human_has_no_part(micro):
     def loss(p):
       logits = model.apply({'params': p}, *inputs(batch), train=False)
       return masked_loss(logits, batch), logits
+
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   some = dict(batch, part_valid=np.zeros_like(batch['part_valid']))
-  some['part_valid'][1, :3] = True            # the second human keeps three parts
+  some['part_valid'][1, :3] = True  # the second human keeps three parts
   (value, logits), grads = loss_and_grads(params, some)
   assert np.isfinite(logits).all() and np.isfinite(value)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
@@ -164,6 +196,7 @@ def test_gradients_reach_the_backbone_through_roi_align(micro):
     def run(m, images, boxes):
       features = m.backbone(images, train=False, return_features=True)
       return m.part_features(images, boxes, features, train=False).sum()
+
     return model.apply({'params': p}, batch['image'], batch['part_boxes'], method=run)
 
   grads = jax.jit(jax.grad(part_feature_sum))(params)['backbone']
@@ -182,16 +215,20 @@ def test_proposal_sets_equal_separate_calls(micro):
   apply = jax.jit(lambda *a: model.apply({'params': params}, *a, train=False))
   together = np.asarray(apply(*inputs(batch)))
   for k in range(3):
-    alone = apply(batch['image'], batch['part_boxes'][:, k], batch['part_valid'][:, k],
-                  batch['action'])
+    alone = apply(
+      batch['image'], batch['part_boxes'][:, k], batch['part_valid'][:, k], batch['action']
+    )
     np.testing.assert_allclose(together[:, k], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_action_and_dropout_are_used(micro):
   model, params, batch = micro
-  apply = jax.jit(lambda b, train, seed: model.apply(
-      {'params': params}, *inputs(b), train=train, rngs={'dropout': jax.random.key(seed)}),
-      static_argnums=1)
+  apply = jax.jit(
+    lambda b, train, seed: model.apply(
+      {'params': params}, *inputs(b), train=train, rngs={'dropout': jax.random.key(seed)}
+    ),
+    static_argnums=1,
+  )
   other_action = dict(batch, action=(batch['action'] + 1) % NUM_ACTIONS)
   assert np.abs(apply(batch, False, 0) - apply(other_action, False, 0)).max() > 1e-3
   np.testing.assert_array_equal(apply(batch, False, 0), apply(batch, False, 1))
@@ -203,14 +240,16 @@ def test_bf16_compute_keeps_float32_params(micro):
   bf16 = model.clone(dtype=jnp.bfloat16)
   shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), *inputs(batch), train=False))
   assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  apply = jax.jit(lambda m: m.apply({'params': params}, *inputs(batch), train=False),
-                  static_argnums=0)
+  apply = jax.jit(
+    lambda m: m.apply({'params': params}, *inputs(batch), train=False), static_argnums=0
+  )
   logits, reference = apply(bf16), apply(model)
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, reference, atol=0.05 * np.abs(reference).max())
 
 
 # ------------------------------------------------------------------------------- task
+
 
 @pytest.fixture(scope='module')
 def tiny_task(synthetic_root):
@@ -222,15 +261,23 @@ def tiny_task(synthetic_root):
 
 def test_config_variants_and_errors():
   full = part_state_config.get_config()
-  assert (full.model.backbone_arch, full.data.image_size, full.data.resize,
-          full.batch_size, full.optim.weight_decay) == ('swin_l', 224, 256, 512, 1e-8)
+  assert (
+    full.model.backbone_arch,
+    full.data.image_size,
+    full.data.resize,
+    full.batch_size,
+    full.optim.weight_decay,
+  ) == ('swin_l', 224, 256, 512, 1e-8)
   assert full.data.balance_states and full.init_from.prefix == 'backbone/'
   for field in ('total_steps', 'batch_size', 'log_steps', 'checkpoint_steps', 'eval_steps'):
     assert field in full
   combined = part_state_config.get_config('tiny,no_action,no_roi,no_attention')
   assert combined.model.backbone_arch == 'swin_t' and combined.total_steps <= 1000
-  assert (combined.model.use_action, combined.model.part_feature,
-          combined.model.use_attention) == (False, 'crop', False)
+  assert (combined.model.use_action, combined.model.part_feature, combined.model.use_attention) == (
+    False,
+    'crop',
+    False,
+  )
   with pytest.raises(ValueError, match='unknown variant'):
     part_state_config.get_config('tiny,no_roi_pooling')
 
@@ -251,7 +298,7 @@ def test_loss_and_metrics_count_present_parts_only():
   logits = rng.normal(size=(3, len(PARTS), num_states)).astype(np.float32)
   states = rng.integers(0, num_states, (3, len(PARTS))).astype(np.int32)
   valid = rng.random((3, len(PARTS))) < 0.6
-  states[0, 0], valid[0, 0] = -1, True         # a box without a state label
+  states[0, 0], valid[0, 0] = -1, True  # a box without a state label
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   present = valid & (states >= 0)
   nll = -np.take_along_axis(log_probs, np.maximum(states, 0)[..., None], -1)[..., 0]
@@ -270,8 +317,9 @@ def test_loss_and_metrics_count_present_parts_only():
     assert metrics[f'top1_{part}'] == (correct[:, i].sum(), counted[:, i].sum())
   loss, train_metrics = part_state_loss(logits, states, valid)
   np.testing.assert_allclose(loss, nll[present].mean(), rtol=1e-5)
-  np.testing.assert_allclose(train_metrics['top1'],
-                             ((logits.argmax(-1) == states) & present).sum() / present.sum())
+  np.testing.assert_allclose(
+    train_metrics['top1'], ((logits.argmax(-1) == states) & present).sum() / present.sum()
+  )
   loss, _ = part_state_loss(logits, states, np.zeros_like(valid))
   assert float(loss) == 0.0
 
@@ -281,8 +329,10 @@ def test_layer_ids_cover_every_parameter(tiny_task):
   depths = tiny_task.backbone_depths()
   num_layers = tiny_task.num_layers()
   assert num_layers == sum(depths) + 1
-  ids = {param_name(p): tiny_task.layer_id(path_names(p))
-         for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  ids = {
+    param_name(p): tiny_task.layer_id(path_names(p))
+    for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   assert all(0 <= i <= num_layers for i in ids.values())
   assert ids['backbone/patch_embed/proj/kernel'] == 0
   assert ids['backbone/layers_0/blocks_0/attn/qkv/kernel'] == 1
@@ -292,7 +342,7 @@ def test_layer_ids_cover_every_parameter(tiny_task):
   head = [name for name in ids if not name.startswith('backbone/')]
   assert head and all(ids[name] == num_layers for name in head)
   scales = layer_lr_scales(params, tiny_task.layer_id, num_layers, 0.5)
-  assert scales['backbone']['patch_embed']['proj']['kernel'] == 0.5 ** num_layers
+  assert scales['backbone']['patch_embed']['proj']['kernel'] == 0.5**num_layers
   with pytest.raises(ValueError, match='unexpected backbone parameter'):
     tiny_task.layer_id(('backbone', 'head', 'kernel'))
 
@@ -311,15 +361,15 @@ def test_predict_states_is_jittable(tiny_task):
 
 # ---------------------------------------------------------------------- full size / e2e
 
+
 @pytest.mark.slow
 def test_full_config_swin_l_layer_ids_and_partition_rules(synthetic_root):
   config = part_state_config.get_config()
   config.data.root = str(synthetic_root)
   task = PartStateTask(config, compute_dtype=jnp.bfloat16)
   params = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
-  assert task.num_layers() == 25            # Swin-L: 2 + 2 + 18 + 2 blocks, + the head
-  leaves = {param_name(p): leaf
-            for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert task.num_layers() == 25  # Swin-L: 2 + 2 + 18 + 2 blocks, + the head
+  leaves = {param_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   assert leaves['backbone/layers_3/blocks_1/mlp/fc1/kernel'].shape == (1536, 6144)
   assert task.layer_id(('backbone', 'layers_3', 'blocks_1', 'mlp', 'fc1', 'kernel')) == 24
   sharded = 0
@@ -328,7 +378,7 @@ def test_full_config_swin_l_layer_ids_and_partition_rules(synthetic_root):
     spec = sharding.spec_for(name, leaf.ndim, task.param_partition_rules())
     for size, axis in zip(leaf.shape, spec):
       if axis == 'model':
-        assert size % 8 == 0, (name, leaf.shape, spec)   # a model axis of up to 8
+        assert size % 8 == 0, (name, leaf.shape, spec)  # a model axis of up to 8
         sharded += leaf.size
   # The sharded kernels hold most of the parameters.
   assert sharded > 0.8 * sum(leaf.size for leaf in leaves.values())
@@ -340,18 +390,18 @@ def test_full_config_one_real_train_step(synthetic_root):
   config = part_state_config.get_config()
   config.data.root = str(synthetic_root)
   config.batch_size = 2
-  config.optim.warmup_steps = 0     # so that the one step below has a learning rate above 0
+  config.optim.warmup_steps = 0  # so that the one step below has a learning rate above 0
   task = PartStateTask(config, compute_dtype=jnp.bfloat16 if config.bf16 else jnp.float32)
   init_state, _, _, tx, schedule, _ = trainer.plan_train_state(
-      task, config, sharding.make_mesh(1), jax.random.key(0))
+    task, config, sharding.make_mesh(1), jax.random.key(0)
+  )
   state = jax.jit(init_state)(jax.random.key(0))
   batch = micro_batch(batch=2)
   batch['image'] = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
   batch['part_boxes'] = batch['part_boxes'] * 224 / SIZE
   batch['part_state'] %= len(task.vocab.states)
   batch['action'] %= len(task.vocab.actions)
-  step = jax.jit(trainer.make_train_step(task, tx, schedule, grad_accum_steps=1,
-                                         ema_decay=0.0))
+  step = jax.jit(trainer.make_train_step(task, tx, schedule, grad_accum_steps=1, ema_decay=0.0))
   before = np.asarray(state.params['backbone']['patch_embed']['proj']['kernel'])
   state, metrics, finite = step(state, batch)
   assert bool(finite) and np.isfinite(float(metrics['loss'])) and float(metrics['loss']) > 0
@@ -364,16 +414,40 @@ def test_full_config_one_real_train_step(synthetic_root):
 def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture, with the kernels split over a `model` axis of
   2 (simulated devices): metrics.jsonl, export, and the exported states predicted."""
-  build.build_datasets(str(synthetic_root), out=str(tmp_path / 'tfds'),
-                       datasets=['part_states'], progress=False)
+  build.build_datasets(
+    str(synthetic_root), out=str(tmp_path / 'tfds'), datasets=['part_states'], progress=False
+  )
   workdir = tmp_path / 'run'
-  flags = ['--config.data.root', synthetic_root, '--config.data.tfds_dir', tmp_path / 'tfds',
-           '--config.total_steps', 4, '--config.batch_size', 4, '--config.log_steps', 2,
-           '--config.eval_steps', 4, '--config.checkpoint_steps', 4,
-           '--config.data.image_size', 48, '--config.data.resize', 54,
-           '--config.mesh.model', 2]
-  run_module('run_train', '--config=configs/part_state.py:tiny', '--workdir', workdir,
-             *flags, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  flags = [
+    '--config.data.root',
+    synthetic_root,
+    '--config.data.tfds_dir',
+    tmp_path / 'tfds',
+    '--config.total_steps',
+    4,
+    '--config.batch_size',
+    4,
+    '--config.log_steps',
+    2,
+    '--config.eval_steps',
+    4,
+    '--config.checkpoint_steps',
+    4,
+    '--config.data.image_size',
+    48,
+    '--config.data.resize',
+    54,
+    '--config.mesh.model',
+    2,
+  ]
+  run_module(
+    'run_train',
+    '--config=configs/part_state.py:tiny',
+    '--workdir',
+    workdir,
+    *flags,
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+  )
   records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in records] == [2, 4]
   assert all(np.isfinite(r['loss']) for r in records)

@@ -38,13 +38,24 @@ def _losses(workdir):
 
 
 def _run_on_8_devices(workdir, *flags):
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run(
-      [sys.executable, 'run_train.py', '--config=tests/toy_task.py:tiny',
-       f'--workdir={workdir}', '--config.total_steps=5', '--config.log_steps=1',
-       '--config.eval_steps=5', *flags],
-      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      'run_train.py',
+      '--config=tests/toy_task.py:tiny',
+      f'--workdir={workdir}',
+      '--config.total_steps=5',
+      '--config.log_steps=1',
+      '--config.eval_steps=5',
+      *flags,
+    ],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
 
 
@@ -57,12 +68,12 @@ def test_8_devices_match_1_device(tmp_path):
   _run_on_8_devices(tmp_path / 'data8')
   np.testing.assert_allclose(_losses(tmp_path / 'data8'), expected, rtol=1e-5)
   # 4 data x 2 model: the toy's hidden layers are split over `model`.
-  _run_on_8_devices(tmp_path / 'model2', '--config.mesh.model=2',
-                    '--config.grad_accum_steps=2')
+  _run_on_8_devices(tmp_path / 'model2', '--config.mesh.model=2', '--config.grad_accum_steps=2')
   metadata = checkpointing.make_manager(str(tmp_path / 'model2'), keep=1).item_metadata(5)
   kernel = metadata['state'].tree['params']['layer_0']['kernel']
   assert tuple(kernel.sharding.partition_spec) == (None, 'model')
   config.grad_accum_steps = 2
   trainer.train_and_evaluate(config, str(tmp_path / 'one_accum'))
-  np.testing.assert_allclose(_losses(tmp_path / 'model2'), _losses(tmp_path / 'one_accum'),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    _losses(tmp_path / 'model2'), _losses(tmp_path / 'one_accum'), rtol=1e-5
+  )

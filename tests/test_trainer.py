@@ -42,10 +42,19 @@ def losses(workdir):
 def run_train(workdir, *flags, env=None):
   """Starts run_train.py with the toy config (not waiting)."""
   return subprocess.Popen(
-      [sys.executable, 'run_train.py', '--config=tests/toy_task.py:tiny',
-       f'--workdir={workdir}', *flags],
-      cwd=REPO_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      'run_train.py',
+      '--config=tests/toy_task.py:tiny',
+      f'--workdir={workdir}',
+      *flags,
+    ],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def test_trains_logs_and_exports(tmp_path):
@@ -58,8 +67,9 @@ def test_trains_logs_and_exports(tmp_path):
   assert summary['eval']['accuracy'] > 0.8 and records[-1]['eval_accuracy'] > 0.8
   # keep_checkpoints=2 of the saves at 5, 10, 15, 20.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['15', '20']
-  assert any(f.startswith('events.out.tfevents')
-             for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  assert any(
+    f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
+  )
   variables, config = checkpointing.load_export(os.path.join(workdir, 'export'))
   assert config['task'] == 'tests.toy_task:toy' and config['total_steps'] == 20
   assert variables['params']['layer_0']['kernel'].shape == (8, 16)
@@ -74,10 +84,8 @@ def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
   x, y = task._arrays('eval')
   predicted = np.asarray(task.model.apply(variables, x, train=False)).argmax(-1)
   recalls = [np.mean(predicted[y == c] == c) for c in np.unique(y)]
-  np.testing.assert_allclose(summary['eval']['balanced_accuracy'], np.mean(recalls),
-                             rtol=1e-6)
-  assert read_metrics(workdir)[-1]['eval_balanced_accuracy'] == pytest.approx(
-      np.mean(recalls))
+  np.testing.assert_allclose(summary['eval']['balanced_accuracy'], np.mean(recalls), rtol=1e-6)
+  assert read_metrics(workdir)[-1]['eval_balanced_accuracy'] == pytest.approx(np.mean(recalls))
 
 
 def test_resume_continues_the_same_curve(tmp_path):
@@ -101,8 +109,9 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
   trainer.train_and_evaluate(full, str(tmp_path / 'full'))
   trainer.train_and_evaluate(accum, str(tmp_path / 'accum'))
   full_losses, accum_losses = losses(tmp_path / 'full'), losses(tmp_path / 'accum')
-  np.testing.assert_allclose([accum_losses[s] for s in (1, 2, 3)],
-                             [full_losses[s] for s in (1, 2, 3)], rtol=1e-5)
+  np.testing.assert_allclose(
+    [accum_losses[s] for s in (1, 2, 3)], [full_losses[s] for s in (1, 2, 3)], rtol=1e-5
+  )
 
 
 def test_ema_params_are_exported(tmp_path):
@@ -111,10 +120,10 @@ def test_ema_params_are_exported(tmp_path):
   trainer.train_and_evaluate(config, workdir)
   exported, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
   state = checkpointing.restore_numpy(os.path.join(workdir, 'checkpoints', '4', 'state'))
-  np.testing.assert_allclose(exported['params']['head']['kernel'],
-                             state['ema_params']['head']['kernel'])
-  assert not np.allclose(state['ema_params']['head']['kernel'],
-                         state['params']['head']['kernel'])
+  np.testing.assert_allclose(
+    exported['params']['head']['kernel'], state['ema_params']['head']['kernel']
+  )
+  assert not np.allclose(state['ema_params']['head']['kernel'], state['params']['head']['kernel'])
 
 
 def test_batch_norm_state_is_trained_and_checkpointed(tmp_path):
@@ -137,12 +146,21 @@ def test_bf16_compute_keeps_float32_params(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   # A huge step size sends the params to inf after the first update.
-  config = toy_config(total_steps=10, checkpoint_steps=1, log_steps=1, eval_steps=0,
-                      optim__learning_rate=1e38, optim__warmup_steps=0,
-                      optim__grad_clip_norm=0.0)
+  config = toy_config(
+    total_steps=10,
+    checkpoint_steps=1,
+    log_steps=1,
+    eval_steps=0,
+    optim__learning_rate=1e38,
+    optim__warmup_steps=0,
+    optim__grad_clip_norm=0.0,
+  )
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(trainer.TrainingError, match=r'non-finite loss .* at step 2;.*'
-                     r'last good checkpoint: step 1'):
+  with pytest.raises(
+    trainer.TrainingError,
+    match=r'non-finite loss .* at step 2;.*'
+    r'last good checkpoint: step 1',
+  ):
     trainer.train_and_evaluate(config, workdir)
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
   state = checkpointing.restore_numpy(os.path.join(workdir, 'checkpoints', '1', 'state'))
@@ -169,45 +187,58 @@ def test_init_from_restores_matching_leaves_only(tmp_path):
   trainer.train_and_evaluate(toy_config(total_steps=3, eval_steps=0), source)
   source_params, _ = checkpointing.load_export(os.path.join(source, 'export'))
   # A different head (6 classes) and a zero learning rate: export = initial params.
-  config = toy_config(total_steps=1, eval_steps=0, optim__learning_rate=0.0,
-                      data__num_classes=6, seed=7)
+  config = toy_config(
+    total_steps=1, eval_steps=0, optim__learning_rate=0.0, data__num_classes=6, seed=7
+  )
   config.init_from.path = source
   config.init_from.include = r'layer_'
   config.init_from.exclude = r'layer_1/bias'
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
   params = checkpointing.load_export(os.path.join(target, 'export'))[0]['params']
-  np.testing.assert_array_equal(params['layer_0']['kernel'],
-                                source_params['params']['layer_0']['kernel'])
-  np.testing.assert_array_equal(params['layer_1']['kernel'],
-                                source_params['params']['layer_1']['kernel'])
-  assert not np.array_equal(params['layer_1']['bias'],
-                            source_params['params']['layer_1']['bias'])
+  np.testing.assert_array_equal(
+    params['layer_0']['kernel'], source_params['params']['layer_0']['kernel']
+  )
+  np.testing.assert_array_equal(
+    params['layer_1']['kernel'], source_params['params']['layer_1']['kernel']
+  )
+  assert not np.array_equal(params['layer_1']['bias'], source_params['params']['layer_1']['bias'])
   assert params['head']['kernel'].shape == (16, 6)
 
 
 def test_init_from_converted_checkpoint_dir(tmp_path):
   """The layout `python -m tps_jax.convert` writes: an orbax tree with 'params'."""
   rng = np.random.default_rng(0)
-  converted = {'params': {'layer_0': {'kernel': rng.normal(size=(8, 16)).astype(np.float32),
-                                      'bias': np.zeros(16, np.float32)}}}
+  converted = {
+    'params': {
+      'layer_0': {
+        'kernel': rng.normal(size=(8, 16)).astype(np.float32),
+        'bias': np.zeros(16, np.float32),
+      }
+    }
+  }
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(str(tmp_path / 'converted'), converted)
   checkpointer.wait_until_finished()
   merged, report = checkpointing.merge_params(
-      {'layer_0': {'kernel': np.zeros((8, 16), np.float32), 'bias': np.ones(16, np.float32)},
-       'head': {'kernel': np.zeros((16, 4), np.float32)}},
-      checkpointing.load_params(str(tmp_path / 'converted')))
+    {
+      'layer_0': {'kernel': np.zeros((8, 16), np.float32), 'bias': np.ones(16, np.float32)},
+      'head': {'kernel': np.zeros((16, 4), np.float32)},
+    },
+    checkpointing.load_params(str(tmp_path / 'converted')),
+  )
   assert report['restored'] == ['layer_0/bias', 'layer_0/kernel']
   assert report['missing'] == ['head/kernel']
-  np.testing.assert_array_equal(merged['layer_0']['kernel'],
-                                converted['params']['layer_0']['kernel'])
+  np.testing.assert_array_equal(
+    merged['layer_0']['kernel'], converted['params']['layer_0']['kernel']
+  )
   # A prefix places the converted network inside a bigger model.
   prefixed = checkpointing.load_params(str(tmp_path / 'converted'), prefix='backbone/')
   assert sorted(prefixed) == ['backbone/layer_0/bias', 'backbone/layer_0/kernel']
   # source_prefix takes a sub-network out: only the leaves under it, without it.
-  assert sorted(checkpointing.load_params(str(tmp_path / 'converted'),
-                                          source_prefix='layer_0/')) == ['bias', 'kernel']
+  assert sorted(
+    checkpointing.load_params(str(tmp_path / 'converted'), source_prefix='layer_0/')
+  ) == ['bias', 'kernel']
 
 
 def test_merge_adapts_leaves_of_another_shape_when_asked():
@@ -222,8 +253,10 @@ def test_merge_adapts_leaves_of_another_shape_when_asked():
   np.testing.assert_array_equal(merged['b'], np.zeros(4))
   assert report['restored'] == ['a'] and report['adapted'] == ['a (3,) -> (2, 3)']
   assert report['shape_mismatch'] == ['b (5,) vs (4,)']
-  assert any('adapted to the new shapes: a (3,)' in line
-             for line in checkpointing.init_report_lines('src', report))
+  assert any(
+    'adapted to the new shapes: a (3,)' in line
+    for line in checkpointing.init_report_lines('src', report)
+  )
 
 
 def test_missing_dataset_and_unknown_field_are_one_line_errors(tmp_path):
@@ -231,7 +264,8 @@ def test_missing_dataset_and_unknown_field_are_one_line_errors(tmp_path):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 1
   assert err.strip().splitlines()[-1] == (
-      'error: /no/such/root/toy.npz: toy dataset not found (config.data.root)')
+    'error: /no/such/root/toy.npz: toy dataset not found (config.data.root)'
+  )
   proc = run_train(tmp_path / 'w', '--config.data.rot=/x')
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 1
@@ -243,8 +277,10 @@ def test_missing_dataset_and_unknown_field_are_one_line_errors(tmp_path):
 def _wait_for_step(workdir, step, proc, timeout=120):
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and max(
-        losses(workdir), default=0) >= step:
+    if (
+      os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+      and max(losses(workdir), default=0) >= step
+    ):
       return
     assert proc.poll() is None, proc.communicate()
     time.sleep(0.05)
@@ -258,15 +294,20 @@ def test_signal_then_rerun_resumes(tmp_path, signum):
 
   Either way the rerun ends with the same losses as an uninterrupted run.
   """
-  flags = ['--config.total_steps=400', '--config.log_steps=1',
-           '--config.checkpoint_steps=20', '--config.eval_steps=0']
+  flags = [
+    '--config.total_steps=400',
+    '--config.log_steps=1',
+    '--config.checkpoint_steps=20',
+    '--config.eval_steps=0',
+  ]
   workdir = str(tmp_path / 'run')
   proc = run_train(workdir, *flags)
   _wait_for_step(workdir, 45, proc)
   os.kill(proc.pid, signum)
   _, err = proc.communicate(timeout=120)
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))
-                 if s.isdigit())  # SIGKILL may leave an unfinished '<step>.orbax-...-tmp'
+  steps = sorted(
+    int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()
+  )  # SIGKILL may leave an unfinished '<step>.orbax-...-tmp'
 
   if signum == signal.SIGTERM:
     assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err
@@ -289,8 +330,9 @@ def test_signal_then_rerun_resumes(tmp_path, signum):
 def test_init_from_restores_model_state_too(tmp_path):
   """Frozen-BN statistics (batch_stats) of a source come along with its params."""
   source = str(tmp_path / 'source')
-  trainer.train_and_evaluate(toy_config(total_steps=2, eval_steps=0,
-                                        model__batch_norm=True), source)
+  trainer.train_and_evaluate(
+    toy_config(total_steps=2, eval_steps=0, model__batch_norm=True), source
+  )
   collections = checkpointing.load_collections(source)
   assert set(collections) == {'params', 'batch_stats'}
   # total_steps=0: the export is the initial state, i.e. what init_from built.
@@ -300,7 +342,8 @@ def test_init_from_restores_model_state_too(tmp_path):
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
   exported, _ = checkpointing.load_export(os.path.join(target, 'export'))
-  np.testing.assert_array_equal(exported['batch_stats']['norm_0']['mean'],
-                                collections['batch_stats']['norm_0/mean'])
+  np.testing.assert_array_equal(
+    exported['batch_stats']['norm_0']['mean'], collections['batch_stats']['norm_0/mean']
+  )
   assert np.abs(collections['batch_stats']['norm_0/mean']).max() > 0
   np.testing.assert_array_equal(exported['batch_stats']['norm_1']['mean'], 0.0)  # excluded

@@ -26,18 +26,35 @@ from tps_jax.tasks import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = common.trainer('tests.toy_task:toy', total_steps=200, batch_size=32,
-                          log_steps=10, checkpoint_steps=50, eval_steps=100,
-                          keep_checkpoints=2)
-  config.data = ml_collections.ConfigDict({
-      'root': '', 'num_train': 256, 'num_eval': 100, 'num_features': 8,
-      'num_classes': 4})
-  config.model = ml_collections.ConfigDict({'hidden': 16, 'num_layers': 2,
-                                            'dropout': 0.0, 'batch_norm': False})
-  config.optim = ml_collections.ConfigDict({
-      'learning_rate': 1e-2, 'warmup_steps': 10, 'end_lr_ratio': 0.0, 'b1': 0.9,
-      'b2': 0.999, 'eps': 1e-8, 'weight_decay': 1e-4, 'grad_clip_norm': 1.0,
-      'layer_decay': 1.0, 'ema_decay': 0.0})
+  config = common.trainer(
+    'tests.toy_task:toy',
+    total_steps=200,
+    batch_size=32,
+    log_steps=10,
+    checkpoint_steps=50,
+    eval_steps=100,
+    keep_checkpoints=2,
+  )
+  config.data = ml_collections.ConfigDict(
+    {'root': '', 'num_train': 256, 'num_eval': 100, 'num_features': 8, 'num_classes': 4}
+  )
+  config.model = ml_collections.ConfigDict(
+    {'hidden': 16, 'num_layers': 2, 'dropout': 0.0, 'batch_norm': False}
+  )
+  config.optim = ml_collections.ConfigDict(
+    {
+      'learning_rate': 1e-2,
+      'warmup_steps': 10,
+      'end_lr_ratio': 0.0,
+      'b1': 0.9,
+      'b2': 0.999,
+      'eps': 1e-8,
+      'weight_decay': 1e-4,
+      'grad_clip_norm': 1.0,
+      'layer_decay': 1.0,
+      'ema_decay': 0.0,
+    }
+  )
   if arg == 'tiny':
     config.total_steps = 20
     config.log_steps = 5
@@ -50,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 class ToyMLP(nn.Module):
   """Dense layers `layer_0..layer_{n-1}` then `head`; optional dropout/batch norm."""
+
   hidden: int
   num_layers: int
   num_classes: int
@@ -62,8 +80,7 @@ class ToyMLP(nn.Module):
     for i in range(self.num_layers):
       x = nn.Dense(self.hidden, dtype=self.dtype, name=f'layer_{i}')(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
-                         name=f'norm_{i}')(x)
+        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name=f'norm_{i}')(x)
       x = nn.gelu(x)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(jnp.float32)
@@ -99,18 +116,27 @@ class ToyTask(base.Task):
   """Classification of synthetic blobs; loss = softmax cross-entropy."""
 
   def build_model(self):
-    return ToyMLP(hidden=self.config.model.hidden, num_layers=self.config.model.num_layers,
-                  num_classes=self.config.data.num_classes,
-                  dropout=self.config.model.dropout,
-                  batch_norm=self.config.model.batch_norm, dtype=self.compute_dtype)
+    return ToyMLP(
+      hidden=self.config.model.hidden,
+      num_layers=self.config.model.num_layers,
+      num_classes=self.config.data.num_classes,
+      dropout=self.config.model.dropout,
+      batch_norm=self.config.model.batch_norm,
+      dtype=self.compute_dtype,
+    )
 
   def init_inputs(self):
     return {'x': np.zeros((1, self.config.data.num_features), np.float32)}
 
   def loss_fn(self, params, batch, rng, model_state, *, train):
     mutable = list(model_state) if train and model_state else False
-    out = self.model.apply({'params': params, **model_state}, batch['x'], train=train,
-                           rngs={'dropout': rng}, mutable=mutable)
+    out = self.model.apply(
+      {'params': params, **model_state},
+      batch['x'],
+      train=train,
+      rngs={'dropout': rng},
+      mutable=mutable,
+    )
     logits, new_state = out if mutable else (out, model_state)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y']).mean()
     accuracy = (logits.argmax(-1) == batch['y']).mean()
@@ -120,15 +146,20 @@ class ToyTask(base.Task):
     logits = self.model.apply({'params': params, **model_state}, batch['x'], train=False)
     mask = batch[base.EXAMPLE_MASK]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
-    correct = (logits.argmax(-1) == batch['y'])
+    correct = logits.argmax(-1) == batch['y']
     count = mask.sum()
-    return {'accuracy': (jnp.where(mask, correct, 0).sum(), count),
-            'loss': (jnp.where(mask, loss, 0.0).sum(), count)}
+    return {
+      'accuracy': (jnp.where(mask, correct, 0).sum(), count),
+      'loss': (jnp.where(mask, loss, 0.0).sum(), count),
+    }
 
   def eval_predictions(self, params, model_state, batch):
     logits = self.model.apply({'params': params, **model_state}, batch['x'], train=False)
-    return {'predicted': logits.argmax(-1), 'label': batch['y'],
-            base.EXAMPLE_MASK: batch[base.EXAMPLE_MASK]}
+    return {
+      'predicted': logits.argmax(-1),
+      'label': batch['y'],
+      base.EXAMPLE_MASK: batch[base.EXAMPLE_MASK],
+    }
 
   def make_evaluator(self):
     return BalancedAccuracy(self.config.data.num_classes)
@@ -145,8 +176,7 @@ class ToyTask(base.Task):
 
   def param_partition_rules(self):
     """Hidden units over the `model` axis (used when config.mesh.model > 1)."""
-    return ((r'layer_\d+/kernel', P(None, 'model')),
-            (r'layer_\d+/bias', P('model')))
+    return ((r'layer_\d+/kernel', P(None, 'model')), (r'layer_\d+/bias', P('model')))
 
   def _arrays(self, split: str):
     data = self.config.data
@@ -159,15 +189,19 @@ class ToyTask(base.Task):
       cut = len(x) - data.num_eval
       return (x[:cut], y[:cut]) if split == 'train' else (x[cut:], y[cut:])
     num = data.num_train if split == 'train' else data.num_eval
-    return synthetic_data(num, data.num_features, data.num_classes,
-                          seed=0 if split == 'train' else 1)
+    return synthetic_data(
+      num, data.num_features, data.num_classes, seed=0 if split == 'train' else 1
+    )
 
   def train_iterator(self, *, seed, process_index, process_count, batch_size):
     x, y = self._arrays('train')
-    dataset = (grain.MapDataset.range(len(x))[process_index::process_count]
-               .shuffle(seed=seed).repeat()
-               .map(lambda i: {'x': x[i], 'y': y[i]})
-               .batch(batch_size, drop_remainder=True))
+    dataset = (
+      grain.MapDataset.range(len(x))[process_index::process_count]
+      .shuffle(seed=seed)
+      .repeat()
+      .map(lambda i: {'x': x[i], 'y': y[i]})
+      .batch(batch_size, drop_remainder=True)
+    )
     return iter(dataset.to_iter_dataset())
 
   def eval_iterator(self, *, process_index, process_count, batch_size):

@@ -25,6 +25,7 @@ Every stage resumes like any single-stage run, so a rerun only does what is left
 The console gets a line when a stage starts and ends, the progress lines and the final
 tables; long listings (init_from's parameter lists) go to WORKDIR/<stage>/log.txt.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,12 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from tps_jax.train import settings
-from tps_jax.train import trainer
+from tps_jax.train import settings, trainer
 
 # Stage name -> (the dataset it trains on, the eval metric reported).
-STAGES = {'human_detector': ('humans', 'AP50'), 'part_detector': ('parts', 'AP50'),
-          'part_state': ('part_states', 'top1'), 'action': ('action_clips', 'top1')}
+STAGES = {
+  'human_detector': ('humans', 'AP50'),
+  'part_detector': ('parts', 'AP50'),
+  'part_state': ('part_states', 'top1'),
+  'action': ('action_clips', 'top1'),
+}
 BUNDLE_DIR = 'bundle'
 PREDICTIONS_DIR = 'predictions'
 
@@ -56,7 +60,7 @@ def say(message: str) -> None:
 def load_stage_config(spec: str):
   """'configs/part_state.py:tiny' -> that module's get_config('tiny')."""
   path, _, variant = spec.partition(':')
-  module = path[:-len('.py')] if path.endswith('.py') else path
+  module = path[: -len('.py')] if path.endswith('.py') else path
   module = module.replace(os.sep, '.').replace('/', '.')
   try:
     config_module = importlib.import_module(module)
@@ -83,8 +87,7 @@ def apply_overrides(stage_config, name: str, overrides) -> None:
   stage_config.update_from_flattened_dict(chosen)
 
 
-def _init_from_stage(stage_config, init, workdir: str, name: str,
-                     results: dict[str, Any]) -> None:
+def _init_from_stage(stage_config, init, workdir: str, name: str, results: dict[str, Any]) -> None:
   """Points `stage_config.init_from` at the export of the earlier stage `init.from`."""
   source = init['from']
   if source not in results:
@@ -97,29 +100,43 @@ def parse_stage(entry: str) -> tuple[str, str]:
   """'action=configs/action.py:tiny' -> ('action', 'configs/action.py:tiny')."""
   name, sep, spec = entry.partition('=')
   if not sep or name not in STAGES:
-    raise ChainError(f'config.stages: {entry!r} is not name=configs/<stage>.py[:variant] '
-                     f'with name in {", ".join(STAGES)}')
+    raise ChainError(
+      f'config.stages: {entry!r} is not name=configs/<stage>.py[:variant] '
+      f'with name in {", ".join(STAGES)}'
+    )
   return name, spec
 
 
 def ensure_dataset(data, workdir: str) -> str:
   """The dataset root, after writing the synthetic dataset and the TFDS builds it lacks."""
   from tps_jax.data import build, synthetic  # pylint: disable=g-import-not-at-top
+
   root = os.path.abspath(data.root or os.path.join(workdir, 'Kinetics-TPS'))
   jobs = data.get('jobs', 0) or len(os.sched_getaffinity(0))
   finished = os.path.isfile(os.path.join(root, 'list', 'video_test_flist.csv'))
   try:
     if not finished:
-      if data.root and os.path.isdir(root) and not os.path.isfile(
-          os.path.join(root, 'synthetic.json')):
-        raise ChainError(f'{root}: not a finished Kinetics-TPS dataset (no '
-                         'list/video_test_flist.csv), and not a synthetic one to complete')
+      if (
+        data.root
+        and os.path.isdir(root)
+        and not os.path.isfile(os.path.join(root, 'synthetic.json'))
+      ):
+        raise ChainError(
+          f'{root}: not a finished Kinetics-TPS dataset (no '
+          'list/video_test_flist.csv), and not a synthetic one to complete'
+        )
       say(f'writing the synthetic dataset to {root}')
-      say(str(synthetic.write_synthetic(root, videos=data.videos, seed=data.seed, jobs=jobs,
-                                        progress=False)))
-    build.build_datasets(root, datasets=list(data.datasets), seed=data.seed, jobs=jobs,
-                         progress=False, say=say)
-  except (synthetic.SyntheticError, *build.ERRORS) as e:   # one line, naming the file
+      say(
+        str(
+          synthetic.write_synthetic(
+            root, videos=data.videos, seed=data.seed, jobs=jobs, progress=False
+          )
+        )
+      )
+    build.build_datasets(
+      root, datasets=list(data.datasets), seed=data.seed, jobs=jobs, progress=False, say=say
+    )
+  except (synthetic.SyntheticError, *build.ERRORS) as e:  # one line, naming the file
     raise ChainError(str(e)) from None
   return root
 
@@ -127,7 +144,9 @@ def ensure_dataset(data, workdir: str) -> str:
 def _labels(dataset: str, config, split: str) -> np.ndarray:
   """Labels of a split: (N,) actions, or (N, 10) part states with -1 for absent parts."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   from tps_jax.data import builders, pipelines  # pylint: disable=g-import-not-at-top
+
   settings = pipelines.data_settings(dataset, config)
   directory = pipelines.dataset_path(dataset, settings)
   if dataset == 'part_states':
@@ -140,6 +159,7 @@ def baselines(dataset: str, config) -> dict[str, float]:
   """{'chance': 1 / classes, 'majority': training-majority accuracy on val} of a
   classifier's dataset; {} for the detectors' (mAP has no such baseline)."""
   from tps_jax.data import pipelines  # pylint: disable=g-import-not-at-top
+
   if dataset not in ('part_states', 'action_clips'):
     return {}
   metadata = pipelines.dataset_metadata(dataset, config)
@@ -154,16 +174,19 @@ def baselines(dataset: str, config) -> dict[str, float]:
       count += truth.size
     return {'chance': 1.0 / len(metadata['states']), 'majority': hits / max(count, 1)}
   majority = np.bincount(train).argmax() if train.size else -1
-  return {'chance': 1.0 / len(metadata['actions']),
-          'majority': float(np.mean(val == majority)) if val.size else 0.0}
+  return {
+    'chance': 1.0 / len(metadata['actions']),
+    'majority': float(np.mean(val == majority)) if val.size else 0.0,
+  }
 
 
 def _minutes(seconds: float) -> str:
   return f'{int(seconds // 60)} min {int(seconds % 60)} s'
 
 
-def train_stage(name: str, spec: str, config, workdir: str, root: str,
-                results: dict[str, Any]) -> dict[str, Any]:
+def train_stage(
+  name: str, spec: str, config, workdir: str, root: str, results: dict[str, Any]
+) -> dict[str, Any]:
   """Trains (or resumes) one stage in WORKDIR/<name>; returns its results row."""
   stage_config = load_stage_config(spec)
   stage_config.data.root = root
@@ -181,45 +204,70 @@ def train_stage(name: str, spec: str, config, workdir: str, root: str,
   dataset, metric = STAGES[name]
   value = summary['eval'].get(metric, float('nan'))
   say(f'== {name} done in {_minutes(time.perf_counter() - start)}: {metric} {value:.4f}')
-  return {'metric': metric, 'value': value, 'views': summary['eval'].get(f'tta_{metric}'),
-          'export': summary['export'], **baselines(dataset, stage_config)}
+  return {
+    'metric': metric,
+    'value': value,
+    'views': summary['eval'].get(f'tta_{metric}'),
+    'export': summary['export'],
+    **baselines(dataset, stage_config),
+  }
 
 
-def evaluate_end_to_end(config, workdir: str, root: str,
-                        results: dict[str, Any]) -> dict[str, Any]:
+def evaluate_end_to_end(config, workdir: str, root: str, results: dict[str, Any]) -> dict[str, Any]:
   """Bundles the four networks, parses `config.pipeline.split` with every ablation row
   and scores them; also the part-state top-1 with the predicted action."""
   # pylint: disable=g-import-not-at-top
   from tps_jax.data import submission
   from tps_jax.inference import ablation, bundle, part_states, pipeline, runner, videos
+
   exports = {name: results[name]['export'] for name in STAGES}
   settings = pipeline.Settings.from_dict(config.pipeline.settings.to_dict())
   bundle_dir = bundle.write_bundle(
-      os.path.join(workdir, BUNDLE_DIR), humans=exports['human_detector'],
-      parts=exports['part_detector'], states=exports['part_state'],
-      actions=[exports['action']], settings=settings, overwrite=True)
+    os.path.join(workdir, BUNDLE_DIR),
+    humans=exports['human_detector'],
+    parts=exports['part_detector'],
+    states=exports['part_state'],
+    actions=[exports['action']],
+    settings=settings,
+    overwrite=True,
+  )
   parsed = bundle.load_bundle(bundle_dir)
   split = config.pipeline.split
   problems: list[str] = []
   items = videos.list_videos(data_root=root, split=split, problems=problems)
   truth = runner.ground_truth(items, data_root=root, split=split, required=True)
-  say(f'== end to end: {len(items)} {split} videos through {bundle_dir}, '
-      f'{len(ablation.ROWS)} ablation rows in one pass')
+  say(
+    f'== end to end: {len(items)} {split} videos through {bundle_dir}, '
+    f'{len(ablation.ROWS)} ablation rows in one pass'
+  )
   start = time.perf_counter()
   out = os.path.join(workdir, PREDICTIONS_DIR)
-  prediction = runner.predict(parsed, items, out, variants=[v for _, v in ablation.ROWS],
-                              truth=truth, problems=problems,
-                              run_info={'bundle': bundle.fingerprint(bundle_dir)})
+  prediction = runner.predict(
+    parsed,
+    items,
+    out,
+    variants=[v for _, v in ablation.ROWS],
+    truth=truth,
+    problems=problems,
+    run_info={'bundle': bundle.fingerprint(bundle_dir)},
+  )
   for (name, _), pred in zip(ablation.ROWS, prediction.submissions):
     submission.write_submission(os.path.join(out, name.replace(' ', '_')), *pred)
   rows = ablation.score_rows(truth, prediction.submissions, parsed)
   predicted = prediction.submissions[0][0]
-  states_top1 = part_states.part_state_top1(parsed.states, data_root=root, split=split,
-                                            actions=predicted)['top1']
-  say(f'== end to end done in {_minutes(time.perf_counter() - start)}: '
-      + '; '.join(prediction.summary()))
-  return {'rows': rows, 'videos': len(items), 'split': split,
-          'part_state_predicted_action': states_top1}
+  states_top1 = part_states.part_state_top1(
+    parsed.states, data_root=root, split=split, actions=predicted
+  )['top1']
+  say(
+    f'== end to end done in {_minutes(time.perf_counter() - start)}: '
+    + '; '.join(prediction.summary())
+  )
+  return {
+    'rows': rows,
+    'videos': len(items),
+    'split': split,
+    'part_state_predicted_action': states_top1,
+  }
 
 
 def run_chain(config, workdir: str) -> dict[str, Any]:
@@ -243,23 +291,29 @@ def run_chain(config, workdir: str) -> dict[str, Any]:
 
 def format_results(results: dict[str, dict[str, Any]], end_to_end=None) -> str:
   """The stages' validation results beside their baselines, then the end-to-end table."""
-  lines = ['validation results (synthetic Kinetics-TPS val split):',
-           f'  {"stage":<16}{"metric":<10}{"value":>8}{"chance":>10}{"majority":>10}']
+  lines = [
+    'validation results (synthetic Kinetics-TPS val split):',
+    f'  {"stage":<16}{"metric":<10}{"value":>8}{"chance":>10}{"majority":>10}',
+  ]
   for name, r in results.items():
     chance = f'{r["chance"]:>10.3f}{r["majority"]:>10.3f}' if 'chance' in r else ''
     lines.append(f'  {name:<16}{r["metric"]:<10}{r["value"]:>8.3f}{chance}')
-    if r.get('views') is not None:   # the multi-view (TTA) evaluation of the stage
+    if r.get('views') is not None:  # the multi-view (TTA) evaluation of the stage
       lines.append(f'  {"":<16}{"+views":<10}{r["views"]:>8.3f}')
     if name == 'part_state' and end_to_end:
       lines.append(f'  {"":<16}{"+pred act":<10}{end_to_end["part_state_predicted_action"]:>8.3f}')
-  lines.append('chance: 1 / number of classes; majority: always the training split\'s most '
-               'frequent class (per part for part states); +views: averaged over clips x '
-               'crops; +pred act: with the recogniser\'s action instead of the true one')
+  lines.append(
+    "chance: 1 / number of classes; majority: always the training split's most "
+    'frequent class (per part for part states); +views: averaged over clips x '
+    "crops; +pred act: with the recogniser's action instead of the true one"
+  )
   if end_to_end:
     from tps_jax.inference import ablation  # pylint: disable=g-import-not-at-top
+
     lines.append('')
-    lines.append(f'end to end, challenge score on the {end_to_end["videos"]} '
-                 f'{end_to_end["split"]} videos:')
+    lines.append(
+      f'end to end, challenge score on the {end_to_end["videos"]} {end_to_end["split"]} videos:'
+    )
     lines.append(ablation.format_table(end_to_end['rows']))
   return '\n'.join(lines)
 
@@ -268,6 +322,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   """`run_train.py` with a chain config: one line for known errors, exit codes as the
   trainer's (tps_jax/train/trainer.py run_cli)."""
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   logging.set_verbosity(logging.WARNING)
   trainer.initialize_distributed(**distributed)
   try:
@@ -279,8 +334,10 @@ def run_cli(config, workdir: str, **distributed) -> None:
     from tps_jax.inference.export import ExportError  # pylint: disable=g-import-not-at-top
     from tps_jax.inference.runner import RunError  # pylint: disable=g-import-not-at-top
     from tps_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-    if isinstance(e, (ExportError, RunError, checkpointing.CheckpointError,
-                      settings.SettingsError)):
+
+    if isinstance(
+      e, (ExportError, RunError, checkpointing.CheckpointError, settings.SettingsError)
+    ):
       sys.exit(f'error: {e}')
     raise
   if any(r.get('preempted') for r in results.values()):

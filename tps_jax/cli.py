@@ -12,10 +12,11 @@ The library never calls an entry point: a tool's work is a library function with
 keyword arguments named as the tool's flags (e.g. tps_jax.data.build.build_datasets
 behind data_prep/build.py), so that tests and other code call that function.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
@@ -26,8 +27,8 @@ def one_line(error: BaseException) -> str:
   text = str(error).strip()
   flag, marker, trace = text.partition(': Error whilst parsing config file:')
   last = trace.strip().splitlines()[-1] if marker and trace.strip() else ''
-  if last.startswith('ValueError: '):       # e.g. a config's unknown variant
-    text = f'{flag}: {last[len("ValueError: "):]}'
+  if last.startswith('ValueError: '):  # e.g. a config's unknown variant
+    text = f'{flag}: {last[len("ValueError: ") :]}'
   return ' '.join(text.split())
 
 
@@ -37,7 +38,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   app.define_help_flags()
   try:
     return flags.FLAGS(list(argv))
-  except (AttributeError, KeyError) as e:   # ml_collections: the bare config field name
+  except (AttributeError, KeyError) as e:  # ml_collections: the bare config field name
     detail = e
     while isinstance(detail, BaseException) and detail.args:
       detail = detail.args[0]
@@ -47,8 +48,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     sys.exit(f'error: {one_line(e)}')
 
 
-def run(main: Callable[[list[str]], int | None],
-        flags_parser: Callable[[Sequence[str]], list[str]] = parse_flags) -> None:
+def run(
+  main: Callable[[list[str]], int | None],
+  flags_parser: Callable[[Sequence[str]], list[str]] = parse_flags,
+) -> None:
   """absl's app.run(main) with one-line flag errors; exits with main's return value."""
 
   def main_with_warnings(argv):

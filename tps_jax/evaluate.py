@@ -24,6 +24,7 @@ names, anything malformed anywhere).
 cell; `--plot FILE.png` draws accuracy(t) of that cell (the score is the area under it)
 and the histogram of per-video PSC.
 """
+
 import gc
 import os
 import sys
@@ -34,30 +35,46 @@ from tps_jax import cli
 from tps_jax.data import submission
 from tps_jax.metrics import score as score_lib
 
-_GT = flags.DEFINE_string("gt", None, "Folder with gt_vid_result.json, gt_part_result.json.")
-_PRED = flags.DEFINE_string("pred", None,
-                            "Folder with pred_vid_result.json, pred_part_result.json.")
-_PER_VIDEO = flags.DEFINE_string("per_video", None,
-                                 "Write each video's PSC and correctness to this JSON file.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Also print every cell's accuracies at t = 0, "
-                             "0.1, ..., 0.9 and its area, as the official tool prints them.")
-_STRICT = flags.DEFINE_bool("strict", False, "Refuse every validation problem, also those "
-                            "the official tool scores as they are (inverted boxes, ...).")
-_DATA_ROOT = flags.DEFINE_string("data_root", None, "Dataset root whose list/part_stat.txt "
-                                 "and action class folders extend the vocabularies.")
-_PLOT = flags.DEFINE_string("plot", None, "Draw accuracy(t) and the per-video PSC "
-                            "histogram into this image file (.png, .pdf, .svg).")
-_MAX_PROBLEMS = flags.DEFINE_integer("max_problems", 20, "Problems printed before a count.")
-flags.register_validator("gt", lambda v: v is not None, "--gt is required")
-flags.register_validator("pred", lambda v: v is not None, "--pred is required")
+_GT = flags.DEFINE_string('gt', None, 'Folder with gt_vid_result.json, gt_part_result.json.')
+_PRED = flags.DEFINE_string(
+  'pred', None, 'Folder with pred_vid_result.json, pred_part_result.json.'
+)
+_PER_VIDEO = flags.DEFINE_string(
+  'per_video', None, "Write each video's PSC and correctness to this JSON file."
+)
+_VERBOSE = flags.DEFINE_bool(
+  'verbose',
+  False,
+  "Also print every cell's accuracies at t = 0, "
+  '0.1, ..., 0.9 and its area, as the official tool prints them.',
+)
+_STRICT = flags.DEFINE_bool(
+  'strict',
+  False,
+  'Refuse every validation problem, also those '
+  'the official tool scores as they are (inverted boxes, ...).',
+)
+_DATA_ROOT = flags.DEFINE_string(
+  'data_root',
+  None,
+  'Dataset root whose list/part_stat.txt and action class folders extend the vocabularies.',
+)
+_PLOT = flags.DEFINE_string(
+  'plot',
+  None,
+  'Draw accuracy(t) and the per-video PSC histogram into this image file (.png, .pdf, .svg).',
+)
+_MAX_PROBLEMS = flags.DEFINE_integer('max_problems', 20, 'Problems printed before a count.')
+flags.register_validator('gt', lambda v: v is not None, '--gt is required')
+flags.register_validator('pred', lambda v: v is not None, '--pred is required')
 
 
 def _refuse(problems: list[str]) -> int:
-  for line in problems[:_MAX_PROBLEMS.value]:
+  for line in problems[: _MAX_PROBLEMS.value]:
     print(line, file=sys.stderr)
   if len(problems) > _MAX_PROBLEMS.value:
-    print(f"... and {len(problems) - _MAX_PROBLEMS.value} more", file=sys.stderr)
-  print(f"error: {len(problems)} problem(s); the submission was not scored", file=sys.stderr)
+    print(f'... and {len(problems) - _MAX_PROBLEMS.value} more', file=sys.stderr)
+  print(f'error: {len(problems)} problem(s); the submission was not scored', file=sys.stderr)
   return 2
 
 
@@ -66,64 +83,85 @@ def _vocabulary(root: str | None):
   if not root:
     return None
   from tps_jax.data import kinetics_tps as tps  # noqa: PLC0415  (only with --data_root)
+
   try:
     vocab = tps.Vocab.from_root(root)
   except tps.AnnotationError as e:
-    raise submission.SubmissionError(f"--data_root: {e}") from None
+    raise submission.SubmissionError(f'--data_root: {e}') from None
   return set(vocab.states), set(vocab.actions)
 
 
 def _read(vocabulary) -> tuple:
   """The four results in the scorer's typed form; --strict validates the dicts first."""
   if not _STRICT.value:
-    return (*submission.read_results(_GT.value, "gt"),
-            *submission.read_results(_PRED.value, "pred"))
-  gt_vid, gt_part = submission.load_pair(_GT.value, "gt")
-  pred_vid, pred_part = submission.load_pair(_PRED.value, "pred")
+    return (
+      *submission.read_results(_GT.value, 'gt'),
+      *submission.read_results(_PRED.value, 'pred'),
+    )
+  gt_vid, gt_part = submission.load_pair(_GT.value, 'gt')
+  pred_vid, pred_part = submission.load_pair(_PRED.value, 'pred')
   states, actions = vocabulary or (None, None)
-  problems = submission.validate(gt_vid, gt_part, kind="gt", actions=actions, states=states)
-  problems += submission.validate(pred_vid, pred_part, kind="pred", actions=actions,
-                                  states=states)
+  problems = submission.validate(gt_vid, gt_part, kind='gt', actions=actions, states=states)
+  problems += submission.validate(pred_vid, pred_part, kind='pred', actions=actions, states=states)
   if problems:
     raise submission.SubmissionError(problems[0], problems)
-  return (gt_vid, submission.as_typed(gt_part, "gt"),
-          pred_vid, submission.as_typed(pred_part, "pred"))
+  return (
+    gt_vid,
+    submission.as_typed(gt_part, 'gt'),
+    pred_vid,
+    submission.as_typed(pred_part, 'pred'),
+  )
 
 
 def _plot(report: score_lib.ScoreReport, path: str) -> None:
   """accuracy(t) of the score's cell (the score is the area under it) and the PSC histogram."""
   import matplotlib  # noqa: PLC0415  (only with --plot)
-  matplotlib.use("Agg")
+
+  matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # noqa: PLC0415
   import matplotlib.ticker  # noqa: PLC0415
+
   t, accuracy = report.accuracy_curve()
   psc = report.psc_cells[report.official_cell]
   h, p = score_lib.HUMAN_IOU_THRESHOLD, score_lib.PART_IOU_THRESHOLD
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-  left.step(t, accuracy, where="post", color="tab:blue")
-  left.fill_between(t, accuracy, step="post", alpha=0.25, color="tab:blue")
-  left.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="PSC threshold t",
-           ylabel="accuracy(t): right class and PSC >= t",
-           title=f"score = area = {report.score_rounded:.6f}  (human IoU > {h}, part IoU >= {p})")
+  left.step(t, accuracy, where='post', color='tab:blue')
+  left.fill_between(t, accuracy, step='post', alpha=0.25, color='tab:blue')
+  left.set(
+    xlim=(0, 1),
+    ylim=(0, 1.02),
+    xlabel='PSC threshold t',
+    ylabel='accuracy(t): right class and PSC >= t',
+    title=f'score = area = {report.score_rounded:.6f}  (human IoU > {h}, part IoU >= {p})',
+  )
   left.grid(alpha=0.3)
-  right.hist([psc[report.correct_videos], psc[~report.correct_videos]], bins=50, range=(0, 1),
-             stacked=True, color=["tab:green", "tab:red"],
-             label=["right class", "wrong class"])
-  right.set(xlim=(0, 1), xlabel="video PSC", ylabel="videos",
-            title=f"per-video PSC ({len(report.videos)} videos)")
-  right.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))   # counts
+  right.hist(
+    [psc[report.correct_videos], psc[~report.correct_videos]],
+    bins=50,
+    range=(0, 1),
+    stacked=True,
+    color=['tab:green', 'tab:red'],
+    label=['right class', 'wrong class'],
+  )
+  right.set(
+    xlim=(0, 1),
+    xlabel='video PSC',
+    ylabel='videos',
+    title=f'per-video PSC ({len(report.videos)} videos)',
+  )
+  right.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # counts
   right.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-_KEEP = []   # the parsed files, kept alive until os._exit (tearing them down takes seconds)
+_KEEP = []  # the parsed files, kept alive until os._exit (tearing them down takes seconds)
 
 
 def main(argv) -> int:
   del argv
-  gc.disable()   # millions of small objects and no cycles: collecting only costs time
+  gc.disable()  # millions of small objects and no cycles: collecting only costs time
   try:
     vocabulary = _vocabulary(_DATA_ROOT.value)
     results = _read(vocabulary)
@@ -132,17 +170,21 @@ def main(argv) -> int:
   except submission.SubmissionError as e:
     return _refuse(e.problems)
   for warning in report.warnings:
-    print(f"warning: {warning}", file=sys.stderr)
+    print(f'warning: {warning}', file=sys.stderr)
   print(report.format(verbose=_VERBOSE.value))
   try:
     if _PER_VIDEO.value:
-      submission.write_json_atomic(_PER_VIDEO.value, {
-          v: {"psc": psc, "correct": correct}
-          for (v, psc), correct in zip(report.psc.items(), report.correct_videos.tolist())})
+      submission.write_json_atomic(
+        _PER_VIDEO.value,
+        {
+          v: {'psc': psc, 'correct': correct}
+          for (v, psc), correct in zip(report.psc.items(), report.correct_videos.tolist())
+        },
+      )
     if _PLOT.value:
       _plot(report, _PLOT.value)
-  except (OSError, ValueError) as e:   # an unwritable path, an image type matplotlib lacks
-    print(f"error: {e}", file=sys.stderr)
+  except (OSError, ValueError) as e:  # an unwritable path, an image type matplotlib lacks
+    print(f'error: {e}', file=sys.stderr)
     return 2
   return 0
 
@@ -154,5 +196,5 @@ def _run(argv) -> None:
   os._exit(code)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(_run)

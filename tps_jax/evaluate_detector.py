@@ -9,6 +9,7 @@ COCO AP, AP50, AP75, AP by size and AP per class (pycocotools), then the line
 `AP <ap> AP50 <ap50> AP75 <ap75>`. Errors (missing export or dataset, an export of
 another architecture) are one line on stderr with exit status 1.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,18 +24,19 @@ from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Detector config file[:variant].")
-_EXPORT = flags.DEFINE_string("export", None, "Export directory of a training run.")
-_SPLIT = flags.DEFINE_string("split", "val", "Dataset split to evaluate.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Images per batch.")
-flags.mark_flags_as_required(["config", "export"])
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Detector config file[:variant].')
+_EXPORT = flags.DEFINE_string('export', None, 'Export directory of a training run.')
+_SPLIT = flags.DEFINE_string('split', 'val', 'Dataset split to evaluate.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per batch.')
+flags.mark_flags_as_required(['config', 'export'])
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
   """A short last batch padded to `size` rows, with the example mask."""
   rows = len(next(iter(batch.values())))
-  padded = {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
+  padded = {
+    k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }
   padded[tasks_lib.EXAMPLE_MASK] = np.arange(size) < rows
   return padded
 
@@ -51,19 +53,18 @@ def evaluate(config, export: str, split: str, batch_size: int):
   task = tasks_lib.get_task(config.task, config)
   variables, _ = checkpointing.load_export(export)
   variables = dict(variables)
-  params = variables.pop("params")
-  expected = jax.eval_shape(task.init_variables, jax.random.key(0))["params"]
+  params = variables.pop('params')
+  expected = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
   problem = checkpointing.first_mismatch(_shapes(params), _shapes(expected))
   if problem:
-    raise ValueError(f"{export}: the exported parameters do not fit the config's "
-                     f"model: {problem}")
+    raise ValueError(f"{export}: the exported parameters do not fit the config's model: {problem}")
   predict = jax.jit(task.eval_predictions)
   evaluator = task.make_evaluator()
   for batch in task.eval_iterator(process_index=0, process_count=1, batch_size=batch_size):
     outputs = predict(params, variables, _pad(batch, batch_size))
     evaluator.add(jax.device_get(outputs))
   if not evaluator.images:
-    raise ValueError(f"split {split!r} holds no images")
+    raise ValueError(f'split {split!r} holds no images')
   return evaluator.report(), evaluator.images
 
 
@@ -71,16 +72,15 @@ def main(argv) -> int:
   del argv
   try:
     report, images = evaluate(_CONFIG.value, _EXPORT.value, _SPLIT.value, _BATCH_SIZE.value)
-  except (FileNotFoundError, NotADirectoryError, ValueError,
-          checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (FileNotFoundError, NotADirectoryError, ValueError, checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f"{images} images of split {_SPLIT.value!r}")
+  print(f'{images} images of split {_SPLIT.value!r}')
   print(report.table())
   stats = report.stats
-  print(f"AP {stats['AP']:.4f} AP50 {stats['AP50']:.4f} AP75 {stats['AP75']:.4f}")
+  print(f'AP {stats["AP"]:.4f} AP50 {stats["AP50"]:.4f} AP75 {stats["AP75"]:.4f}')
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(main)

@@ -11,6 +11,7 @@ pred_vid_result.json, e.g. `python -m tps_jax.predict`'s) or from running the
 recogniser exports of `--action` on the split (multi-view, ensembled as
 `python -m tps_jax.evaluate_action`). Errors are one line on stderr, exit status 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ from absl import flags
 from tps_jax import cli
 
 _EXPORT = flags.DEFINE_string('export', None, 'Part-state network export.')
-_DATA_ROOT = flags.DEFINE_string('data_root', None, 'Kinetics-TPS root (with its TFDS '
-                                 'part-state dataset).')
+_DATA_ROOT = flags.DEFINE_string(
+  'data_root', None, 'Kinetics-TPS root (with its TFDS part-state dataset).'
+)
 _SPLIT = flags.DEFINE_string('split', 'val', 'Split of the part-state dataset.')
 _ACTION = flags.DEFINE_list('action', [], 'Action recogniser export(s).')
 _PRED = flags.DEFINE_string('pred', '', 'Folder with pred_vid_result.json.')
@@ -34,34 +36,43 @@ flags.mark_flags_as_required(['export', 'data_root'])
 def main(argv) -> int:
   del argv
   from absl import logging
+
   from tps_jax.data import submission
   from tps_jax.inference import action as action_export
   from tps_jax.inference import part_states
   from tps_jax.inference.export import ExportError, load_export
   from tps_jax.tasks import action_views
+
   logging.set_verbosity(logging.WARNING)
   try:
     if bool(_ACTION.value) == bool(_PRED.value):
-      raise ValueError('give either --action (recogniser exports) or --pred (a folder '
-                       'with pred_vid_result.json)')
+      raise ValueError(
+        'give either --action (recogniser exports) or --pred (a folder with pred_vid_result.json)'
+      )
     export = load_export(_EXPORT.value, kind='part_state')
     if _PRED.value:
       predicted = submission.load_json(os.path.join(_PRED.value, submission.PRED_FILES[0]))
     else:
       members = [action_export.load_member(path) for path in _ACTION.value]
       predicted = action_views.evaluate_members(
-          members, split=_SPLIT.value, data_root=_DATA_ROOT.value, clips=_CLIPS.value,
-          crops=_CROPS.value).predictions()
+        members,
+        split=_SPLIT.value,
+        data_root=_DATA_ROOT.value,
+        clips=_CLIPS.value,
+        crops=_CROPS.value,
+      ).predictions()
     true = part_states.part_state_top1(export, data_root=_DATA_ROOT.value, split=_SPLIT.value)
-    with_predicted = part_states.part_state_top1(export, data_root=_DATA_ROOT.value,
-                                                 split=_SPLIT.value, actions=predicted)
-  except (ExportError, ValueError, KeyError, FileNotFoundError,
-          submission.SubmissionError) as e:
+    with_predicted = part_states.part_state_top1(
+      export, data_root=_DATA_ROOT.value, split=_SPLIT.value, actions=predicted
+    )
+  except (ExportError, ValueError, KeyError, FileNotFoundError, submission.SubmissionError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'part-state top-1 on {true["count"]} {_SPLIT.value} parts: '
-        f'{true["top1"]:.4f} with the true action, {with_predicted["top1"]:.4f} with the '
-        'predicted action')
+  print(
+    f'part-state top-1 on {true["count"]} {_SPLIT.value} parts: '
+    f'{true["top1"]:.4f} with the true action, {with_predicted["top1"]:.4f} with the '
+    'predicted action'
+  )
   return 0
 
 

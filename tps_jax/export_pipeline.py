@@ -14,6 +14,7 @@ the part detector's classes vs the ten parts) are refused in one line naming bot
 which runs without tps_jax's model code (tps_jax/inference/bundle.py).
 Errors are one line on stderr, exit status 2.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,23 +29,29 @@ _STATES = flags.DEFINE_string('states', None, 'Part-state network export.')
 _ACTION = flags.DEFINE_list('action', None, 'Action recogniser export(s): an ensemble.')
 _OUT = flags.DEFINE_string('out', None, 'The bundle folder to write.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing bundle.')
-_SERIALIZE = flags.DEFINE_bool('serialize', False, 'Also write the compiled per-frame '
-                               'program (jax.export).')
-_SERIALIZE_BATCH = flags.DEFINE_integer('serialize_batch', 0, 'Frames per call of the '
-                                        'serialized program (0: --frame_batch).')
-_PLATFORMS = flags.DEFINE_list('platforms', [], 'Platforms to serialize for (default: this '
-                               "machine's, e.g. cpu; also cuda, tpu).")
+_SERIALIZE = flags.DEFINE_bool(
+  'serialize', False, 'Also write the compiled per-frame program (jax.export).'
+)
+_SERIALIZE_BATCH = flags.DEFINE_integer(
+  'serialize_batch', 0, 'Frames per call of the serialized program (0: --frame_batch).'
+)
+_PLATFORMS = flags.DEFINE_list(
+  'platforms', [], "Platforms to serialize for (default: this machine's, e.g. cpu; also cuda, tpu)."
+)
 flags.mark_flags_as_required(['humans', 'parts', 'states', 'action', 'out'])
 
 
 def _setting_flags():
   """One flag per pipeline setting, with the Settings defaults."""
   import dataclasses
+
   from tps_jax.inference.pipeline import Settings
+
   defined = {}
   for field in dataclasses.fields(Settings):
-    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
-              str: flags.DEFINE_string}[type(field.default)]
+    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[
+      type(field.default)
+    ]
     defined[field.name] = define(field.name, field.default, f'Pipeline setting ({field.name}).')
   return defined
 
@@ -57,15 +64,23 @@ def main(argv) -> int:
   from tps_jax.inference import bundle as bundle_lib
   from tps_jax.inference.export import ExportError
   from tps_jax.inference.pipeline import Settings
+
   try:
     settings = Settings(**{name: flag.value for name, flag in _SETTINGS.items()})
-    out = bundle_lib.write_bundle(_OUT.value, humans=_HUMANS.value, parts=_PARTS.value,
-                                  states=_STATES.value, actions=_ACTION.value,
-                                  settings=settings, overwrite=_OVERWRITE.value)
+    out = bundle_lib.write_bundle(
+      _OUT.value,
+      humans=_HUMANS.value,
+      parts=_PARTS.value,
+      states=_STATES.value,
+      actions=_ACTION.value,
+      settings=settings,
+      overwrite=_OVERWRITE.value,
+    )
     print(f'wrote {out}')
     if _SERIALIZE.value:
-      folder = bundle_lib.serialize_parse_frames(out, frame_batch=_SERIALIZE_BATCH.value or None,
-                                                 platforms=_PLATFORMS.value or None)
+      folder = bundle_lib.serialize_parse_frames(
+        out, frame_batch=_SERIALIZE_BATCH.value or None, platforms=_PLATFORMS.value or None
+      )
       print(f'wrote {folder}')
   except (ExportError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -33,32 +33,42 @@ and 5 proposals per part), validated, each written atomically.
   process 0 merges the results (PRED_DIR on a shared filesystem).
 Errors are one line on stderr: exit 2 for bad arguments / bundles, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
-_BUNDLE = flags.DEFINE_string('bundle', None, 'Pipeline bundle (python -m '
-                              'tps_jax.export_pipeline).')
+_BUNDLE = flags.DEFINE_string(
+  'bundle', None, 'Pipeline bundle (python -m tps_jax.export_pipeline).'
+)
 _DATA_ROOT = flags.DEFINE_string('data_root', '', 'Kinetics-TPS root (with --split).')
 _SPLIT = flags.DEFINE_enum('split', 'test', ['test', 'train', 'val'], 'Split of --data_root.')
 _VIDEO_FOLDER = flags.DEFINE_string('video_folder', '', 'A folder of videos instead.')
 _VIDEO = flags.DEFINE_multi_string('video', [], 'Video file(s) instead.')
 _OUT = flags.DEFINE_string('out', None, 'Folder for the submission files.')
-_GT = flags.DEFINE_string('gt', '', 'Ground truth folder (gt_vid_result.json, '
-                          'gt_part_result.json) to score against / for --oracle.')
-_ORACLE = flags.DEFINE_list('oracle', [], 'Stages replaced by the ground truth: any of '
-                            'humans, parts, states, action.')
-_ABLATION = flags.DEFINE_bool('ablation', False, 'Also parse with the ground truth in place '
-                              'of each stage in turn (tps_jax/inference/ablation.py) and '
-                              'print the table; PRED_DIR/ablation/<row>/ gets each row\'s '
-                              'submission.')
-_SET = flags.DEFINE_multi_string('set', [], 'name=value: a pipeline setting instead of '
-                                 "the bundle's (e.g. frame_batch=16).")
+_GT = flags.DEFINE_string(
+  'gt',
+  '',
+  'Ground truth folder (gt_vid_result.json, gt_part_result.json) to score against / for --oracle.',
+)
+_ORACLE = flags.DEFINE_list(
+  'oracle', [], 'Stages replaced by the ground truth: any of humans, parts, states, action.'
+)
+_ABLATION = flags.DEFINE_bool(
+  'ablation',
+  False,
+  'Also parse with the ground truth in place '
+  'of each stage in turn (tps_jax/inference/ablation.py) and '
+  "print the table; PRED_DIR/ablation/<row>/ gets each row's "
+  'submission.',
+)
+_SET = flags.DEFINE_multi_string(
+  'set', [], "name=value: a pipeline setting instead of the bundle's (e.g. frame_batch=16)."
+)
 _FRESH = flags.DEFINE_bool('fresh', False, 'Ignore (delete) earlier per-video results.')
 _DECODE_THREADS = flags.DEFINE_integer('decode_threads', 2, 'Videos decoded at once.')
 _AHEAD = flags.DEFINE_integer('prefetch', 2, 'Videos decoded ahead of the device.')
@@ -66,6 +76,7 @@ _BF16 = flags.DEFINE_bool('bf16', False, 'Compute in bfloat16 (GPU / TPU).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show the progress bar.')
 flags.mark_flags_as_required(['bundle', 'out'])
+
 
 class PredictError(RuntimeError):
   """One line for the user."""
@@ -88,57 +99,76 @@ def run(argv) -> int:
   del argv
   import jax
   from absl import logging
+
   from tps_jax.data import submission
-  from tps_jax.metrics import score as score_lib
   from tps_jax.inference import ablation as ablation_lib
   from tps_jax.inference import bundle as bundle_lib
   from tps_jax.inference import pipeline as pipeline_lib
   from tps_jax.inference import runner
   from tps_jax.inference import videos as videos_lib
+  from tps_jax.metrics import score as score_lib
   from tps_jax.train import trainer
 
-  logging.set_verbosity(logging.WARNING)   # orbax logs every file it reads at INFO
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   if not (_VIDEO.value or _VIDEO_FOLDER.value or _DATA_ROOT.value):
     raise PredictError('give --data_root (with --split), --video_folder or --video')
   trainer.initialize_distributed(multihost=_MULTIHOST.value)
   oracle = pipeline_lib.parse_oracle(_ORACLE.value)
   dtype = jax.numpy.bfloat16 if _BF16.value else jax.numpy.float32
-  pipeline = bundle_lib.load_bundle(_BUNDLE.value, dtype=dtype,
-                                    settings=_settings_overrides(_SET.value))
+  pipeline = bundle_lib.load_bundle(
+    _BUNDLE.value, dtype=dtype, settings=_settings_overrides(_SET.value)
+  )
   problems: list[str] = []
-  videos = videos_lib.list_videos(data_root=_DATA_ROOT.value, split=_SPLIT.value,
-                                  video_folder=_VIDEO_FOLDER.value, video_files=_VIDEO.value,
-                                  problems=problems)
+  videos = videos_lib.list_videos(
+    data_root=_DATA_ROOT.value,
+    split=_SPLIT.value,
+    video_folder=_VIDEO_FOLDER.value,
+    video_files=_VIDEO.value,
+    problems=problems,
+  )
   from_root = not (_VIDEO.value or _VIDEO_FOLDER.value)
   try:
-    truth = runner.ground_truth(videos, gt_dir=_GT.value,
-                                data_root=_DATA_ROOT.value if from_root else '',
-                                split=_SPLIT.value, required=bool(oracle or _ABLATION.value))
+    truth = runner.ground_truth(
+      videos,
+      gt_dir=_GT.value,
+      data_root=_DATA_ROOT.value if from_root else '',
+      split=_SPLIT.value,
+      required=bool(oracle or _ABLATION.value),
+    )
   except runner.RunError as e:
     flag = '--oracle ' + ','.join(sorted(oracle)) if oracle else '--ablation'
     raise PredictError(f'{flag}: {e}') from None
   variants = [oracle] + ([v for _, v in ablation_lib.ROWS[1:]] if _ABLATION.value else [])
-  result = runner.predict(pipeline, videos, _OUT.value, variants=variants, truth=truth,
-                          problems=problems, fresh=_FRESH.value,
-                          run_info={'bundle': os.path.abspath(_BUNDLE.value),
-                                    'bf16': _BF16.value},
-                          decode_threads=_DECODE_THREADS.value, prefetch=_AHEAD.value,
-                          progress=_PROGRESS.value)
-  if result is None:      # not process 0: it merges and reports
+  result = runner.predict(
+    pipeline,
+    videos,
+    _OUT.value,
+    variants=variants,
+    truth=truth,
+    problems=problems,
+    fresh=_FRESH.value,
+    run_info={'bundle': os.path.abspath(_BUNDLE.value), 'bf16': _BF16.value},
+    decode_threads=_DECODE_THREADS.value,
+    prefetch=_AHEAD.value,
+    progress=_PROGRESS.value,
+  )
+  if result is None:  # not process 0: it merges and reports
     return 0
   out = os.path.abspath(_OUT.value)
   submission.write_submission(out, *result.submissions[0])
   for line in result.summary():
     print(line, file=sys.stderr)
-  print(f'wrote {os.path.join(out, submission.PRED_FILES[0])} and '
-        f'{submission.PRED_FILES[1]} ({len(videos)} videos)', file=sys.stderr)
+  print(
+    f'wrote {os.path.join(out, submission.PRED_FILES[0])} and '
+    f'{submission.PRED_FILES[1]} ({len(videos)} videos)',
+    file=sys.stderr,
+  )
   if truth is None:
     return 0
   print(score_lib.challenge_score(truth.vid, truth.part, *result.submissions[0]).format())
   if _ABLATION.value:
     for (name, _), pred in zip(ablation_lib.ROWS, result.submissions):
-      submission.write_submission(os.path.join(out, 'ablation', name.replace(' ', '_')),
-                                  *pred)
+      submission.write_submission(os.path.join(out, 'ablation', name.replace(' ', '_')), *pred)
     rows = ablation_lib.score_rows(truth, result.submissions, pipeline)
     print(f'oracle ablation ({len(truth.vid)} videos):')
     print(ablation_lib.format_table(rows))
@@ -151,13 +181,19 @@ def main(argv) -> int:
   from tps_jax.data.submission import SubmissionError
   from tps_jax.inference.export import ExportError
   from tps_jax.inference.runner import RunError
+
   try:
     return run(argv)
   except (ExportError, PredictError, RunError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  except (FileNotFoundError, ValueError, AnnotationError, SubmissionError,
-          video_lib.VideoError) as e:
+  except (
+    FileNotFoundError,
+    ValueError,
+    AnnotationError,
+    SubmissionError,
+    video_lib.VideoError,
+  ) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
 

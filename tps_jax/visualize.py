@@ -20,6 +20,7 @@ gt_part_result.json) when given, else the dataset: the class folder is the actio
 ground-truth boxes dashed and adds the GT state to a tag whose state is wrong.
 Small videos are upscaled by an integer factor (--scale) so that the tags can be read.
 """
+
 from __future__ import annotations
 
 import fractions
@@ -35,32 +36,43 @@ from PIL import Image
 
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import video as video_lib
 from tps_jax.data import submission
+from tps_jax.data import video as video_lib
 from tps_jax.metrics import drawing
 
-OUTPUT_EXTENSIONS = (".png", ".gif", ".mp4")
-SHEET_FRAMES = 16                    # default frames of a contact sheet
-SHEET_MAX_SIDE = 2400                # an automatic scale keeps the sheet within this
-_FRAME_KEY = re.compile(r"^img_(\d+)\.json$")
+OUTPUT_EXTENSIONS = ('.png', '.gif', '.mp4')
+SHEET_FRAMES = 16  # default frames of a contact sheet
+SHEET_MAX_SIDE = 2400  # an automatic scale keeps the sheet within this
+_FRAME_KEY = re.compile(r'^img_(\d+)\.json$')
 
-_PRED = flags.DEFINE_string("pred", None,
-                            "Folder with pred_vid_result.json, pred_part_result.json.")
-_DATA_ROOT = flags.DEFINE_string("data_root", None, "Kinetics-TPS root holding the video.")
-_VIDEO = flags.DEFINE_string("video", None, "Video name (default: --video_path's name).")
-_VIDEO_PATH = flags.DEFINE_string("video_path", None,
-                                  "A video file outside a dataset root (then no ground "
-                                  "truth but --gt's).")
-_GT = flags.DEFINE_string("gt", None, "Folder with gt_vid_result.json, gt_part_result.json "
-                          "(ground truth instead of the dataset's annotations).")
-_OUT = flags.DEFINE_string("out", None, "Output: .png (contact sheet), .gif or .mp4.")
-_SHOW_GT = flags.DEFINE_bool("show_gt", False, "Draw the ground-truth boxes dashed and the "
-                             "GT state on wrong tags.")
-_SCALE = flags.DEFINE_float("scale", 0, "Display pixels per video pixel (0: an integer "
-                            f"upscaling to >= {drawing.MIN_DISPLAY_WIDTH} px wide; a .png "
-                            f"sheet is kept within about {SHEET_MAX_SIDE} px).")
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", 0, "Predicted frames drawn, spread evenly "
-                                   "(0: 16 for a .png, all for .gif / .mp4).")
+_PRED = flags.DEFINE_string(
+  'pred', None, 'Folder with pred_vid_result.json, pred_part_result.json.'
+)
+_DATA_ROOT = flags.DEFINE_string('data_root', None, 'Kinetics-TPS root holding the video.')
+_VIDEO = flags.DEFINE_string('video', None, "Video name (default: --video_path's name).")
+_VIDEO_PATH = flags.DEFINE_string(
+  'video_path', None, "A video file outside a dataset root (then no ground truth but --gt's)."
+)
+_GT = flags.DEFINE_string(
+  'gt',
+  None,
+  'Folder with gt_vid_result.json, gt_part_result.json '
+  "(ground truth instead of the dataset's annotations).",
+)
+_OUT = flags.DEFINE_string('out', None, 'Output: .png (contact sheet), .gif or .mp4.')
+_SHOW_GT = flags.DEFINE_bool(
+  'show_gt', False, 'Draw the ground-truth boxes dashed and the GT state on wrong tags.'
+)
+_SCALE = flags.DEFINE_float(
+  'scale',
+  0,
+  'Display pixels per video pixel (0: an integer '
+  f'upscaling to >= {drawing.MIN_DISPLAY_WIDTH} px wide; a .png '
+  f'sheet is kept within about {SHEET_MAX_SIDE} px).',
+)
+_MAX_FRAMES = flags.DEFINE_integer(
+  'max_frames', 0, 'Predicted frames drawn, spread evenly (0: 16 for a .png, all for .gif / .mp4).'
+)
 
 
 class UsageError(ValueError):
@@ -76,36 +88,49 @@ def main(argv) -> int:
     video_path, gt_action, gt_frames = locate_video(name, pred_frames)
     indices = choose_frames(sorted(pred_frames), _max_frames(out))
     frames = decode_frames(video_path, indices)
-    pictures = draw_pictures(frames, pred_frames, pred_action, gt_action,
-                             gt_frames if _SHOW_GT.value else None, sheet=_is_sheet(out))
-    height, width = write_output(out, pictures, name=name, video_path=video_path,
-                                 predicted=len(pred_frames), indices=sorted(frames))
-  except (UsageError, submission.SubmissionError, tps.AnnotationError,
-          video_lib.VideoError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    pictures = draw_pictures(
+      frames,
+      pred_frames,
+      pred_action,
+      gt_action,
+      gt_frames if _SHOW_GT.value else None,
+      sheet=_is_sheet(out),
+    )
+    height, width = write_output(
+      out,
+      pictures,
+      name=name,
+      video_path=video_path,
+      predicted=len(pred_frames),
+      indices=sorted(frames),
+    )
+  except (UsageError, submission.SubmissionError, tps.AnnotationError, video_lib.VideoError) as e:
+    print(f'error: {e}', file=sys.stderr)
     return 2
-  print(f"wrote {out}: {len(frames)} frame(s) of {name}, {width}x{height}")
+  print(f'wrote {out}: {len(frames)} frame(s) of {name}, {width}x{height}')
   return 0
 
 
 def _check_flags() -> str:
   """The output path, after the checks a user mistake fails."""
   if not _PRED.value:
-    raise UsageError("--pred is required (a folder with pred_part_result.json)")
+    raise UsageError('--pred is required (a folder with pred_part_result.json)')
   if not _OUT.value:
-    raise UsageError("--out is required (.png, .gif or .mp4)")
+    raise UsageError('--out is required (.png, .gif or .mp4)')
   ext = os.path.splitext(_OUT.value)[1].lower()
   if ext not in OUTPUT_EXTENSIONS:
-    raise UsageError(f"--out {_OUT.value}: unsupported extension {ext or '(none)'!r}; "
-                     f"use {', '.join(OUTPUT_EXTENSIONS)}")
+    raise UsageError(
+      f'--out {_OUT.value}: unsupported extension {ext or "(none)"!r}; '
+      f'use {", ".join(OUTPUT_EXTENSIONS)}'
+    )
   if bool(_DATA_ROOT.value) == bool(_VIDEO_PATH.value):
-    raise UsageError("give either --data_root (with --video) or --video_path")
+    raise UsageError('give either --data_root (with --video) or --video_path')
   if _DATA_ROOT.value and not _VIDEO.value:
-    raise UsageError("--video NAME is required with --data_root")
+    raise UsageError('--video NAME is required with --data_root')
   if _VIDEO_PATH.value and not os.path.isfile(_VIDEO_PATH.value):
-    raise UsageError(f"--video_path {_VIDEO_PATH.value}: no such file")
+    raise UsageError(f'--video_path {_VIDEO_PATH.value}: no such file')
   if _SCALE.value < 0 or _MAX_FRAMES.value < 0:
-    raise UsageError("--scale and --max_frames must not be negative")
+    raise UsageError('--scale and --max_frames must not be negative')
   return _OUT.value
 
 
@@ -116,7 +141,7 @@ def _max_frames(out: str) -> int | None:
 
 
 def _is_sheet(out: str) -> bool:
-  return out.lower().endswith(".png")
+  return out.lower().endswith('.png')
 
 
 def load_prediction(pred_dir: str, name: str) -> tuple[str | None, dict[int, list]]:
@@ -124,13 +149,13 @@ def load_prediction(pred_dir: str, name: str) -> tuple[str | None, dict[int, lis
   vid_path, part_path = (os.path.join(pred_dir, f) for f in submission.PRED_FILES)
   vid_result, part_result = submission.load_json(vid_path), submission.load_json(part_path)
   if not isinstance(part_result, dict) or name not in part_result:
-    raise UsageError(f"{part_path}: no prediction for video {name!r}")
+    raise UsageError(f'{part_path}: no prediction for video {name!r}')
   action = vid_result.get(name) if isinstance(vid_result, dict) else None
   if action is None:
-    print(f"warning: {vid_path}: no action for video {name!r}", file=sys.stderr)
-  frames = _frames_by_index(part_result[name], part_path, name, "pred")
+    print(f'warning: {vid_path}: no action for video {name!r}', file=sys.stderr)
+  frames = _frames_by_index(part_result[name], part_path, name, 'pred')
   if not frames:
-    raise UsageError(f"{part_path}: video {name!r} has no predicted frame")
+    raise UsageError(f'{part_path}: video {name!r} has no predicted frame')
   return action, frames
 
 
@@ -138,13 +163,15 @@ def _frames_by_index(frames, path: str, name: str, kind: str) -> dict[int, list]
   """{frame index: humans list} of one video's frames, after the submission's checks."""
   problems = submission.validate({}, {name: frames}, kind=kind, file_name=path)
   if isinstance(frames, dict):
-    problems += [f"{path}: {name}/{key}: not a frame name img_XXXXX.json"
-                 for key in frames if not _FRAME_KEY.match(key)]
+    problems += [
+      f'{path}: {name}/{key}: not a frame name img_XXXXX.json'
+      for key in frames
+      if not _FRAME_KEY.match(key)
+    ]
   if problems:
-    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    more = f' (and {len(problems) - 1} more problem(s))' if len(problems) > 1 else ''
     raise UsageError(problems[0] + more)
-  return {int(_FRAME_KEY.match(key).group(1)): frame["humans"]
-          for key, frame in frames.items()}
+  return {int(_FRAME_KEY.match(key).group(1)): frame['humans'] for key, frame in frames.items()}
 
 
 def locate_video(name: str, pred_frames) -> tuple[str, str | None, dict[int, list]]:
@@ -165,7 +192,7 @@ def find_video(root: str, name: str) -> tps.Video:
   """The dataset's video called `name`, from either split."""
   searched, problems = [], []
   for split in tps.SPLITS:
-    videos_dir = os.path.join(root, f"{split}_videos")
+    videos_dir = os.path.join(root, f'{split}_videos')
     if not os.path.isdir(videos_dir):
       continue
     searched.append(videos_dir)
@@ -173,11 +200,11 @@ def find_video(root: str, name: str) -> tps.Video:
       if video.name == name:
         return video
   if not searched:
-    raise UsageError(f"--data_root {root}: no train_videos/ or test_videos/ folder")
+    raise UsageError(f'--data_root {root}: no train_videos/ or test_videos/ folder')
   skipped = next((p for p in problems if name in p), None)
   if skipped:
-    raise UsageError(f"video {name!r} skipped: {skipped}")
-  raise UsageError(f"video {name!r} not found in {' or '.join(searched)}")
+    raise UsageError(f'video {name!r} skipped: {skipped}')
+  raise UsageError(f'video {name!r} not found in {" or ".join(searched)}')
 
 
 def annotation_frames(video: tps.Video, pred_frames) -> dict[int, list]:
@@ -188,19 +215,19 @@ def annotation_frames(video: tps.Video, pred_frames) -> dict[int, list]:
     if path and os.path.exists(path):
       frame = tps.load_frame(path, problems=problems)
       if frame is not None:
-        frames[index] = tps.frame_to_json(frame, objects=False)["humans"]
+        frames[index] = tps.frame_to_json(frame, objects=False)['humans']
   for problem in problems:
-    print(f"warning: {problem}", file=sys.stderr)
+    print(f'warning: {problem}', file=sys.stderr)
   return frames
 
 
 def gt_dir_frames(gt_dir: str, name: str) -> tuple[str | None, dict[int, list]]:
   """(GT action, {frame index: GT humans}) of one video from a ground-truth folder."""
-  gt_vid, gt_part = submission.load_pair(gt_dir, "gt")
+  gt_vid, gt_part = submission.load_pair(gt_dir, 'gt')
   if name not in gt_vid and name not in gt_part:
-    print(f"warning: {gt_dir}: no ground truth for video {name!r}", file=sys.stderr)
+    print(f'warning: {gt_dir}: no ground truth for video {name!r}', file=sys.stderr)
   path = os.path.join(gt_dir, submission.GT_FILES[1])
-  return gt_vid.get(name), _frames_by_index(gt_part.get(name, {}), path, name, "gt")
+  return gt_vid.get(name), _frames_by_index(gt_part.get(name, {}), path, name, 'gt')
 
 
 def choose_frames(indices: list[int], max_frames: int | None) -> list[int]:
@@ -213,20 +240,24 @@ def choose_frames(indices: list[int], max_frames: int | None) -> list[int]:
 
 def decode_frames(video_path: str, indices: list[int]) -> dict[int, np.ndarray]:
   """{index: RGB uint8 frame} of the wanted frames that the video has."""
-  frames = dict(video_lib.iter_video_frames(video_path, wanted=set(indices),
-                                            last=max(indices)))
+  frames = dict(video_lib.iter_video_frames(video_path, wanted=set(indices), last=max(indices)))
   missing = [i for i in indices if i not in frames]
   if not frames:
-    raise UsageError(f"{video_path}: none of the predicted frames {indices[0]}..."
-                     f"{indices[-1]} is in the video")
+    raise UsageError(
+      f'{video_path}: none of the predicted frames {indices[0]}...{indices[-1]} is in the video'
+    )
   if missing:
-    print(f"warning: {video_path}: {len(missing)} predicted frame(s) past its last frame "
-          f"(from {missing[0]}) not drawn", file=sys.stderr)
+    print(
+      f'warning: {video_path}: {len(missing)} predicted frame(s) past its last frame '
+      f'(from {missing[0]}) not drawn',
+      file=sys.stderr,
+    )
   return frames
 
 
-def draw_pictures(frames: dict[int, np.ndarray], pred_frames, pred_action, gt_action,
-                  gt_frames, *, sheet: bool) -> list[np.ndarray]:
+def draw_pictures(
+  frames: dict[int, np.ndarray], pred_frames, pred_action, gt_action, gt_frames, *, sheet: bool
+) -> list[np.ndarray]:
   """One picture per decoded frame: the parsing drawn at the display scale, a header."""
   height, width = next(iter(frames.values())).shape[:2]
   scale = _SCALE.value or drawing.auto_scale(width)
@@ -238,11 +269,17 @@ def draw_pictures(frames: dict[int, np.ndarray], pred_frames, pred_action, gt_ac
   pictures = []
   for index, frame in sorted(frames.items()):
     picture = drawing.draw_frame(
-        frame, pred_frames[index], scale=scale, font_size=font_size,
-        gt_humans=None if gt_frames is None else gt_frames.get(index, []))
-    pictures.append(drawing.add_header(picture, action,
-                                       [(f"frame {index}", drawing.TEXT_COLOUR)],
-                                       font_size=font_size))
+      frame,
+      pred_frames[index],
+      scale=scale,
+      font_size=font_size,
+      gt_humans=None if gt_frames is None else gt_frames.get(index, []),
+    )
+    pictures.append(
+      drawing.add_header(
+        picture, action, [(f'frame {index}', drawing.TEXT_COLOUR)], font_size=font_size
+      )
+    )
   return pictures
 
 
@@ -252,26 +289,36 @@ def sheet_grid(count: int) -> tuple[int, int]:
   return columns, math.ceil(count / columns)
 
 
-def write_output(out: str, pictures: list[np.ndarray], *, name: str, video_path: str,
-                 predicted: int, indices: list[int]) -> tuple[int, int]:
+def write_output(
+  out: str,
+  pictures: list[np.ndarray],
+  *,
+  name: str,
+  video_path: str,
+  predicted: int,
+  indices: list[int],
+) -> tuple[int, int]:
   """Writes the pictures to `out` (by its extension) through a temporary file; returns
   the (height, width) written."""
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   ext = os.path.splitext(out)[1].lower()
-  tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{os.path.basename(out)}")
+  tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f'.tmp-{os.path.basename(out)}')
   try:
-    if ext == ".png":
+    if ext == '.png':
       sheet = drawing.contact_sheet(pictures, sheet_grid(len(pictures))[0])
       font_size = drawing.font_size_for(*pictures[0].shape[:2])
-      sheet = drawing.add_header(sheet, [(name, drawing.TEXT_COLOUR)],
-                                 [(f"{len(indices)} of {predicted} predicted frames",
-                                   drawing.TEXT_COLOUR)], font_size=font_size)
-      Image.fromarray(sheet).save(tmp, format="PNG")
+      sheet = drawing.add_header(
+        sheet,
+        [(name, drawing.TEXT_COLOUR)],
+        [(f'{len(indices)} of {predicted} predicted frames', drawing.TEXT_COLOUR)],
+        font_size=font_size,
+      )
+      Image.fromarray(sheet).save(tmp, format='PNG')
       size = sheet.shape[:2]
     else:
       size = pictures[0].shape[:2]
       fps = video_fps(video_path) / frame_gap(indices)
-      (write_gif if ext == ".gif" else write_mp4)(tmp, pictures, fps)
+      (write_gif if ext == '.gif' else write_mp4)(tmp, pictures, fps)
     os.replace(tmp, out)
     return size
   finally:
@@ -292,35 +339,42 @@ def video_fps(path: str) -> fractions.Fraction:
       stream = container.streams.video[0]
       rate = stream.average_rate or stream.guessed_rate
   except (av.FFmpegError, OSError, IndexError) as e:
-    raise video_lib.VideoError(f"{path}: cannot read the frame rate ({e})") from None
+    raise video_lib.VideoError(f'{path}: cannot read the frame rate ({e})') from None
   return fractions.Fraction(rate) if rate else fractions.Fraction(30)
 
 
 def write_gif(path: str, pictures: list[np.ndarray], fps: fractions.Fraction) -> None:
   images = [Image.fromarray(p) for p in pictures]
-  images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                 duration=10 * round(100 / fps), loop=0)   # GIF counts 1/100 s
+  images[0].save(
+    path,
+    format='GIF',
+    save_all=True,
+    append_images=images[1:],
+    duration=10 * round(100 / fps),
+    loop=0,
+  )  # GIF counts 1/100 s
 
 
 def write_mp4(path: str, pictures: list[np.ndarray], fps: fractions.Fraction) -> None:
   """H.264 (yuv420p, so even sides: an odd side gains a row / column) at `fps`."""
   height, width = pictures[0].shape[:2]
   even_height, even_width = height + height % 2, width + width % 2
-  with av.open(path, "w", format="mp4") as container:
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+  with av.open(path, 'w', format='mp4') as container:
+    codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
     stream = container.add_stream(codec, rate=fps)
     stream.time_base = 1 / fps
-    stream.width, stream.height, stream.pix_fmt = even_width, even_height, "yuv420p"
-    if codec == "libx264":
-      stream.options = {"crf": "18"}
+    stream.width, stream.height, stream.pix_fmt = even_width, even_height, 'yuv420p'
+    if codec == 'libx264':
+      stream.options = {'crf': '18'}
     for t, picture in enumerate(pictures):
-      padded = np.pad(picture, ((0, even_height - height), (0, even_width - width), (0, 0)),
-                      mode="edge")
-      frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+      padded = np.pad(
+        picture, ((0, even_height - height), (0, even_width - width), (0, 0)), mode='edge'
+      )
+      frame = av.VideoFrame.from_ndarray(padded, format='rgb24')
       frame.pts = t
       container.mux(stream.encode(frame))
     container.mux(stream.encode())
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   cli.run(main)

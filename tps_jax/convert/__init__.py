@@ -7,11 +7,25 @@ and Video Swin arches) and checked against the model's parameter shapes.
 `init_from` reads (checkpoint.py); command line:
 `python -m tps_jax.convert --arch swin_l --input X.pth --out DIR`.
 """
+
 from tps_jax.convert.checkpoint import convert_checkpoint, write_checkpoint
 from tps_jax.convert.io import ConversionError, read_state_dict
-from tps_jax.convert.registry import (Conversion, convert_state_dict, load_pytorch_weights,
-                                      register, supported_archs)
+from tps_jax.convert.registry import (
+  Conversion,
+  convert_state_dict,
+  load_pytorch_weights,
+  register,
+  supported_archs,
+)
 
-__all__ = ['Conversion', 'ConversionError', 'convert_checkpoint', 'convert_state_dict',
-           'load_pytorch_weights', 'read_state_dict', 'register', 'supported_archs',
-           'write_checkpoint']
+__all__ = [
+  'Conversion',
+  'ConversionError',
+  'convert_checkpoint',
+  'convert_state_dict',
+  'load_pytorch_weights',
+  'read_state_dict',
+  'register',
+  'supported_archs',
+  'write_checkpoint',
+]

@@ -11,12 +11,13 @@ complete. `tps_jax.train.checkpointing.load_collections(DIR, prefix)` reads it (
 trainer's `init_from`). Every tensor loaded or skipped is reported (`report_lines`,
 through `say`); errors are a one-line ConversionError, and nothing is written.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from tps_jax.convert.io import ConversionError, read_state_dict
 from tps_jax.convert.registry import Conversion, convert_state_dict, get_converter
@@ -26,21 +27,27 @@ def report_lines(conversion: Conversion, source: str) -> list[str]:
   """What was loaded (checkpoint key -> flax path, shape), skipped (and why), adapted."""
   lines = [f'{source}: {conversion.flavour}']
   for path in sorted(conversion.params):
-    lines.append(f'  loaded  {conversion.sources[path]} -> {path} '
-                 f'{tuple(conversion.params[path].shape)}')
+    lines.append(
+      f'  loaded  {conversion.sources[path]} -> {path} {tuple(conversion.params[path].shape)}'
+    )
   for path in sorted(conversion.model_state):
-    lines.append(f'  loaded  {conversion.sources.get(path, path)} -> {path} '
-                 f'{tuple(conversion.model_state[path].shape)}')
+    lines.append(
+      f'  loaded  {conversion.sources.get(path, path)} -> {path} '
+      f'{tuple(conversion.model_state[path].shape)}'
+    )
   for key in sorted(conversion.skipped):
     lines.append(f'  skipped {key}: {conversion.skipped[key]}')
   lines += [f'  note: {note}' for note in conversion.notes]
-  lines.append(f'loaded {len(conversion.params) + len(conversion.model_state)} tensors, '
-               f'skipped {len(conversion.skipped)}')
+  lines.append(
+    f'loaded {len(conversion.params) + len(conversion.model_state)} tensors, '
+    f'skipped {len(conversion.skipped)}'
+  )
   return lines
 
 
-def write_checkpoint(conversion: Conversion, arch: str, source: str, output: str,
-                     overwrite: bool = False) -> None:
+def write_checkpoint(
+  conversion: Conversion, arch: str, source: str, output: str, overwrite: bool = False
+) -> None:
   """DIR/variables + DIR/model.json, written to a temporary sibling and renamed."""
   import orbax.checkpoint as ocp  # only needed here: keeps `--help` fast
 
@@ -56,9 +63,17 @@ def write_checkpoint(conversion: Conversion, arch: str, source: str, output: str
     checkpointer.save(os.path.join(tmp, 'variables'), conversion.variables())
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
-      json.dump({'arch': arch, 'model_kwargs': conversion.model_kwargs,
-                 'flavour': conversion.flavour, 'source': os.path.abspath(source)},
-                f, indent=2, default=str)
+      json.dump(
+        {
+          'arch': arch,
+          'model_kwargs': conversion.model_kwargs,
+          'flavour': conversion.flavour,
+          'source': os.path.abspath(source),
+        },
+        f,
+        indent=2,
+        default=str,
+      )
       f.write('\n')
     old = f'{output}.old-{os.getpid()}'
     if os.path.exists(output):
@@ -71,19 +86,25 @@ def write_checkpoint(conversion: Conversion, arch: str, source: str, output: str
       shutil.rmtree(tmp)
 
 
-def convert_checkpoint(arch: str, input_path: str, out: str, *,
-                       window: Sequence[int] | None = None, overwrite: bool = False,
-                       say: Callable[[str], None] = print) -> Conversion:
+def convert_checkpoint(
+  arch: str,
+  input_path: str,
+  out: str,
+  *,
+  window: Sequence[int] | None = None,
+  overwrite: bool = False,
+  say: Callable[[str], None] = print,
+) -> Conversion:
   """Converts `input_path` (.pth / .pt / .bin read weights-only, or .safetensors) for
   `arch` and writes it to `out`; `window` resizes the relative position bias tables
   (e.g. (12, 12) or (16, 7, 7)). Says what was loaded and skipped, then where it wrote."""
   get_converter(arch)
   if os.path.exists(out) and not overwrite:
-    raise ConversionError(f'{os.path.abspath(out)}: already exists (pass --overwrite to '
-                          'replace it)')
+    raise ConversionError(
+      f'{os.path.abspath(out)}: already exists (pass --overwrite to replace it)'
+    )
   overrides = {'window_size': tuple(window)} if window else {}
-  conversion = convert_state_dict(read_state_dict(input_path), arch, source=input_path,
-                                  **overrides)
+  conversion = convert_state_dict(read_state_dict(input_path), arch, source=input_path, **overrides)
   say('\n'.join(report_lines(conversion, input_path)))
   write_checkpoint(conversion, arch, input_path, out, overwrite)
   say(f'wrote {os.path.abspath(out)}')

@@ -23,11 +23,13 @@ Class heads: `num_classes=N` (a model override) other than the checkpoint's coun
 re-initialises the classifier and any class-specific regressor (named in the notes and
 `skipped`); class-agnostic regressors are kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,51 +46,52 @@ from tps_jax.models.resnet import ResNet
 
 @dataclasses.dataclass(frozen=True)
 class DetectorArch:
-  flavour: str           # 'torchvision' | 'mmdetection'
-  backbone: str          # a detector_backbone arch
+  flavour: str  # 'torchvision' | 'mmdetection'
+  backbone: str  # a detector_backbone arch
 
 
 DETECTOR_ARCHS = {
-    "fasterrcnn_resnet50_fpn": DetectorArch("torchvision", "resnet50"),
-    "faster_rcnn_r50_fpn": DetectorArch("mmdetection", "resnet50"),
-    "cascade_rcnn_r50_fpn": DetectorArch("mmdetection", "resnet50"),
-    "cascade_rcnn_r101_fpn": DetectorArch("mmdetection", "resnet101"),
-    "cascade_rcnn_x101_32x4d_fpn": DetectorArch("mmdetection", "resnext101_32x4d"),
-    "cascade_rcnn_x101_64x4d_fpn": DetectorArch("mmdetection", "resnext101_64x4d"),
-    "cascade_rcnn_swin_t_fpn": DetectorArch("mmdetection", "swin_t"),
-    "cascade_rcnn_swin_s_fpn": DetectorArch("mmdetection", "swin_s"),
-    "cascade_rcnn_swin_b_fpn": DetectorArch("mmdetection", "swin_b"),
-    "cascade_rcnn_swin_l_fpn": DetectorArch("mmdetection", "swin_l"),
+  'fasterrcnn_resnet50_fpn': DetectorArch('torchvision', 'resnet50'),
+  'faster_rcnn_r50_fpn': DetectorArch('mmdetection', 'resnet50'),
+  'cascade_rcnn_r50_fpn': DetectorArch('mmdetection', 'resnet50'),
+  'cascade_rcnn_r101_fpn': DetectorArch('mmdetection', 'resnet101'),
+  'cascade_rcnn_x101_32x4d_fpn': DetectorArch('mmdetection', 'resnext101_32x4d'),
+  'cascade_rcnn_x101_64x4d_fpn': DetectorArch('mmdetection', 'resnext101_64x4d'),
+  'cascade_rcnn_swin_t_fpn': DetectorArch('mmdetection', 'swin_t'),
+  'cascade_rcnn_swin_s_fpn': DetectorArch('mmdetection', 'swin_s'),
+  'cascade_rcnn_swin_b_fpn': DetectorArch('mmdetection', 'swin_b'),
+  'cascade_rcnn_swin_l_fpn': DetectorArch('mmdetection', 'swin_l'),
 }
-_CONVENTION = {"torchvision": "torchvision", "mmdetection": "mmdet"}
+_CONVENTION = {'torchvision': 'torchvision', 'mmdetection': 'mmdet'}
 
 # Checkpoint module name -> (flax module, kind); kind 'fc_first' permutes (C,h,w) inputs.
 _TORCHVISION_HEADS = [
-    (re.compile(r"^rpn\.head\.conv(?:\.0\.0)?$"), "rpn_head/conv"),
-    (re.compile(r"^rpn\.head\.cls_logits$"), "rpn_head/objectness"),
-    (re.compile(r"^rpn\.head\.bbox_pred$"), "rpn_head/box_deltas"),
-    (re.compile(r"^roi_heads\.box_head\.fc6$"), "box_heads_0/fc_0"),
-    (re.compile(r"^roi_heads\.box_head\.fc7$"), "box_heads_0/fc_1"),
-    (re.compile(r"^roi_heads\.box_predictor\.cls_score$"), "box_heads_0/cls_score"),
-    (re.compile(r"^roi_heads\.box_predictor\.bbox_pred$"), "box_heads_0/bbox_pred"),
+  (re.compile(r'^rpn\.head\.conv(?:\.0\.0)?$'), 'rpn_head/conv'),
+  (re.compile(r'^rpn\.head\.cls_logits$'), 'rpn_head/objectness'),
+  (re.compile(r'^rpn\.head\.bbox_pred$'), 'rpn_head/box_deltas'),
+  (re.compile(r'^roi_heads\.box_head\.fc6$'), 'box_heads_0/fc_0'),
+  (re.compile(r'^roi_heads\.box_head\.fc7$'), 'box_heads_0/fc_1'),
+  (re.compile(r'^roi_heads\.box_predictor\.cls_score$'), 'box_heads_0/cls_score'),
+  (re.compile(r'^roi_heads\.box_predictor\.bbox_pred$'), 'box_heads_0/bbox_pred'),
 ]
-_MMDET_RPN = {"rpn_conv": "conv", "rpn_cls": "objectness", "rpn_reg": "box_deltas"}
+_MMDET_RPN = {'rpn_conv': 'conv', 'rpn_cls': 'objectness', 'rpn_reg': 'box_deltas'}
 _MMDET_BOX = re.compile(
-    r"^roi_head\.bbox_head\.(?:(\d+)\.)?(shared_fcs\.(\d+)|shared_convs\.(\d+)\.(conv|gn)"
-    r"|fc_cls|fc_reg)$")
-_MMDET_UNUSED = re.compile(r"^roi_head\.(mask_head|mask_roi_extractor|semantic_head)\.")
+  r'^roi_head\.bbox_head\.(?:(\d+)\.)?(shared_fcs\.(\d+)|shared_convs\.(\d+)\.(conv|gn)'
+  r'|fc_cls|fc_reg)$'
+)
+_MMDET_UNUSED = re.compile(r'^roi_head\.(mask_head|mask_roi_extractor|semantic_head)\.')
 # Keys of the RPN and RoI heads: every one must be understood (or be a mask branch).
-_HEAD_PREFIXES = ("rpn.", "roi_heads.", "rpn_head.", "roi_head.")
+_HEAD_PREFIXES = ('rpn.', 'roi_heads.', 'rpn_head.', 'roi_head.')
 
 
 def _leaf(path: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
   """A torch weight / bias of module `path` in flax layout (GroupNorm weight -> scale)."""
-  if leaf == "bias":
-    return f"{path}/bias", np.asarray(value, np.float32)
+  if leaf == 'bias':
+    return f'{path}/bias', np.asarray(value, np.float32)
   if value.ndim == 1:
-    return f"{path}/scale", np.asarray(value, np.float32)
+    return f'{path}/scale', np.asarray(value, np.float32)
   kernel = linear_to_flax(value) if value.ndim == 2 else conv_to_flax(value)
-  return f"{path}/kernel", np.asarray(kernel, np.float32)
+  return f'{path}/kernel', np.asarray(kernel, np.float32)
 
 
 def _chw_to_hwc_fc(weight: np.ndarray, channels: int) -> np.ndarray:
@@ -96,8 +99,9 @@ def _chw_to_hwc_fc(weight: np.ndarray, channels: int) -> np.ndarray:
   out, size = weight.shape
   side = int(round((size // channels) ** 0.5))
   if channels * side * side != size:
-    raise ConversionError(f"first box-head FC of {size} inputs is not {channels} "
-                          "channels x a square RoI")
+    raise ConversionError(
+      f'first box-head FC of {size} inputs is not {channels} channels x a square RoI'
+    )
   return weight.reshape(out, channels, side, side).transpose(0, 2, 3, 1).reshape(out, size)
 
 
@@ -109,137 +113,170 @@ def _head_tensors(state: Mapping[str, np.ndarray], flavour: str, fpn_channels: i
   """
   modules: dict[str, dict[str, np.ndarray]] = {}
   keys: dict[str, str] = {}
-  first_fc_input = {}      # stage -> channels of what its first FC flattens
+  first_fc_input = {}  # stage -> channels of what its first FC flattens
   for key, value in state.items():
-    module, _, leaf = key.rpartition(".")
+    module, _, leaf = key.rpartition('.')
     target = None
-    if flavour == "torchvision":
-      target = next((path for pattern, path in _TORCHVISION_HEADS if pattern.match(module)),
-                    None)
-    elif module.startswith("rpn_head."):
-      target = (f"rpn_head/{_MMDET_RPN[module[len('rpn_head.'):]]}"
-                if module[len("rpn_head."):] in _MMDET_RPN else None)
+    if flavour == 'torchvision':
+      target = next((path for pattern, path in _TORCHVISION_HEADS if pattern.match(module)), None)
+    elif module.startswith('rpn_head.'):
+      target = (
+        f'rpn_head/{_MMDET_RPN[module[len("rpn_head.") :]]}'
+        if module[len('rpn_head.') :] in _MMDET_RPN
+        else None
+      )
     elif match := _MMDET_BOX.match(module):
       stage = int(match[1] or 0)
       if match[3] is not None:
-        target = f"box_heads_{stage}/fc_{match[3]}"
+        target = f'box_heads_{stage}/fc_{match[3]}'
       elif match[4] is not None:
-        target = f"box_heads_{stage}/{'conv' if match[5] == 'conv' else 'gn'}_{match[4]}"
+        target = f'box_heads_{stage}/{"conv" if match[5] == "conv" else "gn"}_{match[4]}'
       else:
-        target = f"box_heads_{stage}/{'cls_score' if match[2] == 'fc_cls' else 'bbox_pred'}"
+        target = f'box_heads_{stage}/{"cls_score" if match[2] == "fc_cls" else "bbox_pred"}'
     if target is not None:
       modules.setdefault(target, {})[leaf] = np.asarray(value, np.float32)
-      keys[f"{target}/{leaf}"] = key
+      keys[f'{target}/{leaf}'] = key
   for path in list(modules):
-    stage = path.split("/")[0]
-    if path.endswith("/conv_0"):
-      first_fc_input[stage] = modules[path]["weight"].shape[0]
-  for stage in {p.split("/")[0] for p in modules if p.startswith("box_heads_")}:
-    fc = modules.get(f"{stage}/fc_0")
+    stage = path.split('/')[0]
+    if path.endswith('/conv_0'):
+      first_fc_input[stage] = modules[path]['weight'].shape[0]
+  for stage in {p.split('/')[0] for p in modules if p.startswith('box_heads_')}:
+    fc = modules.get(f'{stage}/fc_0')
     if fc is not None:
-      fc["weight"] = _chw_to_hwc_fc(fc["weight"], first_fc_input.get(stage, fpn_channels))
-  if flavour == "torchvision":
-    cls = modules.get("box_heads_0/cls_score")
-    if cls is not None:      # background first -> last
-      order = np.r_[1:cls["weight"].shape[0], 0]
-      modules["box_heads_0/cls_score"] = {k: v[order] for k, v in cls.items()}
-    box = modules.get("box_heads_0/bbox_pred")
-    if box is not None:      # drop the background's box
-      modules["box_heads_0/bbox_pred"] = {k: v[4:] for k, v in box.items()}
+      fc['weight'] = _chw_to_hwc_fc(fc['weight'], first_fc_input.get(stage, fpn_channels))
+  if flavour == 'torchvision':
+    cls = modules.get('box_heads_0/cls_score')
+    if cls is not None:  # background first -> last
+      order = np.r_[1 : cls['weight'].shape[0], 0]
+      modules['box_heads_0/cls_score'] = {k: v[order] for k, v in cls.items()}
+    box = modules.get('box_heads_0/bbox_pred')
+    if box is not None:  # drop the background's box
+      modules['box_heads_0/bbox_pred'] = {k: v[4:] for k, v in box.items()}
   return modules, keys
 
 
 def _head_structure(modules: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
   """RoI settings and num_classes read off the converted head tensors."""
-  stages = sorted({int(p.split("/")[0].rsplit("_", 1)[1]) for p in modules
-                   if p.startswith("box_heads_")})
+  stages = sorted(
+    {int(p.split('/')[0].rsplit('_', 1)[1]) for p in modules if p.startswith('box_heads_')}
+  )
   if not stages or stages != list(range(len(stages))):
-    raise ConversionError("no box head (roi_heads.box_predictor / roi_head.bbox_head.*) "
-                          "found, or its stages are not numbered 0..n-1")
-  head = lambda name: modules.get(f"box_heads_0/{name}")
-  if head("cls_score") is None or head("bbox_pred") is None:
-    raise ConversionError("the box head lacks its classifier or its regressor")
-  num_classes = head("cls_score")["weight"].shape[0] - 1
-  num_fcs = sum(1 for p in modules if re.fullmatch(r"box_heads_0/fc_\d+", p))
-  num_convs = sum(1 for p in modules if re.fullmatch(r"box_heads_0/conv_\d+", p))
-  reg_outputs = head("bbox_pred")["weight"].shape[0]
-  roi = dict(num_stages=len(stages), num_fcs=num_fcs, num_convs=num_convs,
-             class_agnostic=reg_outputs == 4)
+    raise ConversionError(
+      'no box head (roi_heads.box_predictor / roi_head.bbox_head.*) '
+      'found, or its stages are not numbered 0..n-1'
+    )
+  head = lambda name: modules.get(f'box_heads_0/{name}')
+  if head('cls_score') is None or head('bbox_pred') is None:
+    raise ConversionError('the box head lacks its classifier or its regressor')
+  num_classes = head('cls_score')['weight'].shape[0] - 1
+  num_fcs = sum(1 for p in modules if re.fullmatch(r'box_heads_0/fc_\d+', p))
+  num_convs = sum(1 for p in modules if re.fullmatch(r'box_heads_0/conv_\d+', p))
+  reg_outputs = head('bbox_pred')['weight'].shape[0]
+  roi = dict(
+    num_stages=len(stages), num_fcs=num_fcs, num_convs=num_convs, class_agnostic=reg_outputs == 4
+  )
   if num_fcs:
-    roi["fc_dim"] = head("fc_0")["weight"].shape[0]
+    roi['fc_dim'] = head('fc_0')['weight'].shape[0]
   if num_convs:
-    roi["conv_channels"] = head("conv_0")["weight"].shape[0]
+    roi['conv_channels'] = head('conv_0')['weight'].shape[0]
   if len(stages) < 3:
     defaults = cascade_rcnn.RoISettings()
-    roi.update(iou_thresholds=defaults.iou_thresholds[:len(stages)],
-               box_stds=defaults.box_stds[:len(stages)],
-               stage_weights=defaults.stage_weights[:len(stages)])
-  return {"num_classes": num_classes, "roi": roi}
+    roi.update(
+      iou_thresholds=defaults.iou_thresholds[: len(stages)],
+      box_stds=defaults.box_stds[: len(stages)],
+      stage_weights=defaults.stage_weights[: len(stages)],
+    )
+  return {'num_classes': num_classes, 'roi': roi}
 
 
 def _fresh_predictors(model: cascade_rcnn.CascadeRCNN, rng) -> dict:
   """Fresh {'cls_score', 'bbox_pred'} params of a stage (only those are initialised)."""
   roi = model.roi
-  head = cascade_rcnn.BoxHead(model.num_classes, roi.class_agnostic, 0, roi.conv_channels,
-                              0, roi.fc_dim)
-  width = roi.fc_dim if roi.num_fcs else roi.conv_channels * roi.output_size ** 2
-  params = head.init(rng, jnp.zeros((1, 1, 1, 1, width)))["params"]
+  head = cascade_rcnn.BoxHead(
+    model.num_classes, roi.class_agnostic, 0, roi.conv_channels, 0, roi.fc_dim
+  )
+  width = roi.fc_dim if roi.num_fcs else roi.conv_channels * roi.output_size**2
+  params = head.init(rng, jnp.zeros((1, 1, 1, 1, width)))['params']
   return jax.tree.map(np.asarray, params)
 
 
-def convert_detector(state: Mapping[str, np.ndarray], arch: str, *, num_classes=None,
-                     dtype=jnp.float32, rng=None, **overrides) -> Conversion:
+def convert_detector(
+  state: Mapping[str, np.ndarray],
+  arch: str,
+  *,
+  num_classes=None,
+  dtype=jnp.float32,
+  rng=None,
+  **overrides,
+) -> Conversion:
   """The registered converter of every `DETECTOR_ARCHS` name (see the module docstring).
 
   `overrides`: `backbone_overrides`, `neck`, `rpn`, `roi` (dicts of fields, as
   `cascade_rcnn.build_cascade_rcnn`).
   """
   if arch not in DETECTOR_ARCHS:
-    raise ConversionError(f"unknown detector arch {arch!r}; supported: "
-                          f"{', '.join(DETECTOR_ARCHS)}")
+    raise ConversionError(f'unknown detector arch {arch!r}; supported: {", ".join(DETECTOR_ARCHS)}')
   spec = DETECTOR_ARCHS[arch]
-  flavour_keys = {"torchvision": "rpn.head.", "mmdetection": "rpn_head."}
+  flavour_keys = {'torchvision': 'rpn.head.', 'mmdetection': 'rpn_head.'}
   if not any(k.startswith(flavour_keys[spec.flavour]) for k in state):
     raise ConversionError(
-        f"not a {spec.flavour} two-stage detector checkpoint (no {flavour_keys[spec.flavour]}* "
-        f"keys) for arch {arch}; first keys: {', '.join(list(state)[:5])}")
-  fpn_channels = next((v.shape[0] for k, v in state.items()
-                       if k.endswith(("fpn.layer_blocks.0.0.weight", "fpn_convs.0.conv.weight"))),
-                      256)
+      f'not a {spec.flavour} two-stage detector checkpoint (no {flavour_keys[spec.flavour]}* '
+      f'keys) for arch {arch}; first keys: {", ".join(list(state)[:5])}'
+    )
+  fpn_channels = next(
+    (
+      v.shape[0]
+      for k, v in state.items()
+      if k.endswith(('fpn.layer_blocks.0.0.weight', 'fpn_convs.0.conv.weight'))
+    ),
+    256,
+  )
   modules, head_keys = _head_tensors(state, spec.flavour, fpn_channels)
   found = _head_structure(modules)
-  backbone_overrides = dict(overrides.pop("backbone_overrides", None) or {})
-  if spec.backbone.startswith("swin"):
+  backbone_overrides = dict(overrides.pop('backbone_overrides', None) or {})
+  if spec.backbone.startswith('swin'):
     canonical = canonical_swin(dict(state))
     fields = checkpoint_fields(canonical)
-    backbone_overrides = {"patch_norm": fields["patch_norm"],
-                          "feature_norms": fields["feature_norms"], **backbone_overrides}
-  roi = {**found["roi"], **dict(overrides.pop("roi", None) or {})}
+    backbone_overrides = {
+      'patch_norm': fields['patch_norm'],
+      'feature_norms': fields['feature_norms'],
+      **backbone_overrides,
+    }
+  roi = {**found['roi'], **dict(overrides.pop('roi', None) or {})}
   model_kwargs = dict(
-      backbone=spec.backbone, num_classes=found["num_classes"] if num_classes is None
-      else int(num_classes), convention=_CONVENTION[spec.flavour],
-      backbone_overrides=backbone_overrides,
-      neck={"out_channels": int(fpn_channels), **dict(overrides.pop("neck", None) or {})},
-      rpn=dict(overrides.pop("rpn", None) or {}), roi=roi)
+    backbone=spec.backbone,
+    num_classes=found['num_classes'] if num_classes is None else int(num_classes),
+    convention=_CONVENTION[spec.flavour],
+    backbone_overrides=backbone_overrides,
+    neck={'out_channels': int(fpn_channels), **dict(overrides.pop('neck', None) or {})},
+    rpn=dict(overrides.pop('rpn', None) or {}),
+    roi=roi,
+  )
   if overrides:
-    raise ConversionError(f"{arch}: unknown model overrides {sorted(overrides)}")
+    raise ConversionError(f'{arch}: unknown model overrides {sorted(overrides)}')
   model = cascade_rcnn.build_cascade_rcnn(**model_kwargs, dtype=dtype)
-  source = f"{arch} checkpoint"
+  source = f'{arch} checkpoint'
 
   # Backbone and FPN.
   if isinstance(model.backbone, ResNet):
-    backbone = resnet_part(state, model.backbone, source=source).nested("backbone")
+    backbone = resnet_part(state, model.backbone, source=source).nested('backbone')
   else:
     params, sources, notes = swin_params(canonical, model.backbone)
-    backbone_sources = {f"backbone/{p}": k for p, k in sources.items()}
+    backbone_sources = {f'backbone/{p}': k for p, k in sources.items()}
     used = set(sources.values())
     skipped = {k: r for k, r in canonical.skipped.items()}
-    skipped.update({k: "not part of the Swin backbone" for k in state
-                    if k not in used and k not in skipped})
-    backbone = Part(canonical.flavour, {f"backbone/{p}": v for p, v in params.items()}, {},
-                    backbone_sources, skipped, [f"backbone: {n}" for n in notes])
-  neck = fpn_part(state, model.neck, stage_channels(model.backbone),
-                  source=source).nested("neck")
+    skipped.update(
+      {k: 'not part of the Swin backbone' for k in state if k not in used and k not in skipped}
+    )
+    backbone = Part(
+      canonical.flavour,
+      {f'backbone/{p}': v for p, v in params.items()},
+      {},
+      backbone_sources,
+      skipped,
+      [f'backbone: {n}' for n in notes],
+    )
+  neck = fpn_part(state, model.neck, stage_channels(model.backbone), source=source).nested('neck')
   parts = combine([backbone, neck])
 
   # RPN and box heads.
@@ -247,42 +284,54 @@ def convert_detector(state: Mapping[str, np.ndarray], arch: str, *, num_classes=
   sources = dict(parts.sources)
   skipped = {k: r for k, r in parts.skipped.items() if k not in head_keys.values()}
   notes = list(parts.notes)
-  reinit = found["num_classes"] != model.num_classes
+  reinit = found['num_classes'] != model.num_classes
   rng = jax.random.key(0) if rng is None else rng
   for path, tensors in modules.items():
-    module, name = path.split("/")
-    class_specific = name == "cls_score" or (name == "bbox_pred" and not model.roi.class_agnostic)
-    if reinit and class_specific and module.startswith("box_heads_"):
+    module, name = path.split('/')
+    class_specific = name == 'cls_score' or (name == 'bbox_pred' and not model.roi.class_agnostic)
+    if reinit and class_specific and module.startswith('box_heads_'):
       for leaf in tensors:
-        skipped[head_keys[f"{path}/{leaf}"]] = (
-            f"class head of {found['num_classes']} classes; the model has "
-            f"{model.num_classes}: re-initialised")
-      stage = int(module.rsplit("_", 1)[1])
+        skipped[head_keys[f'{path}/{leaf}']] = (
+          f'class head of {found["num_classes"]} classes; the model has '
+          f'{model.num_classes}: re-initialised'
+        )
+      stage = int(module.rsplit('_', 1)[1])
       fresh = _fresh_predictors(model, jax.random.fold_in(rng, stage))
       for leaf, value in fresh[name].items():
-        params[f"{path}/{leaf}"] = value
-      notes.append(f"{path} re-initialised ({model.num_classes} classes)")
+        params[f'{path}/{leaf}'] = value
+      notes.append(f'{path} re-initialised ({model.num_classes} classes)')
       continue
     for leaf, value in tensors.items():
       flax_path, flax_value = _leaf(path, leaf, value)
       params[flax_path] = flax_value
-      sources[flax_path] = head_keys[f"{path}/{leaf}"]
+      sources[flax_path] = head_keys[f'{path}/{leaf}']
   mapped = set(head_keys.values())
-  unknown = [k for k in state if k.startswith(_HEAD_PREFIXES) and k not in mapped
-             and not _MMDET_UNUSED.match(k)]
+  unknown = [
+    k
+    for k in state
+    if k.startswith(_HEAD_PREFIXES) and k not in mapped and not _MMDET_UNUSED.match(k)
+  ]
   if unknown:
-    raise ConversionError(f"{source}: keys of an RPN / RoI head this arch does not have "
-                          f"({spec.flavour} naming): {', '.join(unknown)}")
+    raise ConversionError(
+      f'{source}: keys of an RPN / RoI head this arch does not have '
+      f'({spec.flavour} naming): {", ".join(unknown)}'
+    )
   for key in state:
     if _MMDET_UNUSED.match(key):
-      skipped[key] = "mask branch of a Cascade Mask R-CNN (not used)"
+      skipped[key] = 'mask branch of a Cascade Mask R-CNN (not used)'
   return Conversion(
-      model=model, params=params, sources=sources, skipped=skipped,
-      flavour=f"{spec.flavour} {'Faster' if model.roi.num_stages == 1 else 'Cascade'} "
-              f"R-CNN ({model.roi.num_stages} stage(s), {found['num_classes']} classes, "
-              f"{parts.flavour} backbone)",
-      init_inputs=(jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32),),
-      model_kwargs=model_kwargs, notes=notes, model_state=dict(parts.model_state))
+    model=model,
+    params=params,
+    sources=sources,
+    skipped=skipped,
+    flavour=f'{spec.flavour} {"Faster" if model.roi.num_stages == 1 else "Cascade"} '
+    f'R-CNN ({model.roi.num_stages} stage(s), {found["num_classes"]} classes, '
+    f'{parts.flavour} backbone)',
+    init_inputs=(jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32),),
+    model_kwargs=model_kwargs,
+    notes=notes,
+    model_state=dict(parts.model_state),
+  )
 
 
 register(DETECTOR_ARCHS, convert_detector)

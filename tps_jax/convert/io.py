@@ -10,6 +10,7 @@ never needs it otherwise.
 Tensors come back as numpy arrays keyed by their state-dict names; floating point ones
 as float32 (parameters are float32 in tps_jax).
 """
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,8 @@ import os
 import pickletools
 import re
 import zipfile
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +28,18 @@ _WRAPPER_KEYS = ('state_dict', 'model', 'module', 'model_state', 'params')
 # Globals of a plain tensor file: torch's tensor / storage rebuilders and dtypes, and
 # the containers of a state dict.
 _PLAIN_GLOBAL = re.compile(r'^(torch\.|collections\.OrderedDict$|_codecs\.encode$)')
-_STRING_OPCODES = frozenset({'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'UNICODE',
-                             'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8'})
-_LISTED = 5   # names listed in an error before "and N more"
+_STRING_OPCODES = frozenset(
+  {
+    'STRING',
+    'BINSTRING',
+    'SHORT_BINSTRING',
+    'UNICODE',
+    'BINUNICODE',
+    'SHORT_BINUNICODE',
+    'BINUNICODE8',
+  }
+)
+_LISTED = 5  # names listed in an error before "and N more"
 
 
 class ConversionError(ValueError):
@@ -50,6 +61,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError, safe_open
+
   try:
     with safe_open(path, framework='numpy') as f:
       names = list(f.keys())
@@ -60,8 +72,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
       with safe_open(path, framework='flax') as f:
         state.update({name: np.asarray(f.get_tensor(name), np.float32) for name in bf16})
   except (SafetensorError, OSError, ValueError) as e:
-    raise ConversionError(f'{path}: not a readable safetensors file ({_first_line(e)})'
-                          ) from None
+    raise ConversionError(f'{path}: not a readable safetensors file ({_first_line(e)})') from None
   return {name: _as_float32(state[name]) for name in names}
 
 
@@ -69,8 +80,10 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise ConversionError(f'{path}: reading a torch checkpoint needs torch (pip install '
-                          'torch), or convert it to .safetensors') from None
+    raise ConversionError(
+      f'{path}: reading a torch checkpoint needs torch (pip install '
+      '"tps_jax[convert]"), or convert it to .safetensors'
+    ) from None
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for pickled objects / corrupt files.
@@ -86,15 +99,16 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 
 def _load_failure(path: str, error: Exception) -> str:
   """Why torch.load(weights_only=True) failed, on one line, without torch's advice."""
-  resave = ('re-save the state dict alone (torch.save(model.state_dict(), path)) or as '
-            '.safetensors')
+  resave = 're-save the state dict alone (torch.save(model.state_dict(), path)) or as .safetensors'
   try:
     foreign = [n for n in pickle_globals(path) if not _PLAIN_GLOBAL.match(n)]
   except Exception:  # pylint: disable=broad-except  (a file too damaged to scan)
     foreign = []
   if foreign:
-    return (f'{path}: not a plain tensor file: its pickle imports {listing(foreign)}, '
-            f'which a weights-only load refuses to run; {resave}')
+    return (
+      f'{path}: not a plain tensor file: its pickle imports {listing(foreign)}, '
+      f'which a weights-only load refuses to run; {resave}'
+    )
   # torch wraps its reason in advice to load with weights_only=False: the unsafe route,
   # not ours to pass on. The reason is the paragraph that does not mention it.
   paragraphs = [p.strip() for p in re.split(r'\n\s*\n', str(error)) if p.strip()]
@@ -126,7 +140,7 @@ def _globals_in(stream: io.BytesIO) -> list[str]:
   size = len(stream.getbuffer())
   while stream.tell() < size:
     try:
-      top = None   # the string on top of the stack, if the last opcode pushed one
+      top = None  # the string on top of the stack, if the last opcode pushed one
       for opcode, arg, _ in pickletools.genops(stream):
         name = opcode.name
         if name in ('GLOBAL', 'INST'):
@@ -161,8 +175,10 @@ def listing(items: list[str], limit: int = _LISTED, sep: str = ', ') -> str:
 def natural_key(name: str) -> tuple:
   """Order of tensor names in errors: parameters before BatchNorm statistics (they say
   more), numbers compared as numbers (blocks_6 before blocks_10)."""
-  return (name.startswith('batch_stats/'),
-          [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)])
+  return (
+    name.startswith('batch_stats/'),
+    [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)],
+  )
 
 
 def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
@@ -170,8 +186,9 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
   while isinstance(obj, Mapping) and not any(hasattr(v, 'shape') for v in obj.values()):
     inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
     if inner is None:
-      raise ConversionError(f'{path}: no state dict found (top-level keys: '
-                            f'{", ".join(map(str, list(obj)[:8]))})')
+      raise ConversionError(
+        f'{path}: no state dict found (top-level keys: {", ".join(map(str, list(obj)[:8]))})'
+      )
     obj = inner
   if not isinstance(obj, Mapping):
     raise ConversionError(f'{path}: holds a {type(obj).__name__}, not a state dict')
@@ -223,16 +240,22 @@ def torch_to_flax_leaf(path: str, value: np.ndarray) -> np.ndarray:
   return linear_to_flax(value) if value.ndim == 2 else conv_to_flax(value)
 
 
-def check_tree(expected: Mapping[str, tuple], got: Mapping[str, np.ndarray], source: str,
-               allow_missing: Iterable[str] = ()) -> None:
+def check_tree(
+  expected: Mapping[str, tuple],
+  got: Mapping[str, np.ndarray],
+  source: str,
+  allow_missing: Iterable[str] = (),
+) -> None:
   """Raises one ConversionError naming the first few missing / unexpected keys and shape
   mismatches ('and N more') of flat {path: array} `got` against flat
   {path: shape} `expected`."""
   missing = sorted(set(expected) - set(got) - set(allow_missing), key=natural_key)
   unexpected = sorted(set(got) - set(expected), key=natural_key)
-  mismatched = [f'{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k])}'
-                for k in sorted(set(expected) & set(got), key=natural_key)
-                if tuple(got[k].shape) != tuple(expected[k])]
+  mismatched = [
+    f'{k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k])}'
+    for k in sorted(set(expected) & set(got), key=natural_key)
+    if tuple(got[k].shape) != tuple(expected[k])
+  ]
   problems = []
   if missing:
     problems.append(f'missing keys: {listing(missing)}')

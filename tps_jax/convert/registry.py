@@ -27,31 +27,33 @@ imported on the first lookup (so importing tps_jax.convert stays light). A Swin
 backbone inside a detector reuses `tps_jax.convert.swin.canonical_swin` and
 `swin_params` (the detector's own keys are left in `Canonical.skipped`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from tps_jax.convert.io import (ConversionError, listing, natural_key, read_state_dict,
-                                unflatten)
+from tps_jax.convert.io import ConversionError, listing, natural_key, read_state_dict, unflatten
 
 
 @dataclasses.dataclass
 class Conversion:
   """A converter's result: a model and its flat params, with where each came from."""
+
   model: nn.Module
-  params: dict[str, np.ndarray]          # flat flax paths 'a/b/kernel' -> array
-  sources: dict[str, str]                # flax path -> the checkpoint key it came from
-  skipped: dict[str, str]                # checkpoint key -> why it was not used
-  flavour: str                           # the checkpoint's origin, in words
-  init_inputs: tuple                     # arrays / ShapeDtypeStructs that `init` the model
-  model_kwargs: dict[str, Any]           # build arguments beside the arch (JSON-able)
+  params: dict[str, np.ndarray]  # flat flax paths 'a/b/kernel' -> array
+  sources: dict[str, str]  # flax path -> the checkpoint key it came from
+  skipped: dict[str, str]  # checkpoint key -> why it was not used
+  flavour: str  # the checkpoint's origin, in words
+  init_inputs: tuple  # arrays / ShapeDtypeStructs that `init` the model
+  model_kwargs: dict[str, Any]  # build arguments beside the arch (JSON-able)
   init_kwargs: dict[str, Any] = dataclasses.field(default_factory=lambda: {'train': False})
   notes: list[str] = dataclasses.field(default_factory=list)  # e.g. inflation, resizing
   # Non-parameter collections, flat 'collection/a/b/leaf' -> array (BatchNorm statistics).
@@ -65,8 +67,12 @@ class Conversion:
 Converter = Callable[..., Conversion]
 _CONVERTERS: dict[str, Converter] = {}
 # Modules whose import registers converters.
-CONVERTER_MODULES = ('tps_jax.convert.swin', 'tps_jax.convert.resnet',
-                     'tps_jax.convert.detection', 'tps_jax.convert.one_stage')
+CONVERTER_MODULES = (
+  'tps_jax.convert.swin',
+  'tps_jax.convert.resnet',
+  'tps_jax.convert.detection',
+  'tps_jax.convert.one_stage',
+)
 
 
 def register(archs, converter: Converter) -> None:
@@ -106,31 +112,37 @@ def variable_shapes(conversion: Conversion) -> dict[str, tuple[int, ...]]:
 def check_params(conversion: Conversion, arch: str, source: str) -> None:
   """Raises one ConversionError naming the first few missing, unexpected and mis-shaped
   tensors, then 'and N more' (parameters and model state such as BatchNorm statistics)."""
-  expected = {(path[len('params/'):] if path.startswith('params/') else path): shape
-              for path, shape in variable_shapes(conversion).items()}
+  expected = {
+    (path[len('params/') :] if path.startswith('params/') else path): shape
+    for path, shape in variable_shapes(conversion).items()
+  }
   params = {**conversion.params, **conversion.model_state}
   sources = conversion.sources
   named = lambda path: sources.get(path, path)
   problems = []
   missing = sorted(set(expected) - set(params), key=natural_key)
   if missing:
-    problems.append(f'missing keys (model parameters the checkpoint lacks): '
-                    f'{listing(missing)}')
+    problems.append(f'missing keys (model parameters the checkpoint lacks): {listing(missing)}')
   unexpected = sorted((named(p) for p in set(params) - set(expected)), key=natural_key)
   if unexpected:
     problems.append(f'unexpected keys (not in the model): {listing(unexpected)}')
-  mismatched = [f'{named(p)} {tuple(params[p].shape)} vs model {p} {expected[p]}'
-                for p in sorted(set(params) & set(expected), key=natural_key)
-                if tuple(params[p].shape) != expected[p]]
+  mismatched = [
+    f'{named(p)} {tuple(params[p].shape)} vs model {p} {expected[p]}'
+    for p in sorted(set(params) & set(expected), key=natural_key)
+    if tuple(params[p].shape) != expected[p]
+  ]
   if mismatched:
     problems.append(f'shape mismatches (flax layout): {listing(mismatched, sep="; ")}')
   if problems:
-    raise ConversionError(f'{source}: the checkpoint ({conversion.flavour}) does not fit '
-                          f'arch {arch}: ' + ' | '.join(problems))
+    raise ConversionError(
+      f'{source}: the checkpoint ({conversion.flavour}) does not fit '
+      f'arch {arch}: ' + ' | '.join(problems)
+    )
 
 
-def convert_state_dict(state: dict[str, np.ndarray], arch: str, *, source: str = 'state dict',
-                       **model_overrides) -> Conversion:
+def convert_state_dict(
+  state: dict[str, np.ndarray], arch: str, *, source: str = 'state dict', **model_overrides
+) -> Conversion:
   """The checked conversion of an in-memory state dict (`source` names it in errors)."""
   converter = get_converter(arch)
   conversion = converter(state, arch, **model_overrides)

@@ -25,6 +25,7 @@ Adapting to the model, as the Video Swin / Swin fine-tuning code does:
 - a bias table of another window size (e.g. ImageNet-22K window 7 -> 384 window 12) is
   resized per axis with torch's bicubic interpolation (align_corners=False).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,37 +43,41 @@ from tps_jax.models.swin import SWIN_ARCHS, SwinTransformer, build_swin
 _BUFFERS = re.compile(r'(^|\.)(relative_position_index|attn_mask)$')
 _BLOCK_RULES: list[Rule] = [(r'\.mlp\.0\.', '.mlp.fc1.'), (r'\.mlp\.3\.', '.mlp.fc2.')]
 _TORCHVISION_2D: list[Rule] = [
-    (r'^features\.0\.0\.', 'patch_embed.proj.'),
-    (r'^features\.0\.2\.', 'patch_embed.norm.'),
-    (r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.'),
-    (r'^features\.(\d+)\.(norm|reduction)\.',
-     lambda m: f'layers.{(int(m[1]) - 2) // 2}.downsample.{m[2]}.'),
-    *_BLOCK_RULES,
+  (r'^features\.0\.0\.', 'patch_embed.proj.'),
+  (r'^features\.0\.2\.', 'patch_embed.norm.'),
+  (r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{(int(m[1]) - 1) // 2}.blocks.{m[2]}.'),
+  (
+    r'^features\.(\d+)\.(norm|reduction)\.',
+    lambda m: f'layers.{(int(m[1]) - 2) // 2}.downsample.{m[2]}.',
+  ),
+  *_BLOCK_RULES,
 ]
 _TORCHVISION_3D: list[Rule] = [
-    (r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{int(m[1]) // 2}.blocks.{m[2]}.'),
-    (r'^features\.(\d+)\.(norm|reduction)\.',
-     lambda m: f'layers.{(int(m[1]) - 1) // 2}.downsample.{m[2]}.'),
-    *_BLOCK_RULES,
+  (r'^features\.(\d+)\.(\d+)\.', lambda m: f'layers.{int(m[1]) // 2}.blocks.{m[2]}.'),
+  (
+    r'^features\.(\d+)\.(norm|reduction)\.',
+    lambda m: f'layers.{(int(m[1]) - 1) // 2}.downsample.{m[2]}.',
+  ),
+  *_BLOCK_RULES,
 ]
-_OPENMMLAB: list[Rule] = [   # mmdetection / mmpretrain's own Swin naming
-    (r'^patch_embed\.projection\.', 'patch_embed.proj.'),
-    (r'^stages\.(\d+)\.', r'layers.\1.'),
-    (r'\.attn\.w_msa\.', '.attn.'),
-    (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
-    (r'\.ffn\.layers\.1\.', '.mlp.fc2.'),
+_OPENMMLAB: list[Rule] = [  # mmdetection / mmpretrain's own Swin naming
+  (r'^patch_embed\.projection\.', 'patch_embed.proj.'),
+  (r'^stages\.(\d+)\.', r'layers.\1.'),
+  (r'\.attn\.w_msa\.', '.attn.'),
+  (r'\.ffn\.layers\.0\.0\.', '.mlp.fc1.'),
+  (r'\.ffn\.layers\.1\.', '.mlp.fc2.'),
 ]
-_HEADS = {'cls_head.fc_cls.': 'official Video Swin / mmaction2',
-          'head.fc.': 'mmpretrain'}
+_HEADS = {'cls_head.fc_cls.': 'official Video Swin / mmaction2', 'head.fc.': 'mmpretrain'}
 
 
 @dataclasses.dataclass
 class Canonical:
   """A Swin checkpoint in official names (no prefix)."""
+
   flavour: str
-  tensors: dict[str, np.ndarray]     # official name -> array (torch layout)
-  sources: dict[str, str]            # official name -> checkpoint key
-  skipped: dict[str, str]            # checkpoint key -> why it is not used
+  tensors: dict[str, np.ndarray]  # official name -> array (torch layout)
+  sources: dict[str, str]  # official name -> checkpoint key
+  skipped: dict[str, str]  # checkpoint key -> why it is not used
 
   @property
   def is_3d(self) -> bool:
@@ -83,7 +88,7 @@ def canonical_swin(state: dict[str, np.ndarray]) -> Canonical:
   """Detects the flavour of a Swin state dict and renames it to official names."""
   keys = set(state)
   skipped = {}
-  names = {key: key for key in state}     # name without prefix -> checkpoint key
+  names = {key: key for key in state}  # name without prefix -> checkpoint key
   if 'features.0.0.weight' in keys:
     flavour, rules = 'torchvision swin', _TORCHVISION_2D
   elif 'patch_embed.proj.weight' in keys and any(k.startswith('features.') for k in keys):
@@ -95,9 +100,9 @@ def canonical_swin(state: dict[str, np.ndarray]) -> Canonical:
     names = {}
     for key in state:
       if key.startswith('backbone.'):
-        names[key[len('backbone.'):]] = key
+        names[key[len('backbone.') :]] = key
       elif head and key.startswith(head):
-        names['head.' + key[len(head):]] = key
+        names['head.' + key[len(head) :]] = key
       else:
         skipped[key] = 'not part of a Swin classifier (neck, detection or other heads)'
     video = getattr(state.get('backbone.patch_embed.proj.weight'), 'ndim', 0) == 5
@@ -108,9 +113,10 @@ def canonical_swin(state: dict[str, np.ndarray]) -> Canonical:
       flavour += ' (OpenMMLab naming)'
   else:
     raise ConversionError(
-        'not a Swin checkpoint of a known flavour (torchvision swin / swin3d, official '
-        'Swin, official Video Swin / mmaction2, mmdetection / mmpretrain); first keys: '
-        f'{", ".join(sorted(keys)[:6])}')
+      'not a Swin checkpoint of a known flavour (torchvision swin / swin3d, official '
+      'Swin, official Video Swin / mmaction2, mmdetection / mmpretrain); first keys: '
+      f'{", ".join(sorted(keys)[:6])}'
+    )
   tensors, sources = {}, {}
   for new, old in rename(names, rules).items():
     key = names[old]
@@ -123,8 +129,9 @@ def canonical_swin(state: dict[str, np.ndarray]) -> Canonical:
     tensors[new] = value
     sources[new] = key
   if 'patch_embed.proj.weight' not in tensors:
-    raise ConversionError(f'{flavour} checkpoint without a patch embedding '
-                          '(patch_embed.proj.weight)')
+    raise ConversionError(
+      f'{flavour} checkpoint without a patch embedding (patch_embed.proj.weight)'
+    )
   return Canonical(flavour, tensors, sources, skipped)
 
 
@@ -134,17 +141,20 @@ def _unfold_to_official_order(name: str, value: np.ndarray) -> np.ndarray:
   if not re.search(r'\.downsample\.(reduction\.weight|norm\.(weight|bias))$', name):
     return value
   lead = value.shape[:-1]
-  value = value.reshape(*lead, -1, 2, 2)                       # (..., C, dh, dw)
-  return np.ascontiguousarray(np.moveaxis(value, -3, -1)       # (..., dh, dw, C)
-                              .swapaxes(-3, -2)).reshape(*lead, -1)  # (..., dw, dh, C)
+  value = value.reshape(*lead, -1, 2, 2)  # (..., C, dh, dw)
+  return np.ascontiguousarray(
+    np.moveaxis(value, -3, -1).swapaxes(-3, -2)  # (..., dh, dw, C)
+  ).reshape(*lead, -1)  # (..., dw, dh, C)
 
 
 def checkpoint_fields(canonical: Canonical) -> dict:
   """Model fields the checkpoint decides: head size, per-stage norms, patch norm."""
   head = canonical.tensors.get('head.weight')
-  return dict(num_classes=0 if head is None else int(head.shape[0]),
-              feature_norms=any(k.startswith('stage_norm.') for k in canonical.tensors),
-              patch_norm='patch_embed.norm.weight' in canonical.tensors)
+  return dict(
+    num_classes=0 if head is None else int(head.shape[0]),
+    feature_norms=any(k.startswith('stage_norm.') for k in canonical.tensors),
+    patch_norm='patch_embed.norm.weight' in canonical.tensors,
+  )
 
 
 # ------------------------------------------------------------------ bias-table adaptation
@@ -153,10 +163,13 @@ def checkpoint_fields(canonical: Canonical) -> dict:
 def torch_bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
   """(size_out, size_in) matrix of torch's bicubic interpolation along one axis
   (align_corners=False, border samples repeated)."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
-  def far(x):   # 1 < |x| < 2
+
+  def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
   matrix = np.zeros((size_out, size_in))
   for i in range(size_out):
     source = (i + 0.5) * size_in / size_out - 0.5
@@ -174,8 +187,9 @@ def table_window(length: int, ndim: int, spatial_hint: int | None = None) -> tup
     if side * side != length or side % 2 == 0:
       raise ConversionError(f'bias table of {length} rows is not a square odd side')
     return ((side + 1) // 2,) * 2
-  sides = [s for s in range(side, 0, -1) if s % 2 and length % (s * s) == 0
-           and (length // (s * s)) % 2]
+  sides = [
+    s for s in range(side, 0, -1) if s % 2 and length % (s * s) == 0 and (length // (s * s)) % 2
+  ]
   if spatial_hint in sides:
     sides = [spatial_hint]
   if not sides:
@@ -192,8 +206,9 @@ def adapt_bias_table(table: np.ndarray, source_window, target_window) -> np.ndar
   if len(source_window) == 2 and len(target_window) == 3:
     grid = np.repeat(grid[None], 2 * target_window[0] - 1, axis=0)
   elif len(source_window) != len(target_window):
-    raise ConversionError(f'cannot adapt a {len(source_window)}D bias table to a '
-                          f'{len(target_window)}D window')
+    raise ConversionError(
+      f'cannot adapt a {len(source_window)}D bias table to a {len(target_window)}D window'
+    )
   for axis, window in enumerate(target_window):
     size = 2 * window - 1
     if grid.shape[axis] != size:
@@ -202,8 +217,9 @@ def adapt_bias_table(table: np.ndarray, source_window, target_window) -> np.ndar
   return grid.reshape(-1, heads).astype(np.float32)
 
 
-def adapt_flax_leaf(name: str, value: np.ndarray, shape: tuple[int, ...],
-                    window_size: tuple[int, ...]) -> np.ndarray | None:
+def adapt_flax_leaf(
+  name: str, value: np.ndarray, shape: tuple[int, ...], window_size: tuple[int, ...]
+) -> np.ndarray | None:
   """A trained Swin's flax leaf reshaped for a Swin of `window_size` whose leaf has
   `shape`, as the import of a 2D checkpoint does: the patch-embedding kernel
   (H, W, C, D) inflated over the T frames of a (T, H, W, C, D) one (repeated, / T),
@@ -216,8 +232,9 @@ def adapt_flax_leaf(name: str, value: np.ndarray, shape: tuple[int, ...],
     side = math.isqrt(value.shape[0])
     source_ndim = 2 if side * side == value.shape[0] else 3
     try:
-      source_window = table_window(value.shape[0], source_ndim,
-                                   spatial_hint=2 * window_size[-1] - 1)
+      source_window = table_window(
+        value.shape[0], source_ndim, spatial_hint=2 * window_size[-1] - 1
+      )
       return adapt_bias_table(value, source_window, tuple(window_size))
     except ConversionError:
       return None
@@ -234,22 +251,22 @@ def _flax_path(name: str, value: np.ndarray, num_stages: int) -> str:
   if stage_norm:  # OpenMMLab's per-stage norms: the last one is the final `norm`
     stage = int(stage_norm[1]) + 1
     module = 'norm' if stage == num_stages else f'feature_norm_{stage}'
-    name = module + name[stage_norm.end() - 1:]
+    name = module + name[stage_norm.end() - 1 :]
   *path, leaf = name.split('.')
   if leaf == 'weight':
     leaf = 'scale' if value.ndim == 1 else 'kernel'
   return '/'.join([*path, leaf])
 
 
-def swin_params(canonical: Canonical, model: SwinTransformer
-                ) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+def swin_params(
+  canonical: Canonical, model: SwinTransformer
+) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
   """(flat flax params, {flax path: checkpoint key}, notes) of `model` from a checkpoint;
   inflates 2D into 3D and resizes bias tables as the model needs."""
   target_window = tuple(model.window_size)
   model_3d = len(model.patch_size) == 3
   if canonical.is_3d and not model_3d:
-    raise ConversionError('a video (3D) Swin checkpoint cannot initialise a 2D (image) '
-                          'Swin arch')
+    raise ConversionError('a video (3D) Swin checkpoint cannot initialise a 2D (image) Swin arch')
   notes = []
   params, sources = {}, {}
   resized = set()
@@ -260,8 +277,9 @@ def swin_params(canonical: Canonical, model: SwinTransformer
       notes.append(f'inflated the 2D patch embedding over {frames} frames')
     if name.endswith('relative_position_bias_table'):
       try:
-        source_window = table_window(value.shape[0], 3 if canonical.is_3d else 2,
-                                     spatial_hint=2 * target_window[-1] - 1)
+        source_window = table_window(
+          value.shape[0], 3 if canonical.is_3d else 2, spatial_hint=2 * target_window[-1] - 1
+        )
       except ConversionError as e:
         raise ConversionError(f'{canonical.sources[name]}: {e}') from None
       if source_window != target_window:
@@ -293,18 +311,23 @@ def convert_swin(state: dict[str, np.ndarray], arch: str, **overrides) -> Conver
   model_kwargs = {**checkpoint_fields(canonical), **overrides}
   model = build_swin(arch, **model_kwargs)
   if len(model.window_size) != len(model.patch_size):
-    raise ConversionError(f'window_size {tuple(model.window_size)} has not the '
-                          f'{len(model.patch_size)} axes of {arch}')
+    raise ConversionError(
+      f'window_size {tuple(model.window_size)} has not the {len(model.patch_size)} axes of {arch}'
+    )
   params, sources, notes = swin_params(canonical, model)
   patch = tuple(model.patch_size)
   init_shape = (1, *patch[:-2], *[p * 2 ** (len(model.depths) - 1) for p in patch[-2:]], 3)
   inflated = len(patch) == 3 and not canonical.is_3d
   return Conversion(
-      model=model, params=params, sources=sources, skipped=canonical.skipped,
-      flavour=f'{canonical.flavour}{" 2D, inflated" if inflated else ""}: '
-              f'{_geometry(canonical)}',
-      init_inputs=(jax.ShapeDtypeStruct(init_shape, jnp.float32),),
-      model_kwargs=model_kwargs, notes=notes)
+    model=model,
+    params=params,
+    sources=sources,
+    skipped=canonical.skipped,
+    flavour=f'{canonical.flavour}{" 2D, inflated" if inflated else ""}: {_geometry(canonical)}',
+    init_inputs=(jax.ShapeDtypeStruct(init_shape, jnp.float32),),
+    model_kwargs=model_kwargs,
+    notes=notes,
+  )
 
 
 register(SWIN_ARCHS, convert_swin)

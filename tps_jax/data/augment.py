@@ -13,10 +13,11 @@ Functions that move or cut boxes also return each box's visible fraction (area i
 the image after the operation / area before clipping), so that callers drop boxes that
 left the image and mark the ones that lost most of their area.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,11 +30,9 @@ MEAN_COLOR = tuple(int(round(v)) for v in IMAGENET_MEAN)
 Region = tuple[float, float, float, float]
 
 
-
-
 def normalization() -> dict[str, list[float]]:
   """`normalize`'s constants, as an export's metadata records them (on 0..255)."""
-  return {"mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist()}
+  return {'mean': IMAGENET_MEAN.tolist(), 'std': IMAGENET_STD.tolist()}
 
 
 _INV_STD = (1 / IMAGENET_STD).astype(np.float32)
@@ -43,12 +42,13 @@ _OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 def normalize(images: np.ndarray) -> np.ndarray:
   """uint8 RGB (..., 3) -> float32 (x - ImageNet mean) / ImageNet std (on 0..255)."""
   out = images.astype(np.float32)
-  out *= _INV_STD          # in place: one float32 array for the whole batch
+  out *= _INV_STD  # in place: one float32 array for the whole batch
   out += _OFFSET
   return out
 
 
 # ---------------------------------------------------------------------------- boxes
+
 
 def _edges(boxes: np.ndarray) -> np.ndarray:
   """Inclusive-pixel boxes -> edge boxes (x2 + 1, y2 + 1), float64."""
@@ -65,14 +65,20 @@ def _inclusive(edges: np.ndarray) -> np.ndarray:
 
 
 def _edge_area(edges: np.ndarray) -> np.ndarray:
-  return (np.clip(edges[:, 2] - edges[:, 0], 0, None) *
-          np.clip(edges[:, 3] - edges[:, 1], 0, None))
+  return np.clip(edges[:, 2] - edges[:, 0], 0, None) * np.clip(edges[:, 3] - edges[:, 1], 0, None)
 
 
 def _clip_edges(edges: np.ndarray, width: float, height: float):
   """Edge boxes clipped to [0, width] x [0, height] and their visible fraction."""
-  clipped = np.stack([np.clip(edges[:, 0], 0, width), np.clip(edges[:, 1], 0, height),
-                      np.clip(edges[:, 2], 0, width), np.clip(edges[:, 3], 0, height)], 1)
+  clipped = np.stack(
+    [
+      np.clip(edges[:, 0], 0, width),
+      np.clip(edges[:, 1], 0, height),
+      np.clip(edges[:, 2], 0, width),
+      np.clip(edges[:, 3], 0, height),
+    ],
+    1,
+  )
   area = _edge_area(edges)
   visible = np.where(area > 0, _edge_area(clipped) / np.maximum(area, 1e-12), 0.0)
   return clipped, visible.astype(np.float32)
@@ -83,12 +89,17 @@ def context_region(box: Sequence[float], width: int, height: int, margin: float)
   each side, clipped to the image (rounded outwards)."""
   x1, y1, x2, y2 = _edges(box)[0]
   dx, dy = margin * (x2 - x1), margin * (y2 - y1)
-  return (max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy)),
-          min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy)))
+  return (
+    max(0, math.floor(x1 - dx)),
+    max(0, math.floor(y1 - dy)),
+    min(width, math.ceil(x2 + dx)),
+    min(height, math.ceil(y2 + dy)),
+  )
 
 
-def jitter_boxes(rng: np.random.Generator, boxes: np.ndarray, amount: float,
-                 width: int, height: int) -> np.ndarray:
+def jitter_boxes(
+  rng: np.random.Generator, boxes: np.ndarray, amount: float, width: int, height: int
+) -> np.ndarray:
   """Moves each box side by up to `amount` x the box's width (x) or height (y),
   uniformly; the result is clipped to the image and stays at least one pixel wide."""
   edges = _edges(boxes)
@@ -102,6 +113,7 @@ def jitter_boxes(rng: np.random.Generator, boxes: np.ndarray, amount: float,
 
 
 # --------------------------------------------------------------------------- geometry
+
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mirrors the image left-right; column x goes to W - 1 - x. Callers swap left/right
@@ -123,12 +135,14 @@ def crop(image: np.ndarray, boxes: np.ndarray, region: Region):
 def resample(image: np.ndarray, region: Region, size: tuple[int, int]) -> np.ndarray:
   """`region` of the image (floats allowed) resized to size = (height, width), in one
   bilinear resampling."""
-  return np.asarray(Image.fromarray(image).resize(
-      (size[1], size[0]), Image.BILINEAR, box=tuple(float(v) for v in region)))
+  return np.asarray(
+    Image.fromarray(image).resize(
+      (size[1], size[0]), Image.BILINEAR, box=tuple(float(v) for v in region)
+    )
+  )
 
 
-def resize_region(image: np.ndarray, boxes: np.ndarray, region: Region,
-                  size: tuple[int, int]):
+def resize_region(image: np.ndarray, boxes: np.ndarray, region: Region, size: tuple[int, int]):
   """`resample` with boxes: (image, boxes, visible fraction)."""
   out_h, out_w = size
   left, top, right, bottom = region
@@ -157,7 +171,7 @@ def resize_pad(image: np.ndarray, boxes: np.ndarray, size: tuple[int, int]):
   resized, boxes = resize(image, boxes, content)
   canvas = np.empty((out_h, out_w, 3), np.uint8)
   canvas[...] = MEAN_COLOR
-  canvas[:content[0], :content[1]] = resized
+  canvas[: content[0], : content[1]] = resized
   return canvas, boxes, float(scale)
 
 
@@ -166,8 +180,9 @@ def rotate(image: np.ndarray, boxes: np.ndarray, degrees: float):
   MEAN_COLOR. Each box is re-fitted around its rotated corners and clipped:
   (image, boxes, visible fraction)."""
   height, width = image.shape[:2]
-  rotated = np.asarray(Image.fromarray(image).rotate(
-      degrees, resample=Image.BILINEAR, fillcolor=MEAN_COLOR))
+  rotated = np.asarray(
+    Image.fromarray(image).rotate(degrees, resample=Image.BILINEAR, fillcolor=MEAN_COLOR)
+  )
   theta = math.radians(degrees)
   cos, sin = math.cos(theta), math.sin(theta)
   edges = _edges(boxes)
@@ -181,8 +196,9 @@ def rotate(image: np.ndarray, boxes: np.ndarray, degrees: float):
   return rotated, _inclusive(fitted), visible
 
 
-def random_crop_region(rng: np.random.Generator, height: int, width: int,
-                       min_scale: float) -> Region:
+def random_crop_region(
+  rng: np.random.Generator, height: int, width: int, min_scale: float
+) -> Region:
   """An integer region whose sides are uniform in [min_scale, 1] x the image's, placed
   uniformly."""
   crop_h = max(1, round(height * rng.uniform(min_scale, 1.0)))
@@ -192,9 +208,13 @@ def random_crop_region(rng: np.random.Generator, height: int, width: int,
   return (left, top, left + crop_w, top + crop_h)
 
 
-def random_resized_crop_region(rng: np.random.Generator, height: int, width: int,
-                               area: tuple[float, float],
-                               aspect: tuple[float, float] = (3 / 4, 4 / 3)) -> Region:
+def random_resized_crop_region(
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  area: tuple[float, float],
+  aspect: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Region:
   """Inception-style multi-scale crop: area uniform in `area` x the image's, aspect
   ratio (w / h) log-uniform in `aspect`; the centred largest crop after 10 misses."""
   for _ in range(10):
@@ -217,6 +237,7 @@ def center_region(height: float, width: float, crop_h: float, crop_w: float) -> 
 
 # ----------------------------------------------------------------------------- colour
 
+
 def color_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) -> np.ndarray:
   """Brightness, contrast and saturation each scaled by a factor uniform in
   [1 - strength, 1 + strength]."""
@@ -233,8 +254,10 @@ def color_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) -
 
 # -------------------------------------------------------------------------------- time
 
-def clip_indices(num_frames: int, length: int, stride: int,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
+
+def clip_indices(
+  num_frames: int, length: int, stride: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
   """0-based indices of a clip of `length` frames `stride` apart: a uniformly random
   start with `rng`, the centred one without; a video shorter than the clip loops."""
   span = (length - 1) * stride + 1

@@ -30,6 +30,7 @@ problems. A finished dataset is kept (not rebuilt) unless `overwrite`; a finishe
 dataset built with other settings (split, crop margin, ...) is a `BuildError` until
 `overwrite`. What it does is reported line by line through `say` (default print).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,8 @@ import io
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -54,43 +56,77 @@ class BuildError(ValueError):
 ERRORS = (BuildError, tps.AnnotationError, video_lib.VideoError)
 
 
-def check_arguments(*, data_root: str | None, video_folder: str | None, name: str | None,
-                    datasets: Sequence[str], val_fraction: float, frames_dir: str | None,
-                    jpeg_quality: int, pseudo_labels: str | None, pseudo_positive: float,
-                    pseudo_low: float, jobs: int) -> None:
+def check_arguments(
+  *,
+  data_root: str | None,
+  video_folder: str | None,
+  name: str | None,
+  datasets: Sequence[str],
+  val_fraction: float,
+  frames_dir: str | None,
+  jpeg_quality: int,
+  pseudo_labels: str | None,
+  pseudo_positive: float,
+  pseudo_low: float,
+  jobs: int,
+) -> None:
   """Raises BuildError naming the first argument build_datasets cannot use."""
   unknown = [d for d in datasets if d not in builders.DATASETS]
   problems = [
-      (bool(data_root) == bool(video_folder),
-       "give one dataset source: data_root (a Kinetics-TPS root) or video_folder"),
-      (bool(video_folder) and not name, "video_folder needs a dataset name"),
-      (bool(name) and not video_folder,
-       f"name={name}: only for video_folder (Kinetics-TPS datasets are named tps_<dataset>)"),
-      (bool(video_folder) and bool(frames_dir or pseudo_labels),
-       "frames_dir and pseudo_labels are for a Kinetics-TPS data_root"),
-      (bool(unknown) or not datasets,
-       f"datasets: unknown dataset(s) {', '.join(unknown) or '(none)'}; choose from "
-       f"{','.join(builders.DATASETS)}"),
-      (not 0.0 <= val_fraction < 1.0, f"val_fraction={val_fraction}: must be in [0, 1)"),
-      (jobs < 1, f"jobs={jobs}: must be at least 1"),
-      (not 1 <= jpeg_quality <= 100, f"jpeg_quality={jpeg_quality}: must be in 1..100"),
-      (not 0.0 <= pseudo_low <= pseudo_positive,
-       f"pseudo_low={pseudo_low}, pseudo_positive={pseudo_positive}: need 0 <= pseudo_low "
-       "<= pseudo_positive")]
+    (
+      bool(data_root) == bool(video_folder),
+      'give one dataset source: data_root (a Kinetics-TPS root) or video_folder',
+    ),
+    (bool(video_folder) and not name, 'video_folder needs a dataset name'),
+    (
+      bool(name) and not video_folder,
+      f'name={name}: only for video_folder (Kinetics-TPS datasets are named tps_<dataset>)',
+    ),
+    (
+      bool(video_folder) and bool(frames_dir or pseudo_labels),
+      'frames_dir and pseudo_labels are for a Kinetics-TPS data_root',
+    ),
+    (
+      bool(unknown) or not datasets,
+      f'datasets: unknown dataset(s) {", ".join(unknown) or "(none)"}; choose from '
+      f'{",".join(builders.DATASETS)}',
+    ),
+    (not 0.0 <= val_fraction < 1.0, f'val_fraction={val_fraction}: must be in [0, 1)'),
+    (jobs < 1, f'jobs={jobs}: must be at least 1'),
+    (not 1 <= jpeg_quality <= 100, f'jpeg_quality={jpeg_quality}: must be in 1..100'),
+    (
+      not 0.0 <= pseudo_low <= pseudo_positive,
+      f'pseudo_low={pseudo_low}, pseudo_positive={pseudo_positive}: need 0 <= pseudo_low '
+      '<= pseudo_positive',
+    ),
+  ]
   for bad, message in problems:
     if bad:
       raise BuildError(message)
 
 
-def build_datasets(data_root: str | None = None, *, video_folder: str | None = None,
-                   name: str | None = None, out: str | None = None,
-                   datasets: Sequence[str] = builders.DATASETS, val_fraction: float = 0.1,
-                   seed: int = 0, frames_dir: str | None = None, context: float = 0.1,
-                   clip_short_side: int = 256, jpeg_quality: int = 90,
-                   pseudo_labels: str | None = None, pseudo_positive: float = 0.4,
-                   pseudo_low: float = 0.1, jobs: int = 1, keep_going: bool = False,
-                   overwrite: bool = False, progress: bool = True,
-                   say: Callable[[str], None] = print) -> list[str]:
+def build_datasets(
+  data_root: str | None = None,
+  *,
+  video_folder: str | None = None,
+  name: str | None = None,
+  out: str | None = None,
+  datasets: Sequence[str] = builders.DATASETS,
+  val_fraction: float = 0.1,
+  seed: int = 0,
+  frames_dir: str | None = None,
+  context: float = 0.1,
+  clip_short_side: int = 256,
+  jpeg_quality: int = 90,
+  pseudo_labels: str | None = None,
+  pseudo_positive: float = 0.4,
+  pseudo_low: float = 0.1,
+  jobs: int = 1,
+  keep_going: bool = False,
+  overwrite: bool = False,
+  progress: bool = True,
+  say: Callable[[str], None] = print,
+) -> list[str]:
   """Builds the requested datasets (module docstring); returns the problems skipped
   with keep_going (empty otherwise).
 
@@ -116,83 +152,130 @@ def build_datasets(data_root: str | None = None, *, video_folder: str | None = N
     progress: progress bars.
     say: receives each line of the report (datasets kept, built, pseudo-label counts).
   """
-  check_arguments(data_root=data_root, video_folder=video_folder, name=name, datasets=datasets,
-                  val_fraction=val_fraction, frames_dir=frames_dir,
-                  jpeg_quality=jpeg_quality, pseudo_labels=pseudo_labels,
-                  pseudo_positive=pseudo_positive, pseudo_low=pseudo_low, jobs=jobs)
+  check_arguments(
+    data_root=data_root,
+    video_folder=video_folder,
+    name=name,
+    datasets=datasets,
+    val_fraction=val_fraction,
+    frames_dir=frames_dir,
+    jpeg_quality=jpeg_quality,
+    pseudo_labels=pseudo_labels,
+    pseudo_positive=pseudo_positive,
+    pseudo_low=pseudo_low,
+    jobs=jobs,
+  )
   problems: list[str] | None = [] if keep_going else None
-  options = builders.BuildOptions(context=context, clip_short_side=clip_short_side,
-                                  jpeg_quality=jpeg_quality, progress=progress)
+  options = builders.BuildOptions(
+    context=context, clip_short_side=clip_short_side, jpeg_quality=jpeg_quality, progress=progress
+  )
   if video_folder:
-    out = out or os.path.join(video_folder, "tfds")
+    out = out or os.path.join(video_folder, 'tfds')
     actions, entries = builders.scan_video_folder(video_folder, exclude=out)
-    todo_names = [(name, "action_clips")]
+    todo_names = [(name, 'action_clips')]
     vocab = None
     source = os.path.abspath(video_folder)
   else:
-    out = out or os.path.join(data_root, "tfds")
+    out = out or os.path.join(data_root, 'tfds')
     vocab = tps.Vocab.from_root(data_root)
-    entries = builders.list_kinetics_tps(data_root, vocab, frames_root=frames_dir,
-                                         problems=problems)
+    entries = builders.list_kinetics_tps(
+      data_root, vocab, frames_root=frames_dir, problems=problems
+    )
     actions = vocab.actions
     todo_names = [(builders.TFDS_NAMES[dataset], dataset) for dataset in datasets]
     source = os.path.abspath(data_root)
-  val_videos = builders.split_videos([(e.name, e.action) for e in entries], val_fraction,
-                                     seed)
-  shared = {"val_videos": val_videos, "val_fraction": val_fraction, "seed": seed,
-            "jpeg_quality": jpeg_quality}
-  pseudo = {"pseudo_labels": os.path.abspath(pseudo_labels), "pseudo_positive":
-            pseudo_positive, "pseudo_low": pseudo_low} if pseudo_labels else {}
+  val_videos = builders.split_videos([(e.name, e.action) for e in entries], val_fraction, seed)
+  shared = {
+    'val_videos': val_videos,
+    'val_fraction': val_fraction,
+    'seed': seed,
+    'jpeg_quality': jpeg_quality,
+  }
+  pseudo = (
+    {
+      'pseudo_labels': os.path.abspath(pseudo_labels),
+      'pseudo_positive': pseudo_positive,
+      'pseudo_low': pseudo_low,
+    }
+    if pseudo_labels
+    else {}
+  )
   todo = []
   for tfds_name, dataset in todo_names:
-    settings = _settings(dataset, shared, context=context, pseudo=pseudo,
-                         clip_short_side=clip_short_side)
+    settings = _settings(
+      dataset, shared, context=context, pseudo=pseudo, clip_short_side=clip_short_side
+    )
     if _reuse(out, tfds_name, settings, overwrite):
-      say(f"{builders.dataset_dir(out, tfds_name)}: already built, kept (--overwrite to "
-          "rebuild)")
+      say(f'{builders.dataset_dir(out, tfds_name)}: already built, kept (--overwrite to rebuild)')
     else:
       todo.append((tfds_name, dataset, settings))
   if not todo:
     return problems or []
   labels = None
-  if pseudo_labels and any(dataset == "parts" for _, dataset, _ in todo):
+  if pseudo_labels and any(dataset == 'parts' for _, dataset, _ in todo):
     labels = _pseudo_labels(pseudo_labels, entries, set(val_videos), say)
-  maker = builders.ExampleMaker(options, vocab=vocab, keep_going=keep_going,
-                                pseudo_labels=labels, positive=pseudo_positive,
-                                low=pseudo_low)
+  maker = builders.ExampleMaker(
+    options,
+    vocab=vocab,
+    keep_going=keep_going,
+    pseudo_labels=labels,
+    positive=pseudo_positive,
+    low=pseudo_low,
+  )
   found: list[str] = []
   tfds.disable_progress_bar()
   with builders.worker_pool(maker, jobs) as pool:
     for tfds_name, dataset, settings in todo:
-      metadata = {"settings": settings, "source": source, "actions": list(actions),
-                  "states": list(vocab.states if vocab else ()), "parts": list(tps.PARTS),
-                  "version": builders.VERSION}
+      metadata = {
+        'settings': settings,
+        'source': source,
+        'actions': list(actions),
+        'states': list(vocab.states if vocab else ()),
+        'parts': list(tps.PARTS),
+        'version': builders.VERSION,
+      }
       builder = builders.builder_class(tfds_name, dataset)(
-          entries=entries, val_videos=val_videos, maker=maker, pool=pool, problems=found,
-          metadata=metadata, data_dir=out, file_format="array_record")
+        entries=entries,
+        val_videos=val_videos,
+        maker=maker,
+        pool=pool,
+        problems=found,
+        metadata=metadata,
+        data_dir=out,
+        file_format='array_record',
+      )
       # TFDS prints its own lines while preparing; shown only with the progress bars.
-      with tempfile.TemporaryDirectory(prefix="tps_build_") as download_dir, \
-          contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
+      with (
+        tempfile.TemporaryDirectory(prefix='tps_build_') as download_dir,
+        contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()),
+      ):
         builder.download_and_prepare(download_dir=download_dir)
       directory = builders.dataset_dir(out, tfds_name)
-      if dataset == "part_states":
+      if dataset == 'part_states':
         builders.write_state_tables(directory)
-      counts = ", ".join(f"{split} {info.num_examples}"
-                         for split, info in sorted(builder.info.splits.items()))
-      say(f"{directory}: {counts} examples")
+      counts = ', '.join(
+        f'{split} {info.num_examples}' for split, info in sorted(builder.info.splits.items())
+      )
+      say(f'{directory}: {counts} examples')
   return list(dict.fromkeys((problems or []) + found))
 
 
-def _settings(dataset: str, shared: dict[str, Any], *, context: float,
-              pseudo: dict[str, Any], clip_short_side: int) -> dict[str, Any]:
+def _settings(
+  dataset: str,
+  shared: dict[str, Any],
+  *,
+  context: float,
+  pseudo: dict[str, Any],
+  clip_short_side: int,
+) -> dict[str, Any]:
   """The build settings a finished dataset must match to be reused."""
-  settings = {"dataset": dataset, **shared}
-  if dataset in ("parts", "part_states"):
-    settings["context"] = context
-  if dataset == "parts":
+  settings = {'dataset': dataset, **shared}
+  if dataset in ('parts', 'part_states'):
+    settings['context'] = context
+  if dataset == 'parts':
     settings.update(pseudo)
-  if dataset == "action_clips":
-    settings["clip_short_side"] = clip_short_side
+  if dataset == 'action_clips':
+    settings['clip_short_side'] = clip_short_side
   return settings
 
 
@@ -204,27 +287,34 @@ def _reuse(out: str, name: str, settings: dict, overwrite: bool) -> bool:
   if overwrite:
     shutil.rmtree(directory)
     return False
-  built = dict(tfds.builder_from_directory(directory).info.metadata.get("settings", {}))
-  if "stage" in built:   # built before the key was renamed
-    built["dataset"] = built.pop("stage")
+  built = dict(tfds.builder_from_directory(directory).info.metadata.get('settings', {}))
+  if 'stage' in built:  # built before the key was renamed
+    built['dataset'] = built.pop('stage')
   differs = sorted(k for k in set(built) | set(settings) if built.get(k) != settings.get(k))
   if differs:
-    raise BuildError(f"{directory}: built with other settings ({', '.join(differs)}); "
-                     "pass --overwrite to rebuild it")
+    raise BuildError(
+      f'{directory}: built with other settings ({", ".join(differs)}); '
+      'pass --overwrite to rebuild it'
+    )
   return True
 
 
-def _pseudo_labels(path: str, entries: Sequence[builders.VideoEntry],
-                   val_videos: set[str], say: Callable[[str], None]) -> builders.PseudoLabels:
+def _pseudo_labels(
+  path: str,
+  entries: Sequence[builders.VideoEntry],
+  val_videos: set[str],
+  say: Callable[[str], None],
+) -> builders.PseudoLabels:
   """The pseudo-labels of the train videos' annotated frames (val keeps its ground
   truth only); says how many entries are used and why the others are not."""
   labels = builders.load_pseudo_labels(path)
-  frames = {(e.name, index) for e in entries if e.name not in val_videos
-            for index in e.annotated}
+  frames = {(e.name, index) for e in entries if e.name not in val_videos for index in e.annotated}
   used = {key: value for key, value in labels.items() if key[:2] in frames}
   in_val = sum(1 for key in labels if key[0] in val_videos)
   unmatched = len(labels) - len(used) - in_val
-  say(f"pseudo-labels: {len(used)} humans of annotated train frames"
-      + (f"; {in_val} of val videos not used" if in_val else "")
-      + (f"; {unmatched} match no annotated frame" if unmatched else ""))
+  say(
+    f'pseudo-labels: {len(used)} humans of annotated train frames'
+    + (f'; {in_val} of val videos not used' if in_val else '')
+    + (f'; {unmatched} match no annotated frame' if unmatched else '')
+  )
   return used

@@ -42,6 +42,7 @@ each annotated human, `pseudo_part_boxes` adds the parts its annotation lacks: s
 it), lower -> nothing. Only `tps_parts` uses them (states of pseudo boxes are unknown),
 and only in the train split (val keeps its ground truth).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,37 +52,38 @@ import math
 import os
 import re
 import types
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from tps_jax.data import augment
+from tps_jax.data import augment, processes
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import processes
 from tps_jax.data import video as video_lib
 
 # The datasets built from a Kinetics-TPS root, stored as TFDS_NAMES (tps_<dataset>).
-DATASETS = ("humans", "parts", "part_states", "action_clips")
-TFDS_NAMES = {dataset: f"tps_{dataset}" for dataset in DATASETS}
-VERSION = "1.0.0"
-SPLITS = ("train", "val")
-STATE_TABLE = "part_states-{split}.npy"
+DATASETS = ('humans', 'parts', 'part_states', 'action_clips')
+TFDS_NAMES = {dataset: f'tps_{dataset}' for dataset in DATASETS}
+VERSION = '1.0.0'
+SPLITS = ('train', 'val')
+STATE_TABLE = 'part_states-{split}.npy'
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
   """A video to build from: its class, where its frames are, its annotated frames (read
   when its examples are made, so that memory does not grow with the dataset)."""
+
   name: str
   action: str
   label: int
   video_path: str
-  frames_dir: str | None = None          # folder of img_XXXXX.jpg, used when set
-  num_frames: int | None = None          # the flist's count (frame folders need it)
+  frames_dir: str | None = None  # folder of img_XXXXX.jpg, used when set
+  num_frames: int | None = None  # the flist's count (frame folders need it)
   annotation_dir: str | None = None
-  annotated: tuple[int, ...] = ()        # indices of the annotated frames
+  annotated: tuple[int, ...] = ()  # indices of the annotated frames
 
   def annotation_path(self, index: int) -> str:
     return os.path.join(self.annotation_dir, tps.frame_name(index))
@@ -89,16 +91,16 @@ class VideoEntry:
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
-  context: float = 0.1                   # crop margin, fraction of the human box size
-  clip_short_side: int = 256             # action clips: frames downscaled to this
+  context: float = 0.1  # crop margin, fraction of the human box size
+  clip_short_side: int = 256  # action clips: frames downscaled to this
   jpeg_quality: int = 90
   progress: bool = True
 
 
 # ------------------------------------------------------------------------------ split
 
-def split_videos(videos: Iterable[tuple[str, str]], val_fraction: float,
-                 seed: int) -> list[str]:
+
+def split_videos(videos: Iterable[tuple[str, str]], val_fraction: float, seed: int) -> list[str]:
   """The sorted names of the val videos among (name, action) pairs.
 
   round(val_fraction * n) videos (at least one when val_fraction > 0 and n >= 2), spread
@@ -107,7 +109,7 @@ def split_videos(videos: Iterable[tuple[str, str]], val_fraction: float,
   """
   videos = sorted(set(videos))
   if not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}')
   num_val = round(val_fraction * len(videos))
   if val_fraction > 0 and len(videos) >= 2:
     num_val = max(num_val, 1)
@@ -115,7 +117,7 @@ def split_videos(videos: Iterable[tuple[str, str]], val_fraction: float,
   by_class: dict[str, list[str]] = {}
   for name, action in videos:
     by_class.setdefault(action, []).append(name)
-  order = []   # (rank in its shuffled class, random tie-break, name)
+  order = []  # (rank in its shuffled class, random tie-break, name)
   for names in by_class.values():
     for rank, i in enumerate(rng.permutation(len(names))):
       order.append((rank, rng.random(), names[i]))
@@ -124,6 +126,7 @@ def split_videos(videos: Iterable[tuple[str, str]], val_fraction: float,
 
 # ------------------------------------------------------------------------------- scan
 
+
 def _record(problems: list[str] | None, error: Exception) -> None:
   """Raises `error` (strict) or appends its one-line message (keep going)."""
   if problems is None:
@@ -131,8 +134,9 @@ def _record(problems: list[str] | None, error: Exception) -> None:
   problems.append(str(error))
 
 
-def find_frames_dir(frames_root: str | None, action: str, name: str,
-                    split: str = "train") -> str | None:
+def find_frames_dir(
+  frames_root: str | None, action: str, name: str, split: str = 'train'
+) -> str | None:
   """The frame folder of a video under FRAMES_ROOT, when it exists.
 
   Accepts `python -m data_prep.extract_frames`'s layout FRAMES_ROOT/<split>/<action>/
@@ -140,8 +144,11 @@ def find_frames_dir(frames_root: str | None, action: str, name: str,
   """
   if not frames_root:
     return None
-  for folder in (os.path.join(frames_root, split, action, name),
-                 os.path.join(frames_root, action, name), os.path.join(frames_root, name)):
+  for folder in (
+    os.path.join(frames_root, split, action, name),
+    os.path.join(frames_root, action, name),
+    os.path.join(frames_root, name),
+  ):
     if os.path.isdir(folder):
       return folder
   return None
@@ -153,76 +160,93 @@ def check_frames_root(frames_root: str | None) -> None:
   if not frames_root:
     return
   if not os.path.isdir(frames_root):
-    raise tps.AnnotationError(f"{frames_root}: no such frames folder")
+    raise tps.AnnotationError(f'{frames_root}: no such frames folder')
   for folder in (frames_root, os.path.dirname(os.path.abspath(frames_root))):
-    settings_path = os.path.join(folder, "extract_frames.json")
+    settings_path = os.path.join(folder, 'extract_frames.json')
     if os.path.isfile(settings_path):
       with open(settings_path) as f:
-        short_side = json.load(f).get("short_side")
+        short_side = json.load(f).get('short_side')
       if short_side:
         raise tps.AnnotationError(
-            f"{settings_path}: frames were resized (short_side={short_side}); the "
-            "annotations' boxes are in the videos' pixels: extract without --short_side")
+          f'{settings_path}: frames were resized (short_side={short_side}); the '
+          "annotations' boxes are in the videos' pixels: extract without --short_side"
+        )
       return
 
 
-def list_kinetics_tps(root: str, vocab: tps.Vocab, *, frames_root: str | None = None,
-                      problems: list[str] | None = None) -> list[VideoEntry]:
+def list_kinetics_tps(
+  root: str, vocab: tps.Vocab, *, frames_root: str | None = None, problems: list[str] | None = None
+) -> list[VideoEntry]:
   """The annotated train videos of a Kinetics-TPS root; an annotation file past the
   video's frame count (list/video_train_flist.csv) is a problem."""
-  annotations = os.path.join(root, "train_annotations")
+  annotations = os.path.join(root, 'train_annotations')
   check_frames_root(frames_root)
   if not os.path.isdir(annotations):
-    raise tps.AnnotationError(f"{annotations}: no such folder (a Kinetics-TPS root has "
-                              "train_videos/, train_annotations/ and list/)")
+    raise tps.AnnotationError(
+      f'{annotations}: no such folder (a Kinetics-TPS root has '
+      'train_videos/, train_annotations/ and list/)'
+    )
   entries = []
-  for video in tps.iter_videos(root, "train", problems=problems):
+  for video in tps.iter_videos(root, 'train', problems=problems):
     annotated = []
     for index in video.annotated_frames():
       if index > video.num_frames:
-        _record(problems, tps.AnnotationError(
+        _record(
+          problems,
+          tps.AnnotationError(
             f"{video.annotation_path(index)}: frame {index} is past the video's "
-            f"{video.num_frames} frames"))
+            f'{video.num_frames} frames'
+          ),
+        )
       else:
         annotated.append(index)
-    entries.append(VideoEntry(
-        name=video.name, action=video.action, label=vocab.action_ids[video.action],
+    entries.append(
+      VideoEntry(
+        name=video.name,
+        action=video.action,
+        label=vocab.action_ids[video.action],
         video_path=video.video_path,
         frames_dir=find_frames_dir(frames_root, video.action, video.name),
-        num_frames=video.num_frames, annotation_dir=video.annotation_dir,
-        annotated=tuple(annotated)))
+        num_frames=video.num_frames,
+        annotation_dir=video.annotation_dir,
+        annotated=tuple(annotated),
+      )
+    )
   return entries
 
 
-def scan_video_folder(folder: str, *, exclude: str | None = None
-                      ) -> tuple[list[str], list[VideoEntry]]:
+def scan_video_folder(
+  folder: str, *, exclude: str | None = None
+) -> tuple[list[str], list[VideoEntry]]:
   """(class names, videos) of a folder of class sub-folders of videos; `exclude` (the
   output folder, when it lies inside) is not a class."""
   if not os.path.isdir(folder):
-    raise tps.AnnotationError(f"{folder}: no such folder")
+    raise tps.AnnotationError(f'{folder}: no such folder')
   excluded = os.path.realpath(exclude) if exclude else None
-  actions = sorted(d.name for d in os.scandir(folder)
-                   if d.is_dir() and not d.name.startswith(".") and
-                   os.path.realpath(d.path) != excluded)
+  actions = sorted(
+    d.name
+    for d in os.scandir(folder)
+    if d.is_dir() and not d.name.startswith('.') and os.path.realpath(d.path) != excluded
+  )
   entries, seen = [], {}
   for label, action in enumerate(actions):
     for item in sorted(os.scandir(os.path.join(folder, action)), key=lambda e: e.name):
       if item.is_file() and item.name.lower().endswith(tps.VIDEO_EXTENSIONS):
         name = tps.video_name_of(item.name)
         if name in seen:
-          raise tps.AnnotationError(f"{item.path}: video name {name!r} also in {seen[name]}")
+          raise tps.AnnotationError(f'{item.path}: video name {name!r} also in {seen[name]}')
         seen[name] = item.path
-        entries.append(VideoEntry(name=name, action=action, label=label,
-                                  video_path=item.path))
+        entries.append(VideoEntry(name=name, action=action, label=label, video_path=item.path))
   if not entries:
-    raise tps.AnnotationError(f"{folder}: no videos ({', '.join(tps.VIDEO_EXTENSIONS)}) "
-                              "in class sub-folders")
+    raise tps.AnnotationError(
+      f'{folder}: no videos ({", ".join(tps.VIDEO_EXTENSIONS)}) in class sub-folders'
+    )
   return actions, entries
 
 
 # ----------------------------------------------------------------------- pseudo-labels
 
-_FRAME_KEY = re.compile(r"^img_(\d{5,})\.json$")
+_FRAME_KEY = re.compile(r'^img_(\d{5,})\.json$')
 PseudoLabels = dict[tuple[str, int, int], dict[str, list[tuple[tuple[float, ...], float]]]]
 
 
@@ -233,55 +257,66 @@ def load_pseudo_labels(path: str) -> PseudoLabels:
     with open(path) as f:
       data = json.load(f)
   except OSError as e:
-    raise tps.AnnotationError(f"{path}: unreadable ({e.strerror or e})") from None
+    raise tps.AnnotationError(f'{path}: unreadable ({e.strerror or e})') from None
   except json.JSONDecodeError as e:
-    raise tps.AnnotationError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    raise tps.AnnotationError(f'{path}: not valid JSON ({e.msg} at line {e.lineno})') from None
   if not isinstance(data, dict):
-    raise tps.AnnotationError(f"{path}: top level must be an object keyed by video")
+    raise tps.AnnotationError(f'{path}: top level must be an object keyed by video')
   labels: PseudoLabels = {}
   for video, frames in data.items():
-    for frame, humans in _items(frames, f"{path}: {video}"):
+    for frame, humans in _items(frames, f'{path}: {video}'):
       match = _FRAME_KEY.match(frame)
       if not match:
-        raise tps.AnnotationError(f"{path}: {video}/{frame}: frame key must look like "
-                                  "img_00006.json")
-      for human, parts in _items(humans, f"{path}: {video}/{frame}"):
+        raise tps.AnnotationError(
+          f'{path}: {video}/{frame}: frame key must look like img_00006.json'
+        )
+      for human, parts in _items(humans, f'{path}: {video}/{frame}'):
         if not str(human).isdigit():
-          raise tps.AnnotationError(f"{path}: {video}/{frame}/{human}: human key must be "
-                                    "the human's number")
-        where = f"{path}: {video}/{frame}/{human}"
+          raise tps.AnnotationError(
+            f"{path}: {video}/{frame}/{human}: human key must be the human's number"
+          )
+        where = f'{path}: {video}/{frame}/{human}'
         entry = labels.setdefault((video, int(match.group(1)), int(human)), {})
         for part, proposals in _items(parts, where):
           if part not in tps.PARTS:
-            raise tps.AnnotationError(f"{where}/{part}: unknown part name")
-          entry[part] = [_proposal(p, f"{where}/{part}") for p in
-                         (proposals if isinstance(proposals, list) else [proposals])]
+            raise tps.AnnotationError(f'{where}/{part}: unknown part name')
+          entry[part] = [
+            _proposal(p, f'{where}/{part}')
+            for p in (proposals if isinstance(proposals, list) else [proposals])
+          ]
   return labels
 
 
 def _items(value: Any, where: str):
   if not isinstance(value, dict):
-    raise tps.AnnotationError(f"{where}: must be an object, got {type(value).__name__}")
+    raise tps.AnnotationError(f'{where}: must be an object, got {type(value).__name__}')
   return value.items()
 
 
 def _proposal(raw: Any, where: str) -> tuple[tuple[float, ...], float]:
-  box = raw.get("box") if isinstance(raw, dict) else None
-  score = raw.get("score") if isinstance(raw, dict) else None
-  if (not isinstance(box, list) or len(box) != 4 or
-      not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box) or
-      not (box[0] <= box[2] and box[1] <= box[3])):
-    raise tps.AnnotationError(f"{where}: box must be 4 finite numbers x1 <= x2, y1 <= y2; "
-                              f"got {raw!r}")
+  box = raw.get('box') if isinstance(raw, dict) else None
+  score = raw.get('score') if isinstance(raw, dict) else None
+  if (
+    not isinstance(box, list)
+    or len(box) != 4
+    or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+    or not (box[0] <= box[2] and box[1] <= box[3])
+  ):
+    raise tps.AnnotationError(
+      f'{where}: box must be 4 finite numbers x1 <= x2, y1 <= y2; got {raw!r}'
+    )
   if not isinstance(score, (int, float)) or not math.isfinite(score):
-    raise tps.AnnotationError(f"{where}: score must be a number, got {raw!r}")
+    raise tps.AnnotationError(f'{where}: score must be a number, got {raw!r}')
   return tuple(float(v) for v in box), float(score)
 
 
-def pseudo_part_boxes(annotated: Mapping[str, tps.Part],
-                      proposals: Mapping[str, Sequence[tuple[Sequence[float], float]]],
-                      *, positive: float = 0.4, low: float = 0.1
-                      ) -> list[tuple[str, tuple[float, ...], bool]]:
+def pseudo_part_boxes(
+  annotated: Mapping[str, tps.Part],
+  proposals: Mapping[str, Sequence[tuple[Sequence[float], float]]],
+  *,
+  positive: float = 0.4,
+  low: float = 0.1,
+) -> list[tuple[str, tuple[float, ...], bool]]:
   """(part, box, ignore) to add to a human: proposals for the parts its annotation
   lacks, positive when score > `positive`, ignore when `low` <= score <= `positive`."""
   extra = []
@@ -298,6 +333,7 @@ def pseudo_part_boxes(annotated: Mapping[str, tps.Part],
 
 # ---------------------------------------------------------------------------- examples
 
+
 def _jpeg_tensor():
   return tfds.features.Tensor(shape=(), dtype=np.object_)
 
@@ -308,24 +344,35 @@ def _scalar(dtype=np.int32):
 
 def dataset_features(dataset: str) -> tfds.features.FeaturesDict:
   """The TFDS features of a dataset's examples (see the module docstring)."""
-  common = {"video": tfds.features.Text(), "frame": _scalar()}
-  boxes = {"boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-           "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-           "ignore": tfds.features.Tensor(shape=(None,), dtype=np.bool_)}
-  crop = {"crop_box": tfds.features.Tensor(shape=(4,), dtype=np.float32), "human": _scalar(),
-          "action": _scalar()}
+  common = {'video': tfds.features.Text(), 'frame': _scalar()}
+  boxes = {
+    'boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+    'labels': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+    'ignore': tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+  }
+  crop = {
+    'crop_box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+    'human': _scalar(),
+    'action': _scalar(),
+  }
   num_parts = len(tps.PARTS)
   features = {
-      "humans": {**common, "image": _jpeg_tensor(), "action": _scalar(), **boxes},
-      "parts": {**common, "image": _jpeg_tensor(), **crop, **boxes},
-      "part_states": {
-          **common, "image": _jpeg_tensor(), **crop,
-          "part_boxes": tfds.features.Tensor(shape=(num_parts, 4), dtype=np.float32),
-          "part_valid": tfds.features.Tensor(shape=(num_parts,), dtype=np.bool_),
-          "part_state": tfds.features.Tensor(shape=(num_parts,), dtype=np.int32)},
-      "action_clips": {"video": tfds.features.Text(), "label": _scalar(),
-                       "num_frames": _scalar(),
-                       "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_)},
+    'humans': {**common, 'image': _jpeg_tensor(), 'action': _scalar(), **boxes},
+    'parts': {**common, 'image': _jpeg_tensor(), **crop, **boxes},
+    'part_states': {
+      **common,
+      'image': _jpeg_tensor(),
+      **crop,
+      'part_boxes': tfds.features.Tensor(shape=(num_parts, 4), dtype=np.float32),
+      'part_valid': tfds.features.Tensor(shape=(num_parts,), dtype=np.bool_),
+      'part_state': tfds.features.Tensor(shape=(num_parts,), dtype=np.int32),
+    },
+    'action_clips': {
+      'video': tfds.features.Text(),
+      'label': _scalar(),
+      'num_frames': _scalar(),
+      'frames': tfds.features.Tensor(shape=(None,), dtype=np.object_),
+    },
   }[dataset]
   return tfds.features.FeaturesDict(features)
 
@@ -335,9 +382,9 @@ class _HumanCrop:
   image: np.ndarray
   region: tuple[int, int, int, int]
   number: int
-  parts: dict[str, np.ndarray]            # part -> inclusive box in crop pixels
+  parts: dict[str, np.ndarray]  # part -> inclusive box in crop pixels
   states: dict[str, str]
-  extra: list[tuple[str, np.ndarray, bool]]   # pseudo-label (part, crop box, ignore)
+  extra: list[tuple[str, np.ndarray, bool]]  # pseudo-label (part, crop box, ignore)
 
 
 class ExampleMaker:
@@ -349,9 +396,16 @@ class ExampleMaker:
   worker processes run `examples` (see `worker_pool`).
   """
 
-  def __init__(self, options: BuildOptions, *, vocab: tps.Vocab | None = None,
-               keep_going: bool = False, pseudo_labels: PseudoLabels | None = None,
-               positive: float = 0.4, low: float = 0.1):
+  def __init__(
+    self,
+    options: BuildOptions,
+    *,
+    vocab: tps.Vocab | None = None,
+    keep_going: bool = False,
+    pseudo_labels: PseudoLabels | None = None,
+    positive: float = 0.4,
+    low: float = 0.1,
+  ):
     """vocab: checks the annotations' states (and numbers them); None for video-folder
     datasets, which have no annotations."""
     self.options = options
@@ -360,18 +414,21 @@ class ExampleMaker:
     self.pseudo_labels = pseudo_labels or {}
     self.positive, self.low = positive, low
 
-  def examples(self, dataset: str, entry: VideoEntry
-               ) -> tuple[list[tuple[str, dict]], list[str]]:
+  def examples(self, dataset: str, entry: VideoEntry) -> tuple[list[tuple[str, dict]], list[str]]:
     """(every example of one video for `dataset`, the problems skipped)."""
     problems: list[str] | None = [] if self.keep_going else None
     try:
-      if dataset == "action_clips":
+      if dataset == 'action_clips':
         return [self._clip(entry)], []
       out = []
       for index, image in self._frames(entry, list(entry.annotated)):
         height, width = image.shape[:2]
-        annotation = tps.load_frame(entry.annotation_path(index), vocab=self.vocab,
-                                    image_size=(width, height), problems=problems)
+        annotation = tps.load_frame(
+          entry.annotation_path(index),
+          vocab=self.vocab,
+          image_size=(width, height),
+          problems=problems,
+        )
         if annotation is not None:
           out += self._frame_examples(dataset, entry, index, image, annotation, problems)
       return out, problems or []
@@ -379,8 +436,9 @@ class ExampleMaker:
       _record(problems, e)
       return [], problems
 
-  def _frames(self, entry: VideoEntry,
-              indices: list[int] | None) -> Iterator[tuple[int, np.ndarray]]:
+  def _frames(
+    self, entry: VideoEntry, indices: list[int] | None
+  ) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB) of the frames `indices` (None: all) of a video, from its frame
     folder when it has one, else decoded from the video file."""
     # A folder of only the annotated frames (extract_frames --only_annotated) cannot
@@ -392,8 +450,11 @@ class ExampleMaker:
       wanted = list(range(1, entry.num_frames + 1))
     else:
       wanted = None
-    if entry.frames_dir and wanted is not None and all(os.path.isfile(video_lib.frame_file(entry.frames_dir, i))
-                                for i in wanted):
+    if (
+      entry.frames_dir
+      and wanted is not None
+      and all(os.path.isfile(video_lib.frame_file(entry.frames_dir, i)) for i in wanted)
+    ):
       yield from video_lib.iter_folder_frames(entry.frames_dir, wanted)
       return
     if indices is not None and not indices:
@@ -401,45 +462,77 @@ class ExampleMaker:
     last = None if indices is None else max(indices)
     decoded = 0
     for index, image in video_lib.iter_video_frames(
-        entry.video_path, None if indices is None else set(indices), last):
+      entry.video_path, None if indices is None else set(indices), last
+    ):
       decoded = index
       yield index, image
     if last is not None and decoded < last:
-      raise video_lib.VideoError(f"{entry.video_path}: the video ends before annotated "
-                                 f"frame {last}")
+      raise video_lib.VideoError(
+        f'{entry.video_path}: the video ends before annotated frame {last}'
+      )
 
   def _clip(self, entry: VideoEntry) -> tuple[str, dict]:
-    frames = [video_lib.encode_jpeg(video_lib.resize_short_side(
-        image, self.options.clip_short_side), self.options.jpeg_quality)
-        for _, image in self._frames(entry, None)]
+    frames = [
+      video_lib.encode_jpeg(
+        video_lib.resize_short_side(image, self.options.clip_short_side), self.options.jpeg_quality
+      )
+      for _, image in self._frames(entry, None)
+    ]
     if not frames:
-      raise video_lib.VideoError(f"{entry.video_path}: no frame decoded")
-    return entry.name, {"video": entry.name, "label": entry.label,
-                        "num_frames": len(frames), "frames": np.array(frames, dtype=object)}
+      raise video_lib.VideoError(f'{entry.video_path}: no frame decoded')
+    return entry.name, {
+      'video': entry.name,
+      'label': entry.label,
+      'num_frames': len(frames),
+      'frames': np.array(frames, dtype=object),
+    }
 
-  def _frame_examples(self, dataset, entry, index, image, annotation,
-                      problems) -> list[tuple[str, dict]]:
-    key = f"{entry.name}/{index:05d}"
-    common = {"video": entry.name, "frame": index}
-    if dataset == "humans":
+  def _frame_examples(
+    self, dataset, entry, index, image, annotation, problems
+  ) -> list[tuple[str, dict]]:
+    key = f'{entry.name}/{index:05d}'
+    common = {'video': entry.name, 'frame': index}
+    if dataset == 'humans':
       boxes = np.array([h.box for h in annotation.humans], np.float32).reshape(-1, 4)
-      return [(key, {**common, "image": self._jpeg(image), "action": entry.label,
-                     "boxes": boxes, "labels": np.zeros(len(boxes), np.int32),
-                     "ignore": np.zeros(len(boxes), bool)})]
+      return [
+        (
+          key,
+          {
+            **common,
+            'image': self._jpeg(image),
+            'action': entry.label,
+            'boxes': boxes,
+            'labels': np.zeros(len(boxes), np.int32),
+            'ignore': np.zeros(len(boxes), bool),
+          },
+        )
+      ]
     out = []
     for h, human in enumerate(annotation.humans):
       crop = self._crop(entry, index, image, human, h, problems)
-      if dataset == "part_states" and not crop.parts:
+      if dataset == 'part_states' and not crop.parts:
         continue
-      example = {**common, "image": self._jpeg(crop.image), "human": crop.number,
-                 "action": entry.label,
-                 "crop_box": np.array(crop.region, np.float32)}
-      out.append((f"{key}/{h}", {**example, **(
-          self._part_rows(crop) if dataset == "part_states" else self._part_list(crop))}))
+      example = {
+        **common,
+        'image': self._jpeg(crop.image),
+        'human': crop.number,
+        'action': entry.label,
+        'crop_box': np.array(crop.region, np.float32),
+      }
+      out.append(
+        (
+          f'{key}/{h}',
+          {
+            **example,
+            **(self._part_rows(crop) if dataset == 'part_states' else self._part_list(crop)),
+          },
+        )
+      )
     return out
 
-  def _crop(self, entry, index, image, human: tps.Human, position: int,
-            problems: list[str] | None) -> _HumanCrop:
+  def _crop(
+    self, entry, index, image, human: tps.Human, position: int, problems: list[str] | None
+  ) -> _HumanCrop:
     """The human's context crop with its part boxes (and pseudo-label boxes) in crop
     pixels; a part box outside the crop is a problem."""
     height, width = image.shape[:2]
@@ -460,27 +553,40 @@ class ExampleMaker:
     for name, part in human.parts.items():
       box = to_crop(part.box)
       if box is None:
-        _record(problems, tps.AnnotationError(
-            f"{entry.annotation_path(index)}: humans[{position}].parts."
-            f"{name}: box {list(part.box)} lies outside its human's crop {list(region)}"))
+        _record(
+          problems,
+          tps.AnnotationError(
+            f'{entry.annotation_path(index)}: humans[{position}].parts.'
+            f"{name}: box {list(part.box)} lies outside its human's crop {list(region)}"
+          ),
+        )
         continue
       parts[name], states[name] = box, part.verb
     extra = []
     proposals = self.pseudo_labels.get((entry.name, index, number))
     if proposals:
-      for name, box, ignore in pseudo_part_boxes(human.parts, proposals,
-                                                 positive=self.positive, low=self.low):
+      for name, box, ignore in pseudo_part_boxes(
+        human.parts, proposals, positive=self.positive, low=self.low
+      ):
         crop_box = to_crop(box)
         if crop_box is not None:
           extra.append((name, crop_box, ignore))
-    return _HumanCrop(image=image[top:bottom, left:right], region=region, number=number,
-                      parts=parts, states=states, extra=extra)
+    return _HumanCrop(
+      image=image[top:bottom, left:right],
+      region=region,
+      number=number,
+      parts=parts,
+      states=states,
+      extra=extra,
+    )
 
   def _part_list(self, crop: _HumanCrop) -> dict:
     items = [(name, box, False) for name, box in crop.parts.items()] + crop.extra
-    return {"boxes": np.array([b for _, b, _ in items], np.float32).reshape(-1, 4),
-            "labels": np.array([tps.PARTS.index(n) for n, _, _ in items], np.int32),
-            "ignore": np.array([i for _, _, i in items], bool)}
+    return {
+      'boxes': np.array([b for _, b, _ in items], np.float32).reshape(-1, 4),
+      'labels': np.array([tps.PARTS.index(n) for n, _, _ in items], np.int32),
+      'ignore': np.array([i for _, _, i in items], bool),
+    }
 
   def _part_rows(self, crop: _HumanCrop) -> dict:
     boxes = np.zeros((len(tps.PARTS), 4), np.float32)
@@ -488,7 +594,7 @@ class ExampleMaker:
     for name, box in crop.parts.items():
       row = tps.PARTS.index(name)
       boxes[row], states[row] = box, self.vocab.state_ids[crop.states[name]]
-    return {"part_boxes": boxes, "part_valid": states >= 0, "part_state": states}
+    return {'part_boxes': boxes, 'part_valid': states >= 0, 'part_state': states}
 
   def _jpeg(self, image: np.ndarray) -> bytes:
     return video_lib.encode_jpeg(np.ascontiguousarray(image), self.options.jpeg_quality)
@@ -521,14 +627,22 @@ def worker_pool(maker: ExampleMaker, jobs: int):
 class TpsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The one builder of every dataset; `builder_class(name, dataset)` subclasses it per
   TFDS name (TFDS takes the name from the class)."""
-  VERSION = tfds.core.Version(VERSION)
-  RELEASE_NOTES = {str(VERSION): "Kinetics-TPS datasets (tps_jax)."}
-  dataset: str = ""
 
-  def __init__(self, *, entries: Sequence[VideoEntry] = (), val_videos: Sequence[str] = (),
-               maker: ExampleMaker | None = None, pool=None,
-               problems: list[str] | None = None, metadata: Mapping[str, Any] | None = None,
-               **kwargs):
+  VERSION = tfds.core.Version(VERSION)
+  RELEASE_NOTES = {str(VERSION): 'Kinetics-TPS datasets (tps_jax).'}
+  dataset: str = ''
+
+  def __init__(
+    self,
+    *,
+    entries: Sequence[VideoEntry] = (),
+    val_videos: Sequence[str] = (),
+    maker: ExampleMaker | None = None,
+    pool=None,
+    problems: list[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    **kwargs,
+  ):
     """entries / val_videos: the videos and which are val; maker: makes the examples, in
     `pool` (see worker_pool) when given; problems: receives what was skipped."""
     self._entries = list(entries)
@@ -540,25 +654,35 @@ class TpsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=f"tps_jax dataset '{self.dataset}' (see "
-        "tps_jax/data/builders.py)", features=dataset_features(self.dataset),
-        metadata=tfds.core.MetadataDict(self._metadata))
+      builder=self,
+      description=f"tps_jax dataset '{self.dataset}' (see tps_jax/data/builders.py)",
+      features=dataset_features(self.dataset),
+      metadata=tfds.core.MetadataDict(self._metadata),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
     splits = {}
     for split in SPLITS:
-      entries = [e for e in self._entries if (e.name in self._val_videos) == (split == "val")]
+      entries = [e for e in self._entries if (e.name in self._val_videos) == (split == 'val')]
       if entries:
         splits[split] = self._generate_examples(split, entries)
     return splits
 
   def _generate_examples(self, split: str, entries: Sequence[VideoEntry]):
     jobs = [(self.dataset, entry) for entry in entries]
-    results = (self._pool.imap(_worker_examples, jobs) if self._pool is not None else
-               (self._maker.examples(*job) for job in jobs))
-    for examples, problems in tqdm(results, total=len(jobs), desc=f"{self.name} {split}",
-                                   unit="video", disable=not self._maker.options.progress):
+    results = (
+      self._pool.imap(_worker_examples, jobs)
+      if self._pool is not None
+      else (self._maker.examples(*job) for job in jobs)
+    )
+    for examples, problems in tqdm(
+      results,
+      total=len(jobs),
+      desc=f'{self.name} {split}',
+      unit='video',
+      disable=not self._maker.options.progress,
+    ):
       self._problems.extend(problems)
       yield from examples
 
@@ -566,10 +690,13 @@ class TpsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def builder_class(name: str, dataset: str) -> type[TpsBuilder]:
   """The TFDS builder class writing `dataset`'s examples under the TFDS name `name`."""
   if dataset not in DATASETS:
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    raise ValueError(f'dataset must be one of {", ".join(DATASETS)}, got {dataset!r}')
   return types.new_class(
-      "".join(w.title() for w in name.split("_")), (TpsBuilder,),
-      {"skip_registration": True}, lambda ns: ns.update(name=name, dataset=dataset))
+    ''.join(w.title() for w in name.split('_')),
+    (TpsBuilder,),
+    {'skip_registration': True},
+    lambda ns: ns.update(name=name, dataset=dataset),
+  )
 
 
 def dataset_dir(out: str, name: str) -> str:
@@ -578,10 +705,11 @@ def dataset_dir(out: str, name: str) -> str:
 
 
 def is_built(out: str, name: str) -> bool:
-  return os.path.isfile(os.path.join(dataset_dir(out, name), "dataset_info.json"))
+  return os.path.isfile(os.path.join(dataset_dir(out, name), 'dataset_info.json'))
 
 
 # -------------------------------------------------------------------------- state table
+
 
 def state_table(directory: str, split: str) -> np.ndarray:
   """(N, 10) int32 part states of a `tps_part_states` split, in the data source's order:
@@ -592,7 +720,7 @@ def state_table(directory: str, split: str) -> np.ndarray:
   source = tfds.builder_from_directory(directory).as_data_source(split)
   table = np.full((len(source), len(tps.PARTS)), -1, np.int32)
   for i in range(len(source)):
-    table[i] = source[i]["part_state"]
+    table[i] = source[i]['part_state']
   return table
 
 

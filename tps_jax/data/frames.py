@@ -23,23 +23,23 @@ decoded is an error: its folder is not written, the others go on, and the errors
 listed in the report (`path: problem`; the command line exits 1). Bad options, and
 options other than those recorded, raise `SettingsError`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import av
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import submission
-from tps_jax.data import processes
+from tps_jax.data import processes, submission
 from tps_jax.data.video import VideoError
 
-SETTINGS_FILE = "extract_frames.json"
-TMP_PREFIX = ".tmp-"
-FRAME_EXT = ".jpg"
+SETTINGS_FILE = 'extract_frames.json'
+TMP_PREFIX = '.tmp-'
+FRAME_EXT = '.jpg'
 
 
 class SettingsError(ValueError):
@@ -68,9 +68,14 @@ def wanted_frames(video: tps.Video, only_annotated: bool) -> list[int] | None:
   return video.annotated_frames() or tps.sampled_frames(video.num_frames)
 
 
-def extract_video(video_path: str, out_dir: str, *, frames: Iterable[int] | None = None,
-                  short_side: int | None = None,
-                  jpeg_quality: int = 95) -> tuple[int, list[int]]:
+def extract_video(
+  video_path: str,
+  out_dir: str,
+  *,
+  frames: Iterable[int] | None = None,
+  short_side: int | None = None,
+  jpeg_quality: int = 95,
+) -> tuple[int, list[int]]:
   """Decodes a video to the end and writes frames (all, or the given indices) as
   out_dir/img_XXXXX.jpg; returns (number of frames decoded, indices written).
 
@@ -81,32 +86,36 @@ def extract_video(video_path: str, out_dir: str, *, frames: Iterable[int] | None
   try:
     with av.open(video_path) as container:
       if not container.streams.video:
-        raise VideoError(f"{video_path}: no video stream")
+        raise VideoError(f'{video_path}: no video stream')
       for count, frame in enumerate(container.decode(container.streams.video[0]), 1):
         if wanted is not None and count not in wanted:
           continue
         size = output_size(frame.width, frame.height, short_side)
-        image = (frame.to_image() if size == (frame.width, frame.height) else
-                 frame.to_image(width=size[0], height=size[1], interpolation="AREA"))
+        image = (
+          frame.to_image()
+          if size == (frame.width, frame.height)
+          else frame.to_image(width=size[0], height=size[1], interpolation='AREA')
+        )
         path = os.path.join(out_dir, tps.frame_name(count, FRAME_EXT))
         try:
-          image.save(path, format="JPEG", quality=jpeg_quality)
+          image.save(path, format='JPEG', quality=jpeg_quality)
         except OSError as e:
-          raise VideoError(f"{path}: cannot write ({e})") from None
+          raise VideoError(f'{path}: cannot write ({e})') from None
         written.append(count)
   except av.FFmpegError as e:
-    where = f" after frame {count}" if count else ""
-    raise VideoError(f"{video_path}: cannot decode{where} "
-                     f"({getattr(e, 'strerror', None) or e})") from None
+    where = f' after frame {count}' if count else ''
+    raise VideoError(
+      f'{video_path}: cannot decode{where} ({getattr(e, "strerror", None) or e})'
+    ) from None
   if not count:
-    raise VideoError(f"{video_path}: no frame decodes (the file may be truncated)")
+    raise VideoError(f'{video_path}: no frame decodes (the file may be truncated)')
   return count, written
 
 
 @dataclasses.dataclass(frozen=True)
 class _Job:
   video: tps.Video
-  out_dir: str                  # the video's final frames folder
+  out_dir: str  # the video's final frames folder
   flist_path: str
   frames: tuple[int, ...] | None
   short_side: int | None
@@ -128,22 +137,29 @@ def extract_one(job: _Job) -> VideoResult:
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
-    decoded, written = extract_video(video.video_path, tmp, frames=job.frames,
-                                     short_side=job.short_side,
-                                     jpeg_quality=job.jpeg_quality)
+    decoded, written = extract_video(
+      video.video_path,
+      tmp,
+      frames=job.frames,
+      short_side=job.short_side,
+      jpeg_quality=job.jpeg_quality,
+    )
   except VideoError as e:
     shutil.rmtree(tmp, ignore_errors=True)
     return VideoResult(error=str(e))
   warnings = []
   if decoded != video.num_frames:
-    warnings.append(f"{video.video_path}: warning: {decoded} frames decoded, but "
-                    f"{job.flist_path} lists {video.num_frames}")
+    warnings.append(
+      f'{video.video_path}: warning: {decoded} frames decoded, but '
+      f'{job.flist_path} lists {video.num_frames}'
+    )
   if job.frames is not None:
     absent = sorted(set(job.frames) - set(written))
     if absent:
-      names = ", ".join(tps.frame_name(i, FRAME_EXT) for i in absent)
-      warnings.append(f"{video.video_path}: warning: frames past the {decoded} decoded "
-                      f"ones not written: {names}")
+      names = ', '.join(tps.frame_name(i, FRAME_EXT) for i in absent)
+      warnings.append(
+        f'{video.video_path}: warning: frames past the {decoded} decoded ones not written: {names}'
+      )
   os.replace(tmp, job.out_dir)
   return VideoResult(frames_written=len(written), warnings=warnings)
 
@@ -151,10 +167,10 @@ def extract_one(job: _Job) -> VideoResult:
 @dataclasses.dataclass
 class ExtractReport:
   out: str
-  extracted: int = 0            # videos written in this run
-  skipped: int = 0              # videos already finished
-  frames: int = 0               # frames written in this run
-  removed_leftovers: int = 0    # half-written folders of an interrupted run, deleted
+  extracted: int = 0  # videos written in this run
+  skipped: int = 0  # videos already finished
+  frames: int = 0  # frames written in this run
+  removed_leftovers: int = 0  # half-written folders of an interrupted run, deleted
   warnings: list[str] = dataclasses.field(default_factory=list)
   errors: list[str] = dataclasses.field(default_factory=list)
 
@@ -163,10 +179,12 @@ class ExtractReport:
     return not self.errors
 
   def summary(self) -> str:
-    return (f"{self.out}: {self.extracted} video(s) extracted ({self.frames} frames), "
-            f"{self.skipped} already done, {self.removed_leftovers} unfinished folder(s) "
-            f"of an interrupted run removed; {len(self.warnings)} warning(s), "
-            f"{len(self.errors)} error(s)")
+    return (
+      f'{self.out}: {self.extracted} video(s) extracted ({self.frames} frames), '
+      f'{self.skipped} already done, {self.removed_leftovers} unfinished folder(s) '
+      f'of an interrupted run removed; {len(self.warnings)} warning(s), '
+      f'{len(self.errors)} error(s)'
+    )
 
 
 def check_settings(out: str, settings: dict) -> None:
@@ -176,8 +194,10 @@ def check_settings(out: str, settings: dict) -> None:
   if os.path.exists(path):
     previous = submission.load_json(path)
     if previous != settings:
-      raise SettingsError(f"{path}: frames there were extracted with {previous}, not "
-                          f"{settings}; choose another output folder or delete it")
+      raise SettingsError(
+        f'{path}: frames there were extracted with {previous}, not '
+        f'{settings}; choose another output folder or delete it'
+      )
   else:
     submission.write_json_atomic(path, settings)
 
@@ -197,30 +217,39 @@ def remove_leftovers(split_dir: str) -> int:
   return removed
 
 
-def extract(root: str, out: str | None = None, splits: Sequence[str] = tps.SPLITS, *,
-            jobs: int = 1, short_side: int | None = None, jpeg_quality: int = 95,
-            only_annotated: bool = False, progress: bool = False) -> ExtractReport:
+def extract(
+  root: str,
+  out: str | None = None,
+  splits: Sequence[str] = tps.SPLITS,
+  *,
+  jobs: int = 1,
+  short_side: int | None = None,
+  jpeg_quality: int = 95,
+  only_annotated: bool = False,
+  progress: bool = False,
+) -> ExtractReport:
   """Extracts the frames of every video of the splits (see the module docstring) with
   `jobs` worker processes."""
   if not os.path.isdir(root):
-    raise SettingsError(f"{root}: no such folder")
+    raise SettingsError(f'{root}: no such folder')
   if short_side is not None and short_side < 1:
-    raise SettingsError(f"short_side={short_side}: must be positive")
+    raise SettingsError(f'short_side={short_side}: must be positive')
   if not 1 <= jpeg_quality <= 100:
-    raise SettingsError(f"jpeg_quality={jpeg_quality}: must be in 1..100")
-  out = out or os.path.join(root, "frames")
+    raise SettingsError(f'jpeg_quality={jpeg_quality}: must be in 1..100')
+  out = out or os.path.join(root, 'frames')
   # The key stays "quality": folders extracted before the flag was named jpeg_quality.
-  check_settings(out, {"short_side": short_side, "quality": jpeg_quality,
-                       "only_annotated": only_annotated})
+  check_settings(
+    out, {'short_side': short_side, 'quality': jpeg_quality, 'only_annotated': only_annotated}
+  )
   report = ExtractReport(out=out)
   video_jobs = []
   for split in splits:
     report.removed_leftovers += remove_leftovers(os.path.join(out, split))
-    flist_path = os.path.join(root, "list", f"video_{split}_flist.csv")
+    flist_path = os.path.join(root, 'list', f'video_{split}_flist.csv')
     try:
       videos = list(tps.iter_videos(root, split, problems=report.errors))
     except tps.AnnotationError as e:
-      report.errors.append(f"{e} (the {split} split was not extracted)")
+      report.errors.append(f'{e} (the {split} split was not extracted)')
       continue
     for video in videos:
       out_dir = frames_dir(out, split, video.action, video.name)
@@ -229,18 +258,25 @@ def extract(root: str, out: str | None = None, splits: Sequence[str] = tps.SPLIT
         continue
       os.makedirs(os.path.dirname(out_dir), exist_ok=True)
       frames = wanted_frames(video, only_annotated)
-      video_jobs.append(_Job(video=video, out_dir=out_dir, flist_path=flist_path,
-                             frames=None if frames is None else tuple(frames),
-                             short_side=short_side, jpeg_quality=jpeg_quality))
+      video_jobs.append(
+        _Job(
+          video=video,
+          out_dir=out_dir,
+          flist_path=flist_path,
+          frames=None if frames is None else tuple(frames),
+          short_side=short_side,
+          jpeg_quality=jpeg_quality,
+        )
+      )
   failed = [0]
 
   def count(result: VideoResult) -> str:
     failed[0] += result.error is not None
-    return f"errors={failed[0]}"
+    return f'errors={failed[0]}'
 
-  for result in processes.parallel_map(extract_one, video_jobs, jobs=jobs,
-                                       desc="extract frames", progress=progress,
-                                       on_result=count):
+  for result in processes.parallel_map(
+    extract_one, video_jobs, jobs=jobs, desc='extract frames', progress=progress, on_result=count
+  ):
     report.warnings += result.warnings
     if result.error is not None:
       report.errors.append(result.error)

@@ -57,39 +57,53 @@ share of ceil(N / count) examples, in order, no augmentation, finite; every proc
 yields ceil(ceil(N / count) / B) batches, the last ones short or empty (0 rows), as the
 trainer's Task contract asks (tps_jax/tasks/base.py).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from absl import flags
 import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
-from tps_jax.data import augment
-from tps_jax.data import builders
+from tps_jax.data import augment, builders, resample
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import resample
 from tps_jax.data.video import decode_jpeg
 
 # Where a dataset is and how it is read: every pipeline's fields.
-READ_FIELDS = ("root", "tfds_dir", "tfds_name", "read_threads", "prefetch_batches",
-               "worker_count", "worker_buffer_size")
-_DETECTOR_FIELDS = ("image_size", "max_boxes", "flip", "random_rotation", "random_crop",
-                    "crop_min_scale", "min_visible")
+READ_FIELDS = (
+  'root',
+  'tfds_dir',
+  'tfds_name',
+  'read_threads',
+  'prefetch_batches',
+  'worker_count',
+  'worker_buffer_size',
+)
+_DETECTOR_FIELDS = (
+  'image_size',
+  'max_boxes',
+  'flip',
+  'random_rotation',
+  'random_crop',
+  'crop_min_scale',
+  'min_visible',
+)
 # The `config.data` fields each dataset's pipeline reads.
 DATA_FIELDS = {
-    "humans": READ_FIELDS + _DETECTOR_FIELDS,
-    "parts": READ_FIELDS + _DETECTOR_FIELDS,
-    "part_states": READ_FIELDS + ("image_size", "resize", "flip", "box_jitter",
-                                  "color_jitter", "balance_states"),
-    "action_clips": READ_FIELDS + ("num_frames", "frame_stride", "image_size", "crop_area",
-                                   "flip", "resize"),
+  'humans': READ_FIELDS + _DETECTOR_FIELDS,
+  'parts': READ_FIELDS + _DETECTOR_FIELDS,
+  'part_states': READ_FIELDS
+  + ('image_size', 'resize', 'flip', 'box_jitter', 'color_jitter', 'balance_states'),
+  'action_clips': READ_FIELDS
+  + ('num_frames', 'frame_stride', 'image_size', 'crop_area', 'flip', 'resize'),
 }
 NUM_PARTS = len(tps.PARTS)
 _FLIP_PARTS = np.array(tps.FLIP_PARTS)
@@ -104,21 +118,22 @@ def data_settings(dataset: str, config) -> ml_collections.ConfigDict:
   """The `DATA_FIELDS[dataset]` of `config.data`, `image_size` as (H, W) and a `resize`
   of 0 resolved; DataConfigError naming the fields `config.data` lacks."""
   if dataset not in DATA_FIELDS:
-    raise ValueError(f"dataset must be one of {', '.join(DATA_FIELDS)}, got {dataset!r}")
-  data = config.get("data") if hasattr(config, "get") else None
+    raise ValueError(f'dataset must be one of {", ".join(DATA_FIELDS)}, got {dataset!r}')
+  data = config.get('data') if hasattr(config, 'get') else None
   data = data or {}
   missing = [field for field in DATA_FIELDS[dataset] if field not in data]
   if missing:
     raise DataConfigError(
-        f"config.data: no {', '.join(missing)} (the {dataset} pipeline reads "
-        f"{', '.join(DATA_FIELDS[dataset])}; configs/common.py's data() has the reading "
-        "fields)")
+      f'config.data: no {", ".join(missing)} (the {dataset} pipeline reads '
+      f"{', '.join(DATA_FIELDS[dataset])}; configs/common.py's data() has the reading "
+      'fields)'
+    )
   settings = {field: data[field] for field in DATA_FIELDS[dataset]}
-  settings["image_size"] = _hw(settings["image_size"])
-  if dataset == "part_states" and not settings["resize"]:
-    settings["resize"] = round(max(settings["image_size"]) * 8 / 7)
-  if dataset == "action_clips" and not settings["resize"]:
-    settings["resize"] = min(settings["image_size"])
+  settings['image_size'] = _hw(settings['image_size'])
+  if dataset == 'part_states' and not settings['resize']:
+    settings['resize'] = round(max(settings['image_size']) * 8 / 7)
+  if dataset == 'action_clips' and not settings['resize']:
+    settings['resize'] = min(settings['image_size'])
   return ml_collections.ConfigDict(settings)
 
 
@@ -133,38 +148,51 @@ def _hw(size) -> tuple[int, int]:
 def dataset_path(dataset: str, settings) -> str:
   """The folder of the newest version of a dataset; FileNotFoundError if none."""
   name = settings.tfds_name or builders.TFDS_NAMES[dataset]
-  folder = os.path.join(settings.tfds_dir or os.path.join(settings.root, "tfds"), name)
+  folder = os.path.join(settings.tfds_dir or os.path.join(settings.root, 'tfds'), name)
   versions = []
   if os.path.isdir(folder):
     for entry in os.scandir(folder):
-      parts = entry.name.split(".")
-      if (len(parts) == 3 and all(p.isdigit() for p in parts) and
-          os.path.isfile(os.path.join(entry.path, "dataset_info.json"))):
+      parts = entry.name.split('.')
+      if (
+        len(parts) == 3
+        and all(p.isdigit() for p in parts)
+        and os.path.isfile(os.path.join(entry.path, 'dataset_info.json'))
+      ):
         versions.append((tuple(map(int, parts)), entry.path))
   if not versions:
     raise FileNotFoundError(
-        f"{folder}: no such dataset (run python -m data_prep.build --data_root "
-        f"{settings.root or 'DATASET_ROOT'} --datasets {dataset})")
+      f'{folder}: no such dataset (run python -m data_prep.build --data_root '
+      f'{settings.root or "DATASET_ROOT"} --datasets {dataset})'
+    )
   return max(versions)[1]
 
 
 # --------------------------------------------------------------------------- examples
 
+
 def output_spec(dataset: str, settings) -> dict[str, tuple[tuple[int, ...], Any]]:
   """{key: (shape, dtype)} of one example of a batch (the leading B left out)."""
   height, width = settings.image_size
-  if dataset in ("humans", "parts"):
+  if dataset in ('humans', 'parts'):
     boxes = settings.max_boxes
-    return {"image": ((height, width, 3), np.float32), "boxes": ((boxes, 4), np.float32),
-            "labels": ((boxes,), np.int32), "valid": ((boxes,), np.bool_),
-            "ignore": ((boxes,), np.bool_), "image_size": ((2,), np.int32),
-            "scale": ((), np.float32)}
-  if dataset == "part_states":
-    return {"image": ((height, width, 3), np.float32),
-            "part_boxes": ((NUM_PARTS, 4), np.float32), "part_valid": ((NUM_PARTS,), np.bool_),
-            "part_state": ((NUM_PARTS,), np.int32), "action": ((), np.int32)}
-  return {"clip": ((settings.num_frames, height, width, 3), np.float32),
-          "label": ((), np.int32)}
+    return {
+      'image': ((height, width, 3), np.float32),
+      'boxes': ((boxes, 4), np.float32),
+      'labels': ((boxes,), np.int32),
+      'valid': ((boxes,), np.bool_),
+      'ignore': ((boxes,), np.bool_),
+      'image_size': ((2,), np.int32),
+      'scale': ((), np.float32),
+    }
+  if dataset == 'part_states':
+    return {
+      'image': ((height, width, 3), np.float32),
+      'part_boxes': ((NUM_PARTS, 4), np.float32),
+      'part_valid': ((NUM_PARTS,), np.bool_),
+      'part_state': ((NUM_PARTS,), np.int32),
+      'action': ((), np.int32),
+    }
+  return {'clip': ((settings.num_frames, height, width, 3), np.float32), 'label': ((), np.int32)}
 
 
 def _keep_boxes(boxes, labels, ignore, max_boxes: int):
@@ -174,8 +202,12 @@ def _keep_boxes(boxes, labels, ignore, max_boxes: int):
   count = len(boxes)
   if count > max_boxes:
     if not _warned_overflow:
-      logging.warning("an image has %d boxes, more than max_boxes=%d: keeping the largest "
-                      "non-ignored ones (warned once)", count, max_boxes)
+      logging.warning(
+        'an image has %d boxes, more than max_boxes=%d: keeping the largest '
+        'non-ignored ones (warned once)',
+        count,
+        max_boxes,
+      )
       _warned_overflow = True
     area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     order = np.lexsort((-area, ignore))[:max_boxes]
@@ -188,14 +220,15 @@ def _keep_boxes(boxes, labels, ignore, max_boxes: int):
   return out_boxes, out_labels, np.arange(max_boxes) < count, out_ignore
 
 
-def detector_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
-                     settings, swap_parts: bool) -> dict[str, np.ndarray]:
+def detector_example(
+  raw: Mapping[str, Any], rng: np.random.Generator | None, *, settings, swap_parts: bool
+) -> dict[str, np.ndarray]:
   """A tps_humans / tps_parts record -> a padded detector example (uint8 image).
   Train (rng given): flip, rotation, crop as configured; then resize with padding."""
-  image = decode_jpeg(raw["image"])
-  boxes = np.asarray(raw["boxes"], np.float32).reshape(-1, 4)
-  labels = np.asarray(raw["labels"], np.int32)
-  ignore = np.asarray(raw["ignore"], bool)
+  image = decode_jpeg(raw['image'])
+  boxes = np.asarray(raw['boxes'], np.float32).reshape(-1, 4)
+  labels = np.asarray(raw['labels'], np.int32)
+  ignore = np.asarray(raw['ignore'], bool)
   visible = np.ones(len(boxes), np.float32)
   if rng is not None:
     if settings.flip and rng.random() < 0.5:
@@ -214,17 +247,26 @@ def detector_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
   image, boxes, scale = augment.resize_pad(image, boxes, settings.image_size)
   keep = visible > 0
   ignore = ignore | (visible < settings.min_visible)
-  boxes, labels, valid, ignore = _keep_boxes(boxes[keep], labels[keep], ignore[keep],
-                                             settings.max_boxes)
-  return {"image": image, "boxes": boxes, "labels": labels, "valid": valid,
-          "ignore": ignore & valid, "image_size": content, "scale": np.float32(scale)}
+  boxes, labels, valid, ignore = _keep_boxes(
+    boxes[keep], labels[keep], ignore[keep], settings.max_boxes
+  )
+  return {
+    'image': image,
+    'boxes': boxes,
+    'labels': labels,
+    'valid': valid,
+    'ignore': ignore & valid,
+    'image_size': content,
+    'scale': np.float32(scale),
+  }
 
 
-def part_state_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
-                       settings) -> dict[str, np.ndarray]:
+def part_state_example(
+  raw: Mapping[str, Any], rng: np.random.Generator | None, *, settings
+) -> dict[str, np.ndarray]:
   """A tps_part_states record -> resize R x R, crop S x S (random / centred); train also
   flips (left/right rows swapped), jitters part boxes and colours."""
-  image = decode_jpeg(raw["image"])
+  image = decode_jpeg(raw['image'])
   height, width = image.shape[:2]
   out_h, out_w = settings.image_size
   resize = settings.resize
@@ -233,10 +275,11 @@ def part_state_example(raw: Mapping[str, Any], rng: np.random.Generator | None, 
     top, left = rng.integers(0, resize - out_h + 1), rng.integers(0, resize - out_w + 1)
   kx, ky = resize / width, resize / height
   region = (left / kx, top / ky, (left + out_w) / kx, (top + out_h) / ky)
-  image, boxes, visible = augment.resize_region(image, raw["part_boxes"], region,
-                                                settings.image_size)
-  valid = np.asarray(raw["part_valid"], bool) & (visible > 0)
-  states = np.asarray(raw["part_state"], np.int32)
+  image, boxes, visible = augment.resize_region(
+    image, raw['part_boxes'], region, settings.image_size
+  )
+  valid = np.asarray(raw['part_valid'], bool) & (visible > 0)
+  states = np.asarray(raw['part_state'], np.int32)
   if rng is not None:
     if settings.flip and rng.random() < 0.5:
       image, boxes = augment.hflip(image, boxes)
@@ -244,17 +287,22 @@ def part_state_example(raw: Mapping[str, Any], rng: np.random.Generator | None, 
     if settings.box_jitter > 0:
       boxes = augment.jitter_boxes(rng, boxes, settings.box_jitter, out_w, out_h)
     image = augment.color_jitter(rng, image, settings.color_jitter)
-  return {"image": image, "part_boxes": np.where(valid[:, None], boxes, 0).astype(np.float32),
-          "part_valid": valid, "part_state": np.where(valid, states, -1).astype(np.int32),
-          "action": np.int32(raw["action"])}
+  return {
+    'image': image,
+    'part_boxes': np.where(valid[:, None], boxes, 0).astype(np.float32),
+    'part_valid': valid,
+    'part_state': np.where(valid, states, -1).astype(np.int32),
+    'action': np.int32(raw['action']),
+  }
 
 
-def action_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
-                   settings) -> dict[str, np.ndarray]:
+def action_example(
+  raw: Mapping[str, Any], rng: np.random.Generator | None, *, settings
+) -> dict[str, np.ndarray]:
   """A tps_action_clips record -> T frames `frame_stride` apart (random / centred
   start); train: one multi-scale crop and flip for the whole clip; eval: short side to
   `resize`, centre crop."""
-  frames = raw["frames"]
+  frames = raw['frames']
   indices = augment.clip_indices(len(frames), settings.num_frames, settings.frame_stride, rng)
   decoded = {i: decode_jpeg(frames[i]) for i in sorted(set(indices.tolist()))}
   height, width = decoded[indices[0]].shape[:2]
@@ -266,19 +314,20 @@ def action_example(raw: Mapping[str, Any], rng: np.random.Generator | None, *,
   else:
     zoom = settings.resize / min(height, width)
     region = augment.center_region(height, width, out_h / zoom, out_w / zoom)
-  resized = {i: augment.resample(image, region, settings.image_size)
-             for i, image in decoded.items()}
+  resized = {
+    i: augment.resample(image, region, settings.image_size) for i, image in decoded.items()
+  }
   clip = np.stack([resized[i] for i in indices.tolist()])
   if flip:
     clip = np.ascontiguousarray(clip[:, :, ::-1])
-  return {"clip": clip, "label": np.int32(raw["label"])}
+  return {'clip': clip, 'label': np.int32(raw['label'])}
 
 
 _EXAMPLE_FNS: dict[str, Callable[..., dict]] = {
-    "humans": functools.partial(detector_example, swap_parts=False),
-    "parts": functools.partial(detector_example, swap_parts=True),
-    "part_states": part_state_example,
-    "action_clips": action_example,
+  'humans': functools.partial(detector_example, swap_parts=False),
+  'parts': functools.partial(detector_example, swap_parts=True),
+  'part_states': part_state_example,
+  'action_clips': action_example,
 }
 
 
@@ -290,8 +339,9 @@ def collate(examples, *, spec: Mapping[str, tuple[tuple[int, ...], Any]]) -> dic
   batch = {}
   for key, (_, dtype) in spec.items():
     stacked = np.stack([example[key] for example in examples])
-    batch[key] = augment.normalize(stacked) if key in ("image", "clip") else \
-        stacked.astype(dtype, copy=False)
+    batch[key] = (
+      augment.normalize(stacked) if key in ('image', 'clip') else stacked.astype(dtype, copy=False)
+    )
   return batch
 
 
@@ -300,6 +350,7 @@ def _empty_batch(_, *, spec) -> dict:
 
 
 # --------------------------------------------------------------------------- pipeline
+
 
 def _process_seeds(seed: int, process_index: int) -> tuple[int, int]:
   """Two 32-bit seeds (order, augmentation) of (seed, process index)."""
@@ -314,8 +365,16 @@ def dataset_metadata(dataset: str, config) -> dict[str, Any]:
   return dict(tfds.builder_from_directory(directory).info.metadata)
 
 
-def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 0,
-                  shard: tuple[int, int] = (0, 1), batch_size: int | None = None):
+def make_pipeline(
+  dataset: str,
+  config,
+  split: str,
+  *,
+  train: bool,
+  seed: int = 0,
+  shard: tuple[int, int] = (0, 1),
+  batch_size: int | None = None,
+):
   """A grain DatasetIterator of this process's batches (see the module docstring).
 
   Args:
@@ -331,16 +390,17 @@ def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 
   settings = data_settings(dataset, config)
   index, count = shard
   if not 0 <= index < count:
-    raise ValueError(f"shard: process index {index} not in [0, {count})")
+    raise ValueError(f'shard: process index {index} not in [0, {count})')
   if batch_size is None:
     batch_size = config.batch_size // count
   if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
   directory = dataset_path(dataset, settings)
   builder = tfds.builder_from_directory(directory)
   if split not in builder.info.splits:
-    raise ValueError(f"{directory}: no split {split!r} (splits: "
-                     f"{', '.join(sorted(builder.info.splits))})")
+    raise ValueError(
+      f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'
+    )
   source = builder.as_data_source(split)
   spec = output_spec(dataset, settings)
   example_fn = functools.partial(_EXAMPLE_FNS[dataset], settings=settings)
@@ -348,13 +408,16 @@ def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 
   if train:
     examples = grain.MapDataset.source(source)[index::count]
     if not len(examples):
-      raise ValueError(f"{directory}: split {split!r} has {len(source)} examples, none for "
-                       f"process {index} of {count}")
+      raise ValueError(
+        f'{directory}: split {split!r} has {len(source)} examples, none for '
+        f'process {index} of {count}'
+      )
     order_seed, augment_seed = _process_seeds(seed, index)
-    if dataset == "part_states" and settings.balance_states:
+    if dataset == 'part_states' and settings.balance_states:
       table = builders.state_table(directory, split)[index::count]
       examples = resample.WeightedResampleDataset(
-          examples, resample.state_balancing_weights(table), seed=order_seed)
+        examples, resample.state_balancing_weights(table), seed=order_seed
+      )
     else:
       examples = examples.shuffle(seed=order_seed).repeat()
     examples = examples.random_map(example_fn, seed=augment_seed)
@@ -362,20 +425,25 @@ def make_pipeline(dataset: str, config, split: str, *, train: bool, seed: int = 
   else:
     per_process = math.ceil(len(source) / count)
     start = min(index * per_process, len(source))
-    examples = grain.MapDataset.source(source)[start:start + per_process]
+    examples = grain.MapDataset.source(source)[start : start + per_process]
     examples = examples.map(functools.partial(example_fn, rng=None))
     examples = examples.batch(batch_size, batch_fn=batch_fn)
     missing = math.ceil(per_process / batch_size) - len(examples)
     if missing:
       empty = grain.MapDataset.range(missing).map(functools.partial(_empty_batch, spec=spec))
       examples = grain.MapDataset.concatenate([examples, empty])
-  iterator = examples.to_iter_dataset(grain.ReadOptions(
-      num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches))
+  iterator = examples.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_batches
+    )
+  )
   if settings.worker_count > 0:
     if not flags.FLAGS.is_parsed():
       # grain's workers read its absl flags; outside an absl app take their defaults.
       flags.FLAGS.mark_as_parsed()
-    iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=settings.worker_count,
-        per_worker_buffer_size=settings.worker_buffer_size))
+    iterator = iterator.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=settings.worker_count, per_worker_buffer_size=settings.worker_buffer_size
+      )
+    )
   return iter(iterator)

@@ -21,6 +21,7 @@ parent[draw(epoch)[k mod n]] with epoch = k div n and draw(epoch) a fixed-seed w
 draw of n indices, so the order is a pure function of (seed, k): deterministic, and a
 grain iterator over it checkpoints and resumes like any other.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,12 +43,11 @@ def state_balancing_weights(part_states: np.ndarray) -> np.ndarray:
     present = column >= 0
     if not present.any():
       continue
-    values, index, counts = np.unique(column[present], return_inverse=True,
-                                      return_counts=True)
+    values, index, counts = np.unique(column[present], return_inverse=True, return_counts=True)
     inverse[present, p] = present.sum() / (len(values) * counts[index])
   weights = inverse.max(1)
   if weights.sum() <= 0:
-    raise ValueError("state balancing: no example has a part with a state")
+    raise ValueError('state balancing: no example has a part with a state')
   return weights / weights.sum()
 
 
@@ -58,24 +58,23 @@ class WeightedResampleDataset(grain.MapDataset):
     super().__init__(parent)
     weights = np.asarray(weights, np.float64)
     if weights.shape != (len(parent),):
-      raise ValueError(f"weights: expected shape ({len(parent)},), got {weights.shape}")
+      raise ValueError(f'weights: expected shape ({len(parent)},), got {weights.shape}')
     self._cumulative = np.cumsum(weights / weights.sum())
     self._seed = int(seed)
-    self._cache = (None, None)      # (epoch, draw): one attribute, swapped atomically
+    self._cache = (None, None)  # (epoch, draw): one attribute, swapped atomically
 
   def __len__(self) -> int:
     return sys.maxsize
 
   def __str__(self) -> str:
-    return f"WeightedResampleDataset(seed={self._seed})"
+    return f'WeightedResampleDataset(seed={self._seed})'
 
   def epoch_draw(self, epoch: int) -> np.ndarray:
     """The parent indices drawn for one epoch (len(parent) of them)."""
     cached_epoch, draw = self._cache
     if cached_epoch != epoch:
       rng = np.random.default_rng([self._seed, epoch])
-      draw = np.searchsorted(self._cumulative, rng.random(len(self._cumulative)),
-                             side="right")
+      draw = np.searchsorted(self._cumulative, rng.random(len(self._cumulative)), side='right')
       draw = np.minimum(draw, len(self._cumulative) - 1)
       self._cache = (epoch, draw)
     return draw

@@ -21,22 +21,34 @@ Two ways in:
 
 Every problem is reported as one line `file: video/frame/human/part: problem`.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
-PARTS = ("head", "torso", "left_arm", "right_arm", "left_hand", "right_hand",
-         "left_leg", "right_leg", "left_foot", "right_foot")
+PARTS = (
+  'head',
+  'torso',
+  'left_arm',
+  'right_arm',
+  'left_hand',
+  'right_hand',
+  'left_leg',
+  'right_leg',
+  'left_foot',
+  'right_foot',
+)
 MAX_HUMANS = 10
 MAX_PROPOSALS = 5
-PRED_FILES = ("pred_vid_result.json", "pred_part_result.json")
-GT_FILES = ("gt_vid_result.json", "gt_part_result.json")
+PRED_FILES = ('pred_vid_result.json', 'pred_part_result.json')
+GT_FILES = ('gt_vid_result.json', 'gt_part_result.json')
 
 Box = tuple[float, float, float, float]
 
@@ -53,6 +65,7 @@ class SubmissionError(ValueError):
 
 
 # ------------------------------------------------------------------ the typed form
+
 
 class GTPart(msgspec.Struct, gc=False):
   box: Box
@@ -84,18 +97,20 @@ class PredFrame(msgspec.Struct, gc=False):
 
 class Malformed:
   """Stands where a file holds a value that cannot be read as the format says."""
-  __slots__ = ("problem",)
+
+  __slots__ = ('problem',)
 
   def __init__(self, problem: str):
     self.problem = problem
 
   def __repr__(self) -> str:
-    return f"Malformed({self.problem!r})"
+    return f'Malformed({self.problem!r})'
 
 
 class OtherState:
   """A predicted state that is not a string: compared by identity, it matches nothing."""
-  __slots__ = ("value",)
+
+  __slots__ = ('value',)
 
   def __init__(self, value: Any):
     self.value = value
@@ -115,28 +130,30 @@ class Typed(dict):
     self.finite = finite
 
 
-FRAME_TYPES = {"gt": GTFrame, "pred": PredFrame}
-_PART_DECODERS = {kind: msgspec.json.Decoder(dict[str, dict[str, frame]])
-                  for kind, frame in FRAME_TYPES.items()}
+FRAME_TYPES = {'gt': GTFrame, 'pred': PredFrame}
+_PART_DECODERS = {
+  kind: msgspec.json.Decoder(dict[str, dict[str, frame]]) for kind, frame in FRAME_TYPES.items()
+}
 _VID_DECODER = msgspec.json.Decoder(dict[str, str])
 
 
 # ------------------------------------------------------------------------- reading
 
+
 def _file_names(kind: str) -> tuple[str, str]:
-  if kind not in ("gt", "pred"):
+  if kind not in ('gt', 'pred'):
     raise ValueError(f"kind must be 'gt' or 'pred', got {kind!r}")
-  return GT_FILES if kind == "gt" else PRED_FILES
+  return GT_FILES if kind == 'gt' else PRED_FILES
 
 
 def _read_bytes(path: str) -> bytes:
   if not os.path.isfile(path):
-    raise SubmissionError(f"{path}: no such file")
+    raise SubmissionError(f'{path}: no such file')
   try:
-    with open(path, "rb") as f:
+    with open(path, 'rb') as f:
       return f.read()
   except OSError as e:
-    raise SubmissionError(f"{path}: unreadable ({e.strerror})") from None
+    raise SubmissionError(f'{path}: unreadable ({e.strerror})') from None
 
 
 def _parse_any(data: bytes, path: str) -> Any:
@@ -148,9 +165,9 @@ def _parse_any(data: bytes, path: str) -> Any:
   try:
     return json.loads(data)
   except json.JSONDecodeError as e:
-    raise SubmissionError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  except ValueError as e:                       # bytes that are not UTF-8 text
-    raise SubmissionError(f"{path}: not valid JSON ({e})") from None
+    raise SubmissionError(f'{path}: not valid JSON ({e.msg} at line {e.lineno})') from None
+  except ValueError as e:  # bytes that are not UTF-8 text
+    raise SubmissionError(f'{path}: not valid JSON ({e})') from None
 
 
 def load_json(path: str) -> Any:
@@ -160,14 +177,16 @@ def load_json(path: str) -> Any:
 
 def _top_level(obj: Any, path: str) -> dict:
   if not isinstance(obj, dict):
-    raise SubmissionError(f"{path}: top level must be an object keyed by video name")
+    raise SubmissionError(f'{path}: top level must be an object keyed by video name')
   return obj
 
 
 def load_pair(directory: str, kind: str) -> tuple[dict, dict]:
   """Loads (vid_result, part_result) of kind 'pred' or 'gt' from a directory, as dicts."""
-  return tuple(_top_level(load_json(os.path.join(directory, name)),
-                          os.path.join(directory, name)) for name in _file_names(kind))
+  return tuple(
+    _top_level(load_json(os.path.join(directory, name)), os.path.join(directory, name))
+    for name in _file_names(kind)
+  )
 
 
 def read_results(directory: str, kind: str) -> tuple[dict, dict]:
@@ -187,38 +206,41 @@ def read_results(directory: str, kind: str) -> tuple[dict, dict]:
   except (msgspec.ValidationError, msgspec.DecodeError):
     part = _top_level(_parse_any(data, part_name), part_name)
     part = _typed_or_refused(part, kind, os.path.basename(part_name))
-  if kind == "gt":
+  if kind == 'gt':
     check_gt_actions(vid, os.path.basename(vid_name))
   return vid, part
 
 
-def as_typed(part_result: Mapping, kind: str, file_name: str = "") -> Typed:
+def as_typed(part_result: Mapping, kind: str, file_name: str = '') -> Typed:
   """A part result given as dicts (as json loads it) in the typed form the scorer reads."""
   try:
-    return Typed(msgspec.convert(part_result, dict[str, dict[str, FRAME_TYPES[kind]]]),
-                 clean=True)
+    return Typed(msgspec.convert(part_result, dict[str, dict[str, FRAME_TYPES[kind]]]), clean=True)
   except msgspec.ValidationError:
     return _typed_or_refused(part_result, kind, file_name or _file_names(kind)[1])
 
 
 def _typed_or_refused(part_result: Mapping, kind: str, file_name: str) -> Typed:
-  problems = [] if kind == "gt" else None
+  problems = [] if kind == 'gt' else None
   typed = to_typed(part_result, kind, problems)
   if problems:
-    lines = [f"{file_name}: {line}" for line in problems]
-    raise SubmissionError(f"{lines[0]} ({len(lines)} problem(s) in the ground truth)", lines)
+    lines = [f'{file_name}: {line}' for line in problems]
+    raise SubmissionError(f'{lines[0]} ({len(lines)} problem(s) in the ground truth)', lines)
   return Typed(typed, clean=False)
 
 
 def check_gt_actions(vid_result: Mapping, file_name: str) -> None:
   """Refuses a ground truth whose actions are not class names."""
-  lines = [f"{file_name}: {video}: the action must be a class name, got {action!r}"
-           for video, action in vid_result.items() if not isinstance(action, str)]
+  lines = [
+    f'{file_name}: {video}: the action must be a class name, got {action!r}'
+    for video, action in vid_result.items()
+    if not isinstance(action, str)
+  ]
   if lines:
-    raise SubmissionError(f"{lines[0]} ({len(lines)} problem(s) in the ground truth)", lines)
+    raise SubmissionError(f'{lines[0]} ({len(lines)} problem(s) in the ground truth)', lines)
 
 
 # -------------------------------------------------- any JSON -> the typed form
+
 
 def to_typed(part_result: Mapping, kind: str, problems: list | None = None) -> dict:
   """Converts a part result of any shape to the typed form, `Malformed` where unreadable.
@@ -230,28 +252,31 @@ def to_typed(part_result: Mapping, kind: str, problems: list | None = None) -> d
 
   def note(path, problem):
     if problems is not None:
-      problems.append(f"{path}: {problem}")
+      problems.append(f'{path}: {problem}')
     return Malformed(problem)
 
   def box(value, path):
     if not isinstance(value, (list, tuple)) or len(value) != 4:
-      return note(path, f"box must be 4 numbers [x1, y1, x2, y2], got {_short(value)}")
+      return note(path, f'box must be 4 numbers [x1, y1, x2, y2], got {_short(value)}')
     if not all(isinstance(v, (int, float)) for v in value):
-      return note(path, f"box must hold numbers, got {_short(value)}")
+      return note(path, f'box must hold numbers, got {_short(value)}')
     return tuple(map(_as_float, value))
 
   def part(value, path):
     if not isinstance(value, dict):
-      return note(path, "a part must be an object")
-    boxes, verbs = value.get("box"), value.get("verb")
-    if kind == "gt":
-      verb = verbs if isinstance(verbs, str) else note(
-          path, f"verb must be a state name, got {_short(verbs)}")
+      return note(path, 'a part must be an object')
+    boxes, verbs = value.get('box'), value.get('verb')
+    if kind == 'gt':
+      verb = (
+        verbs
+        if isinstance(verbs, str)
+        else note(path, f'verb must be a state name, got {_short(verbs)}')
+      )
       return GTPart(box=box(boxes, path), verb=verb)
     if not isinstance(boxes, list):
       boxes = note(path, f"'box' must be a list of boxes, got {_short(boxes)}")
     else:
-      boxes = [box(b, f"{path}/proposal {i + 1}") for i, b in enumerate(boxes)]
+      boxes = [box(b, f'{path}/proposal {i + 1}') for i, b in enumerate(boxes)]
     if not isinstance(verbs, list):
       verbs = note(path, f"'verb' must be a list of state names, got {_short(verbs)}")
     else:
@@ -260,27 +285,27 @@ def to_typed(part_result: Mapping, kind: str, problems: list | None = None) -> d
 
   def human(value, path):
     if not isinstance(value, dict):
-      return note(path, "a human must be an object")
-    parts = value.get("parts")
+      return note(path, 'a human must be an object')
+    parts = value.get('parts')
     if not isinstance(parts, dict):
       parts = note(path, "'parts' must map part names to parts")
     else:
-      parts = {name: part(p, f"{path}/{name}") for name, p in parts.items()}
-    human_type = GTHuman if kind == "gt" else PredHuman
-    return human_type(box=box(value.get("box"), path), parts=parts)
+      parts = {name: part(p, f'{path}/{name}') for name, p in parts.items()}
+    human_type = GTHuman if kind == 'gt' else PredHuman
+    return human_type(box=box(value.get('box'), path), parts=parts)
 
   def frame(value, path):
-    humans = value.get("humans") if isinstance(value, dict) else None
+    humans = value.get('humans') if isinstance(value, dict) else None
     if not isinstance(humans, list):
       return note(path, "a frame must be an object with a 'humans' list")
-    return frame_type(humans=[human(h, f"{path}/human {i + 1}") for i, h in enumerate(humans)])
+    return frame_type(humans=[human(h, f'{path}/human {i + 1}') for i, h in enumerate(humans)])
 
   typed = {}
   for video, frames in part_result.items():
     if not isinstance(frames, dict):
-      typed[video] = note(video, "must map frame names to frames")
+      typed[video] = note(video, 'must map frame names to frames')
     else:
-      typed[video] = {name: frame(f, f"{video}/{name}") for name, f in frames.items()}
+      typed[video] = {name: frame(f, f'{video}/{name}') for name, f in frames.items()}
   return typed
 
 
@@ -294,30 +319,37 @@ def _as_float(number: int | float) -> float:
 
 def _short(value: Any, limit: int = 60) -> str:
   text = repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 # ------------------------------------------------------------- strict validation
 
-MAX_COORDINATE = 2 ** 24   # larger integers would not be scored exactly in float64
+MAX_COORDINATE = 2**24  # larger integers would not be scored exactly in float64
 
 
 def _box_problem(box) -> str | None:
   if not isinstance(box, (list, tuple)) or len(box) != 4:
-    return f"box must be 4 numbers [x1, y1, x2, y2], got {box!r}"
+    return f'box must be 4 numbers [x1, y1, x2, y2], got {box!r}'
   if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-    return f"box must hold numbers, got {box!r}"
+    return f'box must hold numbers, got {box!r}'
   if not all(math.isfinite(v) for v in box):
-    return f"box is not finite: {box!r}"
+    return f'box is not finite: {box!r}'
   if not all(abs(v) <= MAX_COORDINATE for v in box):
-    return f"box coordinate beyond +-{MAX_COORDINATE}: {box!r}"
+    return f'box coordinate beyond +-{MAX_COORDINATE}: {box!r}'
   if box[0] > box[2] or box[1] > box[3]:
-    return f"box is inverted (x1 > x2 or y1 > y2): {box!r}"
+    return f'box is inverted (x1 > x2 or y1 > y2): {box!r}'
   return None
 
 
-def validate(vid_result: Mapping, part_result: Mapping, *, kind: str = "pred",
-             file_name: str = "", actions=None, states=None) -> list[str]:
+def validate(
+  vid_result: Mapping,
+  part_result: Mapping,
+  *,
+  kind: str = 'pred',
+  file_name: str = '',
+  actions=None,
+  states=None,
+) -> list[str]:
   """All problems of a submission (kind 'pred') or ground truth (kind 'gt'), one per line.
 
   Strict: anything outside the format or the limits, wherever it is, including what
@@ -326,85 +358,92 @@ def validate(vid_result: Mapping, part_result: Mapping, *, kind: str = "pred",
   """
   problems = []
   where = file_name or _file_names(kind)[1]
-  vid_where = where.replace("part", "vid")
+  vid_where = where.replace('part', 'vid')
 
   def report(path, problem):
-    problems.append(f"{where}: {path}: {problem}")
+    problems.append(f'{where}: {path}: {problem}')
 
   for video, action in vid_result.items():
     if not isinstance(action, str):
-      problems.append(f"{vid_where}: {video}: action must be a class name")
+      problems.append(f'{vid_where}: {video}: action must be a class name')
     elif actions is not None and action not in actions:
-      problems.append(f"{vid_where}: {video}: unknown action {action!r}")
+      problems.append(f'{vid_where}: {video}: unknown action {action!r}')
   for video, frames in part_result.items():
     if not isinstance(frames, dict):
-      report(video, "must map frame names to frames")
+      report(video, 'must map frame names to frames')
       continue
     for frame_name, frame in frames.items():
-      path = f"{video}/{frame_name}"
-      humans = frame.get("humans") if isinstance(frame, dict) else None
+      path = f'{video}/{frame_name}'
+      humans = frame.get('humans') if isinstance(frame, dict) else None
       if not isinstance(humans, list):
         report(path, "missing 'humans' list")
         continue
-      if kind == "pred" and len(humans) > MAX_HUMANS:
-        report(path, f"{len(humans)} humans, at most {MAX_HUMANS} allowed")
+      if kind == 'pred' and len(humans) > MAX_HUMANS:
+        report(path, f'{len(humans)} humans, at most {MAX_HUMANS} allowed')
       for h, human in enumerate(humans):
-        hpath = f"{path}/human {h + 1}"
+        hpath = f'{path}/human {h + 1}'
         if not isinstance(human, dict):
-          report(hpath, "must be an object")
+          report(hpath, 'must be an object')
           continue
-        if (p := _box_problem(human.get("box"))):
+        if p := _box_problem(human.get('box')):
           report(hpath, p)
-        parts = human.get("parts", {})
+        parts = human.get('parts', {})
         if not isinstance(parts, dict):
           report(hpath, "'parts' must map part names to parts")
           continue
         for name, part in parts.items():
-          ppath = f"{hpath}/{name}"
+          ppath = f'{hpath}/{name}'
           if name not in PARTS:
-            report(ppath, f"unknown part name (expected one of {', '.join(PARTS)})")
+            report(ppath, f'unknown part name (expected one of {", ".join(PARTS)})')
             continue
           if not isinstance(part, dict):
-            report(ppath, "must be an object")
+            report(ppath, 'must be an object')
             continue
-          problems.extend(f"{where}: {ppath}: {p}" for p in _part_problems(part, kind, states))
+          problems.extend(f'{where}: {ppath}: {p}' for p in _part_problems(part, kind, states))
   return problems
 
 
 def _part_problems(part: Mapping, kind: str, states) -> list[str]:
-  box, verb = part.get("box"), part.get("verb")
-  if kind == "gt":
+  box, verb = part.get('box'), part.get('verb')
+  if kind == 'gt':
     problems = [p] if (p := _box_problem(box)) else []
     if not isinstance(verb, str):
-      problems.append(f"verb must be a state name, got {verb!r}")
+      problems.append(f'verb must be a state name, got {verb!r}')
     elif states is not None and verb not in states:
-      problems.append(f"unknown state {verb!r}")
+      problems.append(f'unknown state {verb!r}')
     return problems
   if not isinstance(box, list) or not isinstance(verb, list):
     return ["a predicted part holds lists 'box' and 'verb'"]
   problems = []
   if len(box) != len(verb):
-    problems.append(f"{len(box)} boxes but {len(verb)} verbs")
+    problems.append(f'{len(box)} boxes but {len(verb)} verbs')
   if len(box) > MAX_PROPOSALS:
-    problems.append(f"{len(box)} proposals, at most {MAX_PROPOSALS} allowed")
-  problems += [f"proposal {i + 1}: {p}" for i, b in enumerate(box) if (p := _box_problem(b))]
-  problems += [f"proposal {i + 1}: verb must be a state name, got {v!r}"
-               for i, v in enumerate(verb) if not isinstance(v, str)]
+    problems.append(f'{len(box)} proposals, at most {MAX_PROPOSALS} allowed')
+  problems += [f'proposal {i + 1}: {p}' for i, b in enumerate(box) if (p := _box_problem(b))]
+  problems += [
+    f'proposal {i + 1}: verb must be a state name, got {v!r}'
+    for i, v in enumerate(verb)
+    if not isinstance(v, str)
+  ]
   if states is not None:
-    problems += [f"proposal {i + 1}: unknown state {v!r}"
-                 for i, v in enumerate(verb) if isinstance(v, str) and v not in states]
+    problems += [
+      f'proposal {i + 1}: unknown state {v!r}'
+      for i, v in enumerate(verb)
+      if isinstance(v, str) and v not in states
+    ]
   return problems
 
 
 # ------------------------------------------------------------------------- writing
 
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to a temporary file in the same folder, then renames it into place."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
   try:
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, 'w') as f:
       json.dump(obj, f)
     os.replace(tmp, path)
   except BaseException:
@@ -415,9 +454,11 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 def write_submission(out_dir: str, vid_result: Mapping, part_result: Mapping) -> None:
   """Validates (strictly), then writes the two prediction files atomically."""
-  problems = validate(vid_result, part_result, kind="pred")
+  problems = validate(vid_result, part_result, kind='pred')
   if problems:
-    raise SubmissionError(f"refusing to write an invalid submission ({len(problems)} "
-                          f"problem(s)); first: {problems[0]}", problems)
+    raise SubmissionError(
+      f'refusing to write an invalid submission ({len(problems)} problem(s)); first: {problems[0]}',
+      problems,
+    )
   write_json_atomic(os.path.join(out_dir, PRED_FILES[0]), dict(vid_result))
   write_json_atomic(os.path.join(out_dir, PRED_FILES[1]), dict(part_result))

@@ -11,6 +11,7 @@ Every primitive is drawn twice, in colour and as a part label, into a layer of i
 own; composited frames keep a label map, from which parts get tight boxes of their
 visible pixels and a visible fraction (for occlusion and the image border).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,32 +22,61 @@ from PIL import Image, ImageDraw
 
 from tps_jax.data.kinetics_tps import PARTS
 
-SIDES = {"left": 1.0, "right": -1.0}   # the person's left is the image's right (+x)
+SIDES = {'left': 1.0, 'right': -1.0}  # the person's left is the image's right (+x)
 
 # The continuous pose, interpolated between keyframes. Angles in degrees: limbs from
 # straight down, positive outwards; torso tilt positive towards the image's right.
-POSE_FIELDS = ("torso", "head_yaw", "head_pitch",
-               "left_arm_a", "left_arm_e", "right_arm_a", "right_arm_e",
-               "left_leg_h", "left_leg_k", "right_leg_h", "right_leg_k",
-               "left_foot", "right_foot", "lift")
+POSE_FIELDS = (
+  'torso',
+  'head_yaw',
+  'head_pitch',
+  'left_arm_a',
+  'left_arm_e',
+  'right_arm_a',
+  'right_arm_e',
+  'left_leg_h',
+  'left_leg_k',
+  'right_leg_h',
+  'right_leg_k',
+  'left_foot',
+  'right_foot',
+  'lift',
+)
 FIELD = {name: i for i, name in enumerate(POSE_FIELDS)}
 
 # kind -> state -> prototype of the kind's fields (head: |yaw|, pitch; torso: |tilt|;
 # arm: shoulder a, elbow e (forearm at a + e); leg: hip h, knee k; foot: angle below
 # the horizontal). A part's state is its nearest prototype in units of SCALE.
 PROTOTYPES = {
-    "head": {"none": (0.0, 0.0), "turn": (0.8, 0.0), "nod": (0.0, 0.8)},
-    "torso": {"none": (0.0,), "bend": (35.0,)},
-    "arm": {"none": (8.0, 8.0), "bend": (25.0, 115.0), "raise": (165.0, 5.0),
-            "stretch": (90.0, 5.0), "others": (-25.0, -80.0)},
-    "leg": {"none": (4.0, 0.0), "step": (28.0, 0.0), "kick": (75.0, 5.0),
-            "bend": (40.0, -65.0)},
-    "foot": {"none": (0.0,), "lift": (45.0,), "tiptoe": (85.0,)},
+  'head': {'none': (0.0, 0.0), 'turn': (0.8, 0.0), 'nod': (0.0, 0.8)},
+  'torso': {'none': (0.0,), 'bend': (35.0,)},
+  'arm': {
+    'none': (8.0, 8.0),
+    'bend': (25.0, 115.0),
+    'raise': (165.0, 5.0),
+    'stretch': (90.0, 5.0),
+    'others': (-25.0, -80.0),
+  },
+  'leg': {'none': (4.0, 0.0), 'step': (28.0, 0.0), 'kick': (75.0, 5.0), 'bend': (40.0, -65.0)},
+  'foot': {'none': (0.0,), 'lift': (45.0,), 'tiptoe': (85.0,)},
 }
-SCALE = {"head": 1.0, "torso": 35.0, "arm": 90.0, "leg": 45.0, "foot": 45.0}
-STATES = ("none", "others", "bend", "raise", "stretch", "kick", "step", "lift", "tiptoe",
-          "turn", "nod", "hold", "wave")    # list/part_stat.txt, in this order
-OBJECTS = ("none", "bag", "barbell", "book", "cup", "phone")   # list/object.txt
+SCALE = {'head': 1.0, 'torso': 35.0, 'arm': 90.0, 'leg': 45.0, 'foot': 45.0}
+STATES = (
+  'none',
+  'others',
+  'bend',
+  'raise',
+  'stretch',
+  'kick',
+  'step',
+  'lift',
+  'tiptoe',
+  'turn',
+  'nod',
+  'hold',
+  'wave',
+)  # list/part_stat.txt, in this order
+OBJECTS = ('none', 'bag', 'barbell', 'book', 'cup', 'phone')  # list/object.txt
 
 # Body proportions as fractions of the standing height.
 HEAD_R, NECK, TORSO_LEN = 0.075, 0.02, 0.29
@@ -55,37 +85,41 @@ UPPER_ARM, FOREARM, HAND_R = 0.16, 0.14, 0.035
 THIGH, SHIN, FOOT = 0.24, 0.22, 0.075
 UPPER_ARM_W, FOREARM_W, THIGH_W, SHIN_W, FOOT_W = 0.055, 0.045, 0.075, 0.06, 0.035
 
-_OBJECT_LABEL = len(PARTS) + 1     # layer labels: parts 1..10, held objects 11, 12, ...
-_OWNER_STRIDE = 64                 # owner map: _OWNER_STRIDE * (layer + 1) + layer label
+_OBJECT_LABEL = len(PARTS) + 1  # layer labels: parts 1..10, held objects 11, 12, ...
+_OWNER_STRIDE = 64  # owner map: _OWNER_STRIDE * (layer + 1) + layer label
 
 
 def part_kind(part: str) -> str:
-  return part.split("_")[-1]
+  return part.split('_')[-1]
 
 
 def kind_fields(part: str) -> tuple[str, ...]:
   """The pose fields a part's state is read from."""
   kind = part_kind(part)
-  if kind == "head":
-    return ("head_yaw", "head_pitch")
-  if kind == "torso":
-    return ("torso",)
-  side = part.split("_")[0]
-  return {"arm": (f"{side}_arm_a", f"{side}_arm_e"), "leg": (f"{side}_leg_h", f"{side}_leg_k"),
-          "foot": (f"{side}_foot",)}[kind]
+  if kind == 'head':
+    return ('head_yaw', 'head_pitch')
+  if kind == 'torso':
+    return ('torso',)
+  side = part.split('_')[0]
+  return {
+    'arm': (f'{side}_arm_a', f'{side}_arm_e'),
+    'leg': (f'{side}_leg_h', f'{side}_leg_k'),
+    'foot': (f'{side}_foot',),
+  }[kind]
 
 
 def state_of(part: str, pose: np.ndarray, hands: dict[str, str]) -> str:
   """The state label of a part in a pose: its nearest prototype (hands: as drawn)."""
   kind = part_kind(part)
-  if kind == "hand":
-    return hands[part.split("_")[0]]
+  if kind == 'hand':
+    return hands[part.split('_')[0]]
   values = np.array([pose[FIELD[f]] for f in kind_fields(part)])
-  if kind in ("head", "torso"):
+  if kind in ('head', 'torso'):
     values[0] = abs(values[0])
   prototypes = PROTOTYPES[kind]
-  distances = {s: np.linalg.norm((values - np.array(p)) / SCALE[kind])
-               for s, p in prototypes.items()}
+  distances = {
+    s: np.linalg.norm((values - np.array(p)) / SCALE[kind]) for s, p in prototypes.items()
+  }
   return min(distances, key=distances.get)
 
 
@@ -97,10 +131,11 @@ def prototype_values(part: str, state: str) -> dict[str, float]:
 @dataclasses.dataclass(frozen=True)
 class Look:
   """A person's colours (RGB)."""
+
   skin: tuple
   hair: tuple
   shirt: tuple
-  sleeves: tuple      # forearm colour: skin (short sleeves) or shirt
+  sleeves: tuple  # forearm colour: skin (short sleeves) or shirt
   pants: tuple
   shoes: tuple
   eyes: tuple = (25, 20, 20)
@@ -111,9 +146,14 @@ def random_look(rng: np.random.Generator) -> Look:
   hairs = ((30, 25, 20), (80, 50, 30), (150, 110, 60), (200, 180, 140), (110, 110, 110))
   skin = skins[rng.integers(len(skins))]
   shirt = random_colour(rng)
-  return Look(skin=skin, hair=hairs[rng.integers(len(hairs))], shirt=shirt,
-              sleeves=skin if rng.random() < 0.5 else shirt, pants=random_colour(rng, 0.7),
-              shoes=random_colour(rng, 0.45))
+  return Look(
+    skin=skin,
+    hair=hairs[rng.integers(len(hairs))],
+    shirt=shirt,
+    sleeves=skin if rng.random() < 0.5 else shirt,
+    pants=random_colour(rng, 0.7),
+    shoes=random_colour(rng, 0.45),
+  )
 
 
 def random_colour(rng: np.random.Generator, value: float = 0.85) -> tuple:
@@ -131,6 +171,7 @@ def darker(colour: tuple, factor: float = 0.45) -> tuple:
 
 # ---------------------------------------------------------------------------- geometry
 
+
 def _limb(angle: float, side: float) -> np.ndarray:
   """Unit vector at `angle` degrees from straight down, outwards on `side`."""
   r = math.radians(angle)
@@ -145,10 +186,10 @@ def _rotate(v: np.ndarray, degrees: float) -> np.ndarray:
 
 @dataclasses.dataclass
 class Skeleton:
-  joints: dict[str, np.ndarray]     # name -> (x, y) image pixels
-  up: np.ndarray                    # unit torso axis, pelvis to neck
-  perp: np.ndarray                  # unit, across the torso towards the image's right
-  fore: dict[str, np.ndarray]       # side -> unit forearm direction, elbow to wrist
+  joints: dict[str, np.ndarray]  # name -> (x, y) image pixels
+  up: np.ndarray  # unit torso axis, pelvis to neck
+  perp: np.ndarray  # unit, across the torso towards the image's right
+  fore: dict[str, np.ndarray]  # side -> unit forearm direction, elbow to wrist
 
 
 def skeleton(pose: np.ndarray, x: float, ground: float, height: float) -> Skeleton:
@@ -158,43 +199,53 @@ def skeleton(pose: np.ndarray, x: float, ground: float, height: float) -> Skelet
   (then raised by the jump field 'lift').
   """
   p = {name: pose[i] for name, i in FIELD.items()}
-  h, tilt = height, p["torso"]
+  h, tilt = height, p['torso']
   up = np.array([math.sin(math.radians(tilt)), -math.cos(math.radians(tilt))])
   perp = np.array([math.cos(math.radians(tilt)), math.sin(math.radians(tilt))])
-  j = {"pelvis": np.zeros(2), "neck": up * TORSO_LEN * h}
-  j["head"] = j["neck"] + up * (NECK + HEAD_R) * h
+  j = {'pelvis': np.zeros(2), 'neck': up * TORSO_LEN * h}
+  j['head'] = j['neck'] + up * (NECK + HEAD_R) * h
   fore = {}
   for side, s in SIDES.items():
-    shoulder = j["neck"] + perp * s * SHOULDER_HALF * h - up * 0.02 * h
-    upper = _rotate(_limb(p[f"{side}_arm_a"], s), tilt)
-    fore[side] = _rotate(_limb(p[f"{side}_arm_a"] + p[f"{side}_arm_e"], s), tilt)
+    shoulder = j['neck'] + perp * s * SHOULDER_HALF * h - up * 0.02 * h
+    upper = _rotate(_limb(p[f'{side}_arm_a'], s), tilt)
+    fore[side] = _rotate(_limb(p[f'{side}_arm_a'] + p[f'{side}_arm_e'], s), tilt)
     elbow = shoulder + upper * UPPER_ARM * h
     wrist = elbow + fore[side] * FOREARM * h
     hip = perp * s * HIP_HALF * h
-    knee = hip + _limb(p[f"{side}_leg_h"], s) * THIGH * h
-    ankle = knee + _limb(p[f"{side}_leg_h"] + p[f"{side}_leg_k"], s) * SHIN * h
-    f = math.radians(p[f"{side}_foot"])
+    knee = hip + _limb(p[f'{side}_leg_h'], s) * THIGH * h
+    ankle = knee + _limb(p[f'{side}_leg_h'] + p[f'{side}_leg_k'], s) * SHIN * h
+    f = math.radians(p[f'{side}_foot'])
     toe_dir = np.array([s * math.cos(f), math.sin(f)])
-    j.update({f"{side}_shoulder": shoulder, f"{side}_elbow": elbow, f"{side}_wrist": wrist,
-              f"{side}_hand": wrist + fore[side] * HAND_R * h * 0.8,
-              f"{side}_hip": hip, f"{side}_knee": knee, f"{side}_ankle": ankle,
-              f"{side}_heel": ankle - toe_dir * 0.25 * FOOT * h,
-              f"{side}_toe": ankle + toe_dir * FOOT * h})
-  lowest = max(j[f"{side}_{end}"][1] for side in SIDES for end in ("heel", "toe", "ankle"))
-  origin = np.array([x, ground - lowest - FOOT_W * h / 2 - p["lift"] * h])
+    j.update(
+      {
+        f'{side}_shoulder': shoulder,
+        f'{side}_elbow': elbow,
+        f'{side}_wrist': wrist,
+        f'{side}_hand': wrist + fore[side] * HAND_R * h * 0.8,
+        f'{side}_hip': hip,
+        f'{side}_knee': knee,
+        f'{side}_ankle': ankle,
+        f'{side}_heel': ankle - toe_dir * 0.25 * FOOT * h,
+        f'{side}_toe': ankle + toe_dir * FOOT * h,
+      }
+    )
+  lowest = max(j[f'{side}_{end}'][1] for side in SIDES for end in ('heel', 'toe', 'ankle'))
+  origin = np.array([x, ground - lowest - FOOT_W * h / 2 - p['lift'] * h])
   return Skeleton(joints={k: v + origin for k, v in j.items()}, up=up, perp=perp, fore=fore)
 
 
 # ---------------------------------------------------------------------------- drawing
 
+
 @dataclasses.dataclass
 class Layer:
   """A person drawn alone: colours and labels (parts 1..10, objects 11..) at (x0, y0)."""
-  rgb: np.ndarray          # (h, w, 3) uint8
-  label: np.ndarray        # (h, w) uint8, 0 = empty
+
+  rgb: np.ndarray  # (h, w, 3) uint8
+  label: np.ndarray  # (h, w) uint8, 0 = empty
   x0: int
   y0: int
-  objects: tuple[str, ...]   # name of label _OBJECT_LABEL + i
+  objects: tuple[str, ...]  # name of label _OBJECT_LABEL + i
 
 
 class _Canvas:
@@ -202,8 +253,8 @@ class _Canvas:
 
   def __init__(self, x0: int, y0: int, w: int, h: int):
     self.x0, self.y0 = x0, y0
-    self.rgb = Image.new("RGB", (w, h))
-    self.label = Image.new("L", (w, h))
+    self.rgb = Image.new('RGB', (w, h))
+    self.label = Image.new('L', (w, h))
     self.draws = (ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.label))
 
   def _xy(self, p) -> tuple[float, float]:
@@ -240,9 +291,16 @@ class _Canvas:
       draw.chord((x - r, y - r, x + r, y + r), start, end, fill=fill)
 
 
-def render_person(pose: np.ndarray, hands: dict[str, str], held: tuple[str, ...],
-                  look: Look, x: float, ground: float, height: float,
-                  object_colour: tuple = (230, 230, 235)) -> Layer:
+def render_person(
+  pose: np.ndarray,
+  hands: dict[str, str],
+  held: tuple[str, ...],
+  look: Look,
+  x: float,
+  ground: float,
+  height: float,
+  object_colour: tuple = (230, 230, 235),
+) -> Layer:
   """Draws one person (and the objects they hold) into a layer of its own.
 
   `hands`: side -> hand state; `held`: names of held objects ('barbell' spans both
@@ -251,42 +309,81 @@ def render_person(pose: np.ndarray, hands: dict[str, str], held: tuple[str, ...]
   sk = skeleton(pose, x, ground, height)
   j, h = sk.joints, height
   points = np.array(list(j.values()))
-  margin = 0.3 * h + 3                                 # limb widths, fingers, objects
+  margin = 0.3 * h + 3  # limb widths, fingers, objects
   x0, y0 = np.floor(points.min(0) - margin).astype(int)
   x1, y1 = np.ceil(points.max(0) + margin).astype(int)
   canvas = _Canvas(x0, y0, x1 - x0, y1 - y0)
   label = {name: i + 1 for i, name in enumerate(PARTS)}
-  for side in SIDES:                                   # legs and feet, behind the torso
-    canvas.capsule(label[f"{side}_leg"], look.pants, j[f"{side}_hip"], j[f"{side}_knee"],
-                   THIGH_W * h, darker(look.pants))
-    canvas.capsule(label[f"{side}_leg"], look.pants, j[f"{side}_knee"], j[f"{side}_ankle"],
-                   SHIN_W * h, darker(look.pants))
+  for side in SIDES:  # legs and feet, behind the torso
+    canvas.capsule(
+      label[f'{side}_leg'],
+      look.pants,
+      j[f'{side}_hip'],
+      j[f'{side}_knee'],
+      THIGH_W * h,
+      darker(look.pants),
+    )
+    canvas.capsule(
+      label[f'{side}_leg'],
+      look.pants,
+      j[f'{side}_knee'],
+      j[f'{side}_ankle'],
+      SHIN_W * h,
+      darker(look.pants),
+    )
   for side in SIDES:
-    canvas.capsule(label[f"{side}_foot"], look.shoes, j[f"{side}_heel"], j[f"{side}_toe"],
-                   FOOT_W * h, darker(look.shoes))
+    canvas.capsule(
+      label[f'{side}_foot'],
+      look.shoes,
+      j[f'{side}_heel'],
+      j[f'{side}_toe'],
+      FOOT_W * h,
+      darker(look.shoes),
+    )
   perp, up = sk.perp, sk.up
-  torso = [j["neck"] - perp * TORSO_TOP_HALF * h, j["neck"] + perp * TORSO_TOP_HALF * h,
-           j["pelvis"] + perp * TORSO_BOTTOM_HALF * h - up * 0.03 * h,
-           j["pelvis"] - perp * TORSO_BOTTOM_HALF * h - up * 0.03 * h]
-  canvas.polygon(label["torso"], look.shirt, torso, darker(look.shirt))
-  _draw_head(canvas, label["head"], j["head"], pose, look, h)
+  torso = [
+    j['neck'] - perp * TORSO_TOP_HALF * h,
+    j['neck'] + perp * TORSO_TOP_HALF * h,
+    j['pelvis'] + perp * TORSO_BOTTOM_HALF * h - up * 0.03 * h,
+    j['pelvis'] - perp * TORSO_BOTTOM_HALF * h - up * 0.03 * h,
+  ]
+  canvas.polygon(label['torso'], look.shirt, torso, darker(look.shirt))
+  _draw_head(canvas, label['head'], j['head'], pose, look, h)
   for side in SIDES:
-    canvas.capsule(label[f"{side}_arm"], look.shirt, j[f"{side}_shoulder"],
-                   j[f"{side}_elbow"], UPPER_ARM_W * h, darker(look.shirt))
-    canvas.capsule(label[f"{side}_arm"], look.sleeves, j[f"{side}_elbow"],
-                   j[f"{side}_wrist"], FOREARM_W * h, darker(look.sleeves))
+    canvas.capsule(
+      label[f'{side}_arm'],
+      look.shirt,
+      j[f'{side}_shoulder'],
+      j[f'{side}_elbow'],
+      UPPER_ARM_W * h,
+      darker(look.shirt),
+    )
+    canvas.capsule(
+      label[f'{side}_arm'],
+      look.sleeves,
+      j[f'{side}_elbow'],
+      j[f'{side}_wrist'],
+      FOREARM_W * h,
+      darker(look.sleeves),
+    )
   for side in SIDES:
-    _draw_hand(canvas, label[f"{side}_hand"], j[f"{side}_hand"], sk.fore[side], hands[side],
-               look, h)
+    _draw_hand(
+      canvas, label[f'{side}_hand'], j[f'{side}_hand'], sk.fore[side], hands[side], look, h
+    )
   for k, name in enumerate(held):
     _draw_object(canvas, _OBJECT_LABEL + k, name, j, hands, object_colour, h)
-  return Layer(rgb=np.asarray(canvas.rgb), label=np.asarray(canvas.label), x0=int(x0),
-               y0=int(y0), objects=tuple(held))
+  return Layer(
+    rgb=np.asarray(canvas.rgb),
+    label=np.asarray(canvas.label),
+    x0=int(x0),
+    y0=int(y0),
+    objects=tuple(held),
+  )
 
 
 def _draw_head(canvas, label, c, pose, look, h):
   r = HEAD_R * h
-  yaw, pitch = pose[FIELD["head_yaw"]], max(pose[FIELD["head_pitch"]], 0.0)
+  yaw, pitch = pose[FIELD['head_yaw']], max(pose[FIELD['head_pitch']], 0.0)
   canvas.disc(label, look.skin, c, r, darker(look.skin))
   # Hair: a chord centred on the top, shifted away from the face, larger when nodding.
   centre = 270 - 55 * yaw
@@ -300,13 +397,18 @@ def _draw_head(canvas, label, c, pose, look, h):
   mouth_y = (0.45 + 0.35 * pitch) * r
   if mouth_y < 0.8 * r:
     mx = c[0] + yaw * 0.45 * r
-    canvas.capsule(label, (150, 60, 60), (mx - 0.2 * r, c[1] + mouth_y),
-                   (mx + 0.2 * r, c[1] + mouth_y), max(0.1 * r, 0.8))
+    canvas.capsule(
+      label,
+      (150, 60, 60),
+      (mx - 0.2 * r, c[1] + mouth_y),
+      (mx + 0.2 * r, c[1] + mouth_y),
+      max(0.1 * r, 0.8),
+    )
 
 
 def _draw_hand(canvas, label, centre, fore, state, look, h):
   r = HAND_R * h
-  if state == "wave":
+  if state == 'wave':
     for angle in (-50, -18, 14, 46):
       tip = centre + _rotate(fore, angle) * 2.3 * r
       canvas.capsule(label, look.skin, centre, tip, max(0.45 * r, 1.0), darker(look.skin))
@@ -316,42 +418,53 @@ def _draw_hand(canvas, label, centre, fore, state, look, h):
 
 
 def _draw_object(canvas, label, name, j, hands, colour, h):
-  if name == "barbell":
-    a, b = j["right_hand"], j["left_hand"]
+  if name == 'barbell':
+    a, b = j['right_hand'], j['left_hand']
     u = (b - a) / max(np.linalg.norm(b - a), 1e-6)
     n = np.array([-u[1], u[0]])
     ends = (a - u * 0.22 * h, b + u * 0.22 * h)
     canvas.capsule(label, (150, 150, 160), ends[0], ends[1], 0.028 * h, (60, 60, 70))
     for end, inward in zip(ends, (u, -u)):
       plate = end + inward * 0.03 * h
-      canvas.capsule(label, (45, 45, 55), plate - n * 0.09 * h, plate + n * 0.09 * h,
-                     0.06 * h, (20, 20, 25))
+      canvas.capsule(
+        label, (45, 45, 55), plate - n * 0.09 * h, plate + n * 0.09 * h, 0.06 * h, (20, 20, 25)
+      )
     return
-  side = next(s for s in SIDES if hands[s] == "hold")
-  c, s = j[f"{side}_hand"], SIDES[side]
-  w, hh, offset = {"cup": (0.06, 0.085, (0.06, -0.02)), "phone": (0.04, 0.07, (0.0, -0.05)),
-                   "book": (0.11, 0.13, (0.08, -0.02)), "bag": (0.15, 0.12, (0.0, 0.11))}[name]
+  side = next(s for s in SIDES if hands[s] == 'hold')
+  c, s = j[f'{side}_hand'], SIDES[side]
+  w, hh, offset = {
+    'cup': (0.06, 0.085, (0.06, -0.02)),
+    'phone': (0.04, 0.07, (0.0, -0.05)),
+    'book': (0.11, 0.13, (0.08, -0.02)),
+    'bag': (0.15, 0.12, (0.0, 0.11)),
+  }[name]
   centre = c + np.array([s * offset[0] * h, offset[1] * h])
-  if name == "bag":
+  if name == 'bag':
     canvas.capsule(label, darker(colour, 0.6), c, centre, 0.015 * h)
   half = np.array([w * h / 2, hh * h / 2])
   corners = [centre + half * np.array(k) for k in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
-  fill = (40, 40, 48) if name == "phone" else colour
+  fill = (40, 40, 48) if name == 'phone' else colour
   canvas.polygon(label, fill, corners, darker(fill, 0.5))
 
 
 # ---------------------------------------------------------------------------- frames
 
+
 @dataclasses.dataclass
 class Visible:
   """What of a person survives compositing: tight boxes of visible pixels."""
-  box: tuple[int, int, int, int] | None               # human: all visible body pixels
-  parts: dict[str, tuple[int, int, int, int]]          # parts kept (visible enough)
+
+  box: tuple[int, int, int, int] | None  # human: all visible body pixels
+  parts: dict[str, tuple[int, int, int, int]]  # parts kept (visible enough)
   objects: list[tuple[str, tuple[int, int, int, int]]]
 
 
-def composite(frame: np.ndarray, layers: list[Layer], occluder: np.ndarray | None = None,
-              occluder_rgb: np.ndarray | None = None) -> np.ndarray:
+def composite(
+  frame: np.ndarray,
+  layers: list[Layer],
+  occluder: np.ndarray | None = None,
+  occluder_rgb: np.ndarray | None = None,
+) -> np.ndarray:
   """Pastes layers back to front onto `frame` (in place), then an occluder mask.
 
   Returns the owner map: 64 * (layer index + 1) + layer label where a layer shows,
@@ -373,8 +486,9 @@ def composite(frame: np.ndarray, layers: list[Layer], occluder: np.ndarray | Non
   return owner
 
 
-def visible_boxes(owner: np.ndarray, layers: list[Layer], min_visible: float = 0.3,
-                  min_pixels: int = 4) -> list[Visible]:
+def visible_boxes(
+  owner: np.ndarray, layers: list[Layer], min_visible: float = 0.3, min_pixels: int = 4
+) -> list[Visible]:
   """Per layer, tight (inclusive-pixel) boxes of what the owner map shows of it.
 
   A part or object is kept when at least `min_visible` of its own pixels (and
@@ -398,11 +512,17 @@ def visible_boxes(owner: np.ndarray, layers: list[Layer], min_visible: float = 0
       if box is not None:
         boxes[int(value)] = tuple(int(v) for v in box + offset)
     body = _box((region > 0) & (region <= len(PARTS)), 1)
-    visible.append(Visible(
+    visible.append(
+      Visible(
         box=None if body is None else tuple(int(v) for v in body + offset),
         parts={PARTS[v - 1]: b for v, b in sorted(boxes.items()) if v <= len(PARTS)},
-        objects=[(layer.objects[v - _OBJECT_LABEL], b) for v, b in sorted(boxes.items())
-                 if v >= _OBJECT_LABEL]))
+        objects=[
+          (layer.objects[v - _OBJECT_LABEL], b)
+          for v, b in sorted(boxes.items())
+          if v >= _OBJECT_LABEL
+        ],
+      )
+    )
   return visible
 
 
@@ -422,5 +542,7 @@ def _window(layer: Layer, width: int, height: int):
   fx1, fy1 = min(layer.x0 + lw, width), min(layer.y0 + lh, height)
   if fx0 >= fx1 or fy0 >= fy1:
     return None
-  return ((slice(fy0, fy1), slice(fx0, fx1)),
-          (slice(fy0 - layer.y0, fy1 - layer.y0), slice(fx0 - layer.x0, fx1 - layer.x0)))
+  return (
+    (slice(fy0, fy1), slice(fx0, fx1)),
+    (slice(fy0 - layer.y0, fy1 - layer.y0), slice(fx0 - layer.x0, fx1 - layer.x0)),
+  )

@@ -5,11 +5,12 @@ Frames are numbered from 1 (mmaction2's rawframe convention, as the annotation f
 `python -m data_prep.extract_frames` writes). Every failure is a `VideoError` whose
 message is one line, 'path: problem'.
 """
+
 from __future__ import annotations
 
 import io
 import os
-from typing import Container, Iterator
+from collections.abc import Container, Iterator
 
 import av
 import numpy as np
@@ -22,11 +23,12 @@ class VideoError(ValueError):
 
 def frame_file(folder: str, index: int) -> str:
   """FOLDER/img_00001.jpg for index 1."""
-  return os.path.join(folder, f"img_{index:05d}.jpg")
+  return os.path.join(folder, f'img_{index:05d}.jpg')
 
 
-def iter_video_frames(path: str, wanted: Container[int] | None = None,
-                      last: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_video_frames(
+  path: str, wanted: Container[int] | None = None, last: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
   """(index, RGB uint8 (H, W, 3)) of the decoded frames, in order, from index 1.
 
   Args:
@@ -37,20 +39,20 @@ def iter_video_frames(path: str, wanted: Container[int] | None = None,
   try:
     container = av.open(path)
   except (av.FFmpegError, OSError) as e:
-    raise VideoError(f"{path}: cannot open video ({_reason(e)})") from None
+    raise VideoError(f'{path}: cannot open video ({_reason(e)})') from None
   with container:
     if not container.streams.video:
-      raise VideoError(f"{path}: no video stream")
+      raise VideoError(f'{path}: no video stream')
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    stream.thread_type = 'AUTO'
     try:
       for index, frame in enumerate(container.decode(stream), 1):
         if wanted is None or index in wanted:
-          yield index, frame.to_ndarray(format="rgb24")
+          yield index, frame.to_ndarray(format='rgb24')
         if last is not None and index >= last:
           return
     except (av.FFmpegError, OSError) as e:
-      raise VideoError(f"{path}: cannot decode video ({_reason(e)})") from None
+      raise VideoError(f'{path}: cannot decode video ({_reason(e)})') from None
 
 
 def iter_folder_frames(folder: str, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -58,27 +60,27 @@ def iter_folder_frames(folder: str, indices: list[int]) -> Iterator[tuple[int, n
   for index in indices:
     path = frame_file(folder, index)
     try:
-      with open(path, "rb") as f:
+      with open(path, 'rb') as f:
         data = f.read()
     except OSError as e:
-      raise VideoError(f"{path}: cannot read frame ({_reason(e)})") from None
+      raise VideoError(f'{path}: cannot read frame ({_reason(e)})') from None
     yield index, decode_jpeg(data, source=path)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
   """JPEG bytes of an RGB uint8 (H, W, 3) array."""
   buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+  Image.fromarray(image).save(buffer, format='JPEG', quality=quality)
   return buffer.getvalue()
 
 
-def decode_jpeg(data: bytes, source: str = "<bytes>") -> np.ndarray:
+def decode_jpeg(data: bytes, source: str = '<bytes>') -> np.ndarray:
   """RGB uint8 (H, W, 3) array of encoded image bytes (`source` names them in errors)."""
   try:
     with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert("RGB"))
+      return np.asarray(image.convert('RGB'))
   except (OSError, ValueError) as e:
-    raise VideoError(f"{source}: cannot decode image ({_reason(e)})") from None
+    raise VideoError(f'{source}: cannot decode image ({_reason(e)})') from None
 
 
 def resize_short_side(image: np.ndarray, max_short_side: int) -> np.ndarray:
@@ -94,5 +96,5 @@ def resize_short_side(image: np.ndarray, max_short_side: int) -> np.ndarray:
 
 def _reason(error: BaseException) -> str:
   """A one-line reason from an exception (without the file name FFmpeg appends)."""
-  text = " ".join(str(getattr(error, "strerror", None) or error).split())
+  text = ' '.join(str(getattr(error, 'strerror', None) or error).split())
   return text or type(error).__name__

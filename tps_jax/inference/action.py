@@ -5,6 +5,7 @@ variables, training config) from a trainer's `export/`; the views, scores, ensem
 `evaluate_members` themselves are in tps_jax/tasks/action_views.py, where the action
 task's final evaluation also finds them.
 """
+
 from __future__ import annotations
 
 import os

@@ -25,47 +25,72 @@ outputs = exported.call(variables, frames, image_shape, action)   # OUTPUT_KEYS 
 image_shape int32 (B, 2) the frames' sizes, action int32 (B,);
 serialized/signature.json states B, the canvas, the vocabularies and the outputs.)
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tps_jax.inference import pipeline as pipeline_lib
-from tps_jax.inference.export import Export, ExportError, load_export
+from tps_jax.inference.export import ExportError, load_export
 
 PIPELINE_FILE = 'pipeline.json'
 SERIALIZED_DIR = 'serialized'
 FORMAT = 1
 # What `parse_frames` returns, in order (the serialized program's outputs).
-OUTPUT_KEYS = ('human_boxes', 'human_scores', 'human_valid', 'part_boxes', 'part_scores',
-               'part_states', 'part_valid')
+OUTPUT_KEYS = (
+  'human_boxes',
+  'human_scores',
+  'human_valid',
+  'part_boxes',
+  'part_scores',
+  'part_states',
+  'part_valid',
+)
 
 
 def _networks(num_actions: int) -> dict[str, Any]:
-  return {'humans': 'humans', 'parts': 'parts', 'states': 'states',
-          'action': [f'action_{i}' for i in range(num_actions)]}
+  return {
+    'humans': 'humans',
+    'parts': 'parts',
+    'states': 'states',
+    'action': [f'action_{i}' for i in range(num_actions)],
+  }
 
 
-def write_bundle(out: str, *, humans: str, parts: str, states: str, actions: Sequence[str],
-                 settings: pipeline_lib.Settings, overwrite: bool = False) -> str:
+def write_bundle(
+  out: str,
+  *,
+  humans: str,
+  parts: str,
+  states: str,
+  actions: Sequence[str],
+  settings: pipeline_lib.Settings,
+  overwrite: bool = False,
+) -> str:
   """Copies the four exports (an action ensemble allowed) and the settings to `out`."""
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise ExportError(f'{out}: already exists (pass --overwrite to replace it)')
-  exports = {'humans': load_export(humans), 'parts': load_export(parts),
-             'states': load_export(states)}
+  exports = {
+    'humans': load_export(humans),
+    'parts': load_export(parts),
+    'states': load_export(states),
+  }
   action_exports = [load_export(a) for a in actions]
   if not action_exports:
     raise ExportError('no action recogniser export given (--action)')
-  pipeline_lib.check_vocabularies(exports['humans'], exports['parts'], exports['states'],
-                                  action_exports)
+  pipeline_lib.check_vocabularies(
+    exports['humans'], exports['parts'], exports['states'], action_exports
+  )
   names = _networks(len(action_exports))
   copies = {names[key]: export for key, export in exports.items()}
   copies.update(zip(names['action'], action_exports))
@@ -77,8 +102,11 @@ def write_bundle(out: str, *, humans: str, parts: str, states: str, actions: Seq
     shutil.copytree(export.path, os.path.join(tmp, folder))
   sources = {folder: export.path for folder, export in copies.items()}
   with open(os.path.join(tmp, PIPELINE_FILE), 'w') as f:
-    json.dump({'format': FORMAT, 'settings': settings.to_dict(), 'networks': names,
-               'sources': sources}, f, indent=2)
+    json.dump(
+      {'format': FORMAT, 'settings': settings.to_dict(), 'networks': names, 'sources': sources},
+      f,
+      indent=2,
+    )
   if os.path.exists(out):
     shutil.rmtree(out)
   os.replace(tmp, out)
@@ -111,18 +139,19 @@ def read_manifest(bundle: str) -> dict[str, Any]:
     with open(path) as f:
       manifest = json.load(f)
   except FileNotFoundError:
-    raise ExportError(f'{path}: no such file (make a bundle with python -m '
-                      'tps_jax.export_pipeline)') from None
+    raise ExportError(
+      f'{path}: no such file (make a bundle with python -m tps_jax.export_pipeline)'
+    ) from None
   except (OSError, json.JSONDecodeError) as e:
     raise ExportError(f'{path}: unreadable ({e})') from None
   if manifest.get('format') != FORMAT:
-    raise ExportError(f'{path}: format {manifest.get("format")!r}, this version reads '
-                      f'{FORMAT}')
+    raise ExportError(f'{path}: format {manifest.get("format")!r}, this version reads {FORMAT}')
   return manifest
 
 
-def load_bundle(bundle: str, *, dtype=jnp.float32,
-                settings: dict[str, Any] | None = None) -> pipeline_lib.Pipeline:
+def load_bundle(
+  bundle: str, *, dtype=jnp.float32, settings: dict[str, Any] | None = None
+) -> pipeline_lib.Pipeline:
   """The Pipeline of a bundle; `settings` overrides fields of its pipeline.json."""
   bundle = os.path.abspath(bundle)
   manifest = read_manifest(bundle)
@@ -134,9 +163,12 @@ def load_bundle(bundle: str, *, dtype=jnp.float32,
   except ValueError as e:
     raise ExportError(f'{os.path.join(bundle, PIPELINE_FILE)}: {e}') from None
   return pipeline_lib.Pipeline(
-      load(names['humans'], 'human_detector'), load(names['parts'], 'part_detector'),
-      load(names['states'], 'part_state'), [load(n, 'action') for n in names['action']],
-      merged)
+    load(names['humans'], 'human_detector'),
+    load(names['parts'], 'part_detector'),
+    load(names['states'], 'part_state'),
+    [load(n, 'action') for n in names['action']],
+    merged,
+  )
 
 
 # ---------------------------------------------------------------------- jax.export
@@ -144,15 +176,20 @@ def load_bundle(bundle: str, *, dtype=jnp.float32,
 
 def _input_specs(pipeline: pipeline_lib.Pipeline, frame_batch: int):
   height, width = pipeline.canvas
-  variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                           pipeline.variables)
-  return (variables, jax.ShapeDtypeStruct((frame_batch, height, width, 3), jnp.uint8),
-          jax.ShapeDtypeStruct((frame_batch, 2), jnp.int32),
-          jax.ShapeDtypeStruct((frame_batch,), jnp.int32))
+  variables = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), pipeline.variables
+  )
+  return (
+    variables,
+    jax.ShapeDtypeStruct((frame_batch, height, width, 3), jnp.uint8),
+    jax.ShapeDtypeStruct((frame_batch, 2), jnp.int32),
+    jax.ShapeDtypeStruct((frame_batch,), jnp.int32),
+  )
 
 
-def serialize_parse_frames(bundle: str, *, frame_batch: int | None = None,
-                           platforms: Sequence[str] | None = None) -> str:
+def serialize_parse_frames(
+  bundle: str, *, frame_batch: int | None = None, platforms: Sequence[str] | None = None
+) -> str:
   """Writes BUNDLE/serialized/: the compiled per-frame program (jax.export, no oracle)
   for `frame_batch` frames (default: the bundle's) and its signature. Returns the dir."""
   pipeline = load_bundle(bundle)
@@ -170,13 +207,20 @@ def serialize_parse_frames(bundle: str, *, frame_batch: int | None = None,
   with open(os.path.join(out, 'parse_frames.bin.tmp'), 'wb') as f:
     f.write(exported.serialize())
   os.replace(os.path.join(out, 'parse_frames.bin.tmp'), os.path.join(out, 'parse_frames.bin'))
-  signature = {'frame_batch': frame_batch, 'canvas': list(pipeline.canvas),
-               'platforms': list(platforms), 'outputs': list(OUTPUT_KEYS),
-               'variables': {k: f'{k}/variables' for k in ('humans', 'parts', 'states')},
-               'states': list(pipeline.state_names), 'actions': list(pipeline.action_names),
-               'inputs': {'frames': 'uint8 (B, H, W, 3) on the canvas (resize_pad)',
-                          'image_shape': 'int32 (B, 2) frame (height, width)',
-                          'action': 'int32 (B,) index in actions'}}
+  signature = {
+    'frame_batch': frame_batch,
+    'canvas': list(pipeline.canvas),
+    'platforms': list(platforms),
+    'outputs': list(OUTPUT_KEYS),
+    'variables': {k: f'{k}/variables' for k in ('humans', 'parts', 'states')},
+    'states': list(pipeline.state_names),
+    'actions': list(pipeline.action_names),
+    'inputs': {
+      'frames': 'uint8 (B, H, W, 3) on the canvas (resize_pad)',
+      'image_shape': 'int32 (B, 2) frame (height, width)',
+      'action': 'int32 (B,) index in actions',
+    },
+  }
   with open(os.path.join(out, 'signature.json'), 'w') as f:
     json.dump(signature, f, indent=2)
   return out

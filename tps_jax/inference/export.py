@@ -17,6 +17,7 @@ Kinds and what their metadata holds:
 - `action`: vocab {actions}; preprocessing {num_frames, frame_stride, image_size,
   resize, clip_short_side, normalization}.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ class ExportError(ValueError):
 @dataclasses.dataclass
 class Export:
   """One trained network: its model, numpy variables, training config and metadata."""
+
   path: str
   config: ml_collections.ConfigDict
   metadata: dict[str, Any]
@@ -107,43 +109,61 @@ def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Exp
   try:
     variables = checkpointing.restore_numpy(variables_dir)
   except Exception as e:  # orbax / tensorstore raise many types for damaged files
-    raise ExportError(f'{variables_dir}: unreadable ({type(e).__name__}: '
-                      f'{str(e).splitlines()[0] if str(e) else ""})') from None
+    raise ExportError(
+      f'{variables_dir}: unreadable ({type(e).__name__}: '
+      f'{str(e).splitlines()[0] if str(e) else ""})'
+    ) from None
   try:
     task = tasks_lib.get_task(config.task, config, compute_dtype=dtype, metadata=metadata)
   except (ValueError, KeyError, AttributeError) as e:
-    raise ExportError(f'{os.path.join(path, "config.json")}: cannot build the model '
-                      f'({e})') from None
+    raise ExportError(
+      f'{os.path.join(path, "config.json")}: cannot build the model ({e})'
+    ) from None
   return Export(path=path, config=config, metadata=metadata, variables=variables, task=task)
 
 
-def metadata_for(kind: str, config, *, states=(), actions=(), context: float = 0.1,
-                 clip_short_side: int = 256) -> dict[str, Any]:
+def metadata_for(
+  kind: str, config, *, states=(), actions=(), context: float = 0.1, clip_short_side: int = 256
+) -> dict[str, Any]:
   """The metadata a `kind` export of `config` would record after training on a dataset
   with these vocabularies and build settings (what `Task.export_metadata` reads from
   the dataset), for exports made without one (`write_random_export`)."""
   from tps_jax.data import augment  # pylint: disable=g-import-not-at-top
   from tps_jax.data import kinetics_tps as tps  # pylint: disable=g-import-not-at-top
+
   data = config.data
   size = data.image_size
-  preprocessing = {'image_size': [size, size] if isinstance(size, int) else list(size),
-                   'normalization': augment.normalization()}
+  preprocessing = {
+    'image_size': [size, size] if isinstance(size, int) else list(size),
+    'normalization': augment.normalization(),
+  }
   if kind == 'human_detector':
     return {'kind': kind, 'vocab': {'classes': ['person']}, 'preprocessing': preprocessing}
   if kind == 'part_detector':
-    return {'kind': kind, 'vocab': {'classes': list(tps.PARTS)},
-            'preprocessing': {**preprocessing, 'context': context}}
+    return {
+      'kind': kind,
+      'vocab': {'classes': list(tps.PARTS)},
+      'preprocessing': {**preprocessing, 'context': context},
+    }
   if kind == 'part_state':
     resize = data.get('resize', 0) or round(max(preprocessing['image_size']) * 8 / 7)
-    return {'kind': kind, 'vocab': {'parts': list(tps.PARTS), 'states': list(states),
-                                    'actions': list(actions)},
-            'preprocessing': {**preprocessing, 'resize': resize, 'context': context}}
+    return {
+      'kind': kind,
+      'vocab': {'parts': list(tps.PARTS), 'states': list(states), 'actions': list(actions)},
+      'preprocessing': {**preprocessing, 'resize': resize, 'context': context},
+    }
   if kind == 'action':
-    return {'kind': kind, 'vocab': {'actions': list(actions)},
-            'preprocessing': {**preprocessing, 'num_frames': data.num_frames,
-                              'frame_stride': data.frame_stride,
-                              'resize': data.get('resize', 0) or min(preprocessing['image_size']),
-                              'clip_short_side': clip_short_side}}
+    return {
+      'kind': kind,
+      'vocab': {'actions': list(actions)},
+      'preprocessing': {
+        **preprocessing,
+        'num_frames': data.num_frames,
+        'frame_stride': data.frame_stride,
+        'resize': data.get('resize', 0) or min(preprocessing['image_size']),
+        'clip_short_side': clip_short_side,
+      },
+    }
   raise ValueError(f'kind must be one of {", ".join(KINDS)}, got {kind!r}')
 
 
@@ -151,8 +171,9 @@ def random_variables(shapes: PyTree, seed: int = 0) -> PyTree:
   """Host-side random values for a tree of ShapeDtypeStructs, without compiling the
   network's init: LeCun-normal kernels, zero biases and means, unit scales and
   variances. For tests and benchmarks that need a network, not a trained one."""
-  import jax   # pylint: disable=g-import-not-at-top
-  import numpy as np   # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
 
   def value(path, leaf):
@@ -162,8 +183,9 @@ def random_variables(shapes: PyTree, seed: int = 0) -> PyTree:
     if name in ('scale', 'var'):
       return np.ones(leaf.shape, leaf.dtype)
     fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
-    return (rng.standard_normal(leaf.shape, np.float32) / np.sqrt(max(fan_in, 1))
-            ).astype(leaf.dtype)
+    return (rng.standard_normal(leaf.shape, np.float32) / np.sqrt(max(fan_in, 1))).astype(
+      leaf.dtype
+    )
 
   return jax.tree_util.tree_map_with_path(value, shapes)
 
@@ -171,7 +193,8 @@ def random_variables(shapes: PyTree, seed: int = 0) -> PyTree:
 def write_random_export(workdir: str, config, metadata: dict[str, Any], seed: int = 0) -> str:
   """WORKDIR/export of an untrained network: `config` (a stage config) with random
   variables (`random_variables`) and the given metadata; returns the export's path."""
-  import jax   # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
   task = tasks_lib.get_task(config.task, config, metadata=metadata)
   shapes = jax.eval_shape(task.init_variables, jax.random.PRNGKey(seed))
   return checkpointing.export(workdir, random_variables(shapes, seed), config, metadata)

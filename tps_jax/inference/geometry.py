@@ -22,6 +22,7 @@ axis; tests/test_pipeline.py). Rules mirrored:
 Boxes: inclusive pixels at the interfaces (as the annotations and the part-state
 network take them); continuous edges inside (x2 + 1), as the detectors output them.
 """
+
 from __future__ import annotations
 
 import jax
@@ -80,8 +81,7 @@ def _filter_weights(start, step, bins: int, low, high, size: int):
   centre = start[..., None] + (jnp.arange(bins, dtype=jnp.float32) + 0.5) * step[..., None]
   pixel = jnp.arange(size, dtype=jnp.float32)
   weight = jnp.maximum(0.0, 1.0 - jnp.abs(pixel + 0.5 - centre[..., None]) / support)
-  weight = jnp.where((pixel >= low[..., None, None]) & (pixel < high[..., None, None]),
-                     weight, 0.0)
+  weight = jnp.where((pixel >= low[..., None, None]) & (pixel < high[..., None, None]), weight, 0.0)
   return weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-12)
 
 
@@ -93,12 +93,14 @@ def resample(images, start, step, bounds, output_size: tuple[int, int]):
   out_h, out_w = output_size
   height, width = images.shape[1:3]
   bounds = jnp.round(bounds)
-  rows = _filter_weights(start[..., 1], step[..., 1], out_h, bounds[..., 1], bounds[..., 3],
-                         height)                                          # (N, K, h, H)
-  cols = _filter_weights(start[..., 0], step[..., 0], out_w, bounds[..., 0], bounds[..., 2],
-                         width)                                           # (N, K, w, W)
+  rows = _filter_weights(
+    start[..., 1], step[..., 1], out_h, bounds[..., 1], bounds[..., 3], height
+  )  # (N, K, h, H)
+  cols = _filter_weights(
+    start[..., 0], step[..., 0], out_w, bounds[..., 0], bounds[..., 2], width
+  )  # (N, K, w, W)
   precision = jax.lax.Precision.HIGHEST
-  if out_h * width <= height * out_w:      # contract the bigger axis second: fewer flops
+  if out_h * width <= height * out_w:  # contract the bigger axis second: fewer flops
     tmp = jnp.einsum('nkyh,nhwc->nkywc', rows, images, precision=precision)
     return jnp.einsum('nkxw,nkywc->nkyxc', cols, tmp, precision=precision)
   tmp = jnp.einsum('nkxw,nhwc->nkhxc', cols, images, precision=precision)
@@ -109,22 +111,27 @@ def content_mask(content_hw, output_size: tuple[int, int]):
   """(..., h, w, 1) float mask of the top-left content (..., 2) of an output canvas."""
   rows = jnp.arange(output_size[0], dtype=jnp.float32)
   cols = jnp.arange(output_size[1], dtype=jnp.float32)
-  inside = ((rows[:, None] < content_hw[..., 0, None, None]) &
-            (cols[None, :] < content_hw[..., 1, None, None]))
+  inside = (rows[:, None] < content_hw[..., 0, None, None]) & (
+    cols[None, :] < content_hw[..., 1, None, None]
+  )
   return inside[..., None].astype(jnp.float32)
 
 
 def _region_hw(regions):
-  return jnp.stack([regions[..., 3] - regions[..., 1], regions[..., 2] - regions[..., 0]],
-                   axis=-1)
+  return jnp.stack([regions[..., 3] - regions[..., 1], regions[..., 2] - regions[..., 0]], axis=-1)
 
 
 def _crops(canvas, canvas_scale, regions, start, crop_scale, output_size):
   """`resample` of frame regions whose output pixel i starts at frame x = start +
   i / crop_scale, reading the region's pixels, on a canvas `canvas_scale` x the frame."""
-  to_canvas = canvas_scale[:, None, ::-1]                                 # (N, 1, 2) (x, y)
-  return resample(canvas, start * to_canvas, to_canvas / crop_scale[..., ::-1],
-                  scale_boxes(regions, canvas_scale[:, None]), output_size)
+  to_canvas = canvas_scale[:, None, ::-1]  # (N, 1, 2) (x, y)
+  return resample(
+    canvas,
+    start * to_canvas,
+    to_canvas / crop_scale[..., ::-1],
+    scale_boxes(regions, canvas_scale[:, None]),
+    output_size,
+  )
 
 
 def fitted_crops(canvas, canvas_scale, regions, output_size: tuple[int, int]):
@@ -162,8 +169,14 @@ def boxes_into_window(frame_edges, regions, crop_scale, offset, output_size):
   local = frame_to_crop(frame_edges, regions[..., None, :], crop_scale[..., None, :])
   local = shift_boxes(local, -jnp.broadcast_to(offset[::-1], local.shape[:-1] + (2,)))
   height, width = output_size
-  clipped = jnp.stack([jnp.clip(local[..., 0], 0, width), jnp.clip(local[..., 1], 0, height),
-                       jnp.clip(local[..., 2], 0, width), jnp.clip(local[..., 3], 0, height)],
-                      axis=-1)
+  clipped = jnp.stack(
+    [
+      jnp.clip(local[..., 0], 0, width),
+      jnp.clip(local[..., 1], 0, height),
+      jnp.clip(local[..., 2], 0, width),
+      jnp.clip(local[..., 3], 0, height),
+    ],
+    axis=-1,
+  )
   visible = (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
   return clipped - jnp.array([0.0, 0.0, 1.0, 1.0]), visible

@@ -7,30 +7,36 @@ dataset (ground-truth human crops and part boxes, the eval preprocessing) with e
 video's action taken from `actions` ({video: class name}, e.g. the recogniser's
 `pred_vid_result.json`) or, when None, from the ground truth.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tps_jax.data import augment
-from tps_jax.data import pipelines
+from tps_jax.data import augment, pipelines
 from tps_jax.inference.export import Export
 
 
-def part_state_top1(export: Export, *, data_root: str, split: str = 'val',
-                    actions: Mapping[str, str] | None = None,
-                    batch_size: int = 64) -> dict[str, float]:
+def part_state_top1(
+  export: Export,
+  *,
+  data_root: str,
+  split: str = 'val',
+  actions: Mapping[str, str] | None = None,
+  batch_size: int = 64,
+) -> dict[str, float]:
   """{'top1', 'count'} over the present parts of `split` (module docstring)."""
   config = ml_collections.ConfigDict(export.config.to_dict())
   config.data.root = data_root
   config.data.tfds_dir = ''
   settings = pipelines.data_settings('part_states', config)
   source = tfds.builder_from_directory(
-      pipelines.dataset_path('part_states', settings)).as_data_source(split)
+    pipelines.dataset_path('part_states', settings)
+  ).as_data_source(split)
   action_ids = {name: i for i, name in enumerate(export.vocab['actions'])}
   model = export.model
 
@@ -45,16 +51,25 @@ def part_state_top1(export: Export, *, data_root: str, split: str = 'val',
     examples = [pipelines.part_state_example(r, None, settings=settings) for r in records]
     if actions is not None:
       for record, example in zip(records, examples):
-        video = record['video'].decode() if isinstance(record['video'], bytes) else str(
-            record['video'])
+        video = (
+          record['video'].decode() if isinstance(record['video'], bytes) else str(record['video'])
+        )
         example['action'] = np.int32(action_ids[actions[video]])
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     rows = len(examples)
-    padded = {k: np.concatenate([v, np.zeros((batch_size - rows, *v.shape[1:]), v.dtype)])
-              for k, v in batch.items()}             # one compiled shape for every batch
-    states = np.asarray(predict(variables, augment.normalize(padded['image']),
-                                padded['part_boxes'], padded['part_valid'],
-                                padded['action']))[:rows]
+    padded = {
+      k: np.concatenate([v, np.zeros((batch_size - rows, *v.shape[1:]), v.dtype)])
+      for k, v in batch.items()
+    }  # one compiled shape for every batch
+    states = np.asarray(
+      predict(
+        variables,
+        augment.normalize(padded['image']),
+        padded['part_boxes'],
+        padded['part_valid'],
+        padded['action'],
+      )
+    )[:rows]
     present = batch['part_valid'] & (batch['part_state'] >= 0)
     hits += int((states == batch['part_state'])[present].sum())
     count += int(present.sum())

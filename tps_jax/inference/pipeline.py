@@ -33,20 +33,21 @@ Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data`
 (`shard_map`; variables replicated): each device parses its frames alone, and the
 outputs equal a single device's (boxes and scores up to float reassociation).
 """
+
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from tps_jax.data import augment
+from tps_jax.data import augment, submission
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import submission
 from tps_jax.inference import geometry
 from tps_jax.inference.export import Export, ExportError
 from tps_jax.ops.boxes import box_iou, to_edges
@@ -60,40 +61,48 @@ NUM_PARTS = len(tps.PARTS)
 class Settings:
   """How the networks' outputs become a submission (stored in a bundle's
   pipeline.json; `python -m tps_jax.export_pipeline` sets them)."""
-  max_humans: int = 10                 # humans per frame, <= 10
-  proposals_per_part: int = 1          # k, <= 5; each extra proposal divides the credit
-  human_score_threshold: float = 0.5   # detector score a human needs
-  part_score_threshold: float = 0.3    # ... and a part proposal
-  human_match_iou: float = 0.5         # oracles: a human takes the ground truth's parts
-  frame_batch: int = 8                 # frames per compiled call
-  action_clips: int = 4                # action recogniser views: clips x crops
+
+  max_humans: int = 10  # humans per frame, <= 10
+  proposals_per_part: int = 1  # k, <= 5; each extra proposal divides the credit
+  human_score_threshold: float = 0.5  # detector score a human needs
+  part_score_threshold: float = 0.3  # ... and a part proposal
+  human_match_iou: float = 0.5  # oracles: a human takes the ground truth's parts
+  frame_batch: int = 8  # frames per compiled call
+  action_clips: int = 4  # action recogniser views: clips x crops
   action_crops: int = 3
-  action_average: str = 'logits'       # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
-  action_views_per_forward: int = 0    # views per forward pass (0: all at once)
+  action_average: str = 'logits'  # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
+  action_views_per_forward: int = 0  # views per forward pass (0: all at once)
 
   def __post_init__(self):
     most_humans, most_proposals = submission.MAX_HUMANS, submission.MAX_PROPOSALS
-    checks = [(1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
-              (1 <= self.proposals_per_part <= most_proposals,
-               f'proposals_per_part must be in 1..{most_proposals}'),
-              (0.0 <= self.human_score_threshold <= 1.0, 'human_score_threshold in [0, 1]'),
-              (0.0 <= self.part_score_threshold <= 1.0, 'part_score_threshold in [0, 1]'),
-              (self.frame_batch >= 1, 'frame_batch must be positive'),
-              (self.action_clips >= 1 and self.action_crops >= 1,
-               'action_clips and action_crops must be positive'),
-              (self.action_average in ('logits', 'probs'),
-               "action_average must be 'logits' or 'probs'")]
+    checks = [
+      (1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
+      (
+        1 <= self.proposals_per_part <= most_proposals,
+        f'proposals_per_part must be in 1..{most_proposals}',
+      ),
+      (0.0 <= self.human_score_threshold <= 1.0, 'human_score_threshold in [0, 1]'),
+      (0.0 <= self.part_score_threshold <= 1.0, 'part_score_threshold in [0, 1]'),
+      (self.frame_batch >= 1, 'frame_batch must be positive'),
+      (
+        self.action_clips >= 1 and self.action_crops >= 1,
+        'action_clips and action_crops must be positive',
+      ),
+      (self.action_average in ('logits', 'probs'), "action_average must be 'logits' or 'probs'"),
+    ]
     for ok, message in checks:
       if not ok:
         raise ValueError(f'pipeline settings: {message}')
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> 'Settings':
+  def from_dict(cls, values: Mapping[str, Any]) -> Settings:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f'pipeline settings: unknown field(s) {", ".join(unknown)} '
-                       f'(known: {", ".join(sorted(known))})')
+      raise ValueError(
+        f'pipeline settings: unknown field(s) {", ".join(unknown)} '
+        f'(known: {", ".join(sorted(known))})'
+      )
     return cls(**values)
 
   def to_dict(self) -> dict[str, Any]:
@@ -106,8 +115,9 @@ def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:
   names = [n for n in names if n]
   unknown = sorted(set(names) - set(ORACLES))
   if unknown:
-    raise ValueError(f'--oracle: unknown stage(s) {", ".join(unknown)} '
-                     f'(choose from {", ".join(ORACLES)})')
+    raise ValueError(
+      f'--oracle: unknown stage(s) {", ".join(unknown)} (choose from {", ".join(ORACLES)})'
+    )
   return frozenset(names)
 
 
@@ -117,6 +127,7 @@ def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Networks:
   """The static half of `parse_frames`: models and their preprocessing."""
+
   humans: Any
   parts: Any
   states: Any
@@ -138,8 +149,11 @@ def _normalize(frames, norm):
 
 def _top_humans(det, settings: Settings):
   """The detector's best `max_humans` people: edge boxes (B, M, 4), scores, valid."""
-  score = jnp.where(det['valid'] & (det['labels'] == 0) &
-                    (det['scores'] >= settings.human_score_threshold), det['scores'], -1.0)
+  score = jnp.where(
+    det['valid'] & (det['labels'] == 0) & (det['scores'] >= settings.human_score_threshold),
+    det['scores'],
+    -1.0,
+  )
   top, index = jax.lax.top_k(score, settings.max_humans)
   boxes = jnp.take_along_axis(det['boxes'], index[..., None], axis=1)
   valid = top >= 0.0
@@ -149,9 +163,12 @@ def _top_humans(det, settings: Settings):
 def _top_proposals(det, settings: Settings):
   """Per part the best k proposals: edge boxes (N, 10, k, 4), scores, valid."""
   parts = jnp.arange(NUM_PARTS)[None, :, None]
-  ok = (det['valid'][:, None] & (det['labels'][:, None] == parts) &
-        (det['scores'][:, None] >= settings.part_score_threshold))
-  score = jnp.where(ok, det['scores'][:, None], -1.0)                 # (N, 10, D)
+  ok = (
+    det['valid'][:, None]
+    & (det['labels'][:, None] == parts)
+    & (det['scores'][:, None] >= settings.part_score_threshold)
+  )
+  score = jnp.where(ok, det['scores'][:, None], -1.0)  # (N, 10, D)
   k = min(settings.proposals_per_part, score.shape[-1])
   top, index = jax.lax.top_k(score, k)
   boxes = jnp.take_along_axis(det['boxes'][:, None], index[..., None], axis=2)
@@ -162,7 +179,7 @@ def _top_proposals(det, settings: Settings):
 def _match_truth(human_edges, human_valid, truth, settings: Settings):
   """(B, M) index of the ground-truth human each human overlaps most (IoU above
   `human_match_iou`), and whether there is one."""
-  iou = box_iou(human_edges, to_edges(truth['human_boxes']))          # (B, M, G)
+  iou = box_iou(human_edges, to_edges(truth['human_boxes']))  # (B, M, G)
   iou = jnp.where(truth['human_valid'][:, None, :], iou, -1.0)
   best = iou.argmax(-1)
   matched = human_valid & (iou.max(-1) > settings.human_match_iou)
@@ -177,24 +194,28 @@ def _gather_humans(values, index):
 @dataclasses.dataclass
 class _Frames:
   """One batch's inputs and canvas geometry, shared by every stage."""
-  frames: jax.Array          # (B, H, W, 3) uint8
-  frame_hw: jax.Array        # (B, 2) float32
-  content: jax.Array         # (B, 2) the frames' content on the canvas
-  canvas_scale: jax.Array    # (B, 2) frame -> canvas (y, x)
+
+  frames: jax.Array  # (B, H, W, 3) uint8
+  frame_hw: jax.Array  # (B, 2) float32
+  content: jax.Array  # (B, 2) the frames' content on the canvas
+  canvas_scale: jax.Array  # (B, 2) frame -> canvas (y, x)
 
   @property
   def batch(self) -> int:
     return self.frames.shape[0]
 
 
-def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth,
-            oracle: bool):
+def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth, oracle: bool):
   """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected or the truth's."""
   if oracle:
-    return (to_edges(truth['human_boxes']), truth['human_valid'].astype(jnp.float32),
-            truth['human_valid'])
-  det = nets.humans.apply(variables['humans'], _normalize(batch.frames, nets.human_norm),
-                          batch.content, train=False)
+    return (
+      to_edges(truth['human_boxes']),
+      truth['human_valid'].astype(jnp.float32),
+      truth['human_valid'],
+    )
+  det = nets.humans.apply(
+    variables['humans'], _normalize(batch.frames, nets.human_norm), batch.content, train=False
+  )
   edges, scores, valid = _top_humans(det, settings)
   return geometry.scale_boxes(edges, 1.0 / batch.canvas_scale[:, None]), scores, valid
 
@@ -204,17 +225,18 @@ def _truth_parts(settings: Settings, humans, truth):
   human overlaps most: (B, M, 10, ...)."""
   edges, _, valid = humans
   match, matched = _match_truth(edges, valid, truth, settings)
-  return (_gather_humans(truth['part_boxes'], match),
-          _gather_humans(truth['part_valid'], match) & matched[..., None],
-          _gather_humans(truth['part_states'], match))
+  return (
+    _gather_humans(truth['part_boxes'], match),
+    _gather_humans(truth['part_valid'], match) & matched[..., None],
+    _gather_humans(truth['part_states'], match),
+  )
 
 
 def _flat(x):
   return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans,
-           truth_parts):
+def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, truth_parts):
   """(edge boxes (B, M, 10, k, 4) in frame pixels, scores, valid): the part
   detector's top-k per part on every human's crop, or (truth_parts given) the truth's
   parts as the first proposal."""
@@ -224,13 +246,18 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
     boxes, valid, _ = truth_parts
     first = (jnp.arange(k) == 0)[None, None, None, :]
     part_valid = first & valid[..., None]
-    return (jnp.where(part_valid[..., None], to_edges(boxes)[:, :, :, None], 0.0),
-            part_valid.astype(jnp.float32), part_valid)
+    return (
+      jnp.where(part_valid[..., None], to_edges(boxes)[:, :, :, None], 0.0),
+      part_valid.astype(jnp.float32),
+      part_valid,
+    )
   num_humans = human_edges.shape[1]
-  regions = geometry.context_regions(human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]),
-                                     batch.frame_hw[:, None], nets.part_context)
+  regions = geometry.context_regions(
+    human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]), batch.frame_hw[:, None], nets.part_context
+  )
   crops, crop_content, crop_scale = geometry.fitted_crops(
-      _normalize(batch.frames, nets.part_norm), batch.canvas_scale, regions, nets.part_size)
+    _normalize(batch.frames, nets.part_norm), batch.canvas_scale, regions, nets.part_size
+  )
   det = nets.parts.apply(variables['parts'], _flat(crops), _flat(crop_content), train=False)
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
   edges, scores, valid = map(unflat, _top_proposals(det, settings))
@@ -244,27 +271,44 @@ def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
   human_edges = humans[0]
   part_edges, _, part_valid = parts
   num_humans = human_edges.shape[1]
-  regions = geometry.context_regions(human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]),
-                                     batch.frame_hw[:, None], nets.state_context)
+  regions = geometry.context_regions(
+    human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]), batch.frame_hw[:, None], nets.state_context
+  )
   crops, crop_scale, offset = geometry.squeezed_crops(
-      _normalize(batch.frames, nets.state_norm), batch.canvas_scale, regions,
-      nets.state_resize, nets.state_size)
-  sets = jnp.swapaxes(part_edges, 2, 3)                                 # (B, M, k, 10, 4)
-  boxes, visible = geometry.boxes_into_window(sets, regions[:, :, None],
-                                              crop_scale[:, :, None], offset, nets.state_size)
+    _normalize(batch.frames, nets.state_norm),
+    batch.canvas_scale,
+    regions,
+    nets.state_resize,
+    nets.state_size,
+  )
+  sets = jnp.swapaxes(part_edges, 2, 3)  # (B, M, k, 10, 4)
+  boxes, visible = geometry.boxes_into_window(
+    sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size
+  )
   set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
   logits = nets.states.apply(
-      variables['states'], _flat(crops), _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
-      _flat(set_valid), jnp.repeat(jnp.asarray(action, jnp.int32), num_humans), train=False)
+    variables['states'],
+    _flat(crops),
+    _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
+    _flat(set_valid),
+    jnp.repeat(jnp.asarray(action, jnp.int32), num_humans),
+    train=False,
+  )
   states = logits.argmax(-1).reshape(set_valid.shape)
   return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
 
 
-def parse_frames_variants(nets: _Networks, settings: Settings,
-                          variables: Mapping[str, PyTree], frames, image_shape, action,
-                          truth: Mapping[str, jax.Array] | None = None, *,
-                          variants: Sequence[frozenset[str]] = (frozenset(),)
-                          ) -> tuple[dict[str, jax.Array], ...]:
+def parse_frames_variants(
+  nets: _Networks,
+  settings: Settings,
+  variables: Mapping[str, PyTree],
+  frames,
+  image_shape,
+  action,
+  truth: Mapping[str, jax.Array] | None = None,
+  *,
+  variants: Sequence[frozenset[str]] = (frozenset(),),
+) -> tuple[dict[str, jax.Array], ...]:
   """`parse_frames` for several oracle sets at once, each stage computed once per
   distinct input (e.g. the part detector runs on the detected and on the true humans,
   not once per variant): the ablation table in one pass. Returns one output dict per
@@ -287,11 +331,15 @@ def parse_frames_variants(nets: _Networks, settings: Settings,
     if oracle & {'parts', 'states'}:
       truth_parts = once(('truth_parts', h), lambda: _truth_parts(settings, humans, truth))
     p = 'parts' in oracle
-    parts = once(('parts', h, p), lambda: _parts(nets, settings, variables, batch, humans,
-                                                 truth_parts if p else None))
+    parts = once(
+      ('parts', h, p),
+      lambda: _parts(nets, settings, variables, batch, humans, truth_parts if p else None),
+    )
     a = 'action' in oracle
-    states = once(('states', h, p, a), lambda: _states(
-        nets, variables, batch, humans, parts, truth['action'] if a else action))
+    states = once(
+      ('states', h, p, a),
+      lambda: _states(nets, variables, batch, humans, parts, truth['action'] if a else action),
+    )
     if 'states' in oracle:
       _, true_valid, true_states = truth_parts
       known = true_valid & (true_states >= 0)
@@ -304,16 +352,28 @@ def _assemble(humans, parts, states) -> dict[str, jax.Array]:
   human_edges, human_scores, human_valid = humans
   part_edges, part_scores, part_valid = parts
   inclusive = jnp.array([0.0, 0.0, 1.0, 1.0])
-  return {'human_boxes': (human_edges - inclusive) * human_valid[..., None],
-          'human_scores': human_scores * human_valid, 'human_valid': human_valid,
-          'part_boxes': (part_edges - inclusive) * part_valid[..., None],
-          'part_scores': part_scores * part_valid,
-          'part_states': jnp.where(part_valid, states, -1), 'part_valid': part_valid}
+  return {
+    'human_boxes': (human_edges - inclusive) * human_valid[..., None],
+    'human_scores': human_scores * human_valid,
+    'human_valid': human_valid,
+    'part_boxes': (part_edges - inclusive) * part_valid[..., None],
+    'part_scores': part_scores * part_valid,
+    'part_states': jnp.where(part_valid, states, -1),
+    'part_valid': part_valid,
+  }
 
 
-def parse_frames(nets: _Networks, settings: Settings, variables: Mapping[str, PyTree],
-                 frames, image_shape, action, truth: Mapping[str, jax.Array] | None = None,
-                 *, oracle: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
+def parse_frames(
+  nets: _Networks,
+  settings: Settings,
+  variables: Mapping[str, PyTree],
+  frames,
+  image_shape,
+  action,
+  truth: Mapping[str, jax.Array] | None = None,
+  *,
+  oracle: frozenset[str] = frozenset(),
+) -> dict[str, jax.Array]:
   """One frame batch through the three per-frame networks (module docstring).
 
   Args:
@@ -327,8 +387,9 @@ def parse_frames(nets: _Networks, settings: Settings, variables: Mapping[str, Py
     (B, M, 10, k, 4), part_scores, part_states (int32, -1 where invalid), part_valid
     (B, M, 10, k); boxes inclusive, in frame pixels.
   """
-  return parse_frames_variants(nets, settings, variables, frames, image_shape, action,
-                               truth, variants=(frozenset(oracle),))[0]
+  return parse_frames_variants(
+    nets, settings, variables, frames, image_shape, action, truth, variants=(frozenset(oracle),)
+  )[0]
 
 
 # ------------------------------------------------------------------------ host side
@@ -341,18 +402,22 @@ def prepare_frame(image: np.ndarray, canvas: tuple[int, int]) -> tuple[np.ndarra
   return resized, image.shape[:2]
 
 
-def frame_truth(frame: Mapping | None, states: Sequence[str], max_humans: int,
-                action: int = 0) -> dict[str, np.ndarray]:
+def frame_truth(
+  frame: Mapping | None, states: Sequence[str], max_humans: int, action: int = 0
+) -> dict[str, np.ndarray]:
   """A ground-truth frame in the challenge's schema ({'humans': [...]}, or None) and
   its video's action index -> padded arrays for the oracles: human_boxes (M, 4),
   human_valid (M,), part_boxes (M, 10, 4), part_valid (M, 10), part_states (M, 10)
   (index in `states`, -1 unknown), action (). Humans past `max_humans` are left out."""
   state_ids = {name: i for i, name in enumerate(states)}
-  out = {'action': np.int32(action), 'human_boxes': np.zeros((max_humans, 4), np.float32),
-         'human_valid': np.zeros(max_humans, bool),
-         'part_boxes': np.zeros((max_humans, NUM_PARTS, 4), np.float32),
-         'part_valid': np.zeros((max_humans, NUM_PARTS), bool),
-         'part_states': np.full((max_humans, NUM_PARTS), -1, np.int32)}
+  out = {
+    'action': np.int32(action),
+    'human_boxes': np.zeros((max_humans, 4), np.float32),
+    'human_valid': np.zeros(max_humans, bool),
+    'part_boxes': np.zeros((max_humans, NUM_PARTS, 4), np.float32),
+    'part_valid': np.zeros((max_humans, NUM_PARTS), bool),
+    'part_states': np.full((max_humans, NUM_PARTS), -1, np.int32),
+  }
   for h, human in enumerate((frame or {}).get('humans', [])[:max_humans]):
     out['human_boxes'][h] = human['box']
     out['human_valid'][h] = True
@@ -374,11 +439,15 @@ def frame_json(outputs: Mapping[str, np.ndarray], states: Sequence[str]) -> dict
     for p, name in enumerate(tps.PARTS):
       keep = np.flatnonzero(outputs['part_valid'][h, p])
       if keep.size:
-        parts[name] = {'number': len(parts) + 1, 'name': name,
-                       'box': [_box(outputs['part_boxes'][h, p, j]) for j in keep],
-                       'verb': [states[int(outputs['part_states'][h, p, j])] for j in keep]}
-    humans.append({'number': len(humans) + 1, 'box': _box(outputs['human_boxes'][h]),
-                   'parts': parts})
+        parts[name] = {
+          'number': len(parts) + 1,
+          'name': name,
+          'box': [_box(outputs['part_boxes'][h, p, j]) for j in keep],
+          'verb': [states[int(outputs['part_states'][h, p, j])] for j in keep],
+        }
+    humans.append(
+      {'number': len(humans) + 1, 'box': _box(outputs['human_boxes'][h]), 'parts': parts}
+    )
   return {'humans': humans}
 
 
@@ -390,22 +459,34 @@ def _box(box) -> list[float]:
 class Pipeline:
   """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings."""
 
-  def __init__(self, humans: Export, parts: Export, states: Export,
-               actions: Sequence[Export], settings: Settings):
+  def __init__(
+    self,
+    humans: Export,
+    parts: Export,
+    states: Export,
+    actions: Sequence[Export],
+    settings: Settings,
+  ):
     check_vocabularies(humans, parts, states, actions)
     self.humans, self.parts, self.states, self.actions = humans, parts, states, list(actions)
     self.settings = settings
-    norm = lambda e: tuple(np.asarray(e.preprocessing['normalization'][k], np.float32)
-                           for k in ('mean', 'std'))
+    norm = lambda e: tuple(
+      np.asarray(e.preprocessing['normalization'][k], np.float32) for k in ('mean', 'std')
+    )
     self.nets = _Networks(
-        humans=humans.model, parts=parts.model, states=states.model,
-        canvas=tuple(humans.preprocessing['image_size']),
-        part_size=tuple(parts.preprocessing['image_size']),
-        part_context=float(parts.preprocessing['context']),
-        state_size=tuple(states.preprocessing['image_size']),
-        state_resize=int(states.preprocessing['resize']),
-        state_context=float(states.preprocessing['context']),
-        human_norm=norm(humans), part_norm=norm(parts), state_norm=norm(states))
+      humans=humans.model,
+      parts=parts.model,
+      states=states.model,
+      canvas=tuple(humans.preprocessing['image_size']),
+      part_size=tuple(parts.preprocessing['image_size']),
+      part_context=float(parts.preprocessing['context']),
+      state_size=tuple(states.preprocessing['image_size']),
+      state_resize=int(states.preprocessing['resize']),
+      state_context=float(states.preprocessing['context']),
+      human_norm=norm(humans),
+      part_norm=norm(parts),
+      state_norm=norm(states),
+    )
     self.state_names = tuple(states.vocab['states'])
     self.action_names = tuple(states.vocab['actions'])
 
@@ -415,17 +496,37 @@ class Pipeline:
 
   @property
   def variables(self) -> dict[str, PyTree]:
-    return {'humans': self.humans.variables, 'parts': self.parts.variables,
-            'states': self.states.variables}
+    return {
+      'humans': self.humans.variables,
+      'parts': self.parts.variables,
+      'states': self.states.variables,
+    }
 
-  def parse_frames(self, variables, frames, image_shape, action, truth=None, *,
-                   oracle: frozenset[str] = frozenset()):
+  def parse_frames(
+    self,
+    variables,
+    frames,
+    image_shape,
+    action,
+    truth=None,
+    *,
+    oracle: frozenset[str] = frozenset(),
+  ):
     """`parse_frames` with this pipeline's networks and settings (jittable)."""
-    return parse_frames(self.nets, self.settings, variables, frames, image_shape, action,
-                        truth, oracle=frozenset(oracle))
+    return parse_frames(
+      self.nets,
+      self.settings,
+      variables,
+      frames,
+      image_shape,
+      action,
+      truth,
+      oracle=frozenset(oracle),
+    )
 
-  def compile(self, mesh: Mesh | None = None, *,
-              variants: Sequence[frozenset[str]] = (frozenset(),)):
+  def compile(
+    self, mesh: Mesh | None = None, *, variants: Sequence[frozenset[str]] = (frozenset(),)
+  ):
     """A jitted `(frames, image_shape, action, truth=None) -> (outputs per variant)`
     with the variables on device (`parse_frames_variants`). Frames are split over
     `mesh`'s 'data' axis (default: all local devices) and each device parses its share
@@ -438,12 +539,14 @@ class Pipeline:
     split = P('data')
 
     def body(variables, frames, image_shape, action, truth=None):
-      return parse_frames_variants(self.nets, self.settings, variables, frames, image_shape,
-                                   action, truth, variants=variants)
+      return parse_frames_variants(
+        self.nets, self.settings, variables, frames, image_shape, action, truth, variants=variants
+      )
 
     specs = (P(), split, split, split) + ((split,) if needs_truth else ())
-    program = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=split,
-                                    check_vma=False))
+    program = jax.jit(
+      jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=split, check_vma=False)
+    )
 
     def run(frames, image_shape, action, truth=None):
       if needs_truth and truth is None:
@@ -454,8 +557,9 @@ class Pipeline:
     return run
 
 
-def check_vocabularies(humans: Export, parts: Export, states: Export,
-                       actions: Sequence[Export]) -> None:
+def check_vocabularies(
+  humans: Export, parts: Export, states: Export, actions: Sequence[Export]
+) -> None:
   """Refuses, in one line naming both sides, exports that do not fit together."""
   kinds = [(humans, 'human_detector'), (parts, 'part_detector'), (states, 'part_state')]
   kinds += [(a, 'action') for a in actions]
@@ -463,17 +567,22 @@ def check_vocabularies(humans: Export, parts: Export, states: Export,
     if export.kind != kind:
       raise ExportError(f'{export.path}: a {export.kind} export where a {kind} is needed')
   if len(humans.vocab['classes']) != 1:
-    raise ExportError(f'{humans.path}: a human detector has one class, this one has '
-                      f'{len(humans.vocab["classes"])} ({", ".join(humans.vocab["classes"])})')
+    raise ExportError(
+      f'{humans.path}: a human detector has one class, this one has '
+      f'{len(humans.vocab["classes"])} ({", ".join(humans.vocab["classes"])})'
+    )
   if tuple(parts.vocab['classes']) != tps.PARTS:
-    raise ExportError(f'{parts.path}: part detector classes {parts.vocab["classes"]} '
-                      f'are not the ten parts in order {list(tps.PARTS)} '
-                      f'({states.path} expects them)')
+    raise ExportError(
+      f'{parts.path}: part detector classes {parts.vocab["classes"]} '
+      f'are not the ten parts in order {list(tps.PARTS)} '
+      f'({states.path} expects them)'
+    )
   if tuple(states.vocab['parts']) != tps.PARTS:
-    raise ExportError(f'{states.path}: parts {states.vocab["parts"]} are not '
-                      f'{list(tps.PARTS)}')
+    raise ExportError(f'{states.path}: parts {states.vocab["parts"]} are not {list(tps.PARTS)}')
   for action in actions:
     if tuple(action.vocab['actions']) != tuple(states.vocab['actions']):
-      raise ExportError(f'{action.path}: action classes {action.vocab["actions"]} differ '
-                        f'from the part-state network\'s {states.vocab["actions"]} '
-                        f'({states.path})')
+      raise ExportError(
+        f'{action.path}: action classes {action.vocab["actions"]} differ '
+        f"from the part-state network's {states.vocab['actions']} "
+        f'({states.path})'
+      )

@@ -17,6 +17,7 @@
 - the per-variant submissions are validated and written atomically by the caller
   (`submission.write_submission`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 
@@ -45,47 +46,54 @@ class RunError(RuntimeError):
 
 @dataclasses.dataclass
 class Prediction:
-  submissions: list[tuple[dict, dict]]   # per variant: (pred_vid, pred_part)
-  parsed: int                            # videos parsed by this run
-  kept: int                              # videos whose earlier results were reused
-  skipped: list[str]                     # one line per video that could not be read
+  submissions: list[tuple[dict, dict]]  # per variant: (pred_vid, pred_part)
+  parsed: int  # videos parsed by this run
+  kept: int  # videos whose earlier results were reused
+  skipped: list[str]  # one line per video that could not be read
   frames: int
   seconds: float
 
   def summary(self) -> list[str]:
     rate = f', {self.frames / self.seconds:.2f} frames/s' if self.seconds > 0 else ''
-    lines = [f'parsed {self.parsed} video(s) ({self.frames} frames) in '
-             f'{self.seconds:.1f} s{rate}' + (f'; {self.kept} kept from before'
-                                             if self.kept else '')]
+    lines = [
+      f'parsed {self.parsed} video(s) ({self.frames} frames) in '
+      f'{self.seconds:.1f} s{rate}' + (f'; {self.kept} kept from before' if self.kept else '')
+    ]
     if self.skipped:
       lines.append(f'skipped {len(self.skipped)} video(s), written with no frame:')
       lines += [f'  {line}' for line in self.skipped]
     return lines
 
 
-def ground_truth(videos: Sequence[videos_lib.VideoItem], *, gt_dir: str = '',
-                 data_root: str = '', split: str = '', required: bool = False
-                 ) -> parse_lib.GroundTruth | None:
+def ground_truth(
+  videos: Sequence[videos_lib.VideoItem],
+  *,
+  gt_dir: str = '',
+  data_root: str = '',
+  split: str = '',
+  required: bool = False,
+) -> parse_lib.GroundTruth | None:
   """The ground truth of `videos`: from a GT folder (gt_vid_result.json,
   gt_part_result.json) or the split's annotations under `data_root`; None when there is
   none (a RunError when `required`, e.g. by an oracle)."""
   annotations = 'train' if split == 'val' else split
   if gt_dir:
     vid, part = submission.load_pair(gt_dir, 'gt')
-  elif data_root and split and os.path.isdir(os.path.join(data_root,
-                                                          f'{annotations}_annotations')):
+  elif data_root and split and os.path.isdir(os.path.join(data_root, f'{annotations}_annotations')):
     vid, part = tps.ground_truth(data_root, annotations, problems=[])
   elif required:
-    raise RunError('these videos have no ground truth (give --gt DIR, or a --data_root '
-                   'split with annotations)')
+    raise RunError(
+      'these videos have no ground truth (give --gt DIR, or a --data_root split with annotations)'
+    )
   else:
     return None
   names = {v.name for v in videos}
   missing = sorted(names - set(vid))
   if required and missing:
     raise RunError(f'{len(missing)} video(s) have no ground truth, e.g. {missing[0]}')
-  return parse_lib.GroundTruth({k: v for k, v in vid.items() if k in names},
-                               {k: v for k, v in part.items() if k in names})
+  return parse_lib.GroundTruth(
+    {k: v for k, v in vid.items() if k in names}, {k: v for k, v in part.items() if k in names}
+  )
 
 
 def _results_dir(out: str, run_info: dict, fresh: bool) -> str:
@@ -97,11 +105,12 @@ def _results_dir(out: str, run_info: dict, fresh: bool) -> str:
   if os.path.isfile(run_path) and os.path.isdir(results):
     with open(run_path) as f:
       before = json.load(f)
-    differs = sorted(k for k in set(before) | set(run_info)
-                     if before.get(k) != run_info.get(k))
+    differs = sorted(k for k in set(before) | set(run_info) if before.get(k) != run_info.get(k))
     if differs:
-      raise RunError(f'{results}: results of an earlier run with other '
-                     f'{", ".join(differs)}; pass --fresh to start over, or another --out')
+      raise RunError(
+        f'{results}: results of an earlier run with other '
+        f'{", ".join(differs)}; pass --fresh to start over, or another --out'
+      )
   os.makedirs(results, exist_ok=True)
   submission.write_json_atomic(run_path, run_info)
   return results
@@ -123,41 +132,62 @@ def _merge(videos, results_dir: str, num_variants: int, fallback_action: str):
   return merged
 
 
-def predict(pipeline: pipeline_lib.Pipeline, videos: Sequence[videos_lib.VideoItem],
-            out: str, *, variants: Sequence[frozenset[str]] = (frozenset(),),
-            truth: parse_lib.GroundTruth | None = None, problems: Sequence[str] = (),
-            run_info: dict | None = None, fresh: bool = False, decode_threads: int = 2,
-            prefetch: int = 2, progress: bool = True) -> Prediction | None:
+def predict(
+  pipeline: pipeline_lib.Pipeline,
+  videos: Sequence[videos_lib.VideoItem],
+  out: str,
+  *,
+  variants: Sequence[frozenset[str]] = (frozenset(),),
+  truth: parse_lib.GroundTruth | None = None,
+  problems: Sequence[str] = (),
+  run_info: dict | None = None,
+  fresh: bool = False,
+  decode_threads: int = 2,
+  prefetch: int = 2,
+  progress: bool = True,
+) -> Prediction | None:
   """Parses `videos` into OUT (module docstring); returns the merged result on process
   0, None on the others. `problems`: videos already known to be unreadable."""
-  from tqdm import tqdm   # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
   out = os.path.abspath(out)
-  run_info = {**(run_info or {}), 'variants': [sorted(v) for v in variants],
-              'settings': pipeline.settings.to_dict()}
+  run_info = {
+    **(run_info or {}),
+    'variants': [sorted(v) for v in variants],
+    'settings': pipeline.settings.to_dict(),
+  }
   process, count = jax.process_index(), jax.process_count()
-  results_dir = (_results_dir(out, run_info, fresh) if process == 0
-                 else os.path.join(out, RESULTS_DIR))
+  results_dir = (
+    _results_dir(out, run_info, fresh) if process == 0 else os.path.join(out, RESULTS_DIR)
+  )
   if count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices('predict:prepared')
-  done = {f[:-len('.json')] for f in os.listdir(results_dir) if f.endswith('.json')}
+  done = {f[: -len('.json')] for f in os.listdir(results_dir) if f.endswith('.json')}
   mine = [v for i, v in enumerate(videos) if i % count == process and v.name not in done]
   skipped = list(problems) if process == 0 else []
   parser = parse_lib.VideoParser(pipeline, variants=variants, truth=truth)
   clip_side = int(pipeline.actions[0].preprocessing.get('clip_short_side', 256))
   load = lambda item: videos_lib.decode(
-      item, prepare=lambda image: pipeline_lib.prepare_frame(image, pipeline.canvas),
-      clip_short_side=clip_side)
-  bar = tqdm(total=len(mine), unit='video', disable=not progress or process != 0,
-             desc=f'parsing ({len(done)} done before)' if done else 'parsing',
-             dynamic_ncols=True, file=sys.stderr)
+    item,
+    prepare=lambda image: pipeline_lib.prepare_frame(image, pipeline.canvas),
+    clip_short_side=clip_side,
+  )
+  bar = tqdm(
+    total=len(mine),
+    unit='video',
+    disable=not progress or process != 0,
+    desc=f'parsing ({len(done)} done before)' if done else 'parsing',
+    dynamic_ncols=True,
+    file=sys.stderr,
+  )
   start = time.perf_counter()
   failed = 0
 
   def decoded():
     nonlocal failed
-    for _, video, error in videos_lib.prefetch(mine, load, ahead=prefetch,
-                                               threads=decode_threads):
+    for _, video, error in videos_lib.prefetch(mine, load, ahead=prefetch, threads=decode_threads):
       if error:
         failed += 1
         skipped.append(error)
@@ -167,15 +197,17 @@ def predict(pipeline: pipeline_lib.Pipeline, videos: Sequence[videos_lib.VideoIt
         yield video
 
   for result in parser.run(decoded()):
-    submission.write_json_atomic(os.path.join(results_dir, f'{result.name}.json'), {
-        'actions': result.actions, 'frames': result.frames,
-        'action_scores': result.action_scores})
+    submission.write_json_atomic(
+      os.path.join(results_dir, f'{result.name}.json'),
+      {'actions': result.actions, 'frames': result.frames, 'action_scores': result.action_scores},
+    )
     bar.update(1)
     bar.set_postfix_str(f'{parser.frames_parsed / (time.perf_counter() - start):.1f} frames/s')
   bar.close()
   seconds = time.perf_counter() - start
   if count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     submission.write_json_atomic(os.path.join(out, f'skipped-{process}.json'), skipped)
     multihost_utils.sync_global_devices('predict:parsed')
     if process:
@@ -184,5 +216,11 @@ def predict(pipeline: pipeline_lib.Pipeline, videos: Sequence[videos_lib.VideoIt
       with open(os.path.join(out, f'skipped-{other}.json')) as f:
         skipped += json.load(f)
   merged = _merge(videos, results_dir, len(variants), pipeline.action_names[0])
-  return Prediction(merged, parsed=len(mine) - failed, kept=len(done), skipped=skipped,
-                    frames=parser.frames_parsed, seconds=seconds)
+  return Prediction(
+    merged,
+    parsed=len(mine) - failed,
+    kept=len(done),
+    skipped=skipped,
+    frames=parser.frames_parsed,
+    seconds=seconds,
+  )

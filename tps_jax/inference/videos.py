@@ -17,6 +17,7 @@ their sizes, and every frame with its short side scaled to the action recogniser
 videos in background threads while the device works on the current ones; a video
 that cannot be read comes back as its one-line error, in order.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,7 +25,7 @@ import concurrent.futures
 import dataclasses
 import glob
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,32 +38,39 @@ from tps_jax.data import video as video_lib
 class VideoItem:
   name: str
   path: str
-  action: str | None = None          # ground truth, when the source tells it
+  action: str | None = None  # ground truth, when the source tells it
 
 
 @dataclasses.dataclass
 class DecodedVideo:
   item: VideoItem
-  frame_indices: list[int]           # the scored frames, 1-based
-  canvases: np.ndarray               # (F, H, W, 3) uint8 on the canvas
-  frame_sizes: np.ndarray            # (F, 2) int32 (height, width)
-  clip_frames: list[np.ndarray]      # every frame, short side <= clip_short_side
+  frame_indices: list[int]  # the scored frames, 1-based
+  canvases: np.ndarray  # (F, H, W, 3) uint8 on the canvas
+  frame_sizes: np.ndarray  # (F, 2) int32 (height, width)
+  clip_frames: list[np.ndarray]  # every frame, short side <= clip_short_side
 
 
 def val_videos(root: str) -> list[str]:
   """The videos `data_prep.build` held out as `val` (any built dataset's metadata)."""
   folders = sorted(glob.glob(os.path.join(root, 'tfds', 'tps_*', '*', 'dataset_info.json')))
   for info in folders:
-    settings = tfds.builder_from_directory(os.path.dirname(info)).info.metadata.get(
-        'settings', {})
+    settings = tfds.builder_from_directory(os.path.dirname(info)).info.metadata.get('settings', {})
     if 'val_videos' in settings:
       return list(settings['val_videos'])
-  raise FileNotFoundError(f'{os.path.join(root, "tfds")}: no built dataset; the val split '
-                          f'is defined by python -m data_prep.build --data_root {root}')
+  raise FileNotFoundError(
+    f'{os.path.join(root, "tfds")}: no built dataset; the val split '
+    f'is defined by python -m data_prep.build --data_root {root}'
+  )
 
 
-def list_videos(*, data_root: str = '', split: str = 'test', video_folder: str = '',
-                video_files: Sequence[str] = (), problems: list[str]) -> list[VideoItem]:
+def list_videos(
+  *,
+  data_root: str = '',
+  split: str = 'test',
+  video_folder: str = '',
+  video_files: Sequence[str] = (),
+  problems: list[str],
+) -> list[VideoItem]:
   """The videos to parse, sorted by name (module docstring); problems are appended."""
   if video_files:
     return [VideoItem(tps.video_name_of(p), os.path.abspath(p)) for p in video_files]
@@ -88,15 +96,15 @@ def _folder_videos(folder: str, problems: list[str]) -> list[VideoItem]:
       if file.is_file() and file.name.lower().endswith(tps.VIDEO_EXTENSIONS):
         name = tps.video_name_of(file.name)
         if name in items:
-          problems.append(f'{file.path}: video name {name!r} also in {items[name].path}; '
-                          'skipped')
+          problems.append(f'{file.path}: video name {name!r} also in {items[name].path}; skipped')
           continue
         items[name] = VideoItem(name, file.path, action)
   return sorted(items.values(), key=lambda v: v.name)
 
 
-def decode(item: VideoItem, *, prepare: Callable, clip_short_side: int,
-           frame_stride: int = tps.FRAME_STRIDE) -> DecodedVideo:
+def decode(
+  item: VideoItem, *, prepare: Callable, clip_short_side: int, frame_stride: int = tps.FRAME_STRIDE
+) -> DecodedVideo:
   """One PyAV pass over the video (module docstring); VideoError if unreadable."""
   indices, canvases, sizes, clip_frames = [], [], [], []
   if not os.path.isfile(item.path):
@@ -110,18 +118,22 @@ def decode(item: VideoItem, *, prepare: Callable, clip_short_side: int,
       sizes.append(size)
   if not indices:
     raise video_lib.VideoError(f'{item.path}: no frame decoded')
-  return DecodedVideo(item, indices, np.stack(canvases), np.asarray(sizes, np.int32),
-                      clip_frames)
+  return DecodedVideo(item, indices, np.stack(canvases), np.asarray(sizes, np.int32), clip_frames)
 
 
-def prefetch(items: Iterable[VideoItem], load: Callable[[VideoItem], DecodedVideo], *,
-             ahead: int = 2, threads: int = 2
-             ) -> Iterator[tuple[VideoItem, DecodedVideo | None, str | None]]:
+def prefetch(
+  items: Iterable[VideoItem],
+  load: Callable[[VideoItem], DecodedVideo],
+  *,
+  ahead: int = 2,
+  threads: int = 2,
+) -> Iterator[tuple[VideoItem, DecodedVideo | None, str | None]]:
   """(item, decoded video or None, error line or None) in order, `ahead` videos decoded
   in the background (PyAV releases the GIL while decoding)."""
   pending = collections.deque()
   items = iter(items)
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+
     def submit():
       item = next(items, None)
       if item is not None:

@@ -47,6 +47,7 @@ vocabularies, videos and frames outside the GT (never read). A GT video missing 
 submission stops the tool with a KeyError; here it counts as the wrong class with every
 frame missing (warned). What the tool never reads is not checked.
 """
+
 from __future__ import annotations
 
 import collections
@@ -54,9 +55,9 @@ import collections.abc
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from itertools import chain, compress, repeat
-from operator import attrgetter, is_not
-from typing import Mapping, Sequence
+from operator import attrgetter
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -64,13 +65,13 @@ from scipy.optimize import linear_sum_assignment
 from tps_jax.data import submission
 from tps_jax.data.submission import Malformed, PredFrame, PredHuman, PredPart
 
-THRESHOLDS = (0.001, 0.3, 0.5, 0.9, 0.99)   # the tool's human and part IoU thresholds
-HUMAN_IOU_THRESHOLD = 0.5                   # the score's cell: IoU > 0.5 ...
-PART_IOU_THRESHOLD = 0.3                    # ... and part IoU >= 0.3
+THRESHOLDS = (0.001, 0.3, 0.5, 0.9, 0.99)  # the tool's human and part IoU thresholds
+HUMAN_IOU_THRESHOLD = 0.5  # the score's cell: IoU > 0.5 ...
+PART_IOU_THRESHOLD = 0.3  # ... and part IoU >= 0.3
 PRINTED_T = (0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-NUM_THRESHOLDS = 10000                      # t = k / 10000, k = 1 .. 9999
-MAX_EXAMPLES = 3                            # examples named in a warning
-MAX_LINES = 50                              # refusal lines kept per kind of problem
+NUM_THRESHOLDS = 10000  # t = k / 10000, k = 1 .. 9999
+MAX_EXAMPLES = 3  # examples named in a warning
+MAX_LINES = 50  # refusal lines kept per kind of problem
 GT_VID, GT_PART = submission.GT_FILES
 PRED_VID, PRED_PART = submission.PRED_FILES
 
@@ -86,7 +87,7 @@ def _paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   inter = inter_w * inter_h
   area_a = (a[..., 2] - a[..., 0] + one) * (a[..., 3] - a[..., 1] + one)
   area_b = (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one)
-  with np.errstate(all="ignore"):
+  with np.errstate(all='ignore'):
     iou = inter / ((area_a + area_b) - inter)
   return np.where((inter_w > 0) & (inter_h > 0), iou, -one)
 
@@ -119,7 +120,7 @@ def _assign(iou: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     size = max(num_gt, num_pred)
     matrix = iou
     if not square:
-      matrix = np.zeros((k, size, size))                   # float64 padding, as the tool's
+      matrix = np.zeros((k, size, size))  # float64 padding, as the tool's
       matrix[:, :num_gt, :num_pred] = iou
     cost = 1 - matrix
     for q in range(k):
@@ -150,8 +151,10 @@ def match_humans(gt_boxes, pred_boxes) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ sums
 
-def _ordered_sums(values: np.ndarray, segment: np.ndarray, position: np.ndarray,
-                  num_segments: int) -> np.ndarray:
+
+def _ordered_sums(
+  values: np.ndarray, segment: np.ndarray, position: np.ndarray, num_segments: int
+) -> np.ndarray:
   """Per segment, its values (..., N) added one at a time in position order, from 0.
 
   As the tool's `total += x` loops do; positions are unique within a segment (gaps are
@@ -160,7 +163,7 @@ def _ordered_sums(values: np.ndarray, segment: np.ndarray, position: np.ndarray,
   sums = np.zeros(values.shape[:-1] + (num_segments,))
   if position.size == 0:
     return sums
-  order = np.argsort(position, kind="stable")
+  order = np.argsort(position, kind='stable')
   bounds = np.searchsorted(position[order], np.arange(position.max() + 2))
   for lo, hi in zip(bounds[:-1], bounds[1:]):
     take = order[lo:hi]
@@ -170,7 +173,7 @@ def _ordered_sums(values: np.ndarray, segment: np.ndarray, position: np.ndarray,
 
 def _not_of_type(values: list, expected: type) -> list[int]:
   """Indices of the values that are not of the expected type (Malformed markers)."""
-  if set(map(type, values)) <= {expected}:                    # the common case, at C speed
+  if set(map(type, values)) <= {expected}:  # the common case, at C speed
     return []
   return [i for i, v in enumerate(values) if type(v) is not expected]
 
@@ -187,6 +190,7 @@ def _positions(counts: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ area
 
+
 def threshold_accuracy(psc: np.ndarray, correct: np.ndarray) -> np.ndarray:
   """accuracy(k / 10000) for k = 1..9999 (..., 9999): count / videos, as the tool divides.
 
@@ -198,7 +202,7 @@ def threshold_accuracy(psc: np.ndarray, correct: np.ndarray) -> np.ndarray:
   correct = np.asarray(correct, bool)
   thresholds = np.arange(1, NUM_THRESHOLDS) / NUM_THRESHOLDS
   rows = psc[..., correct].reshape(math.prod(psc.shape[:-1]), int(correct.sum()))
-  passed = np.searchsorted(thresholds, rows, side="right")               # K per video
+  passed = np.searchsorted(thresholds, rows, side='right')  # K per video
   offsets = NUM_THRESHOLDS * np.arange(len(rows))[:, None]
   hist = np.bincount((passed + offsets).ravel(), minlength=NUM_THRESHOLDS * len(rows))
   counts = np.cumsum(hist.reshape(len(rows), NUM_THRESHOLDS)[:, ::-1], axis=1)[:, ::-1]
@@ -233,14 +237,15 @@ def printed_accuracy(psc: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- report
 
+
 @dataclasses.dataclass
 class ScoreReport:
-  videos: list[str]                  # the GT videos, in order
+  videos: list[str]  # the GT videos, in order
   human_thresholds: tuple[float, ...]
   part_thresholds: tuple[float, ...]
-  psc_cells: np.ndarray              # (H, P, V) per-video PSC of every cell
-  correct_videos: np.ndarray         # (V,) predicted class == GT class
-  counted_frames: np.ndarray         # (V,) frames the PSC divides by
+  psc_cells: np.ndarray  # (H, P, V) per-video PSC of every cell
+  correct_videos: np.ndarray  # (V,) predicted class == GT class
+  counted_frames: np.ndarray  # (V,) frames the PSC divides by
   warnings: list[str] = dataclasses.field(default_factory=list)
 
   @functools.cached_property
@@ -255,8 +260,10 @@ class ScoreReport:
 
   @property
   def official_cell(self) -> tuple[int, int]:
-    return (self.human_thresholds.index(HUMAN_IOU_THRESHOLD),
-            self.part_thresholds.index(PART_IOU_THRESHOLD))
+    return (
+      self.human_thresholds.index(HUMAN_IOU_THRESHOLD),
+      self.part_thresholds.index(PART_IOU_THRESHOLD),
+    )
 
   @property
   def score(self) -> float:
@@ -284,7 +291,7 @@ class ScoreReport:
     """(t, accuracy(t)) of the score's cell at t = k / 10000, k = 0..9999."""
     t = np.arange(NUM_THRESHOLDS) / NUM_THRESHOLDS
     curve = threshold_accuracy(self.psc_cells[self.official_cell], self.correct_videos)
-    first = np.count_nonzero(self.correct_videos) / len(self.videos)   # t = 0: all PSC >= 0
+    first = np.count_nonzero(self.correct_videos) / len(self.videos)  # t = 0: all PSC >= 0
     return t, np.concatenate([[first], curve])
 
   def format(self, verbose: bool = False) -> str:
@@ -293,19 +300,23 @@ class ScoreReport:
     if verbose:
       for i, h in enumerate(self.human_thresholds):
         for j, p in enumerate(self.part_thresholds):
-          lines.append(f"human iou:  {h} part iou:  {p}")
+          lines.append(f'human iou:  {h} part iou:  {p}')
           lines += [repr(float(a)) for a in self.accuracies[i, j]]
-          lines.append(f"area:  {float(self.areas[i, j])!r}")
-    lines += ["area under accuracy(t); rows: human IoU > h, columns: part IoU >= p",
-              "  h \\ p " + "".join(f"{p:>10g}" for p in self.part_thresholds)]
+          lines.append(f'area:  {float(self.areas[i, j])!r}')
+    lines += [
+      'area under accuracy(t); rows: human IoU > h, columns: part IoU >= p',
+      '  h \\ p ' + ''.join(f'{p:>10g}' for p in self.part_thresholds),
+    ]
     for h, row in zip(self.human_thresholds, self.areas):
-      lines.append(f"  {h:>5g} " + "".join(f"{v:>10.6f}" for v in row))
+      lines.append(f'  {h:>5g} ' + ''.join(f'{v:>10.6f}' for v in row))
     top1 = float(np.mean(self.correct_videos)) if self.videos else 0.0
     mean_psc = float(np.mean(self.psc_cells[self.official_cell])) if self.videos else 0.0
-    lines.append(f"videos: {len(self.videos)}  action top-1: {top1:.4f}  "
-                 f"mean PSC (h {HUMAN_IOU_THRESHOLD}, p {PART_IOU_THRESHOLD}): {mean_psc:.4f}")
-    lines.append(f"score: {self.score_rounded:.6f}")
-    return "\n".join(lines)
+    lines.append(
+      f'videos: {len(self.videos)}  action top-1: {top1:.4f}  '
+      f'mean PSC (h {HUMAN_IOU_THRESHOLD}, p {PART_IOU_THRESHOLD}): {mean_psc:.4f}'
+    )
+    lines.append(f'score: {self.score_rounded:.6f}')
+    return '\n'.join(lines)
 
 
 class _Notes:
@@ -327,35 +338,36 @@ class _Notes:
 
   def warn(self, what: str, consequence: str, examples: Sequence, count: int) -> None:
     if count:
-      entry = self._warnings.setdefault(f"{what}\0{consequence}", [0, []])
+      entry = self._warnings.setdefault(f'{what}\0{consequence}', [0, []])
       entry[0] += count
-      entry[1] += [str(e) for e in examples[:MAX_EXAMPLES - len(entry[1])]]
+      entry[1] += [str(e) for e in examples[: MAX_EXAMPLES - len(entry[1])]]
 
   def stop_if_refused(self) -> None:
     if self.num_refusals:
       more = self.num_refusals - len(self.refusals)
-      lines = self.refusals + ([f"... and {more} more like these"] if more > 0 else [])
+      lines = self.refusals + ([f'... and {more} more like these'] if more > 0 else [])
       raise submission.SubmissionError(
-          f"{lines[0]} ({self.num_refusals} problem(s): the submission is not scored)", lines)
+        f'{lines[0]} ({self.num_refusals} problem(s): the submission is not scored)', lines
+      )
 
   @property
   def warnings(self) -> list[str]:
     out = []
     for key, (count, examples) in self._warnings.items():
-      what, consequence = key.split("\0")
-      out.append(f"{count} {what} (e.g. {', '.join(examples)}): {consequence}")
+      what, consequence = key.split('\0')
+      out.append(f'{count} {what} (e.g. {", ".join(examples)}): {consequence}')
     return out
 
 
 # ------------------------------------------------------------------------- reading
+
 
 def _box_values(boxes: list) -> np.ndarray:
   """(N, 4) float64 of boxes that are tuples of 4 floats (the typed form)."""
   return np.fromiter(chain.from_iterable(boxes), np.float64, 4 * len(boxes)).reshape(-1, 4)
 
 
-def _refuse_malformed(values: list, expected: type, notes: _Notes, line,
-                      replacement) -> None:
+def _refuse_malformed(values: list, expected: type, notes: _Notes, line, replacement) -> None:
   """Refuses (line(i)) the Malformed markers among values, put in place of expected."""
   malformed = _not_of_type(values, expected)
   notes.refuse_at(malformed, line)
@@ -363,16 +375,25 @@ def _refuse_malformed(values: list, expected: type, notes: _Notes, line,
     values[i] = replacement
 
 
-def _check_boxes(boxes: np.ndarray, notes: _Notes, file_name: str, place,
-                 what: str = "box(es)") -> None:
+def _check_boxes(
+  boxes: np.ndarray, notes: _Notes, file_name: str, place, what: str = 'box(es)'
+) -> None:
   """Refuses non-finite boxes and coordinates beyond +-2^24; warns about inverted ones."""
   bad = np.flatnonzero(~(np.abs(boxes) <= submission.MAX_COORDINATE).all(axis=1))  # NaN too
-  notes.refuse_at(bad, lambda i: f"{file_name}: {place(i)}: box is not finite or beyond "
-                  f"+-{submission.MAX_COORDINATE}: {boxes[i].tolist()}")
+  notes.refuse_at(
+    bad,
+    lambda i: (
+      f'{file_name}: {place(i)}: box is not finite or beyond '
+      f'+-{submission.MAX_COORDINATE}: {boxes[i].tolist()}'
+    ),
+  )
   inverted = np.flatnonzero((boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3]))
-  notes.warn(f"inverted {what} (x1 > x2 or y1 > y2) in {file_name}",
-             "scored with the same IoU formula, as the official tool does",
-             [place(i) for i in inverted[:MAX_EXAMPLES]], len(inverted))
+  notes.warn(
+    f'inverted {what} (x1 > x2 or y1 > y2) in {file_name}',
+    'scored with the same IoU formula, as the official tool does',
+    [place(i) for i in inverted[:MAX_EXAMPLES]],
+    len(inverted),
+  )
 
 
 class _Flat:
@@ -381,8 +402,8 @@ class _Flat:
   def __init__(self, gt_part: Mapping, pred_part: Mapping, videos: list[str], notes: _Notes):
     self.notes = notes
     self.videos = videos
-    self.clean = getattr(pred_part, "clean", False)
-    self.finite = getattr(pred_part, "finite", False)
+    self.clean = getattr(pred_part, 'clean', False)
+    self.finite = getattr(pred_part, 'finite', False)
     self._read_frames(gt_part, pred_part)
     self._read_humans()
     notes.stop_if_refused()
@@ -392,23 +413,22 @@ class _Flat:
     notes, num_videos = self.notes, len(self.videos)
     self.frame_keys = np.zeros(num_videos, np.int64)
     self.no_human = np.zeros(num_videos, np.int64)
-    frame_video, self.frame_names, gt_humans, pred_humans, num_gt, num_pred = (
-        [] for _ in range(6))
+    frame_video, self.frame_names, gt_humans, pred_humans, num_gt, num_pred = ([] for _ in range(6))
     missing_videos, missing_frames, unread_frames = [], [], []
     for v, video in enumerate(self.videos):
       gt_frames = gt_part.get(video)
       if gt_frames is None:
-        notes.refuse([f"{GT_PART}: {video}: in {GT_VID} but not in {GT_PART}"])
+        notes.refuse([f'{GT_PART}: {video}: in {GT_VID} but not in {GT_PART}'])
         continue
       pred_frames = pred_part.get(video)
       if pred_frames is None:
         missing_videos.append(video)
         pred_frames = {}
       elif isinstance(pred_frames, Malformed):
-        notes.refuse([f"{PRED_PART}: {video}: {pred_frames.problem}"])
+        notes.refuse([f'{PRED_PART}: {video}: {pred_frames.problem}'])
         continue
       elif len(pred_frames) != len(gt_frames) or pred_frames.keys() != gt_frames.keys():
-        unread_frames += [f"{video}/{name}" for name in pred_frames.keys() - gt_frames.keys()]
+        unread_frames += [f'{video}/{name}' for name in pred_frames.keys() - gt_frames.keys()]
       self.frame_keys[v] = len(gt_frames)
       for name, gt_frame in gt_frames.items():
         humans = gt_frame.humans
@@ -417,14 +437,18 @@ class _Flat:
           continue
         pred_frame = pred_frames.get(name)
         if pred_frame is None:
-          missing_frames.append(f"{video}/{name}")
+          missing_frames.append(f'{video}/{name}')
           continue
         if type(pred_frame) is not PredFrame:
-          notes.refuse([f"{PRED_PART}: {video}/{name}: {pred_frame.problem}"])
+          notes.refuse([f'{PRED_PART}: {video}/{name}: {pred_frame.problem}'])
           continue
         if len(pred_frame.humans) > submission.MAX_HUMANS:
-          notes.refuse([f"{PRED_PART}: {video}/{name}: {len(pred_frame.humans)} humans, at "
-                        f"most {submission.MAX_HUMANS} allowed"])
+          notes.refuse(
+            [
+              f'{PRED_PART}: {video}/{name}: {len(pred_frame.humans)} humans, at '
+              f'most {submission.MAX_HUMANS} allowed'
+            ]
+          )
         frame_video.append(v)
         self.frame_names.append(name)
         gt_humans += humans
@@ -435,46 +459,71 @@ class _Flat:
     self.num_gt = np.asarray(num_gt, np.int64)
     self.num_pred = np.asarray(num_pred, np.int64)
     self.gt_humans, self.pred_humans = gt_humans, pred_humans
-    notes.warn(f"video(s) of {GT_VID} missing from {PRED_PART}",
-               "every frame counted with 0 (the official tool stops on them)",
-               missing_videos, len(missing_videos))
-    notes.warn(f"frame(s) of {GT_PART} missing from {PRED_PART}", "counted with 0",
-               missing_frames, len(missing_frames))
-    notes.warn(f"frame(s) of {PRED_PART} not in {GT_PART}", "never read",
-               sorted(unread_frames), len(unread_frames))
+    notes.warn(
+      f'video(s) of {GT_VID} missing from {PRED_PART}',
+      'every frame counted with 0 (the official tool stops on them)',
+      missing_videos,
+      len(missing_videos),
+    )
+    notes.warn(
+      f'frame(s) of {GT_PART} missing from {PRED_PART}',
+      'counted with 0',
+      missing_frames,
+      len(missing_frames),
+    )
+    notes.warn(
+      f'frame(s) of {PRED_PART} not in {GT_PART}',
+      'never read',
+      sorted(unread_frames),
+      len(unread_frames),
+    )
 
   def place(self, frame: int) -> str:
-    return f"{self.videos[self.frame_video[frame]]}/{self.frame_names[frame]}"
+    return f'{self.videos[self.frame_video[frame]]}/{self.frame_names[frame]}'
 
   def human_place(self, index: int, pred: bool) -> str:
     """'video/frame/human k' of a predicted (pred=True) or GT human's flat index."""
     starts = self.pred_start if pred else self.gt_start
-    frame = int(np.searchsorted(starts, index, side="right") - 1)
-    return f"{self.place(frame)}/human {index - starts[frame] + 1}"
+    frame = int(np.searchsorted(starts, index, side='right') - 1)
+    return f'{self.place(frame)}/human {index - starts[frame] + 1}'
 
   def _read_humans(self):
     notes = self.notes
     self.gt_start, self.pred_start = _starts(self.num_gt), _starts(self.num_pred)
     self.human_frame = np.repeat(np.arange(len(self.num_gt)), self.num_gt)
     if not self.clean:
-      _refuse_malformed(self.pred_humans, PredHuman, notes,
-                        lambda i: f"{PRED_PART}: {self.human_place(i, True)}: "
-                        f"{self.pred_humans[i].problem}", PredHuman(box=(0.0,) * 4, parts={}))
-    self.gt_parts = list(map(attrgetter("parts"), self.gt_humans))
+      _refuse_malformed(
+        self.pred_humans,
+        PredHuman,
+        notes,
+        lambda i: f'{PRED_PART}: {self.human_place(i, True)}: {self.pred_humans[i].problem}',
+        PredHuman(box=(0.0,) * 4, parts={}),
+      )
+    self.gt_parts = list(map(attrgetter('parts'), self.gt_humans))
     self.part_counts = np.fromiter(map(len, self.gt_parts), np.int64, len(self.gt_parts))
-    self.frame_parts = (np.add.reduceat(self.part_counts, self.gt_start) if len(self.num_gt)
-                        else np.zeros(0, np.int64))
+    self.frame_parts = (
+      np.add.reduceat(self.part_counts, self.gt_start)
+      if len(self.num_gt)
+      else np.zeros(0, np.int64)
+    )
     self.scored = self.frame_parts > 0
-    self.gt_boxes = _box_values(list(map(attrgetter("box"), self.gt_humans)))
-    _check_boxes(self.gt_boxes, notes, GT_PART, lambda i: self.human_place(i, False),
-                 "human box(es)")
-    pred_boxes = list(map(attrgetter("box"), self.pred_humans))
+    self.gt_boxes = _box_values(list(map(attrgetter('box'), self.gt_humans)))
+    _check_boxes(
+      self.gt_boxes, notes, GT_PART, lambda i: self.human_place(i, False), 'human box(es)'
+    )
+    pred_boxes = list(map(attrgetter('box'), self.pred_humans))
     if not self.clean:
-      _refuse_malformed(pred_boxes, tuple, notes, lambda i: f"{PRED_PART}: "
-                        f"{self.human_place(i, True)}: {pred_boxes[i].problem}", (0.0,) * 4)
+      _refuse_malformed(
+        pred_boxes,
+        tuple,
+        notes,
+        lambda i: f'{PRED_PART}: {self.human_place(i, True)}: {pred_boxes[i].problem}',
+        (0.0,) * 4,
+      )
     self.pred_boxes = _box_values(pred_boxes)
-    _check_boxes(self.pred_boxes, notes, PRED_PART, lambda i: self.human_place(i, True),
-                 "human box(es)")
+    _check_boxes(
+      self.pred_boxes, notes, PRED_PART, lambda i: self.human_place(i, True), 'human box(es)'
+    )
 
   def counted_frames(self) -> np.ndarray:
     """Per video: GT frame keys less those left out (no GT human; present, no GT part)."""
@@ -494,8 +543,9 @@ class _Flat:
     row_length = self.num_pred[pair_frame]
     gt_index = self.gt_start[pair_frame] + local // row_length
     pred_index = self.pred_start[pair_frame] + local % row_length
-    iou = _paired_iou(self.gt_boxes[gt_index].astype(np.float32),
-                      self.pred_boxes[pred_index].astype(np.float32))
+    iou = _paired_iou(
+      self.gt_boxes[gt_index].astype(np.float32), self.pred_boxes[pred_index].astype(np.float32)
+    )
     pair_start = _starts(sizes)
     shapes = np.stack([self.num_gt[frames], self.num_pred[frames]], axis=1)
     for num_gt, num_pred in np.unique(shapes, axis=0).tolist():
@@ -509,7 +559,7 @@ class _Flat:
     return match, match_iou, square
 
 
-_NO_PART = PredPart(box=[], verb=[])   # a part the prediction does not name: N_p = 0
+_NO_PART = PredPart(box=[], verb=[])  # a part the prediction does not name: N_p = 0
 
 
 class _Parts:
@@ -523,79 +573,106 @@ class _Parts:
     pred_of = match[read].tolist()
     pred_parts = [flat.pred_humans[j].parts for j in pred_of]
     if not clean:
-      _refuse_malformed(pred_parts, dict, notes, lambda k: f"{PRED_PART}: "
-                        f"{flat.human_place(pred_of[k], True)}: {pred_parts[k].problem}", {})
+      _refuse_malformed(
+        pred_parts,
+        dict,
+        notes,
+        lambda k: f'{PRED_PART}: {flat.human_place(pred_of[k], True)}: {pred_parts[k].problem}',
+        {},
+      )
     gt_parts = [flat.gt_parts[i] for i in read.tolist()]
     names = list(chain.from_iterable(gt_parts))
     part_human = np.repeat(np.arange(len(read)), self.counts)
 
     def place(row, gt=False):
       human = read[part_human[row]] if gt else pred_of[part_human[row]]
-      return f"{flat.human_place(human, not gt)}/{names[row]}"
+      return f'{flat.human_place(human, not gt)}/{names[row]}'
 
     owners = chain.from_iterable(map(repeat, pred_parts, self.counts.tolist()))
     parts = list(map(dict.get, owners, names, repeat(_NO_PART)))
     self.pred_parts = pred_parts
     if not clean:
-      _refuse_malformed(parts, PredPart, notes,
-                        lambda r: f"{PRED_PART}: {place(r)}: {parts[r].problem}", _NO_PART)
-    boxes, states = list(map(attrgetter("box"), parts)), list(map(attrgetter("verb"), parts))
+      _refuse_malformed(
+        parts, PredPart, notes, lambda r: f'{PRED_PART}: {place(r)}: {parts[r].problem}', _NO_PART
+      )
+    boxes, states = list(map(attrgetter('box'), parts)), list(map(attrgetter('verb'), parts))
     if not clean:
       for values in (boxes, states):
-        _refuse_malformed(values, list, notes,
-                          lambda r: f"{PRED_PART}: {place(r)}: {values[r].problem}", [])
+        _refuse_malformed(
+          values, list, notes, lambda r: f'{PRED_PART}: {place(r)}: {values[r].problem}', []
+        )
     num_boxes = np.fromiter(map(len, boxes), np.int64, len(boxes))
     self.num_states = np.fromiter(map(len, states), np.int64, len(states))
-    notes.refuse_at(np.flatnonzero(self.num_states > submission.MAX_PROPOSALS),
-                    lambda r: f"{PRED_PART}: {place(r)}: {self.num_states[r]} proposals, at "
-                    f"most {submission.MAX_PROPOSALS} allowed")
-    notes.refuse_at(np.flatnonzero(num_boxes > self.num_states),
-                    lambda r: f"{PRED_PART}: {place(r)}: {num_boxes[r]} boxes but "
-                    f"{self.num_states[r]} states (the official tool fails on the extra boxes)")
+    notes.refuse_at(
+      np.flatnonzero(self.num_states > submission.MAX_PROPOSALS),
+      lambda r: (
+        f'{PRED_PART}: {place(r)}: {self.num_states[r]} proposals, at '
+        f'most {submission.MAX_PROPOSALS} allowed'
+      ),
+    )
+    notes.refuse_at(
+      np.flatnonzero(num_boxes > self.num_states),
+      lambda r: (
+        f'{PRED_PART}: {place(r)}: {num_boxes[r]} boxes but '
+        f'{self.num_states[r]} states (the official tool fails on the extra boxes)'
+      ),
+    )
     notes.stop_if_refused()
     fewer = np.flatnonzero(num_boxes < self.num_states)
-    notes.warn("predicted part(s) with fewer boxes than states",
-               "N_p counts the states, as the official tool does",
-               [place(r) for r in fewer[:MAX_EXAMPLES]], len(fewer))
+    notes.warn(
+      'predicted part(s) with fewer boxes than states',
+      'N_p counts the states, as the official tool does',
+      [place(r) for r in fewer[:MAX_EXAMPLES]],
+      len(fewer),
+    )
 
     # Proposal j < boxes of part r pairs box j with state j. States are compared by id:
     # equal strings get equal ids; a state no GT part read here has (or not a string) -1.
     gt_objs = list(chain.from_iterable(map(dict.values, gt_parts)))
-    gt_states = list(map(attrgetter("verb"), gt_objs))
+    gt_states = list(map(attrgetter('verb'), gt_objs))
     state_ids = {state: k for k, state in enumerate(set(gt_states))}
     gt_ids = np.fromiter(map(state_ids.__getitem__, gt_states), np.int64, len(gt_states))
     self.states = list(chain.from_iterable(states))
-    ids = np.fromiter(map(state_ids.get, self.states, repeat(-1)), np.int64,
-                      len(self.states))
+    ids = np.fromiter(map(state_ids.get, self.states, repeat(-1)), np.int64, len(self.states))
     self.other_states = list(compress(self.states, (ids < 0).tolist())) if (ids < 0).any() else []
     proposal_part = np.repeat(np.arange(len(boxes)), num_boxes)
     proposal_index = _positions(num_boxes)
     proposal_state = ids[np.repeat(_starts(self.num_states), num_boxes) + proposal_index]
     same = proposal_state == gt_ids[proposal_part]
-    where = lambda i: f"{place(proposal_part[i])}/proposal {proposal_index[i] + 1}"
+    where = lambda i: f'{place(proposal_part[i])}/proposal {proposal_index[i] + 1}'
     chosen = np.flatnonzero(same)
-    if clean and finite:          # only the boxes that can score need numbers
+    if clean and finite:  # only the boxes that can score need numbers
       proposal_boxes = _box_values(list(compress(chain.from_iterable(boxes), same.tolist())))
-    else:                         # the tool reads every box of the part (until a match)
+    else:  # the tool reads every box of the part (until a match)
       flat_boxes = list(chain.from_iterable(boxes))
-      _refuse_malformed(flat_boxes, tuple, notes,
-                        lambda i: f"{PRED_PART}: {where(i)}: {flat_boxes[i].problem}",
-                        (0.0,) * 4)
+      _refuse_malformed(
+        flat_boxes,
+        tuple,
+        notes,
+        lambda i: f'{PRED_PART}: {where(i)}: {flat_boxes[i].problem}',
+        (0.0,) * 4,
+      )
       every = _box_values(flat_boxes)
       nonfinite = np.flatnonzero(~np.isfinite(every).all(axis=1))
-      notes.refuse_at(nonfinite, lambda i: f"{PRED_PART}: {where(i)}: box is not finite: "
-                      f"{flat_boxes[i]}")
+      notes.refuse_at(
+        nonfinite, lambda i: f'{PRED_PART}: {where(i)}: box is not finite: {flat_boxes[i]}'
+      )
       proposal_boxes = every[chosen]
-    _check_boxes(proposal_boxes, notes, PRED_PART, lambda k: where(chosen[k]),
-                 "proposal box(es) with the GT's state")
+    _check_boxes(
+      proposal_boxes,
+      notes,
+      PRED_PART,
+      lambda k: where(chosen[k]),
+      "proposal box(es) with the GT's state",
+    )
     self.proposal_part = proposal_part[chosen]
-    part = self.proposal_part                    # sorted: a run of proposals per part
-    self.run_start = np.flatnonzero(np.concatenate([[True], part[1:] != part[:-1]])
-                                    if part.size else np.zeros(0, bool))
-    rows = part[self.run_start]                  # the parts with a proposal that can score
-    gt_boxes = _box_values(list(map(attrgetter("box"), map(gt_objs.__getitem__,
-                                                           rows.tolist()))))
-    _check_boxes(gt_boxes, notes, GT_PART, lambda k: place(rows[k], gt=True), "part box(es)")
+    part = self.proposal_part  # sorted: a run of proposals per part
+    self.run_start = np.flatnonzero(
+      np.concatenate([[True], part[1:] != part[:-1]]) if part.size else np.zeros(0, bool)
+    )
+    rows = part[self.run_start]  # the parts with a proposal that can score
+    gt_boxes = _box_values(list(map(attrgetter('box'), map(gt_objs.__getitem__, rows.tolist()))))
+    _check_boxes(gt_boxes, notes, GT_PART, lambda k: place(rows[k], gt=True), 'part box(es)')
     notes.stop_if_refused()
     self.proposal_boxes = proposal_boxes
     self.gt_boxes = np.repeat(gt_boxes, np.diff(np.append(self.run_start, part.size)), axis=0)
@@ -611,18 +688,26 @@ class _Parts:
 
 # ------------------------------------------------------------------------- scoring
 
+
 def _gt_states(gt_part: Mapping) -> set[str]:
   """Every state of the ground truth."""
-  gt_humans = chain.from_iterable(frame.humans for frames in gt_part.values()
-                                  for frame in frames.values())
-  gt_parts = map(dict.values, map(attrgetter("parts"), gt_humans))
-  return set(map(attrgetter("verb"), chain.from_iterable(gt_parts)))
+  gt_humans = chain.from_iterable(
+    frame.humans for frames in gt_part.values() for frame in frames.values()
+  )
+  gt_parts = map(dict.values, map(attrgetter('parts'), gt_humans))
+  return set(map(attrgetter('verb'), chain.from_iterable(gt_parts)))
 
 
-def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part: Mapping, *,
-                human_thresholds: Sequence[float] = THRESHOLDS,
-                part_thresholds: Sequence[float] = THRESHOLDS,
-                vocabulary: tuple[set, set] | None = None) -> ScoreReport:
+def score_typed(
+  gt_vid: Mapping,
+  gt_part: Mapping,
+  pred_vid: Mapping,
+  pred_part: Mapping,
+  *,
+  human_thresholds: Sequence[float] = THRESHOLDS,
+  part_thresholds: Sequence[float] = THRESHOLDS,
+  vocabulary: tuple[set, set] | None = None,
+) -> ScoreReport:
   """Scores the typed form (submission.read_results / as_typed) for every threshold cell.
 
   vocabulary: (states, actions) known beyond those of the ground truth (--data_root).
@@ -631,26 +716,26 @@ def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part:
   notes = _Notes()
   videos = list(gt_vid)
   if not videos:
-    raise submission.SubmissionError(f"{GT_VID}: no videos to score")
+    raise submission.SubmissionError(f'{GT_VID}: no videos to score')
   human_thresholds, part_thresholds = tuple(human_thresholds), tuple(part_thresholds)
   flat = _Flat(gt_part, pred_part, videos, notes)
   match, match_iou, square = flat.match()
-  read = np.flatnonzero(_matched(match_iou, square, min(human_thresholds))
-                        & (flat.part_counts > 0))
+  read = np.flatnonzero(_matched(match_iou, square, min(human_thresholds)) & (flat.part_counts > 0))
   parts = _Parts(flat, match, read)
   best = parts.best_iou()
 
   # Per read GT part, its score at each part threshold; then the tool's sums.
-  weight = np.divide(1.0, parts.num_states, out=np.zeros(len(best)),
-                     where=parts.num_states > 0)
+  weight = np.divide(1.0, parts.num_states, out=np.zeros(len(best)), where=parts.num_states > 0)
   part_score = np.where(best >= np.asarray(part_thresholds)[:, None], weight, 0.0)  # (P, N)
-  human_sum = _ordered_sums(part_score, np.repeat(np.arange(len(read)), parts.counts),
-                            _positions(parts.counts), len(read))              # (P, R)
+  human_sum = _ordered_sums(
+    part_score, np.repeat(np.arange(len(read)), parts.counts), _positions(parts.counts), len(read)
+  )  # (P, R)
   matched = np.stack([_matched(match_iou[read], square[read], h) for h in human_thresholds])
-  contribution = matched[:, None, :] * human_sum[None]                        # (H, P, R)
+  contribution = matched[:, None, :] * human_sum[None]  # (H, P, R)
   frame_of = flat.human_frame[read]
-  frame_sum = _ordered_sums(contribution, frame_of, read - flat.gt_start[frame_of],
-                            len(flat.num_gt))
+  frame_sum = _ordered_sums(
+    contribution, frame_of, read - flat.gt_start[frame_of], len(flat.num_gt)
+  )
   scored = np.flatnonzero(flat.scored)
   frame_score = frame_sum[..., scored] / flat.frame_parts[scored]
   first_frame = np.searchsorted(flat.frame_video, np.arange(len(videos)))
@@ -661,77 +746,127 @@ def score_typed(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part:
 
   correct = np.array([v in pred_vid and pred_vid[v] == gt_vid[v] for v in videos], bool)
   _warn_names(gt_vid, gt_part, pred_vid, pred_part, flat, parts, notes, vocabulary)
-  return ScoreReport(videos=videos, human_thresholds=human_thresholds,
-                     part_thresholds=part_thresholds, psc_cells=psc, correct_videos=correct,
-                     counted_frames=counted, warnings=notes.warnings)
+  return ScoreReport(
+    videos=videos,
+    human_thresholds=human_thresholds,
+    part_thresholds=part_thresholds,
+    psc_cells=psc,
+    correct_videos=correct,
+    counted_frames=counted,
+    warnings=notes.warnings,
+  )
 
 
-def _warn_names(gt_vid, gt_part, pred_vid, pred_part, flat: _Flat, parts: _Parts,
-                notes: _Notes, vocabulary) -> None:
+def _warn_names(
+  gt_vid, gt_part, pred_vid, pred_part, flat: _Flat, parts: _Parts, notes: _Notes, vocabulary
+) -> None:
   """Videos outside the GT; actions, states and part names outside the vocabularies."""
   extra_states, extra_actions = vocabulary or (set(), set())
   actions = set(gt_vid.values()) | set(extra_actions)
-  known = " (the GT's and --data_root's)" if vocabulary else " (those of the GT)"
+  known = " (the GT's and --data_root's)" if vocabulary else ' (those of the GT)'
   gt_names = set(chain.from_iterable(flat.gt_parts))
   odd_names = sorted(gt_names - set(submission.PARTS))
-  notes.warn(f"part name(s) in {GT_PART} outside the 10 parts (in the frames read)",
-             "scored like the others",
-             odd_names, len(odd_names))
+  notes.warn(
+    f'part name(s) in {GT_PART} outside the 10 parts (in the frames read)',
+    'scored like the others',
+    odd_names,
+    len(odd_names),
+  )
   missing = [v for v in gt_vid if v not in pred_vid]
-  notes.warn(f"video(s) of {GT_VID} missing from {PRED_VID}",
-             "counted as the wrong class (the official tool stops on them)", missing,
-             len(missing))
+  notes.warn(
+    f'video(s) of {GT_VID} missing from {PRED_VID}',
+    'counted as the wrong class (the official tool stops on them)',
+    missing,
+    len(missing),
+  )
   unread = sorted(map(str, (pred_vid.keys() | pred_part.keys()) - gt_vid.keys()))
-  notes.warn(f"video(s) of the submission not in {GT_VID}", "never read", unread, len(unread))
-  read_actions = collections.Counter(pred_vid[v] for v in gt_vid if v in pred_vid
-                                     and isinstance(pred_vid[v], collections.abc.Hashable))
+  notes.warn(f'video(s) of the submission not in {GT_VID}', 'never read', unread, len(unread))
+  read_actions = collections.Counter(
+    pred_vid[v]
+    for v in gt_vid
+    if v in pred_vid and isinstance(pred_vid[v], collections.abc.Hashable)
+  )
   unknown = {a: n for a, n in read_actions.items() if not (isinstance(a, str) and a in actions)}
-  odd = [v for v in gt_vid if v in pred_vid
-         and not isinstance(pred_vid[v], collections.abc.Hashable)]
-  notes.warn(f"predicted action(s) outside the vocabulary{known}",
-             "counted as the wrong class", [repr(a) for a in unknown] + [repr(pred_vid[v])
-                                                                         for v in odd],
-             sum(unknown.values()) + len(odd))
-  counts = collections.Counter(parts.other_states)        # the rare case: look closer
+  odd = [
+    v for v in gt_vid if v in pred_vid and not isinstance(pred_vid[v], collections.abc.Hashable)
+  ]
+  notes.warn(
+    f'predicted action(s) outside the vocabulary{known}',
+    'counted as the wrong class',
+    [repr(a) for a in unknown] + [repr(pred_vid[v]) for v in odd],
+    sum(unknown.values()) + len(odd),
+  )
+  counts = collections.Counter(parts.other_states)  # the rare case: look closer
   if counts:
     states = _gt_states(gt_part) | set(extra_states)
-    counts = collections.Counter({s: n for s, n in counts.items()
-                                  if not (isinstance(s, str) and s in states)})
-  notes.warn(f"predicted state(s) outside the vocabulary{known}",
-             "they match no GT state", [repr(s) for s, _ in counts.most_common()],
-             sum(counts.values()))
+    counts = collections.Counter(
+      {s: n for s, n in counts.items() if not (isinstance(s, str) and s in states)}
+    )
+  notes.warn(
+    f'predicted state(s) outside the vocabulary{known}',
+    'they match no GT state',
+    [repr(s) for s, _ in counts.most_common()],
+    sum(counts.values()),
+  )
   names = sorted(map(repr, set(chain.from_iterable(parts.pred_parts)) - set(submission.PARTS)))
-  notes.warn("part name(s) outside the 10 parts in the predicted humans read",
-             "read only where the GT has the same name", names, len(names))
+  notes.warn(
+    'part name(s) outside the 10 parts in the predicted humans read',
+    'read only where the GT has the same name',
+    names,
+    len(names),
+  )
 
 
-def challenge_score(gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part: Mapping,
-                    **kwargs) -> ScoreReport:
+def challenge_score(
+  gt_vid: Mapping, gt_part: Mapping, pred_vid: Mapping, pred_part: Mapping, **kwargs
+) -> ScoreReport:
   """Scores a submission given as dicts (as json loads the four files); see score_typed."""
   submission.check_gt_actions(gt_vid, GT_VID)
-  return score_typed(gt_vid, submission.as_typed(gt_part, "gt"), pred_vid,
-                     submission.as_typed(pred_part, "pred"), **kwargs)
+  return score_typed(
+    gt_vid,
+    submission.as_typed(gt_part, 'gt'),
+    pred_vid,
+    submission.as_typed(pred_part, 'pred'),
+    **kwargs,
+  )
 
 
-def video_psc(gt_frames: Mapping, pred_frames: Mapping | None,
-              human_iou=HUMAN_IOU_THRESHOLD, part_iou=PART_IOU_THRESHOLD) -> float:
+def video_psc(
+  gt_frames: Mapping,
+  pred_frames: Mapping | None,
+  human_iou=HUMAN_IOU_THRESHOLD,
+  part_iou=PART_IOU_THRESHOLD,
+) -> float:
   """One video's PSC (rules 4-5); pred_frames None: the video is missing."""
-  report = challenge_score({"v": ""}, {"v": gt_frames}, {"v": ""},
-                           {} if pred_frames is None else {"v": pred_frames},
-                           human_thresholds=(human_iou,), part_thresholds=(part_iou,))
+  report = challenge_score(
+    {'v': ''},
+    {'v': gt_frames},
+    {'v': ''},
+    {} if pred_frames is None else {'v': pred_frames},
+    human_thresholds=(human_iou,),
+    part_thresholds=(part_iou,),
+  )
   return float(report.psc_cells[0, 0, 0])
 
 
-def frame_part_score(gt_frame: Mapping, pred_frame: Mapping | None,
-                     human_iou=HUMAN_IOU_THRESHOLD, part_iou=PART_IOU_THRESHOLD
-                     ) -> float | None:
+def frame_part_score(
+  gt_frame: Mapping,
+  pred_frame: Mapping | None,
+  human_iou=HUMAN_IOU_THRESHOLD,
+  part_iou=PART_IOU_THRESHOLD,
+) -> float | None:
   """One frame's score (rules 2-4); None when the frame is left out (no GT human, or
   present in the submission without GT parts); 0.0 when missing from the submission."""
-  if not gt_frame.get("humans"):
+  if not gt_frame.get('humans'):
     return None
   if pred_frame is None:
     return 0.0
-  report = challenge_score({"v": ""}, {"v": {"f": gt_frame}}, {"v": ""},
-                           {"v": {"f": pred_frame}},
-                           human_thresholds=(human_iou,), part_thresholds=(part_iou,))
+  report = challenge_score(
+    {'v': ''},
+    {'v': {'f': gt_frame}},
+    {'v': ''},
+    {'v': {'f': pred_frame}},
+    human_thresholds=(human_iou,),
+    part_thresholds=(part_iou,),
+  )
   return None if report.counted_frames[0] == 0 else float(report.psc_cells[0, 0, 0])

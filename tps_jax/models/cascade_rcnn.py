@@ -27,11 +27,13 @@ Images are (B, H, W, 3), normalised, padded to a static size; `image_shape` (B, 
 gives each image's content (height, width) at the top-left (default: all of it).
 All shapes are static; nothing leaves the device.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,8 +42,8 @@ import numpy as np
 
 from tps_jax import ops
 from tps_jax.models import detector_backbone
-from tps_jax.models.fields import hashable
 from tps_jax.models import rpn as rpn_lib
+from tps_jax.models.fields import hashable
 
 Dtype = Any
 
@@ -51,6 +53,7 @@ CASCADE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.0
 @dataclasses.dataclass(frozen=True)
 class RoISettings:
   """Static settings of the RoI heads (defaults: mmdetection's Cascade R-CNN R-50 FPN)."""
+
   num_stages: int = 3
   iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
   box_stds: tuple[tuple[float, ...], ...] = CASCADE_STDS
@@ -59,10 +62,10 @@ class RoISettings:
   # RoI feature extraction on the finest `num_levels` FPN levels (P2-P5).
   num_levels: int = 4
   output_size: int = 7
-  sampling_ratio: int = 0              # <= 0: adaptive (mmdetection), capped below
+  sampling_ratio: int = 0  # <= 0: adaptive (mmdetection), capped below
   max_sampling_ratio: int = 4
-  aligned: bool = True                 # mmdetection True, torchvision False
-  level_rule: str = "mmdet"            # 'mmdet' | 'torchvision' (ops.map_roi_levels)
+  aligned: bool = True  # mmdetection True, torchvision False
+  level_rule: str = 'mmdet'  # 'mmdet' | 'torchvision' (ops.map_roi_levels)
   # Head: `num_convs` 3x3 conv + GroupNorm (mmdetection's 4conv1fc) then `num_fcs` FCs.
   num_convs: int = 0
   conv_channels: int = 256
@@ -79,51 +82,68 @@ class RoISettings:
   score_threshold: float = 0.05
   nms_threshold: float = 0.5
   max_detections: int = 100
-  max_candidates: int | None = None    # (box, class) pairs entering NMS; None: all
-  min_size: float = 0.0                # detections need both sides >= this (torchvision 1e-2)
-  score_average: str = "logits"        # 'logits' (mmdetection) | 'probs'
+  max_candidates: int | None = None  # (box, class) pairs entering NMS; None: all
+  min_size: float = 0.0  # detections need both sides >= this (torchvision 1e-2)
+  score_average: str = 'logits'  # 'logits' (mmdetection) | 'probs'
   log_scale_clip: float | tuple[float, float] = ops.BBOX_XFORM_CLIP
 
   def __post_init__(self):
-    for name in ("iou_thresholds", "box_stds", "stage_weights"):
+    for name in ('iou_thresholds', 'box_stds', 'stage_weights'):
       if len(getattr(self, name)) < self.num_stages:
-        raise ValueError(f"RoISettings.{name}: {len(getattr(self, name))} values for "
-                         f"{self.num_stages} stages")
-    if self.score_average not in ("logits", "probs"):
-      raise ValueError(f"RoISettings.score_average: {self.score_average!r} is not "
-                       "'logits' or 'probs'")
+        raise ValueError(
+          f'RoISettings.{name}: {len(getattr(self, name))} values for {self.num_stages} stages'
+        )
+    if self.score_average not in ('logits', 'probs'):
+      raise ValueError(
+        f"RoISettings.score_average: {self.score_average!r} is not 'logits' or 'probs'"
+      )
 
 
 # Settings that make the model compute what each library computes.
 CONVENTIONS = {
-    "mmdet": (dict(), dict()),
-    "torchvision": (
-        dict(anchors=ops.AnchorGenerator.torchvision(), min_pos_iou=0.0,
-             low_quality_matches="torchvision", allowed_border=None,
-             log_scale_clip=(-math.inf, ops.BBOX_XFORM_CLIP)),
-        dict(num_stages=1, class_agnostic=False, aligned=False, sampling_ratio=2,
-             level_rule="torchvision", smooth_l1_beta=1.0 / 9.0, min_size=1e-2,
-             log_scale_clip=(-math.inf, ops.BBOX_XFORM_CLIP))),
+  'mmdet': (dict(), dict()),
+  'torchvision': (
+    dict(
+      anchors=ops.AnchorGenerator.torchvision(),
+      min_pos_iou=0.0,
+      low_quality_matches='torchvision',
+      allowed_border=None,
+      log_scale_clip=(-math.inf, ops.BBOX_XFORM_CLIP),
+    ),
+    dict(
+      num_stages=1,
+      class_agnostic=False,
+      aligned=False,
+      sampling_ratio=2,
+      level_rule='torchvision',
+      smooth_l1_beta=1.0 / 9.0,
+      min_size=1e-2,
+      log_scale_clip=(-math.inf, ops.BBOX_XFORM_CLIP),
+    ),
+  ),
 }
 
 
-def make_settings(convention: str = "mmdet", rpn: Mapping[str, Any] | None = None,
-                  roi: Mapping[str, Any] | None = None
-                  ) -> tuple[rpn_lib.RPNSettings, RoISettings]:
+def make_settings(
+  convention: str = 'mmdet',
+  rpn: Mapping[str, Any] | None = None,
+  roi: Mapping[str, Any] | None = None,
+) -> tuple[rpn_lib.RPNSettings, RoISettings]:
   """RPN and RoI settings of a convention ('mmdet' | 'torchvision'), with overrides.
 
   `rpn['anchors']` may be an AnchorGenerator or the keyword arguments of
   `AnchorGenerator.mmdet` (strides, ratios, scales).
   """
   if convention not in CONVENTIONS:
-    raise ValueError(f"unknown detector convention {convention!r}; known: "
-                     f"{', '.join(CONVENTIONS)}")
+    raise ValueError(f'unknown detector convention {convention!r}; known: {", ".join(CONVENTIONS)}')
   rpn_base, roi_base = CONVENTIONS[convention]
   rpn = hashable(rpn or {})
-  if isinstance(rpn.get("anchors"), Mapping):     # from a config: mmdetection's fields
-    rpn["anchors"] = ops.AnchorGenerator.mmdet(**rpn["anchors"])
-  return (rpn_lib.RPNSettings(**{**rpn_base, **rpn}),
-          RoISettings(**{**roi_base, **hashable(roi or {})}))
+  if isinstance(rpn.get('anchors'), Mapping):  # from a config: mmdetection's fields
+    rpn['anchors'] = ops.AnchorGenerator.mmdet(**rpn['anchors'])
+  return (
+    rpn_lib.RPNSettings(**{**rpn_base, **rpn}),
+    RoISettings(**{**roi_base, **hashable(roi or {})}),
+  )
 
 
 class BoxHead(nn.Module):
@@ -131,6 +151,7 @@ class BoxHead(nn.Module):
 
   Regression is one box per RoI (`class_agnostic`) or one per foreground class.
   """
+
   num_classes: int
   class_agnostic: bool = True
   num_convs: int = 0
@@ -144,18 +165,37 @@ class BoxHead(nn.Module):
     batch, rois = roi_features.shape[:2]
     x = roi_features.reshape((batch * rois,) + roi_features.shape[2:]).astype(self.dtype)
     for i in range(self.num_convs):
-      x = nn.Conv(self.conv_channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, name=f"conv_{i}")(x)
-      x = nn.relu(nn.GroupNorm(32, epsilon=1e-5, dtype=self.dtype, name=f"gn_{i}")(x))
-    x = x.reshape(batch, rois, -1)       # (h, w, C) order; importers permute torch's
+      x = nn.Conv(
+        self.conv_channels,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        dtype=self.dtype,
+        name=f'conv_{i}',
+      )(x)
+      x = nn.relu(nn.GroupNorm(32, epsilon=1e-5, dtype=self.dtype, name=f'gn_{i}')(x))
+    x = x.reshape(batch, rois, -1)  # (h, w, C) order; importers permute torch's
     for i in range(self.num_fcs):
-      x = nn.relu(nn.Dense(self.fc_dim, kernel_init=nn.initializers.xavier_uniform(),
-                           dtype=self.dtype, name=f"fc_{i}")(x))
-    logits = nn.Dense(self.num_classes + 1, kernel_init=nn.initializers.normal(0.01),
-                      dtype=self.dtype, name="cls_score")(x)
-    deltas = nn.Dense(4 if self.class_agnostic else 4 * self.num_classes,
-                      kernel_init=nn.initializers.normal(0.001), dtype=self.dtype,
-                      name="bbox_pred")(x)
+      x = nn.relu(
+        nn.Dense(
+          self.fc_dim,
+          kernel_init=nn.initializers.xavier_uniform(),
+          dtype=self.dtype,
+          name=f'fc_{i}',
+        )(x)
+      )
+    logits = nn.Dense(
+      self.num_classes + 1,
+      kernel_init=nn.initializers.normal(0.01),
+      dtype=self.dtype,
+      name='cls_score',
+    )(x)
+    deltas = nn.Dense(
+      4 if self.class_agnostic else 4 * self.num_classes,
+      kernel_init=nn.initializers.normal(0.001),
+      dtype=self.dtype,
+      name='bbox_pred',
+    )(x)
     return logits.astype(jnp.float32), deltas.astype(jnp.float32)
 
 
@@ -168,8 +208,9 @@ def select_deltas(deltas, labels, num_classes: int):
   return jnp.take_along_axis(per_class, index, axis=-2)[..., 0, :]
 
 
-def clean_targets(boxes, labels, valid, ignore, image_shape, num_classes: int,
-                  min_size: float = 1e-2):
+def clean_targets(
+  boxes, labels, valid, ignore, image_shape, num_classes: int, min_size: float = 1e-2
+):
   """Clipped boxes and the masks of usable targets: (boxes, labels, valid, ignore, dropped).
 
   A valid row stays valid if its box is finite and, clipped to the image, has both
@@ -202,6 +243,7 @@ class CascadeRCNN(nn.Module):
   `neck` (FPN) turns them into {'p<l>': map}; the RPN uses every level, the RoI heads
   the finest `roi.num_levels`.
   """
+
   backbone: nn.Module
   neck: nn.Module
   num_classes: int
@@ -212,20 +254,30 @@ class CascadeRCNN(nn.Module):
   def setup(self):
     anchors_per_location = set(self.rpn.anchors.num_anchors_per_location)
     if len(anchors_per_location) != 1:
-      raise ValueError("CascadeRCNN: the shared RPN head needs the same number of anchors "
-                       f"on every level, got {self.rpn.anchors.num_anchors_per_location}")
+      raise ValueError(
+        'CascadeRCNN: the shared RPN head needs the same number of anchors '
+        f'on every level, got {self.rpn.anchors.num_anchors_per_location}'
+      )
     self.rpn_head = rpn_lib.RPNHead(anchors_per_location.pop(), dtype=self.dtype)
     self.box_heads = [
-        BoxHead(self.num_classes, self.roi.class_agnostic, self.roi.num_convs,
-                self.roi.conv_channels, self.roi.num_fcs, self.roi.fc_dim, dtype=self.dtype)
-        for _ in range(self.roi.num_stages)]
+      BoxHead(
+        self.num_classes,
+        self.roi.class_agnostic,
+        self.roi.num_convs,
+        self.roi.conv_channels,
+        self.roi.num_fcs,
+        self.roi.fc_dim,
+        dtype=self.dtype,
+      )
+      for _ in range(self.roi.num_stages)
+    ]
 
   # ---------------------------------------------------------------------- pieces
 
   def pyramid(self, images, *, train: bool) -> list[jax.Array]:
     """FPN levels, finest first."""
     if images.ndim != 4:
-      raise ValueError(f"CascadeRCNN expects images (B, H, W, C), got shape {images.shape}")
+      raise ValueError(f'CascadeRCNN expects images (B, H, W, C), got shape {images.shape}')
     features = self.neck(self.backbone(images, train=train, return_features=True))
     return [features[k] for k in sorted(features, key=lambda k: int(k[1:]))]
 
@@ -240,9 +292,17 @@ class CascadeRCNN(nn.Module):
     per_level = self.rpn.anchors.num_anchors_per_level(shapes)
     pre_nms, post_nms = self.rpn.top_n(train)
     proposals = rpn_lib.generate_proposals(
-        objectness, deltas, anchors, per_level, image_shape, pre_nms_top_n=pre_nms,
-        post_nms_top_n=post_nms, nms_threshold=self.rpn.nms_threshold,
-        min_size=self.rpn.min_size, log_scale_clip=self.rpn.log_scale_clip)
+      objectness,
+      deltas,
+      anchors,
+      per_level,
+      image_shape,
+      pre_nms_top_n=pre_nms,
+      post_nms_top_n=post_nms,
+      nms_threshold=self.rpn.nms_threshold,
+      min_size=self.rpn.min_size,
+      log_scale_clip=self.rpn.log_scale_clip,
+    )
     return proposals, objectness, deltas, anchors
 
   def box_head(self, stage: int, levels, rois, padded_shape):
@@ -251,18 +311,29 @@ class CascadeRCNN(nn.Module):
     A level's scale is 1 / its stride, a power of two (torchvision infers it so).
     """
     roi = self.roi
-    levels = levels[:roi.num_levels]
+    levels = levels[: roi.num_levels]
     scales = [2.0 ** round(math.log2(x.shape[1] / padded_shape[0])) for x in levels]
-    level_index = ops.map_roi_levels(jax.lax.stop_gradient(rois), len(levels),
-                                     rule=roi.level_rule)
-    features = ops.multilevel_roi_align(levels, rois, level_index, roi.output_size, scales,
-                                        roi.sampling_ratio, roi.aligned,
-                                        max_sampling_ratio=roi.max_sampling_ratio)
+    level_index = ops.map_roi_levels(jax.lax.stop_gradient(rois), len(levels), rule=roi.level_rule)
+    features = ops.multilevel_roi_align(
+      levels,
+      rois,
+      level_index,
+      roi.output_size,
+      scales,
+      roi.sampling_ratio,
+      roi.aligned,
+      max_sampling_ratio=roi.max_sampling_ratio,
+    )
     return self.box_heads[stage](features)
 
   def _decode(self, stage: int, deltas, rois, image_shape):
-    return ops.decode_deltas(deltas, rois, stds=self.roi.box_stds[stage],
-                             log_scale_clip=self.roi.log_scale_clip, max_shape=image_shape)
+    return ops.decode_deltas(
+      deltas,
+      rois,
+      stds=self.roi.box_stds[stage],
+      log_scale_clip=self.roi.log_scale_clip,
+      max_shape=image_shape,
+    )
 
   # ------------------------------------------------------------------- inference
 
@@ -276,18 +347,17 @@ class CascadeRCNN(nn.Module):
     for stage in range(roi.num_stages):
       logits, deltas = self.box_head(stage, levels, rois, padded_shape)
       all_logits.append(logits)
-      if stage < roi.num_stages - 1:     # the last stage's deltas make the detections
+      if stage < roi.num_stages - 1:  # the last stage's deltas make the detections
         labels = jnp.argmax(logits[..., :num_classes], axis=-1)
-        rois = self._decode(stage, select_deltas(deltas, labels, num_classes), rois,
-                            image_shape)
-    if roi.score_average == "logits":
+        rois = self._decode(stage, select_deltas(deltas, labels, num_classes), rois, image_shape)
+    if roi.score_average == 'logits':
       probs = jax.nn.softmax(sum(all_logits) / len(all_logits), axis=-1)
     else:
       probs = sum(jax.nn.softmax(x, axis=-1) for x in all_logits) / len(all_logits)
     probs = probs[..., :num_classes]
     last = roi.num_stages - 1
     if roi.class_agnostic:
-      boxes = self._decode(last, deltas, rois, image_shape)                   # (B, K, 4)
+      boxes = self._decode(last, deltas, rois, image_shape)  # (B, K, 4)
       big = ops.min_size_mask(boxes, roi.min_size)[..., None]
     else:
       per_class = deltas.reshape(deltas.shape[:-1] + (num_classes, 4))
@@ -296,31 +366,50 @@ class CascadeRCNN(nn.Module):
     probs = jnp.where(big & proposals.valid[..., None], probs, 0.0)
     max_candidates = roi.max_candidates or probs.shape[1] * num_classes
     boxes, scores, labels, valid = ops.multiclass_nms(
-        boxes, probs, roi.score_threshold, roi.nms_threshold, roi.max_detections,
-        max_candidates, proposals.valid)
-    return {"boxes": boxes, "scores": scores, "labels": labels, "valid": valid}
+      boxes,
+      probs,
+      roi.score_threshold,
+      roi.nms_threshold,
+      roi.max_detections,
+      max_candidates,
+      proposals.valid,
+    )
+    return {'boxes': boxes, 'scores': scores, 'labels': labels, 'valid': valid}
 
   # -------------------------------------------------------------------- training
 
-  def losses(self, images, image_shape, targets: Mapping[str, jax.Array]
-             ) -> dict[str, jax.Array]:
+  def losses(self, images, image_shape, targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """Weighted losses ('loss_*', to be summed) and statistics of one batch."""
     padded_shape, image_shape = _shapes(images, image_shape)
     roi, num_classes = self.roi, self.num_classes
     gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = clean_targets(
-        targets["boxes"], targets["labels"], targets["valid"], targets.get("ignore"),
-        image_shape, num_classes)
-    rpn_key, *stage_keys = jax.random.split(self.make_rng("sampling"), 1 + roi.num_stages)
+      targets['boxes'],
+      targets['labels'],
+      targets['valid'],
+      targets.get('ignore'),
+      image_shape,
+      num_classes,
+    )
+    rpn_key, *stage_keys = jax.random.split(self.make_rng('sampling'), 1 + roi.num_stages)
 
     levels = self.pyramid(images, train=True)
     proposals, objectness, rpn_deltas, anchors = self.propose(
-        levels, image_shape, padded_shape, train=True)
+      levels, image_shape, padded_shape, train=True
+    )
     shapes = [tuple(x.shape[1:3]) for x in levels]
-    anchor_valid = rpn_lib.trainable_anchors(self.rpn, anchors, shapes, padded_shape,
-                                             image_shape)
-    out = rpn_lib.rpn_loss(objectness, rpn_deltas, anchors, anchor_valid, gt_boxes,
-                           gt_valid, gt_ignore, rpn_key, self.rpn)
-    out["gt_dropped"] = jnp.sum(dropped).astype(jnp.float32)
+    anchor_valid = rpn_lib.trainable_anchors(self.rpn, anchors, shapes, padded_shape, image_shape)
+    out = rpn_lib.rpn_loss(
+      objectness,
+      rpn_deltas,
+      anchors,
+      anchor_valid,
+      gt_boxes,
+      gt_valid,
+      gt_ignore,
+      rpn_key,
+      self.rpn,
+    )
+    out['gt_dropped'] = jnp.sum(dropped).astype(jnp.float32)
 
     gt_object = gt_valid & ~gt_ignore
     num_gt = gt_boxes.shape[1]
@@ -332,54 +421,83 @@ class CascadeRCNN(nn.Module):
       candidate_valid = jnp.concatenate([gt_object, roi_valid], axis=1)
       is_gt = np.arange(candidates.shape[1]) < num_gt
       assignment = ops.max_iou_assign(
-          candidates, gt_boxes, gt_valid, gt_ignore, candidate_valid,
-          pos_iou_thr=threshold, neg_iou_thr=threshold, min_pos_iou=threshold,
-          ignore_iof_thr=roi.ignore_iof_thr)
-      sample = ops.sample_balanced(stage_keys[stage], assignment.positive,
-                                   assignment.negative, roi.num_samples,
-                                   roi.positive_fraction)
+        candidates,
+        gt_boxes,
+        gt_valid,
+        gt_ignore,
+        candidate_valid,
+        pos_iou_thr=threshold,
+        neg_iou_thr=threshold,
+        min_pos_iou=threshold,
+        ignore_iof_thr=roi.ignore_iof_thr,
+      )
+      sample = ops.sample_balanced(
+        stage_keys[stage],
+        assignment.positive,
+        assignment.negative,
+        roi.num_samples,
+        roi.positive_fraction,
+      )
       sampled = take(candidates, sample.indices[..., None])
       matched = take(assignment.gt_index, sample.indices)
       labels = jnp.where(sample.positive, take(gt_labels, matched), num_classes)
       logits, deltas = self.box_head(stage, levels, sampled, padded_shape)
       normalizer = jnp.sum(sample.valid)
       weight = roi.stage_weights[stage]
-      out[f"loss_cls_{stage}"] = weight * roi.cls_weight * ops.softmax_cross_entropy(
-          logits, labels, sample.valid, normalizer)
-      box_targets = ops.encode_deltas(take(gt_boxes, matched[..., None]), sampled,
-                                      stds=roi.box_stds[stage])
-      out[f"loss_box_{stage}"] = weight * roi.box_weight * ops.smooth_l1_loss(
-          select_deltas(deltas, labels, num_classes), box_targets, sample.positive,
-          normalizer, beta=roi.smooth_l1_beta)
+      out[f'loss_cls_{stage}'] = (
+        weight
+        * roi.cls_weight
+        * ops.softmax_cross_entropy(logits, labels, sample.valid, normalizer)
+      )
+      box_targets = ops.encode_deltas(
+        take(gt_boxes, matched[..., None]), sampled, stds=roi.box_stds[stage]
+      )
+      out[f'loss_box_{stage}'] = (
+        weight
+        * roi.box_weight
+        * ops.smooth_l1_loss(
+          select_deltas(deltas, labels, num_classes),
+          box_targets,
+          sample.positive,
+          normalizer,
+          beta=roi.smooth_l1_beta,
+        )
+      )
       correct = (jnp.argmax(logits, axis=-1) == labels) & sample.valid
-      out[f"accuracy_{stage}"] = jnp.sum(correct) / jnp.maximum(normalizer, 1)
-      out[f"positives_{stage}"] = jnp.sum(sample.positive) / images.shape[0]
+      out[f'accuracy_{stage}'] = jnp.sum(correct) / jnp.maximum(normalizer, 1)
+      out[f'positives_{stage}'] = jnp.sum(sample.positive) / images.shape[0]
       if stage < roi.num_stages - 1:
-        refine = jnp.where(sample.positive, labels,
-                           jnp.argmax(logits[..., :num_classes], axis=-1))
-        rois = jax.lax.stop_gradient(self._decode(
-            stage, select_deltas(deltas, refine, num_classes), sampled, image_shape))
+        refine = jnp.where(sample.positive, labels, jnp.argmax(logits[..., :num_classes], axis=-1))
+        rois = jax.lax.stop_gradient(
+          self._decode(stage, select_deltas(deltas, refine, num_classes), sampled, image_shape)
+        )
         roi_valid = sample.valid & ~jnp.asarray(is_gt)[sample.indices]
     return out
 
   # ------------------------------------------------------------------------ entry
 
-  def __call__(self, images, image_shape=None, targets: Mapping[str, jax.Array] | None = None,
-               *, train: bool):
+  def __call__(
+    self, images, image_shape=None, targets: Mapping[str, jax.Array] | None = None, *, train: bool
+  ):
     """Losses (`train=True`, needs `targets` and a 'sampling' rng) or detections."""
     if train:
       if targets is None:
-        raise ValueError("CascadeRCNN(train=True) needs targets (boxes, labels, valid)")
+        raise ValueError('CascadeRCNN(train=True) needs targets (boxes, labels, valid)')
       return self.losses(images, image_shape, targets)
     return self.detect(images, image_shape)
 
 
-def build_cascade_rcnn(backbone: str, num_classes: int, *, convention: str = "mmdet",
-                       backbone_overrides: Mapping[str, Any] | None = None,
-                       neck: Mapping[str, Any] | None = None,
-                       rpn: Mapping[str, Any] | None = None,
-                       roi: Mapping[str, Any] | None = None,
-                       dtype: Dtype = jnp.float32) -> CascadeRCNN:
+def build_cascade_rcnn(
+  backbone: str,
+  num_classes: int,
+  *,
+  convention: str = 'mmdet',
+  backbone_overrides: Mapping[str, Any] | None = None,
+  neck: Mapping[str, Any] | None = None,
+  rpn: Mapping[str, Any] | None = None,
+  roi: Mapping[str, Any] | None = None,
+  dtype: Dtype = jnp.float32,
+) -> CascadeRCNN:
   """A CascadeRCNN from names and field overrides (configs and checkpoint import).
 
   Args:
@@ -390,7 +508,12 @@ def build_cascade_rcnn(backbone: str, num_classes: int, *, convention: str = "mm
   """
   rpn_settings, roi_settings = make_settings(convention, rpn, roi)
   return CascadeRCNN(
-      backbone=detector_backbone.build_backbone(backbone, dtype=dtype,
-                                                **hashable(backbone_overrides or {})),
-      neck=detector_backbone.build_neck(dtype=dtype, **hashable(neck or {})),
-      num_classes=num_classes, rpn=rpn_settings, roi=roi_settings, dtype=dtype)
+    backbone=detector_backbone.build_backbone(
+      backbone, dtype=dtype, **hashable(backbone_overrides or {})
+    ),
+    neck=detector_backbone.build_neck(dtype=dtype, **hashable(neck or {})),
+    num_classes=num_classes,
+    rpn=rpn_settings,
+    roi=roi_settings,
+    dtype=dtype,
+  )

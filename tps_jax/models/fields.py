@@ -5,9 +5,11 @@ Flax module fields and the detectors' frozen settings dataclasses must be hashab
 lists (a list is what a JSON round trip, e.g. an export's config.json, gives back for a
 tuple). Every builder that takes config values passes them through `hashable`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def hashable(value: Any) -> Any:

@@ -17,10 +17,12 @@ when `relu_between_extra` (torchvision's LastLevelP6P7 always; mmdetection's
 
 Parameter names say which level they serve: 'lateral_p3', 'output_p3', 'extra_p6'.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -28,15 +30,15 @@ import numpy as np
 
 Dtype = Any
 
-EXTRA_MODES = ("none", "maxpool", "conv_on_input", "conv_on_output")
+EXTRA_MODES = ('none', 'maxpool', 'conv_on_input', 'conv_on_output')
 
 # torchvision's FPN initialisation: kaiming_uniform_(a=1), zero bias.
-fpn_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
+fpn_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
 
 
 def level_of(key: str) -> int:
   """'stage_i' (stride 2^(i+1)) -> pyramid level i + 1."""
-  match = re.fullmatch(r"stage_(\d+)", key)
+  match = re.fullmatch(r'stage_(\d+)', key)
   if not match:
     raise ValueError(f"FPN input {key!r} is not a backbone stage key ('stage_<i>')")
   return int(match[1]) + 1
@@ -57,7 +59,7 @@ def upsample_nearest(x, size: Sequence[int]):
   for axis, out_size in zip((1, 2), size):
     in_size = x.shape[axis]
     if out_size == 2 * in_size:
-      x = jnp.repeat(x, 2, axis=axis)         # the common case, without a gather
+      x = jnp.repeat(x, 2, axis=axis)  # the common case, without a gather
     elif out_size != in_size:
       x = jnp.take(x, nearest_indices(in_size, out_size), axis=axis)
   return x
@@ -65,21 +67,22 @@ def upsample_nearest(x, size: Sequence[int]):
 
 class FPN(nn.Module):
   """Backbone stage features -> {'p<l>': (B, H_l, W_l, out_channels)}."""
+
   out_channels: int = 256
-  in_keys: Sequence[str] = ("stage_1", "stage_2", "stage_3", "stage_4")
-  extra: str = "maxpool"               # one of EXTRA_MODES
-  num_extra: int = 1                   # extra levels above the last input's
+  in_keys: Sequence[str] = ('stage_1', 'stage_2', 'stage_3', 'stage_4')
+  extra: str = 'maxpool'  # one of EXTRA_MODES
+  num_extra: int = 1  # extra levels above the last input's
   relu_between_extra: bool = False
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     if self.extra not in EXTRA_MODES:
-      raise ValueError(f"FPN.extra: {self.extra!r} is not one of {', '.join(EXTRA_MODES)}")
-    if (self.extra == "none") != (self.num_extra == 0):
-      raise ValueError(f"FPN: extra={self.extra!r} with num_extra={self.num_extra}")
+      raise ValueError(f'FPN.extra: {self.extra!r} is not one of {", ".join(EXTRA_MODES)}')
+    if (self.extra == 'none') != (self.num_extra == 0):
+      raise ValueError(f'FPN: extra={self.extra!r} with num_extra={self.num_extra}')
     levels = [level_of(k) for k in self.in_keys]
     if levels != list(range(levels[0], levels[0] + len(levels))):
-      raise ValueError(f"FPN.in_keys must be consecutive stages, got {tuple(self.in_keys)}")
+      raise ValueError(f'FPN.in_keys must be consecutive stages, got {tuple(self.in_keys)}')
     super().__post_init__()
 
   @property
@@ -96,30 +99,36 @@ class FPN(nn.Module):
   def __call__(self, features: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k in self.in_keys if k not in features]
     if missing:
-      raise ValueError(f"FPN: backbone features lack {missing} (have {sorted(features)})")
+      raise ValueError(f'FPN: backbone features lack {missing} (have {sorted(features)})')
 
     def conv(kernel: int, stride: int, name: str):
       pad = kernel // 2
-      return nn.Conv(self.out_channels, (kernel, kernel), strides=(stride, stride),
-                     padding=((pad, pad), (pad, pad)), kernel_init=fpn_init,
-                     dtype=self.dtype, name=name)
+      return nn.Conv(
+        self.out_channels,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        kernel_init=fpn_init,
+        dtype=self.dtype,
+        name=name,
+      )
 
     inputs = [features[k].astype(self.dtype) for k in self.in_keys]
     levels = self.input_levels
-    merged = conv(1, 1, f"lateral_p{levels[-1]}")(inputs[-1])
-    outputs = {levels[-1]: conv(3, 1, f"output_p{levels[-1]}")(merged)}
+    merged = conv(1, 1, f'lateral_p{levels[-1]}')(inputs[-1])
+    outputs = {levels[-1]: conv(3, 1, f'output_p{levels[-1]}')(merged)}
     for level, x in zip(reversed(levels[:-1]), reversed(inputs[:-1])):
-      lateral = conv(1, 1, f"lateral_p{level}")(x)
+      lateral = conv(1, 1, f'lateral_p{level}')(x)
       merged = lateral + upsample_nearest(merged, lateral.shape[1:3])
-      outputs[level] = conv(3, 1, f"output_p{level}")(merged)
+      outputs[level] = conv(3, 1, f'output_p{level}')(merged)
 
-    source = inputs[-1] if self.extra == "conv_on_input" else outputs[levels[-1]]
+    source = inputs[-1] if self.extra == 'conv_on_input' else outputs[levels[-1]]
     for level in range(levels[-1] + 1, levels[-1] + 1 + self.num_extra):
-      if self.extra == "maxpool":
+      if self.extra == 'maxpool':
         source = source[:, ::2, ::2]
       else:
         if self.relu_between_extra and level > levels[-1] + 1:
           source = nn.relu(source)
-        source = conv(3, 2, f"extra_p{level}")(source)
+        source = conv(3, 2, f'extra_p{level}')(source)
       outputs[level] = source
-    return {f"p{level}": outputs[level] for level in sorted(outputs)}
+    return {f'p{level}': outputs[level] for level in sorted(outputs)}

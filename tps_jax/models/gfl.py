@@ -27,10 +27,12 @@ Parameter names follow mmdetection's (tps_jax/convert/one_stage.py maps them):
 head/{cls,reg}_tower/{conv,gn}_<i>, head/cls_logits (gfl_cls), head/bbox_pred
 (gfl_reg), head/scale_<level> (scales.<level>.scale).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,10 +42,20 @@ import numpy as np
 from tps_jax import ops
 from tps_jax.models import detector_backbone
 from tps_jax.models.fields import hashable
-from tps_jax.models.retinanet import (FPN_INPUTS, ConvTower, OneStageDetector, big_enough,
-                                      flatten_levels, head_init, image_shapes,
-                                      level_strides, make_anchors, nms_detections,
-                                      prior_bias, top_candidates)
+from tps_jax.models.retinanet import (
+  FPN_INPUTS,
+  ConvTower,
+  OneStageDetector,
+  big_enough,
+  flatten_levels,
+  head_init,
+  image_shapes,
+  level_strides,
+  make_anchors,
+  nms_detections,
+  prior_bias,
+  top_candidates,
+)
 
 Dtype = Any
 
@@ -51,32 +63,35 @@ Dtype = Any
 @dataclasses.dataclass(frozen=True)
 class GFLSettings:
   """Static head settings (defaults: mmdetection's gfl_r50_fpn_1x_coco)."""
+
   anchors: ops.AnchorGenerator = ops.AnchorGenerator.mmdet(
-      strides=(8, 16, 32, 64, 128), ratios=(1.0,), octave_base_scale=8, scales_per_octave=1)
+    strides=(8, 16, 32, 64, 128), ratios=(1.0,), octave_base_scale=8, scales_per_octave=1
+  )
   num_convs: int = 4
   feat_channels: int = 256
-  num_groups: int = 32                 # GroupNorm groups of the towers
+  num_groups: int = 32  # GroupNorm groups of the towers
   prior_prob: float = 0.01
-  reg_max: int = 16                    # distances 0..reg_max strides per side
+  reg_max: int = 16  # distances 0..reg_max strides per side
   # Training.
   atss_topk: int = 9
-  ignore_iof_thr: float = 0.5          # anchors this much inside an ignore box: neither
+  ignore_iof_thr: float = 0.5  # anchors this much inside an ignore box: neither
   qfl_beta: float = 2.0
   cls_weight: float = 1.0
   giou_weight: float = 2.0
   dfl_weight: float = 0.25
   # Inference.
   score_threshold: float = 0.05
-  pre_nms_top_n: int = 1000            # per level, (anchor, class) pairs
+  pre_nms_top_n: int = 1000  # per level, (anchor, class) pairs
   nms_threshold: float = 0.6
   max_detections: int = 100
-  min_size: float | None = 0.0         # detections need both sides > this; None: keep all
+  min_size: float | None = 0.0  # detections need both sides > this; None: keep all
 
   def __post_init__(self):
-    object.__setattr__(self, "anchors", make_anchors(self.anchors))
+    object.__setattr__(self, 'anchors', make_anchors(self.anchors))
     if set(self.anchors.num_anchors_per_location) != {1}:
-      raise ValueError("GFLSettings: GFL has one anchor per location, got "
-                       f"{self.anchors.num_anchors_per_location}")
+      raise ValueError(
+        f'GFLSettings: GFL has one anchor per location, got {self.anchors.num_anchors_per_location}'
+      )
 
 
 def integral(distribution_logits):
@@ -87,6 +102,7 @@ def integral(distribution_logits):
 
 class GFLHead(nn.Module):
   """Levels (B, H_l, W_l, C) -> logits (B, A, classes), distribution logits (B, A, 4, n + 1)."""
+
   num_classes: int
   num_convs: int = 4
   feat_channels: int = 256
@@ -97,35 +113,52 @@ class GFLHead(nn.Module):
 
   @nn.compact
   def __call__(self, levels: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    tower = lambda name: ConvTower(self.num_convs, self.feat_channels, self.num_groups,
-                                   self.dtype, name=name)
-    cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
+    tower = lambda name: ConvTower(
+      self.num_convs, self.feat_channels, self.num_groups, self.dtype, name=name
+    )
+    cls_tower, reg_tower = tower('cls_tower'), tower('reg_tower')
     conv = lambda features, name, bias: nn.Conv(
-        features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=head_init,
-        bias_init=nn.initializers.constant(bias), dtype=self.dtype, name=name)
-    cls_logits = conv(self.num_classes, "cls_logits", prior_bias(self.prior_prob))
+      features,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      kernel_init=head_init,
+      bias_init=nn.initializers.constant(bias),
+      dtype=self.dtype,
+      name=name,
+    )
+    cls_logits = conv(self.num_classes, 'cls_logits', prior_bias(self.prior_prob))
     bins = self.reg_max + 1
-    bbox_pred = conv(4 * bins, "bbox_pred", 0.0)
+    bbox_pred = conv(4 * bins, 'bbox_pred', 0.0)
     logits, distributions = [], []
     for level, x in enumerate(levels):
       x = x.astype(self.dtype)
-      scale = self.param(f"scale_{level}", nn.initializers.ones, ())
+      scale = self.param(f'scale_{level}', nn.initializers.ones, ())
       logits.append(cls_logits(cls_tower(x)))
       distributions.append(bbox_pred(reg_tower(x)).astype(jnp.float32) * scale)
     distributions = flatten_levels(distributions, 4 * bins)
-    return (flatten_levels(logits, self.num_classes).astype(jnp.float32),
-            distributions.reshape(distributions.shape[:2] + (4, bins)))
+    return (
+      flatten_levels(logits, self.num_classes).astype(jnp.float32),
+      distributions.reshape(distributions.shape[:2] + (4, bins)),
+    )
 
 
 class GFL(OneStageDetector):
   """One-stage detector with QFL / DFL / GIoU losses (see the module docstring); head
   outputs: logits (B, A, classes), distribution logits (B, A, 4, n + 1)."""
+
   settings: GFLSettings = GFLSettings()
 
   def setup(self):
     s = self.settings
-    self.head = GFLHead(self.num_classes, s.num_convs, s.feat_channels, s.num_groups,
-                        s.prior_prob, s.reg_max, dtype=self.dtype)
+    self.head = GFLHead(
+      self.num_classes,
+      s.num_convs,
+      s.feat_channels,
+      s.num_groups,
+      s.prior_prob,
+      s.reg_max,
+      dtype=self.dtype,
+    )
 
   def anchor_geometry(self, feature_shapes, padded_shape):
     """(anchors (A, 4), centres (A, 2), strides (A,)) as float32 numpy constants."""
@@ -140,34 +173,57 @@ class GFL(OneStageDetector):
     shapes, logits, distributions = self.head_outputs(images, train=False)
     _, centers, strides = self.anchor_geometry(shapes, padded_shape)
     index, labels, scores, ok = top_candidates(
-        jax.nn.sigmoid(logits), s.anchors.num_anchors_per_level(shapes), s.score_threshold,
-        s.pre_nms_top_n)
+      jax.nn.sigmoid(logits),
+      s.anchors.num_anchors_per_level(shapes),
+      s.score_threshold,
+      s.pre_nms_top_n,
+    )
     picked = jnp.take_along_axis(distributions, index[..., None, None], axis=1)
     distances = integral(picked) * jnp.asarray(strides)[index][..., None]
     boxes = ops.decode_distances(jnp.asarray(centers)[index], distances, max_shape=image_shape)
-    return nms_detections(boxes, scores, labels, ok & big_enough(boxes, s.min_size),
-                          s.nms_threshold, s.max_detections)
+    return nms_detections(
+      boxes, scores, labels, ok & big_enough(boxes, s.min_size), s.nms_threshold, s.max_detections
+    )
 
-  def losses(self, images, image_shape, targets: Mapping[str, jax.Array]
-             ) -> dict[str, jax.Array]:
+  def losses(self, images, image_shape, targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     """{'loss_cls', 'loss_box', 'loss_dfl'} (weighted, to be summed) and statistics."""
     s = self.settings
     padded_shape, image_shape = image_shapes(images, image_shape)
-    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = self.targets_in_image(
-        targets, image_shape)
+    gt_boxes, gt_labels, gt_valid, gt_ignore, dropped = self.targets_in_image(targets, image_shape)
     shapes, logits, distributions = self.head_outputs(images, train=True)
     anchors, centers, strides = self.anchor_geometry(shapes, padded_shape)
-    out = gfl_loss(logits, distributions, anchors, centers, strides,
-                   s.anchors.num_anchors_per_level(shapes),
-                   s.anchors.valid_mask(shapes, image_shape, padded_shape), gt_boxes,
-                   gt_labels, gt_valid, gt_ignore, s)
-    out["gt_dropped"] = jnp.sum(dropped).astype(jnp.float32)
+    out = gfl_loss(
+      logits,
+      distributions,
+      anchors,
+      centers,
+      strides,
+      s.anchors.num_anchors_per_level(shapes),
+      s.anchors.valid_mask(shapes, image_shape, padded_shape),
+      gt_boxes,
+      gt_labels,
+      gt_valid,
+      gt_ignore,
+      s,
+    )
+    out['gt_dropped'] = jnp.sum(dropped).astype(jnp.float32)
     return out
 
 
-def gfl_loss(logits, distributions, anchors, centers, strides,
-             num_anchors_per_level: Sequence[int], anchor_valid, gt_boxes, gt_labels, gt_valid,
-             gt_ignore, settings: GFLSettings) -> dict[str, jax.Array]:
+def gfl_loss(
+  logits,
+  distributions,
+  anchors,
+  centers,
+  strides,
+  num_anchors_per_level: Sequence[int],
+  anchor_valid,
+  gt_boxes,
+  gt_labels,
+  gt_valid,
+  gt_ignore,
+  settings: GFLSettings,
+) -> dict[str, jax.Array]:
   """GFL's losses from head outputs and clean targets (see the module docstring).
 
   Args:
@@ -183,8 +239,16 @@ def gfl_loss(logits, distributions, anchors, centers, strides,
     and 'mean_quality' (mean IoU of the positives' predicted boxes).
   """
   s, num_classes = settings, logits.shape[-1]
-  assignment = ops.atss_assign(anchors, num_anchors_per_level, gt_boxes, gt_valid, gt_ignore,
-                               anchor_valid, topk=s.atss_topk, ignore_iof_thr=s.ignore_iof_thr)
+  assignment = ops.atss_assign(
+    anchors,
+    num_anchors_per_level,
+    gt_boxes,
+    gt_valid,
+    gt_ignore,
+    anchor_valid,
+    topk=s.atss_topk,
+    ignore_iof_thr=s.ignore_iof_thr,
+  )
   positive = assignment.positive
   take = lambda x, index: jnp.take_along_axis(x, index, axis=1)
   labels = jnp.where(positive, take(gt_labels, assignment.gt_index), num_classes)
@@ -193,28 +257,39 @@ def gfl_loss(logits, distributions, anchors, centers, strides,
   target_boxes = take(gt_boxes, assignment.gt_index[..., None]) / strides
   points = jnp.asarray(centers) / strides
   predicted = ops.decode_distances(points, integral(distributions))
-  quality = jnp.where(positive, ops.box_overlaps(jax.lax.stop_gradient(predicted),
-                                                 target_boxes, "iou", aligned=True), 0.0)
+  quality = jnp.where(
+    positive,
+    ops.box_overlaps(jax.lax.stop_gradient(predicted), target_boxes, 'iou', aligned=True),
+    0.0,
+  )
   num_positive = jnp.sum(positive)
-  loss_cls = ops.quality_focal_loss(logits, labels, quality, positive | assignment.negative,
-                                    num_positive, beta=s.qfl_beta)
+  loss_cls = ops.quality_focal_loss(
+    logits, labels, quality, positive | assignment.negative, num_positive, beta=s.qfl_beta
+  )
   # Each positive counts by its highest (detached) score; their sum normalises.
-  weight = jnp.where(positive, jnp.max(jax.nn.sigmoid(jax.lax.stop_gradient(logits)),
-                                       axis=-1), 0.0)
+  weight = jnp.where(positive, jnp.max(jax.nn.sigmoid(jax.lax.stop_gradient(logits)), axis=-1), 0.0)
   total_weight = jnp.maximum(jnp.sum(weight), 1.0)
   loss_box = ops.giou_loss(predicted, target_boxes, weight, total_weight)
   side_targets = ops.encode_distances(points, target_boxes, max_distance=s.reg_max)
-  loss_dfl = ops.distribution_focal_loss(distributions, side_targets, weight,
-                                         4.0 * total_weight)
-  return {"loss_cls": s.cls_weight * loss_cls, "loss_box": s.giou_weight * loss_box,
-          "loss_dfl": s.dfl_weight * loss_dfl, "positives": num_positive / logits.shape[0],
-          "mean_quality": jnp.sum(quality) / jnp.maximum(num_positive, 1)}
+  loss_dfl = ops.distribution_focal_loss(distributions, side_targets, weight, 4.0 * total_weight)
+  return {
+    'loss_cls': s.cls_weight * loss_cls,
+    'loss_box': s.giou_weight * loss_box,
+    'loss_dfl': s.dfl_weight * loss_dfl,
+    'positives': num_positive / logits.shape[0],
+    'mean_quality': jnp.sum(quality) / jnp.maximum(num_positive, 1),
+  }
 
 
-def build_gfl(backbone: str, num_classes: int, *,
-              backbone_overrides: Mapping[str, Any] | None = None,
-              neck: Mapping[str, Any] | None = None, head: Mapping[str, Any] | None = None,
-              dtype: Dtype = jnp.float32) -> GFL:
+def build_gfl(
+  backbone: str,
+  num_classes: int,
+  *,
+  backbone_overrides: Mapping[str, Any] | None = None,
+  neck: Mapping[str, Any] | None = None,
+  head: Mapping[str, Any] | None = None,
+  dtype: Dtype = jnp.float32,
+) -> GFL:
   """A GFL detector from names and field overrides (configs and checkpoint import).
 
   Args:
@@ -225,19 +300,32 @@ def build_gfl(backbone: str, num_classes: int, *,
     head: fields of `GFLSettings` ('anchors' may be a mapping of `AnchorGenerator.mmdet`
       arguments).
   """
-  neck_fields = {"in_keys": FPN_INPUTS, "extra": "conv_on_output", "num_extra": 2,
-                 **hashable(neck or {})}
+  neck_fields = {
+    'in_keys': FPN_INPUTS,
+    'extra': 'conv_on_output',
+    'num_extra': 2,
+    **hashable(neck or {}),
+  }
   settings = GFLSettings(**hashable(head or {}))
   return GFL(
-      backbone=detector_backbone.build_backbone(backbone, dtype=dtype,
-                                                **hashable(backbone_overrides or {})),
-      neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
-      num_classes=num_classes, settings=settings, dtype=dtype)
+    backbone=detector_backbone.build_backbone(
+      backbone, dtype=dtype, **hashable(backbone_overrides or {})
+    ),
+    neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
+    num_classes=num_classes,
+    settings=settings,
+    dtype=dtype,
+  )
 
 
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> GFL:
   """The detection task's builder (`config.model.family = 'gfl'`)."""
   get = lambda name: hashable(model_config.get(name)) or {}
-  return build_gfl(model_config.backbone, num_classes,
-                   backbone_overrides=get("backbone_overrides"), neck=get("neck"),
-                   head=get("head"), dtype=dtype)
+  return build_gfl(
+    model_config.backbone,
+    num_classes,
+    backbone_overrides=get('backbone_overrides'),
+    neck=get('neck'),
+    head=get('head'),
+    dtype=dtype,
+  )

@@ -36,10 +36,12 @@ loss and the metrics mask them). Besides (B, 10, 4) boxes, the network accepts
 (B, K, 10, 4): K sets of part boxes per human (e.g. the part detector's k-th
 proposal of every part), sharing one backbone pass; the encoder runs per set.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -56,14 +58,21 @@ _dense_init = nn.initializers.truncated_normal(0.02)
 
 def part_rois(features, boxes, *, stride: int, output_size: int):
   """(B, H, W, C) map, (B, N, 4) boxes in input pixels -> (B, N, o, o, C) RoI features."""
-  return roi_align(features, boxes.astype(jnp.float32), output_size,
-                   spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+  return roi_align(
+    features,
+    boxes.astype(jnp.float32),
+    output_size,
+    spatial_scale=1.0 / stride,
+    sampling_ratio=2,
+    aligned=True,
+  )
 
 
 def part_crops(images, boxes, *, size: int):
   """(B, S, S, 3) images, (B, N, 4) boxes -> (B, N, size, size, 3) resized crops."""
-  return roi_align(images, boxes.astype(jnp.float32), size, spatial_scale=1.0,
-                   sampling_ratio=2, aligned=True)
+  return roi_align(
+    images, boxes.astype(jnp.float32), size, spatial_scale=1.0, sampling_ratio=2, aligned=True
+  )
 
 
 def attention_mask(valid):
@@ -76,6 +85,7 @@ class EncoderLayer(nn.Module):
 
   `use_attention=False` drops the attention sub-layer (the per-token MLP ablation).
   """
+
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.1
@@ -87,14 +97,19 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, mask, *, train: bool):
     if self.use_attention:
       y = nn.MultiHeadDotProductAttention(
-          num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
-          kernel_init=_dense_init, force_fp32_for_softmax=True, name='attention')(
-              x, mask=mask, deterministic=not train)
+        num_heads=self.num_heads,
+        dtype=self.dtype,
+        dropout_rate=self.attention_dropout_rate,
+        kernel_init=_dense_init,
+        force_fp32_for_softmax=True,
+        name='attention',
+      )(x, mask=mask, deterministic=not train)
       y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
       x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name='attention_norm')(x + y)
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=_dense_init, name='mlp_in')(x)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_dense_init,
-                 name='mlp_out')(nn.gelu(y, approximate=False))
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=_dense_init, name='mlp_out')(
+      nn.gelu(y, approximate=False)
+    )
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name='mlp_norm')(x + y)
 
@@ -106,16 +121,17 @@ class PartStateNet(nn.Module):
   inclusive input pixels, as the dataset's (row i = PARTS[i]), part_valid (B, [K,] P) bool, action (B,) int32,
   *, train) -> logits (B, [K,] P, num_states) float32.
   """
+
   num_states: int
   num_actions: int
   num_parts: int = len(PARTS)
-  backbone_arch: str = 'swin_l'   # a key of tps_jax.models.swin.SWIN_ARCHS
+  backbone_arch: str = 'swin_l'  # a key of tps_jax.models.swin.SWIN_ARCHS
   backbone_overrides: Mapping[str, Any] | None = None
-  part_feature: str = 'roi_align'    # or 'crop' (the Table 3 baseline; module doc)
-  roi_stage: int = 3                 # 1..4: the feature map the part boxes pool from
+  part_feature: str = 'roi_align'  # or 'crop' (the Table 3 baseline; module doc)
+  roi_stage: int = 3  # 1..4: the feature map the part boxes pool from
   roi_output_size: int = 7
-  roi_channels: int = 256            # 1x1 projection of the RoI features before flattening
-  crop_size: int = 112               # part_feature='crop': side of each part's crop
+  roi_channels: int = 256  # 1x1 projection of the RoI features before flattening
+  crop_size: int = 112  # part_feature='crop': side of each part's crop
   hidden_dim: int = 768
   num_layers: int = 2
   num_heads: int = 12
@@ -129,33 +145,49 @@ class PartStateNet(nn.Module):
 
   def setup(self):
     if self.part_feature not in PART_FEATURES:
-      raise ValueError(f'part_feature must be one of {PART_FEATURES}, got '
-                       f'{self.part_feature!r}')
-    self.backbone = build_swin(self.backbone_arch, **{
-        'feature_norms': True, **dict(self.backbone_overrides or {}),
-        'num_classes': 0, 'dtype': self.dtype, 'remat': self.remat})
+      raise ValueError(f'part_feature must be one of {PART_FEATURES}, got {self.part_feature!r}')
+    self.backbone = build_swin(
+      self.backbone_arch,
+      **{
+        'feature_norms': True,
+        **dict(self.backbone_overrides or {}),
+        'num_classes': 0,
+        'dtype': self.dtype,
+        'remat': self.remat,
+      },
+    )
     if not 1 <= self.roi_stage <= len(self.backbone.depths):
-      raise ValueError(f'roi_stage must be in 1..{len(self.backbone.depths)}, '
-                       f'got {self.roi_stage}')
+      raise ValueError(f'roi_stage must be in 1..{len(self.backbone.depths)}, got {self.roi_stage}')
     if self.part_feature == 'roi_align':
-      self.roi_projection = nn.Dense(self.roi_channels, dtype=self.dtype,
-                                     kernel_init=_dense_init)
-    self.token_projection = nn.Dense(self.hidden_dim, dtype=self.dtype,
-                                     kernel_init=_dense_init)
-    self.part_embedding = self.param('part_embedding', _dense_init,
-                                     (self.num_parts, self.hidden_dim))
+      self.roi_projection = nn.Dense(self.roi_channels, dtype=self.dtype, kernel_init=_dense_init)
+    self.token_projection = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=_dense_init)
+    self.part_embedding = self.param(
+      'part_embedding', _dense_init, (self.num_parts, self.hidden_dim)
+    )
     if self.use_action:
-      self.action_embedding = nn.Embed(self.num_actions, self.hidden_dim,
-                                       embedding_init=_dense_init, dtype=self.dtype)
+      self.action_embedding = nn.Embed(
+        self.num_actions, self.hidden_dim, embedding_init=_dense_init, dtype=self.dtype
+      )
     self.embedding_norm = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype)
     self.embedding_dropout = nn.Dropout(self.dropout_rate)
-    self.encoder = [EncoderLayer(self.num_heads, self.mlp_dim, self.dropout_rate,
-                                 self.attention_dropout_rate, self.use_attention, self.dtype,
-                                 name=f'encoder_{i}') for i in range(self.num_layers)]
-    self.classifier_kernel = self.param('classifier_kernel', _dense_init,
-                                        (self.num_parts, self.hidden_dim, self.num_states))
-    self.classifier_bias = self.param('classifier_bias', nn.initializers.zeros,
-                                      (self.num_parts, self.num_states))
+    self.encoder = [
+      EncoderLayer(
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.attention_dropout_rate,
+        self.use_attention,
+        self.dtype,
+        name=f'encoder_{i}',
+      )
+      for i in range(self.num_layers)
+    ]
+    self.classifier_kernel = self.param(
+      'classifier_kernel', _dense_init, (self.num_parts, self.hidden_dim, self.num_states)
+    )
+    self.classifier_bias = self.param(
+      'classifier_bias', nn.initializers.zeros, (self.num_parts, self.num_states)
+    )
 
   @property
   def roi_stride(self) -> int:
@@ -165,10 +197,14 @@ class PartStateNet(nn.Module):
   def part_features(self, images, boxes, features, *, train: bool):
     """(B, N, F) feature of each of the N boxes per image."""
     batch, num_boxes = boxes.shape[:2]
-    boxes = to_edges(boxes)     # the dataset's inclusive pixels -> the ops' edges
+    boxes = to_edges(boxes)  # the dataset's inclusive pixels -> the ops' edges
     if self.part_feature == 'roi_align':
-      rois = part_rois(features[f'stage_{self.roi_stage}'], boxes, stride=self.roi_stride,
-                       output_size=self.roi_output_size)
+      rois = part_rois(
+        features[f'stage_{self.roi_stage}'],
+        boxes,
+        stride=self.roi_stride,
+        output_size=self.roi_output_size,
+      )
       return self.roi_projection(rois).reshape(batch, num_boxes, -1)
     crops = part_crops(images, boxes, size=self.crop_size)
     crops = crops.reshape(batch * num_boxes, *crops.shape[2:])
@@ -177,19 +213,20 @@ class PartStateNet(nn.Module):
 
   def __call__(self, images, part_boxes, part_valid, action, *, train: bool):
     batch = images.shape[0]
-    sets = part_boxes.shape[1:-2]                       # () or (K,)
+    sets = part_boxes.shape[1:-2]  # () or (K,)
     num_sets = math.prod(sets)
     if part_boxes.shape[-2:] != (self.num_parts, 4) or part_boxes.shape[0] != batch:
-      raise ValueError(f'part_boxes must be (B, [K,] {self.num_parts}, 4) with B = '
-                       f'{batch}, got {part_boxes.shape}')
+      raise ValueError(
+        f'part_boxes must be (B, [K,] {self.num_parts}, 4) with B = {batch}, got {part_boxes.shape}'
+      )
     if part_valid.shape != part_boxes.shape[:-1]:
-      raise ValueError(f'part_valid {part_valid.shape} must be part_boxes.shape[:-1] '
-                       f'{part_boxes.shape[:-1]}')
+      raise ValueError(
+        f'part_valid {part_valid.shape} must be part_boxes.shape[:-1] {part_boxes.shape[:-1]}'
+      )
     features = self.backbone(images, train=train, return_features=True)
-    parts = self.part_features(images, part_boxes.reshape(batch, -1, 4), features,
-                               train=train)
+    parts = self.part_features(images, part_boxes.reshape(batch, -1, 4), features, train=train)
     parts = parts.reshape(batch * num_sets, self.num_parts, -1)
-    human = jnp.repeat(features['pooled'], num_sets, axis=0)       # (B * K, C_4)
+    human = jnp.repeat(features['pooled'], num_sets, axis=0)  # (B * K, C_4)
     human = jnp.broadcast_to(human[:, None], (*parts.shape[:2], human.shape[-1]))
     tokens = self.token_projection(jnp.concatenate([parts, human.astype(parts.dtype)], -1))
     tokens = tokens + self.part_embedding.astype(self.dtype)

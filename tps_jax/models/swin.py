@@ -21,11 +21,13 @@ the detection Swins); torchvision's image Swin drops the remainder rows and colu
 Parameter names follow the official release (`layers_i/blocks_j/attn/qkv`, ...), so
 checkpoint conversion (tps_jax/convert/swin.py) is a table of renames.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,15 +49,15 @@ _VIDEO = dict(patch_size=(2, 4, 4), window_size=(8, 7, 7))
 
 # `SwinTransformer` field values per architecture (shared/design.md, model facts).
 SWIN_ARCHS: dict[str, dict] = {
-    'swin_t': {**_TINY, **_IMAGE_224},
-    'swin_s': {**_SMALL, **_IMAGE_224},
-    'swin_b': {**_BASE, **_IMAGE_224},
-    'swin_l': {**_LARGE, **_IMAGE_224},
-    'swin_b_384': {**_BASE, **_IMAGE_384},
-    'swin_l_384': {**_LARGE, **_IMAGE_384},
-    'swin3d_t': {**_TINY, **_VIDEO},
-    'swin3d_s': {**_SMALL, **_VIDEO},
-    'swin3d_b': {**_BASE, **_VIDEO},
+  'swin_t': {**_TINY, **_IMAGE_224},
+  'swin_s': {**_SMALL, **_IMAGE_224},
+  'swin_b': {**_BASE, **_IMAGE_224},
+  'swin_l': {**_LARGE, **_IMAGE_224},
+  'swin_b_384': {**_BASE, **_IMAGE_384},
+  'swin_l_384': {**_LARGE, **_IMAGE_384},
+  'swin3d_t': {**_TINY, **_VIDEO},
+  'swin3d_s': {**_SMALL, **_VIDEO},
+  'swin3d_b': {**_BASE, **_VIDEO},
 }
 LAYER_NORM_EPS = 1e-5
 MASK_VALUE = -100.0  # added to the attention logits between regions (as the references)
@@ -64,8 +66,9 @@ MASK_VALUE = -100.0  # added to the attention logits between regions (as the ref
 # Pure functions of static shapes run in numpy at trace time; the others are jnp.
 
 
-def window_and_shift(grid: Sequence[int], window: Sequence[int],
-                     shift: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def window_and_shift(
+  grid: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """The window and shift of one attention layer on a token grid (module docstring).
 
   No shift along an axis the window covers; there a clip's window (3 axes) is clipped
@@ -83,10 +86,10 @@ def relative_position_index(window: Sequence[int]) -> np.ndarray:
   Offsets are shifted to start at 0 and combined row-major (first axis slowest).
   """
   coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing='ij'))
-  coords = coords.reshape(len(window), -1)                              # (ndim, vol)
+  coords = coords.reshape(len(window), -1)  # (ndim, vol)
   offsets = coords[:, :, None] - coords[:, None, :] + np.reshape(window, (-1, 1, 1)) - 1
   sides = [2 * w - 1 for w in window]
-  strides = np.cumprod([1] + sides[:0:-1])[::-1]                       # row-major
+  strides = np.cumprod([1] + sides[:0:-1])[::-1]  # row-major
   return np.tensordot(strides, offsets, axes=1).astype(np.int32)
 
 
@@ -118,8 +121,9 @@ def merge_windows(windows, window: Sequence[int], grid: Sequence[int]):
   return x.transpose(order).reshape(-1, *grid, windows.shape[-1])
 
 
-def window_region_ids(padded: Sequence[int], window: Sequence[int],
-                      shift: Sequence[int]) -> np.ndarray | None:
+def window_region_ids(
+  padded: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> np.ndarray | None:
   """(nW, vol) id of the region each token came from before the roll; None: no shift.
 
   Along a shifted axis the rolled grid has three regions: [0, -w), [-w, -s), [-s, end);
@@ -131,14 +135,15 @@ def window_region_ids(padded: Sequence[int], window: Sequence[int],
   for axis, (size, w, s) in enumerate(zip(padded, window, shift)):
     if s:
       region = np.zeros(size, np.int32)
-      region[size - w:] = 1
-      region[size - s:] = 2
+      region[size - w :] = 1
+      region[size - s :] = 2
       ids = ids * 3 + np.expand_dims(region, tuple(a for a in range(len(padded)) if a != axis))
   return np.asarray(partition_windows(ids[None, ..., None], window))[..., 0]
 
 
-def shifted_window_mask(padded: Sequence[int], window: Sequence[int],
-                        shift: Sequence[int]) -> np.ndarray | None:
+def shifted_window_mask(
+  padded: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> np.ndarray | None:
   """(nW, vol, vol) additive attention mask (0 within a region, MASK_VALUE across), a
   constant of the compiled program; None without shift."""
   ids = window_region_ids(padded, window, shift)
@@ -169,7 +174,7 @@ def merge_patches(x):
   *lead, height, width, channels = x.shape
   x = x.reshape(*lead, height // 2, 2, width // 2, 2, channels)
   n = len(lead)
-  x = x.transpose(*range(n), n, n + 2, n + 3, n + 1, n + 4)      # (..., h', w', dw, dh, C)
+  x = x.transpose(*range(n), n, n + 2, n + 3, n + 1, n + 4)  # (..., h', w', dw, dh, C)
   return x.reshape(*lead, height // 2, width // 2, 4 * channels)
 
 
@@ -196,8 +201,9 @@ def _layer_norm_backward(epsilon, residuals, dy):
   normalised = (x.astype(jnp.float32) - mean) * inv_std
   dy = dy.astype(jnp.float32)
   g = dy * scale
-  dx = inv_std * (g - g.mean(axis=-1, keepdims=True)
-                  - normalised * (g * normalised).mean(axis=-1, keepdims=True))
+  dx = inv_std * (
+    g - g.mean(axis=-1, keepdims=True) - normalised * (g * normalised).mean(axis=-1, keepdims=True)
+  )
   axes = tuple(range(dy.ndim - 1))
   return dx.astype(x.dtype), (dy * normalised).sum(axes), dy.sum(axes)
 
@@ -212,6 +218,7 @@ _dense_init = nn.initializers.truncated_normal(0.02)
 
 class LayerNorm(nn.Module):
   """LayerNorm over channels (`scale`, `bias` float32; output in `dtype`)."""
+
   epsilon: float = LAYER_NORM_EPS
   dtype: Dtype = jnp.float32
 
@@ -225,6 +232,7 @@ class LayerNorm(nn.Module):
 
 class DropPath(nn.Module):
   """Stochastic depth: drops the whole residual branch per example (train only)."""
+
   rate: float
 
   @nn.compact
@@ -243,8 +251,9 @@ class WindowAttention(nn.Module):
   Input and output (B, *grid, C). Windows are batched, never looped over; the bias is
   gathered once per call and, with the shift mask, broadcast over batch and windows.
   """
+
   num_heads: int
-  window_size: Sequence[int]       # the configured window (sets the bias table size)
+  window_size: Sequence[int]  # the configured window (sets the bias table size)
   shift_size: Sequence[int]
   qkv_bias: bool = True
   attn_drop_rate: float = 0.0
@@ -258,8 +267,11 @@ class WindowAttention(nn.Module):
     vol = math.prod(window)
     heads = self.num_heads
     head_dim = channels // heads
-    table = self.param('relative_position_bias_table', _dense_init,
-                       (math.prod(2 * w - 1 for w in self.window_size), heads))
+    table = self.param(
+      'relative_position_bias_table',
+      _dense_init,
+      (math.prod(2 * w - 1 for w in self.window_size), heads),
+    )
     bias = jnp.take(table.T, window_bias_index(self.window_size, window), axis=1)
 
     x = pad_to_multiple(x, window)
@@ -267,14 +279,15 @@ class WindowAttention(nn.Module):
     axes = tuple(range(1, 1 + len(grid)))
     if any(shift):
       x = jnp.roll(x, [-s for s in shift], axis=axes)
-    windows = partition_windows(x, window)                                # (B*nW, vol, C)
+    windows = partition_windows(x, window)  # (B*nW, vol, C)
     num_windows = windows.shape[0] // batch
-    qkv = nn.Dense(3 * channels, use_bias=self.qkv_bias, dtype=self.dtype,
-                   kernel_init=_dense_init, name='qkv')(windows)
+    qkv = nn.Dense(
+      3 * channels, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init, name='qkv'
+    )(windows)
     # Heads next to windows (batch axes leading) before the matmuls: XLA's CPU matmuls
     # run twice as fast on this layout as on the einsum of the (n, vol, heads, d) one.
     qkv = qkv.reshape(-1, vol, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]                  # (n, heads, vol, d)
+    q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]  # (n, heads, vol, d)
     logits = jnp.matmul(q, k.swapaxes(-1, -2), preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, num_windows, heads, vol, vol) + bias
     mask = shifted_window_mask(padded, window, shift)
@@ -290,8 +303,9 @@ class WindowAttention(nn.Module):
     out = jnp.matmul(weights, v, preferred_element_type=jnp.float32)
     out = out.reshape(batch, num_windows, heads, vol, head_dim) / row_sums
     out = out.astype(self.dtype).reshape(-1, heads, vol, head_dim).transpose(0, 2, 1, 3)
-    out = nn.Dense(channels, dtype=self.dtype, kernel_init=_dense_init,
-                   name='proj')(out.reshape(-1, vol, channels))
+    out = nn.Dense(channels, dtype=self.dtype, kernel_init=_dense_init, name='proj')(
+      out.reshape(-1, vol, channels)
+    )
     out = nn.Dropout(self.drop_rate)(out, deterministic=not train)
     out = merge_windows(out, window, padded)
     if any(shift):
@@ -316,6 +330,7 @@ class Mlp(nn.Module):
 
 class SwinBlock(nn.Module):
   """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)), with stochastic depth."""
+
   num_heads: int
   window_size: Sequence[int]
   shift_size: Sequence[int]
@@ -329,18 +344,27 @@ class SwinBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):  # positional `train`: static for nn.remat
     drop_path = DropPath(self.drop_path_rate)
-    y = WindowAttention(self.num_heads, self.window_size, self.shift_size, self.qkv_bias,
-                        self.attn_drop_rate, self.drop_rate, self.dtype, name='attn')(
-                            LayerNorm(dtype=self.dtype, name='norm1')(x), train=train)
+    y = WindowAttention(
+      self.num_heads,
+      self.window_size,
+      self.shift_size,
+      self.qkv_bias,
+      self.attn_drop_rate,
+      self.drop_rate,
+      self.dtype,
+      name='attn',
+    )(LayerNorm(dtype=self.dtype, name='norm1')(x), train=train)
     x = x + drop_path(y, train=train)
     y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.drop_rate, self.dtype, name='mlp')(
-        LayerNorm(dtype=self.dtype, name='norm2')(x), train=train)
+      LayerNorm(dtype=self.dtype, name='norm2')(x), train=train
+    )
     return x + drop_path(y, train=train)
 
 
 class PatchProjection(nn.Module):
   """A convolution whose stride is its kernel (`kernel` (*patch, C_in, C_out), `bias`),
   computed as one matmul of the flattened patches (XLA's CPU convolution is slower)."""
+
   features: int
   patch_size: Sequence[int]
   dtype: Dtype = jnp.float32
@@ -348,15 +372,15 @@ class PatchProjection(nn.Module):
   @nn.compact
   def __call__(self, x):
     batch, *grid, channels = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (*self.patch_size, channels, self.features))
+    kernel = self.param(
+      'kernel', nn.initializers.lecun_normal(), (*self.patch_size, channels, self.features)
+    )
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     counts = [g // p for g, p in zip(grid, self.patch_size)]
     ndim = len(grid)
-    x = x.reshape(batch, *[v for c, p in zip(counts, self.patch_size) for v in (c, p)],
-                  channels)
+    x = x.reshape(batch, *[v for c, p in zip(counts, self.patch_size) for v in (c, p)], channels)
     x = x.transpose(0, *range(1, 2 * ndim, 2), *range(2, 2 * ndim + 1, 2), 2 * ndim + 1)
-    x = x.reshape(batch, *counts, -1)                       # (B, *counts, prod(patch) C)
+    x = x.reshape(batch, *counts, -1)  # (B, *counts, prod(patch) C)
     kernel = kernel.reshape(-1, self.features).astype(self.dtype)
     return jnp.dot(x.astype(self.dtype), kernel) + bias.astype(self.dtype)
 
@@ -366,6 +390,7 @@ class PatchEmbed(nn.Module):
 
   The input is zero-padded at the end to a multiple of the patch (as Video Swin).
   """
+
   patch_size: Sequence[int]
   embed_dim: int
   use_norm: bool = True
@@ -385,14 +410,16 @@ class PatchMerging(nn.Module):
 
   Only H and W are merged; time is never downsampled.
   """
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
     x = LayerNorm(dtype=self.dtype, name='norm')(merge_patches(x))
-    return nn.Dense(2 * channels, use_bias=False, dtype=self.dtype, kernel_init=_dense_init,
-                    name='reduction')(x)
+    return nn.Dense(
+      2 * channels, use_bias=False, dtype=self.dtype, kernel_init=_dense_init, name='reduction'
+    )(x)
 
 
 class SwinStage(nn.Module):
@@ -400,6 +427,7 @@ class SwinStage(nn.Module):
 
   Returns (tokens before merging, tokens after merging).
   """
+
   depth: int
   num_heads: int
   window_size: Sequence[int]
@@ -418,9 +446,18 @@ class SwinStage(nn.Module):
     block_cls = nn.remat(SwinBlock, static_argnums=(2,)) if self.remat else SwinBlock
     for j in range(self.depth):
       shift = tuple(0 if j % 2 == 0 else w // 2 for w in self.window_size)
-      x = block_cls(self.num_heads, self.window_size, shift, self.mlp_ratio, self.qkv_bias,
-                    self.drop_rate, self.attn_drop_rate, self.drop_path_rates[j], self.dtype,
-                    name=f'blocks_{j}')(x, train)
+      x = block_cls(
+        self.num_heads,
+        self.window_size,
+        shift,
+        self.mlp_ratio,
+        self.qkv_bias,
+        self.drop_rate,
+        self.attn_drop_rate,
+        self.drop_path_rates[j],
+        self.dtype,
+        name=f'blocks_{j}',
+      )(x, train)
     if not self.downsample:
       return x, x
     return x, PatchMerging(self.dtype, name='downsample')(x)
@@ -435,6 +472,7 @@ class SwinTransformer(nn.Module):
   at strides 4, 8, 16, 32 (each stage's blocks' output before merging; the last one after
   the final norm), 'pooled': (B, C_4), and 'logits' when there is a head}.
   """
+
   embed_dim: int = 96
   depths: Sequence[int] = (2, 2, 6, 2)
   num_heads: Sequence[int] = (3, 6, 12, 24)
@@ -444,24 +482,27 @@ class SwinTransformer(nn.Module):
   qkv_bias: bool = True
   drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.1        # rises linearly from 0 over the blocks to this
+  drop_path_rate: float = 0.1  # rises linearly from 0 over the blocks to this
   patch_norm: bool = True
   # A LayerNorm on each stage's features before the last (`feature_norm_i`), as the
   # detection backbones have (the last stage's is `norm`).
   feature_norms: bool = False
-  num_classes: int = 0               # 0: no head
+  num_classes: int = 0  # 0: no head
   head_drop_rate: float = 0.0
-  dtype: Dtype = jnp.float32         # compute dtype; parameters stay float32
-  remat: bool = False                # rematerialise each block in the backward pass
+  dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
+  remat: bool = False  # rematerialise each block in the backward pass
 
   @nn.compact
   def __call__(self, x, *, train: bool, return_features: bool = False):
     if x.ndim != len(self.patch_size) + 2:
-      raise ValueError(f"expected input of rank {len(self.patch_size) + 2} "
-                       f"(B, {'T, ' if len(self.patch_size) == 3 else ''}H, W, C), "
-                       f"got shape {x.shape}")
-    x = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, self.dtype,
-                   name='patch_embed')(x.astype(self.dtype))
+      raise ValueError(
+        f'expected input of rank {len(self.patch_size) + 2} '
+        f'(B, {"T, " if len(self.patch_size) == 3 else ""}H, W, C), '
+        f'got shape {x.shape}'
+      )
+    x = PatchEmbed(
+      self.patch_size, self.embed_dim, self.patch_norm, self.dtype, name='patch_embed'
+    )(x.astype(self.dtype))
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     starts = np.cumsum([0, *self.depths]).tolist()
@@ -470,14 +511,25 @@ class SwinTransformer(nn.Module):
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       last = i == num_stages - 1
       before_merge, x = SwinStage(
-          depth, heads, tuple(self.window_size), self.mlp_ratio, self.qkv_bias,
-          self.drop_rate, self.attn_drop_rate, tuple(rates[starts[i]:starts[i + 1]]),
-          downsample=not last, dtype=self.dtype, remat=self.remat,
-          name=f'layers_{i}')(x, train=train)
+        depth,
+        heads,
+        tuple(self.window_size),
+        self.mlp_ratio,
+        self.qkv_bias,
+        self.drop_rate,
+        self.attn_drop_rate,
+        tuple(rates[starts[i] : starts[i + 1]]),
+        downsample=not last,
+        dtype=self.dtype,
+        remat=self.remat,
+        name=f'layers_{i}',
+      )(x, train=train)
       if not last:
         features[f'stage_{i + 1}'] = (
-            LayerNorm(dtype=self.dtype, name=f'feature_norm_{i + 1}')(before_merge)
-            if self.feature_norms else before_merge)
+          LayerNorm(dtype=self.dtype, name=f'feature_norm_{i + 1}')(before_merge)
+          if self.feature_norms
+          else before_merge
+        )
     x = LayerNorm(dtype=self.dtype, name='norm')(x)
     features[f'stage_{num_stages}'] = x
     pooled = x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1)
@@ -485,8 +537,9 @@ class SwinTransformer(nn.Module):
     out = pooled
     if self.num_classes:
       out = nn.Dropout(self.head_drop_rate)(pooled, deterministic=not train)
-      out = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_dense_init,
-                     name='head')(out).astype(jnp.float32)
+      out = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=_dense_init, name='head')(
+        out
+      ).astype(jnp.float32)
       features['logits'] = out
     return features if return_features else out
 
@@ -501,19 +554,26 @@ def build_swin(arch: str, **overrides) -> SwinTransformer:
   return SwinTransformer(**{**SWIN_ARCHS[arch], **overrides})
 
 
-def build_video_classifier(model_config, num_classes: int,
-                           dtype: Dtype = jnp.float32) -> SwinTransformer:
+def build_video_classifier(
+  model_config, num_classes: int, dtype: Dtype = jnp.float32
+) -> SwinTransformer:
   """The action recogniser's Video Swin from its config: `arch` (a `swin3d_*`),
   `window_size`, `drop_path_rate`, `head_drop_rate`, `remat`, `overrides` (other
   `SwinTransformer` fields), with a `num_classes` head. The action task trains it and
   an export is rebuilt with it."""
   arch = model_config.arch
   if arch not in SWIN_ARCHS or len(SWIN_ARCHS[arch]['patch_size']) != 3:
-    raise ValueError(f'config.model.arch: {arch!r} is not a video Swin arch '
-                     f'({", ".join(a for a in SWIN_ARCHS if a.startswith("swin3d"))})')
-  return build_swin(arch, num_classes=num_classes,
-                    window_size=tuple(model_config.window_size),
-                    drop_path_rate=model_config.drop_path_rate,
-                    head_drop_rate=model_config.head_drop_rate,
-                    remat=model_config.remat, dtype=dtype,
-                    **hashable(model_config.overrides))
+    raise ValueError(
+      f'config.model.arch: {arch!r} is not a video Swin arch '
+      f'({", ".join(a for a in SWIN_ARCHS if a.startswith("swin3d"))})'
+    )
+  return build_swin(
+    arch,
+    num_classes=num_classes,
+    window_size=tuple(model_config.window_size),
+    drop_path_rate=model_config.drop_path_rate,
+    head_drop_rate=model_config.head_drop_rate,
+    remat=model_config.remat,
+    dtype=dtype,
+    **hashable(model_config.overrides),
+  )

@@ -15,10 +15,11 @@ Coders:
 - `encode_distances` / `decode_distances`: the (left, top, right, bottom)
   distances from a point used by GFL (mmdetection's DistancePointBBoxCoder).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
@@ -40,7 +41,7 @@ def box_area(boxes):
   return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def box_overlaps(boxes1, boxes2, mode: str = "iou", aligned: bool = False):
+def box_overlaps(boxes1, boxes2, mode: str = 'iou', aligned: bool = False):
   """IoU-family overlaps, pairwise or aligned (mmdetection's `bbox_overlaps`).
 
   Args:
@@ -54,7 +55,7 @@ def box_overlaps(boxes1, boxes2, mode: str = "iou", aligned: bool = False):
     (..., N, M) pairwise, or the broadcast leading shape when aligned. A zero
     denominator (zero-area boxes) gives 0.
   """
-  if mode not in ("iou", "giou", "iof"):
+  if mode not in ('iou', 'giou', 'iof'):
     raise ValueError(f"box_overlaps: mode must be 'iou', 'giou' or 'iof', got {mode!r}")
   if not aligned:
     boxes1, boxes2 = boxes1[..., :, None, :], boxes2[..., None, :, :]
@@ -63,26 +64,28 @@ def box_overlaps(boxes1, boxes2, mode: str = "iou", aligned: bool = False):
   bottom_right = jnp.minimum(boxes1[..., 2:], boxes2[..., 2:])
   wh = jnp.maximum(bottom_right - top_left, 0.0)
   inter = wh[..., 0] * wh[..., 1]
-  if mode == "iof":
+  if mode == 'iof':
     return _safe_div(inter, area1)
   union = area1 + area2 - inter
   iou = _safe_div(inter, union)
-  if mode == "iou":
+  if mode == 'iou':
     return iou
-  enclose_wh = jnp.maximum(jnp.maximum(boxes1[..., 2:], boxes2[..., 2:])
-                           - jnp.minimum(boxes1[..., :2], boxes2[..., :2]), 0.0)
+  enclose_wh = jnp.maximum(
+    jnp.maximum(boxes1[..., 2:], boxes2[..., 2:]) - jnp.minimum(boxes1[..., :2], boxes2[..., :2]),
+    0.0,
+  )
   enclose = enclose_wh[..., 0] * enclose_wh[..., 1]
   return iou - _safe_div(enclose - union, enclose)
 
 
 def box_iou(boxes1, boxes2):
   """Pairwise IoU (..., N, 4) x (..., M, 4) -> (..., N, M) (torchvision.ops.box_iou)."""
-  return box_overlaps(boxes1, boxes2, "iou")
+  return box_overlaps(boxes1, boxes2, 'iou')
 
 
 def generalized_box_iou(boxes1, boxes2):
   """Pairwise GIoU (torchvision.ops.generalized_box_iou)."""
-  return box_overlaps(boxes1, boxes2, "giou")
+  return box_overlaps(boxes1, boxes2, 'giou')
 
 
 def clip_boxes(boxes, image_shape):
@@ -130,14 +133,19 @@ def box_centers(boxes):
 def min_size_mask(boxes, min_size: float):
   """True where both sides are >= min_size (torchvision's remove_small_boxes, as a mask)."""
   return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & (
-      (boxes[..., 3] - boxes[..., 1]) >= min_size)
+    (boxes[..., 3] - boxes[..., 1]) >= min_size
+  )
 
 
 # ------------------------------------------------------------------ delta coder
 
 
-def encode_deltas(boxes, anchors, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-                  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0)):
+def encode_deltas(
+  boxes,
+  anchors,
+  means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+):
   """Regression targets taking `anchors` to `boxes`, both (..., 4) broadcastable.
 
   dx = (gx - px) / pw, dw = log(gw / pw) (same for y, h), then (d - means) / stds.
@@ -154,10 +162,15 @@ def encode_deltas(boxes, anchors, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
   return (deltas - jnp.asarray(means, jnp.float32)) / jnp.asarray(stds, jnp.float32)
 
 
-def decode_deltas(deltas, anchors, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-                  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0), *,
-                  log_scale_clip: float | tuple[float, float] = BBOX_XFORM_CLIP,
-                  max_shape=None):
+def decode_deltas(
+  deltas,
+  anchors,
+  means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+  stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+  *,
+  log_scale_clip: float | tuple[float, float] = BBOX_XFORM_CLIP,
+  max_shape=None,
+):
   """Inverse of `encode_deltas`: boxes (..., 4) from deltas and anchors.
 
   Args:
@@ -166,10 +179,14 @@ def decode_deltas(deltas, anchors, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0)
       clamps only above: `(-inf, BBOX_XFORM_CLIP)`).
     max_shape: optional (height, width) (or per-image (..., 2)) to clip to.
   """
-  lo, hi = ((-log_scale_clip, log_scale_clip) if isinstance(log_scale_clip, (int, float))
-            else log_scale_clip)
+  lo, hi = (
+    (-log_scale_clip, log_scale_clip)
+    if isinstance(log_scale_clip, (int, float))
+    else log_scale_clip
+  )
   deltas = deltas.astype(jnp.float32) * jnp.asarray(stds, jnp.float32) + jnp.asarray(
-      means, jnp.float32)
+    means, jnp.float32
+  )
   anchors = anchors.astype(jnp.float32)
   p_xy = (anchors[..., :2] + anchors[..., 2:]) * 0.5
   p_wh = anchors[..., 2:] - anchors[..., :2]

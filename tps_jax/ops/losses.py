@@ -14,6 +14,7 @@ Label conventions: class labels in [0, num_classes); any label outside that rang
 (mmdetection's background = num_classes, or -1) is background for the sigmoid
 losses (an all-zero target row) and is ignored by `softmax_cross_entropy`.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,8 +39,9 @@ def _bce_with_logits(logits, targets):
   return jnp.maximum(logits, 0.0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
-def sigmoid_focal_loss(logits, targets, weights=None, normalizer=1.0, *,
-                       alpha: float = 0.25, gamma: float = 2.0):
+def sigmoid_focal_loss(
+  logits, targets, weights=None, normalizer=1.0, *, alpha: float = 0.25, gamma: float = 2.0
+):
   """Focal loss (Lin et al. 2017), torchvision.ops.sigmoid_focal_loss per element.
 
   Args:
@@ -61,8 +63,7 @@ def sigmoid_focal_loss(logits, targets, weights=None, normalizer=1.0, *,
   return weighted_sum(loss, weights, normalizer)
 
 
-def quality_focal_loss(logits, labels, quality, weights=None, normalizer=1.0, *,
-                       beta: float = 2.0):
+def quality_focal_loss(logits, labels, quality, weights=None, normalizer=1.0, *, beta: float = 2.0):
   """Quality focal loss of GFL (Li et al. 2020): BCE(x, y) * |y - sigmoid(x)|^beta.
 
   The soft target y is `quality` (the IoU of the decoded box with its GT) at the
@@ -75,8 +76,7 @@ def quality_focal_loss(logits, labels, quality, weights=None, normalizer=1.0, *,
     weights: (...,) per anchor, or (..., C).
   """
   logits = logits.astype(jnp.float32)
-  targets = jax.nn.one_hot(labels, logits.shape[-1]) * jnp.asarray(
-      quality, jnp.float32)[..., None]
+  targets = jax.nn.one_hot(labels, logits.shape[-1]) * jnp.asarray(quality, jnp.float32)[..., None]
   scale = jnp.abs(targets - jax.nn.sigmoid(logits)) ** beta
   return weighted_sum(_bce_with_logits(logits, targets) * scale, weights, normalizer)
 
@@ -96,8 +96,9 @@ def distribution_focal_loss(logits, targets, weights=None, normalizer=1.0):
   weight_left = left + 1.0 - targets
   weight_right = targets - left
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  pick = lambda index: jnp.take_along_axis(
-      log_probs, index.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+  pick = lambda index: jnp.take_along_axis(log_probs, index.astype(jnp.int32)[..., None], axis=-1)[
+    ..., 0
+  ]
   loss = -(pick(left) * weight_left + pick(jnp.minimum(left + 1.0, top)) * weight_right)
   return weighted_sum(loss, weights, normalizer)
 
@@ -109,7 +110,7 @@ def smooth_l1_loss(pred, target, weights=None, normalizer=1.0, *, beta: float = 
   R-CNN uses beta=1/9 (RPN) and 1.0 (heads).
   """
   diff = jnp.abs(pred.astype(jnp.float32) - jnp.asarray(target, jnp.float32))
-  if beta > 0:    # min(): the unused branch stays finite for huge (masked) differences
+  if beta > 0:  # min(): the unused branch stays finite for huge (masked) differences
     loss = jnp.where(diff < beta, 0.5 * jnp.minimum(diff, beta) ** 2 / beta, diff - 0.5 * beta)
   else:
     loss = diff
@@ -123,13 +124,15 @@ def l1_loss(pred, target, weights=None, normalizer=1.0):
 
 def giou_loss(pred_boxes, target_boxes, weights=None, normalizer=1.0):
   """1 - GIoU of aligned box pairs (..., 4) (Rezatofighi et al. 2019)."""
-  giou = box_overlaps(pred_boxes.astype(jnp.float32), jnp.asarray(target_boxes, jnp.float32),
-                      "giou", aligned=True)
+  giou = box_overlaps(
+    pred_boxes.astype(jnp.float32), jnp.asarray(target_boxes, jnp.float32), 'giou', aligned=True
+  )
   return weighted_sum(1.0 - giou, weights, normalizer)
 
 
-def softmax_cross_entropy(logits, labels, weights=None, normalizer=1.0, *,
-                          label_smoothing: float = 0.0):
+def softmax_cross_entropy(
+  logits, labels, weights=None, normalizer=1.0, *, label_smoothing: float = 0.0
+):
   """Softmax cross-entropy with integer labels; labels outside [0, C) are ignored.
 
   Args:

@@ -26,6 +26,7 @@ offset trick loses float32 precision once offsets reach ~1e5 pixels). All
 functions accept leading batch dimensions (one NMS per image) and work under
 `jax.vmap`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,7 +60,7 @@ def _pair_iou(box, areas_box, boxes, areas):
   xx2 = jnp.minimum(box[..., 2], boxes[..., 2])
   yy2 = jnp.minimum(box[..., 3], boxes[..., 3])
   inter = jnp.maximum(xx2 - xx1, 0.0) * jnp.maximum(yy2 - yy1, 0.0)
-  return inter / (areas_box + areas - inter)    # 0 / 0 = NaN never suppresses
+  return inter / (areas_box + areas - inter)  # 0 / 0 = NaN never suppresses
 
 
 def _greedy(boxes, areas, labels, live, threshold, max_outputs):
@@ -79,8 +80,7 @@ def _greedy(boxes, areas, labels, live, threshold, max_outputs):
     live = live & ~suppress & (positions != first)
     return (step + 1, live, kept.at[step].set(first), kept_valid.at[step].set(True))
 
-  init = (jnp.int32(0), live, jnp.zeros(max_outputs, jnp.int32),
-          jnp.zeros(max_outputs, bool))
+  init = (jnp.int32(0), live, jnp.zeros(max_outputs, jnp.int32), jnp.zeros(max_outputs, bool))
   _, _, kept, kept_valid = jax.lax.while_loop(cond, body, init)
   return kept, kept_valid
 
@@ -96,14 +96,14 @@ def _tiled(boxes, areas, labels, live, threshold, max_outputs, tile):
   labels = jnp.pad(labels, (0, pad))
   live = jnp.pad(live, (0, pad))
   num_tiles = padded // tile
-  earlier = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]      # (i, j): i < j
+  earlier = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]  # (i, j): i < j
 
   def overlaps(block_start):
     block = jax.lax.dynamic_slice_in_dim(boxes, block_start, tile)
     block_areas = jax.lax.dynamic_slice_in_dim(areas, block_start, tile)
     block_labels = jax.lax.dynamic_slice_in_dim(labels, block_start, tile)
     iou = _pair_iou(block[:, None], block_areas[:, None], boxes[None], areas[None])
-    return (iou > threshold) & (block_labels[:, None] == labels[None])    # (tile, padded)
+    return (iou > threshold) & (block_labels[:, None] == labels[None])  # (tile, padded)
 
   def cond(state):
     index, _, count = state
@@ -115,7 +115,8 @@ def _tiled(boxes, areas, labels, live, threshold, max_outputs, tile):
     hits = overlaps(start)
     # Suppressed by a box kept in an earlier block (keep is False from `start` on).
     block_live = jax.lax.dynamic_slice_in_dim(live, start, tile) & ~jnp.any(
-        hits & keep[None, :], axis=1)
+      hits & keep[None, :], axis=1
+    )
     # inner[i, j]: block box i, if kept, suppresses the later block box j.
     inner = jax.lax.dynamic_slice_in_dim(hits, start, tile, axis=1) & earlier
 
@@ -128,8 +129,7 @@ def _tiled(boxes, areas, labels, live, threshold, max_outputs, tile):
     keep = jax.lax.dynamic_update_slice_in_dim(keep, block_keep, start, axis=0)
     return index + 1, keep, count + jnp.sum(block_keep)
 
-  _, keep, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros(padded, bool),
-                                               jnp.int32(0)))
+  _, keep, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros(padded, bool), jnp.int32(0)))
   kept = jnp.nonzero(keep, size=max_outputs, fill_value=0)[0].astype(jnp.int32)
   return kept, jnp.arange(max_outputs) < jnp.sum(keep)
 
@@ -141,16 +141,15 @@ def _nms_single(boxes, scores, labels, valid, threshold, *, max_outputs, method,
   valid = valid & ~jnp.isnan(scores)
   order = jnp.argsort(scores, descending=True, stable=True)
   sorted_boxes = boxes[order]
-  args = (sorted_boxes, box_area(sorted_boxes), labels[order], valid[order], threshold,
-          max_outputs)
-  if method == "greedy":
+  args = (sorted_boxes, box_area(sorted_boxes), labels[order], valid[order], threshold, max_outputs)
+  if method == 'greedy':
     kept, kept_valid = _greedy(*args)
   else:
     kept, kept_valid = _tiled(*args, tile=tile)
   return jnp.where(kept_valid, order[kept], 0).astype(jnp.int32), kept_valid
 
 
-@functools.partial(jax.jit, static_argnames=("max_outputs", "method", "tile"))
+@functools.partial(jax.jit, static_argnames=('max_outputs', 'method', 'tile'))
 def _batched_nms_jit(boxes, scores, labels, valid, threshold, *, max_outputs, method, tile):
   fn = functools.partial(_nms_single, max_outputs=max_outputs, method=method, tile=tile)
   for _ in range(scores.ndim - 1):
@@ -160,17 +159,27 @@ def _batched_nms_jit(boxes, scores, labels, valid, threshold, *, max_outputs, me
 
 def _check(boxes, scores, method):
   if boxes.shape[-1] != 4 or boxes.shape[:-1] != scores.shape:
-    raise ValueError(f"nms: boxes must be (..., N, 4) and scores (..., N), got "
-                     f"{boxes.shape} and {scores.shape}")
+    raise ValueError(
+      f'nms: boxes must be (..., N, 4) and scores (..., N), got {boxes.shape} and {scores.shape}'
+    )
   if method is None:
-    return "greedy" if jax.default_backend() == "cpu" else "tiled"
-  if method not in ("greedy", "tiled"):
+    return 'greedy' if jax.default_backend() == 'cpu' else 'tiled'
+  if method not in ('greedy', 'tiled'):
     raise ValueError(f"nms: method must be 'greedy' or 'tiled', got {method!r}")
   return method
 
 
-def batched_nms(boxes, scores, labels, iou_threshold: float, max_outputs: int,
-                valid=None, *, method: str | None = None, tile: int = 256):
+def batched_nms(
+  boxes,
+  scores,
+  labels,
+  iou_threshold: float,
+  max_outputs: int,
+  valid=None,
+  *,
+  method: str | None = None,
+  tile: int = 256,
+):
   """Class-aware NMS: boxes suppress only boxes with the same label.
 
   Args:
@@ -190,21 +199,51 @@ def batched_nms(boxes, scores, labels, iou_threshold: float, max_outputs: int,
   method = _check(boxes, scores, method)
   valid = jnp.ones(scores.shape, bool) if valid is None else jnp.asarray(valid, bool)
   return _batched_nms_jit(
-      jnp.asarray(boxes, jnp.float32), jnp.asarray(scores, jnp.float32),
-      jnp.asarray(labels, jnp.int32), valid, _float32_threshold(iou_threshold),
-      max_outputs=int(max_outputs), method=method, tile=int(tile))
+    jnp.asarray(boxes, jnp.float32),
+    jnp.asarray(scores, jnp.float32),
+    jnp.asarray(labels, jnp.int32),
+    valid,
+    _float32_threshold(iou_threshold),
+    max_outputs=int(max_outputs),
+    method=method,
+    tile=int(tile),
+  )
 
 
-def nms(boxes, scores, iou_threshold: float, max_outputs: int, valid=None, *,
-        method: str | None = None, tile: int = 256):
+def nms(
+  boxes,
+  scores,
+  iou_threshold: float,
+  max_outputs: int,
+  valid=None,
+  *,
+  method: str | None = None,
+  tile: int = 256,
+):
   """torchvision.ops.nms with static shapes; see `batched_nms` for the arguments."""
-  return batched_nms(boxes, scores, jnp.zeros(scores.shape, jnp.int32), iou_threshold,
-                     max_outputs, valid, method=method, tile=tile)
+  return batched_nms(
+    boxes,
+    scores,
+    jnp.zeros(scores.shape, jnp.int32),
+    iou_threshold,
+    max_outputs,
+    valid,
+    method=method,
+    tile=tile,
+  )
 
 
-def multiclass_nms(boxes, scores, score_threshold: float, iou_threshold: float,
-                   max_outputs: int, max_candidates: int, valid=None, *,
-                   method: str | None = None):
+def multiclass_nms(
+  boxes,
+  scores,
+  score_threshold: float,
+  iou_threshold: float,
+  max_outputs: int,
+  max_candidates: int,
+  valid=None,
+  *,
+  method: str | None = None,
+):
   """Per-class NMS over (box, class) candidates (mmdetection's multiclass_nms).
 
   Args:
@@ -221,7 +260,7 @@ def multiclass_nms(boxes, scores, score_threshold: float, iou_threshold: float,
     (..., max_outputs) int32, valid (..., max_outputs), in decreasing score order.
   """
   num_classes = scores.shape[-1]
-  if boxes.ndim == scores.ndim:      # class-agnostic: share the box across classes
+  if boxes.ndim == scores.ndim:  # class-agnostic: share the box across classes
     boxes = jnp.broadcast_to(boxes[..., None, :], scores.shape + (4,))
   lead = scores.shape[:-2]
   flat_scores = scores.reshape(lead + (-1,)).astype(jnp.float32)
@@ -235,8 +274,9 @@ def multiclass_nms(boxes, scores, score_threshold: float, iou_threshold: float,
   cand_scores, cand_ok = take(flat_scores), take(ok)
   cand_labels = (candidates % num_classes).astype(jnp.int32)
   cand_boxes = jnp.take_along_axis(flat_boxes, candidates[..., None], axis=-2)
-  keep, keep_valid = batched_nms(cand_boxes, cand_scores, cand_labels, iou_threshold,
-                                 max_outputs, cand_ok, method=method)
+  keep, keep_valid = batched_nms(
+    cand_boxes, cand_scores, cand_labels, iou_threshold, max_outputs, cand_ok, method=method
+  )
   out_boxes = jnp.take_along_axis(cand_boxes, keep[..., None], axis=-2)
   out_scores = jnp.take_along_axis(cand_scores, keep, axis=-1)
   out_labels = jnp.take_along_axis(cand_labels, keep, axis=-1)

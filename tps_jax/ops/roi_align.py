@@ -32,11 +32,12 @@ size and scale, so the cost is that of one level whatever the number of levels
 zero weights for RoIs of other levels and the per-level results are summed: the
 dense cost is sum over levels, about 4/3 of the finest level alone.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,7 @@ def _pair(size) -> tuple[int, int]:
   return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
 
 
-def _axis_tables(start, length, bins: int, extent, sampling_ratio: int,
-                 max_sampling_ratio: int):
+def _axis_tables(start, length, bins: int, extent, sampling_ratio: int, max_sampling_ratio: int):
   """Sampling tables along one axis for every RoI.
 
   Args:
@@ -71,9 +71,11 @@ def _axis_tables(start, length, bins: int, extent, sampling_ratio: int,
   grid_safe = jnp.maximum(grid, 1.0)[..., None, None]
   sample = jnp.arange(num, dtype=jnp.float32)
   # torchvision: start + p * bin + (i + .5) * bin / grid, in this order (float32).
-  coord = (start[..., None, None] + jnp.arange(bins, dtype=jnp.float32)[:, None]
-           * bin_size[..., None, None]
-           + (sample + 0.5) * bin_size[..., None, None] / grid_safe)    # (..., bins, S)
+  coord = (
+    start[..., None, None]
+    + jnp.arange(bins, dtype=jnp.float32)[:, None] * bin_size[..., None, None]
+    + (sample + 0.5) * bin_size[..., None, None] / grid_safe
+  )  # (..., bins, S)
   extent = jnp.asarray(extent, jnp.float32)
   extent_b = extent[..., None, None] if extent.ndim else extent
   inside = (coord >= -1.0) & (coord <= extent_b) & (sample < grid[..., None, None])
@@ -90,14 +92,15 @@ def _axis_tables(start, length, bins: int, extent, sampling_ratio: int,
   return index.reshape(shape), weight.reshape(shape)
 
 
-def _roi_tables(boxes, scale, height, width, output_size, sampling_ratio, aligned,
-                max_sampling_ratio):
+def _roi_tables(
+  boxes, scale, height, width, output_size, sampling_ratio, aligned, max_sampling_ratio
+):
   """y and x tables for boxes (..., 4) at `scale` on maps of (height, width)."""
   boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
   offset = 0.5 if aligned else 0.0
   x1, y1, x2, y2 = (boxes[..., i] * scale - offset for i in range(4))
   roi_w, roi_h = x2 - x1, y2 - y1
-  if not aligned:        # legacy behaviour: RoIs at least one pixel wide
+  if not aligned:  # legacy behaviour: RoIs at least one pixel wide
     roi_w, roi_h = jnp.maximum(roi_w, 1.0), jnp.maximum(roi_h, 1.0)
   out_h, out_w = output_size
   y_tables = _axis_tables(y1, roi_h, out_h, height, sampling_ratio, max_sampling_ratio)
@@ -121,15 +124,18 @@ def _pool_gather(table, base, row_stride, y_tables, x_tables, roi_chunk: int):
 
   def pool_one(args):
     base, row_stride, y_index, y_weight, x_index, x_weight = args
-    rows = base + y_index * row_stride                               # (P, a)
-    flat = rows[:, :, None, None] + x_index[None, None]              # (P, a, Q, b)
-    values = jnp.take(table, flat, axis=0, mode="clip")              # (P, a, Q, b, C)
+    rows = base + y_index * row_stride  # (P, a)
+    flat = rows[:, :, None, None] + x_index[None, None]  # (P, a, Q, b)
+    values = jnp.take(table, flat, axis=0, mode='clip')  # (P, a, Q, b, C)
     weight = y_weight[:, :, None, None] * x_weight[None, None]
-    return jnp.einsum("paqb,paqbc->pqc", weight.astype(table.dtype), values,
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum(
+      'paqb,paqbc->pqc', weight.astype(table.dtype), values, precision=jax.lax.Precision.HIGHEST
+    )
 
-  per_roi = [a.reshape((num_rois,) + a.shape[len(lead):])
-             for a in (base, row_stride, y_index, y_weight, x_index, x_weight)]
+  per_roi = [
+    a.reshape((num_rois,) + a.shape[len(lead) :])
+    for a in (base, row_stride, y_index, y_weight, x_index, x_weight)
+  ]
   out = jax.lax.map(pool_one, tuple(per_roi), batch_size=min(roi_chunk, num_rois))
   return out.reshape(lead + out.shape[1:])
 
@@ -137,41 +143,61 @@ def _pool_gather(table, base, row_stride, y_tables, x_tables, roi_chunk: int):
 def _dense_matrix(index, weight, size: int):
   """(..., bins, 2S) tables -> (..., bins, size) interpolation matrix."""
   one_hot = index[..., None] == jnp.arange(size, dtype=jnp.int32)
-  return jnp.einsum("...s,...sh->...h", weight, one_hot.astype(weight.dtype))
+  return jnp.einsum('...s,...sh->...h', weight, one_hot.astype(weight.dtype))
 
 
 def _pool_einsum(features, y_tables, x_tables, precision):
   """A_y F A_x^T per RoI with dense interpolation matrices; features (N, H, W, C)."""
   _, height, width, _ = features.shape
-  a_y = _dense_matrix(*y_tables, height).astype(features.dtype)      # (N, K, P, H)
-  a_x = _dense_matrix(*x_tables, width).astype(features.dtype)       # (N, K, Q, W)
-  rows = jnp.einsum("nkph,nhwc->nkpwc", a_y, features, precision=precision)
-  return jnp.einsum("nkqw,nkpwc->nkpqc", a_x, rows, precision=precision)
+  a_y = _dense_matrix(*y_tables, height).astype(features.dtype)  # (N, K, P, H)
+  a_x = _dense_matrix(*x_tables, width).astype(features.dtype)  # (N, K, Q, W)
+  rows = jnp.einsum('nkph,nhwc->nkpwc', a_y, features, precision=precision)
+  return jnp.einsum('nkqw,nkpwc->nkpqc', a_x, rows, precision=precision)
 
 
 def _default_impl() -> str:
-  return "gather" if jax.default_backend() == "cpu" else "einsum"
+  return 'gather' if jax.default_backend() == 'cpu' else 'einsum'
 
 
-_STATIC = ("output_size", "spatial_scales", "sampling_ratio", "aligned", "max_sampling_ratio",
-           "impl", "precision", "roi_chunk")
+_STATIC = (
+  'output_size',
+  'spatial_scales',
+  'sampling_ratio',
+  'aligned',
+  'max_sampling_ratio',
+  'impl',
+  'precision',
+  'roi_chunk',
+)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _multilevel_roi_align(features, boxes, levels, *, output_size, spatial_scales,
-                          sampling_ratio, aligned, max_sampling_ratio, impl, precision,
-                          roi_chunk):
+def _multilevel_roi_align(
+  features,
+  boxes,
+  levels,
+  *,
+  output_size,
+  spatial_scales,
+  sampling_ratio,
+  aligned,
+  max_sampling_ratio,
+  impl,
+  precision,
+  roi_chunk,
+):
   num_images = boxes.shape[0]
   num_levels = len(features)
   levels = jnp.clip(levels, 0, num_levels - 1)
   shapes = [f.shape[1:3] for f in features]
 
-  if impl == "einsum":
+  if impl == 'einsum':
     out = 0.0
     for level, (feature, scale) in enumerate(zip(features, spatial_scales)):
-      tables = _roi_tables(boxes, scale, *shapes[level], output_size, sampling_ratio,
-                           aligned, max_sampling_ratio)
-      if num_levels > 1:      # zero the weights of RoIs that belong to other levels
+      tables = _roi_tables(
+        boxes, scale, *shapes[level], output_size, sampling_ratio, aligned, max_sampling_ratio
+      )
+      if num_levels > 1:  # zero the weights of RoIs that belong to other levels
         mine = (levels == level)[..., None, None]
         tables = tuple((index, jnp.where(mine, weight, 0.0)) for index, weight in tables)
       out = out + _pool_einsum(feature, *tables, precision)
@@ -187,16 +213,26 @@ def _multilevel_roi_align(features, boxes, levels, *, output_size, spatial_scale
   scales = pick(spatial_scales, jnp.float32)
   image = jnp.arange(num_images, dtype=jnp.int32)[:, None]
   base = pick(level_base, jnp.int32) + image * heights * widths
-  tables = _roi_tables(boxes, scales, heights, widths, output_size, sampling_ratio,
-                       aligned, max_sampling_ratio)
+  tables = _roi_tables(
+    boxes, scales, heights, widths, output_size, sampling_ratio, aligned, max_sampling_ratio
+  )
   return _pool_gather(table, base, widths, *tables, roi_chunk)
 
 
-def multilevel_roi_align(features: Sequence[jax.Array], boxes, levels,
-                         output_size, spatial_scales: Sequence[float],
-                         sampling_ratio: int = -1, aligned: bool = False, *,
-                         max_sampling_ratio: int = 4, impl: str | None = None,
-                         precision=jax.lax.Precision.HIGHEST, roi_chunk: int = 4):
+def multilevel_roi_align(
+  features: Sequence[jax.Array],
+  boxes,
+  levels,
+  output_size,
+  spatial_scales: Sequence[float],
+  sampling_ratio: int = -1,
+  aligned: bool = False,
+  *,
+  max_sampling_ratio: int = 4,
+  impl: str | None = None,
+  precision=jax.lax.Precision.HIGHEST,
+  roi_chunk: int = 4,
+):
   """RoIAlign of each RoI on its own pyramid level.
 
   Args:
@@ -217,25 +253,42 @@ def multilevel_roi_align(features: Sequence[jax.Array], boxes, levels,
   """
   features = [jnp.asarray(f) for f in features]
   if len(features) != len(spatial_scales):
-    raise ValueError(f"multilevel_roi_align: {len(features)} feature maps but "
-                     f"{len(spatial_scales)} spatial_scales")
+    raise ValueError(
+      f'multilevel_roi_align: {len(features)} feature maps but {len(spatial_scales)} spatial_scales'
+    )
   if boxes.ndim != 3 or boxes.shape[-1] != 4:
-    raise ValueError(f"roi_align: boxes must be (N, K, 4), got {boxes.shape}")
+    raise ValueError(f'roi_align: boxes must be (N, K, 4), got {boxes.shape}')
   impl = impl or _default_impl()
-  if impl not in ("gather", "einsum"):
+  if impl not in ('gather', 'einsum'):
     raise ValueError(f"roi_align: impl must be 'gather' or 'einsum', got {impl!r}")
   return _multilevel_roi_align(
-      features, jnp.asarray(boxes), jnp.asarray(levels, jnp.int32),
-      output_size=_pair(output_size), spatial_scales=tuple(float(s) for s in spatial_scales),
-      sampling_ratio=int(sampling_ratio), aligned=bool(aligned),
-      max_sampling_ratio=int(max_sampling_ratio), impl=impl, precision=precision,
-      roi_chunk=int(roi_chunk))
+    features,
+    jnp.asarray(boxes),
+    jnp.asarray(levels, jnp.int32),
+    output_size=_pair(output_size),
+    spatial_scales=tuple(float(s) for s in spatial_scales),
+    sampling_ratio=int(sampling_ratio),
+    aligned=bool(aligned),
+    max_sampling_ratio=int(max_sampling_ratio),
+    impl=impl,
+    precision=precision,
+    roi_chunk=int(roi_chunk),
+  )
 
 
-def roi_align(features, boxes, output_size, spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False, *,
-              max_sampling_ratio: int = 4, impl: str | None = None,
-              precision=jax.lax.Precision.HIGHEST, roi_chunk: int = 4):
+def roi_align(
+  features,
+  boxes,
+  output_size,
+  spatial_scale: float = 1.0,
+  sampling_ratio: int = -1,
+  aligned: bool = False,
+  *,
+  max_sampling_ratio: int = 4,
+  impl: str | None = None,
+  precision=jax.lax.Precision.HIGHEST,
+  roi_chunk: int = 4,
+):
   """torchvision.ops.roi_align on NHWC features with per-image boxes.
 
   Args:
@@ -252,7 +305,16 @@ def roi_align(features, boxes, output_size, spatial_scale: float = 1.0,
   Returns:
     (N, K, out_h, out_w, C).
   """
-  return multilevel_roi_align([features], boxes, jnp.zeros(boxes.shape[:2], jnp.int32),
-                              output_size, [spatial_scale], sampling_ratio, aligned,
-                              max_sampling_ratio=max_sampling_ratio, impl=impl,
-                              precision=precision, roi_chunk=roi_chunk)
+  return multilevel_roi_align(
+    [features],
+    boxes,
+    jnp.zeros(boxes.shape[:2], jnp.int32),
+    output_size,
+    [spatial_scale],
+    sampling_ratio,
+    aligned,
+    max_sampling_ratio=max_sampling_ratio,
+    impl=impl,
+    precision=precision,
+    roi_chunk=roi_chunk,
+  )

@@ -17,6 +17,7 @@ exported parameters when `config.tta.clips * config.tta.crops > 1`.
 
 Batches (docs/interfaces.md): clip (B, T, H, W, 3) float32 normalised, label (B,) int32.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,11 +61,12 @@ def cutmix_mask(rng, height: int, width: int, keep: jax.Array):
   cx = jax.random.uniform(cx_rng, (), maxval=width)
   rows = jnp.arange(height)[:, None] + 0.5
   cols = jnp.arange(width)[None, :] + 0.5
-  return ((jnp.abs(rows - cy) < half_h) & (jnp.abs(cols - cx) < half_w))
+  return (jnp.abs(rows - cy) < half_h) & (jnp.abs(cols - cx) < half_w)
 
 
-def mix_batch(rng, clips, targets, *, mixup_alpha: float, cutmix_alpha: float,
-              switch_prob: float = 0.5):
+def mix_batch(
+  rng, clips, targets, *, mixup_alpha: float, cutmix_alpha: float, switch_prob: float = 0.5
+):
   """Batch-level mixup or cutmix of clips (B, T, H, W, C) and targets (B, K).
 
   Each clip is mixed with the batch reversed (its partner), with one weight drawn from
@@ -108,9 +110,11 @@ def classification_sums(logits, labels, mask) -> dict[str, tuple[jax.Array, jax.
   """{'top1', 'top5', 'loss'}: masked (sum, count) pairs, as `Task.eval_metrics`."""
   count = mask.sum()
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {'top1': (jnp.where(mask, topk_correct(logits, labels, 1), 0).sum(), count),
-          'top5': (jnp.where(mask, topk_correct(logits, labels, 5), 0).sum(), count),
-          'loss': (jnp.where(mask, loss, 0.0).sum(), count)}
+  return {
+    'top1': (jnp.where(mask, topk_correct(logits, labels, 1), 0).sum(), count),
+    'top5': (jnp.where(mask, topk_correct(logits, labels, 5), 0).sum(), count),
+    'loss': (jnp.where(mask, loss, 0.0).sum(), count),
+  }
 
 
 # ------------------------------------------------------------------------------ classes
@@ -118,7 +122,8 @@ def classification_sums(logits, labels, mask) -> dict[str, tuple[jax.Array, jax.
 
 def action_classes(config) -> tuple[str, ...]:
   """The class names of `config.data`'s clips dataset, in label order (its metadata)."""
-  from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
+  from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+
   return tuple(pipelines.dataset_metadata('action_clips', config)['actions'])
 
 
@@ -135,8 +140,14 @@ class ActionTask(base.Task):
   `class_names` (optional) replaces the dataset's, e.g. to build the model without data.
   """
 
-  def __init__(self, config, *, compute_dtype=jnp.float32,
-               class_names: tuple[str, ...] | None = None, metadata=None):
+  def __init__(
+    self,
+    config,
+    *,
+    compute_dtype=jnp.float32,
+    class_names: tuple[str, ...] | None = None,
+    metadata=None,
+  ):
     super().__init__(config, compute_dtype=compute_dtype, metadata=metadata)
     if not class_names and self.metadata:
       class_names = self.metadata['vocab']['actions']
@@ -146,8 +157,9 @@ class ActionTask(base.Task):
   def class_names(self) -> tuple[str, ...]:
     names = self._class_names or action_classes(self.config)
     if not names:
-      raise ValueError(f'config.data: the clips dataset under {self.config.data.root!r} '
-                       'has no action classes')
+      raise ValueError(
+        f'config.data: the clips dataset under {self.config.data.root!r} has no action classes'
+      )
     return names
 
   @property
@@ -160,15 +172,21 @@ class ActionTask(base.Task):
   def export_metadata(self):
     """The classes in label order and the clip geometry of the eval pipeline."""
     from tps_jax.data import augment, pipelines
+
     settings = pipelines.data_settings('action_clips', self.config)
     built = pipelines.dataset_metadata('action_clips', self.config).get('settings', {})
-    return {'kind': 'action', 'vocab': {'actions': list(self.class_names)},
-            'preprocessing': {'num_frames': settings.num_frames,
-                              'frame_stride': settings.frame_stride,
-                              'image_size': list(settings.image_size),
-                              'resize': settings.resize,
-                              'clip_short_side': built.get('clip_short_side', 256),
-                              'normalization': augment.normalization()}}
+    return {
+      'kind': 'action',
+      'vocab': {'actions': list(self.class_names)},
+      'preprocessing': {
+        'num_frames': settings.num_frames,
+        'frame_stride': settings.frame_stride,
+        'image_size': list(settings.image_size),
+        'resize': settings.resize,
+        'clip_short_side': built.get('clip_short_side', 256),
+        'normalization': augment.normalization(),
+      },
+    }
 
   def clip_shape(self) -> tuple[int, int, int]:
     """(T, H, W) of one input clip (`data.image_size`: a side or a (H, W) pair)."""
@@ -187,12 +205,17 @@ class ActionTask(base.Task):
     clips, labels = batch['clip'], batch['label']
     targets = smoothed_targets(labels, self.num_classes, loss_config.label_smoothing)
     if train:
-      clips, targets = mix_batch(mix_rng, clips, targets,
-                                 mixup_alpha=loss_config.mixup_alpha,
-                                 cutmix_alpha=loss_config.cutmix_alpha,
-                                 switch_prob=loss_config.switch_prob)
-    logits = self.model.apply({'params': params, **model_state}, clips, train=train,
-                              rngs={'dropout': dropout_rng})
+      clips, targets = mix_batch(
+        mix_rng,
+        clips,
+        targets,
+        mixup_alpha=loss_config.mixup_alpha,
+        cutmix_alpha=loss_config.cutmix_alpha,
+        switch_prob=loss_config.switch_prob,
+      )
+    logits = self.model.apply(
+      {'params': params, **model_state}, clips, train=train, rngs={'dropout': dropout_rng}
+    )
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     accuracy = topk_correct(logits, labels, 1).mean()
     return loss, ({'accuracy': accuracy}, model_state)
@@ -201,8 +224,9 @@ class ActionTask(base.Task):
     return self.model.apply({'params': params, **model_state}, clips, train=False)
 
   def eval_metrics(self, params, model_state, batch):
-    return classification_sums(self.logits(params, model_state, batch['clip']),
-                               batch['label'], batch[base.EXAMPLE_MASK])
+    return classification_sums(
+      self.logits(params, model_state, batch['clip']), batch['label'], batch[base.EXAMPLE_MASK]
+    )
 
   # --- optimiser hooks -------------------------------------------------------------
 
@@ -225,59 +249,102 @@ class ActionTask(base.Task):
       block = _SUBLAYER.match(path[1]) if len(path) > 1 else None
       if block:
         return starts[i] + int(block[1]) + 1
-      return starts[i + 1]                    # downsample: after the layer's last block
+      return starts[i + 1]  # downsample: after the layer's last block
     return self.num_layers()
 
   def adapt_init_leaf(self, name, value, shape):
     """An image Swin (e.g. the part-state network's backbone) starts this video Swin
     as a 2D checkpoint does: patch embedding inflated, bias tables adapted."""
-    return swin_convert.adapt_flax_leaf(name, value, shape,
-                                        tuple(self.model.window_size))
+    return swin_convert.adapt_flax_leaf(name, value, shape, tuple(self.model.window_size))
 
   def param_partition_rules(self):
     """Megatron-style: the first matmul of attention and MLP split along its outputs,
     the second along its inputs, over the `model` axis."""
-    return ((r'attn/qkv/kernel$', P(None, 'model')),
-            (r'attn/qkv/bias$', P('model')),
-            (r'attn/proj/kernel$', P('model', None)),
-            (r'mlp/fc1/kernel$', P(None, 'model')),
-            (r'mlp/fc1/bias$', P('model')),
-            (r'mlp/fc2/kernel$', P('model', None)))
+    return (
+      (r'attn/qkv/kernel$', P(None, 'model')),
+      (r'attn/qkv/bias$', P('model')),
+      (r'attn/proj/kernel$', P('model', None)),
+      (r'mlp/fc1/kernel$', P(None, 'model')),
+      (r'mlp/fc1/bias$', P('model')),
+      (r'mlp/fc2/kernel$', P('model', None)),
+    )
 
   # --- data ------------------------------------------------------------------------
 
-  def _pipeline(self, split: str, *, train: bool, seed: int, process_index: int,
-                process_count: int, batch_size: int):
-    from tps_jax.data import pipelines   # the grain / TFDS stack, only when data is read
-    return pipelines.make_pipeline('action_clips', self.config, split, train=train, seed=seed,
-                                   shard=(process_index, process_count),
-                                   batch_size=batch_size)
+  def _pipeline(
+    self,
+    split: str,
+    *,
+    train: bool,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    batch_size: int,
+  ):
+    from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+
+    return pipelines.make_pipeline(
+      'action_clips',
+      self.config,
+      split,
+      train=train,
+      seed=seed,
+      shard=(process_index, process_count),
+      batch_size=batch_size,
+    )
 
   def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return self._pipeline(self.config.data.train_split, train=True,
-                          seed=seed, process_index=process_index,
-                          process_count=process_count, batch_size=batch_size)
+    return self._pipeline(
+      self.config.data.train_split,
+      train=True,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      batch_size=batch_size,
+    )
 
   def eval_iterator(self, *, process_index, process_count, batch_size):
-    return self._pipeline(self.config.data.eval_split, train=False, seed=0,
-                          process_index=process_index, process_count=process_count,
-                          batch_size=batch_size)
+    return self._pipeline(
+      self.config.data.eval_split,
+      train=False,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+      batch_size=batch_size,
+    )
 
   def evaluate(self, variables, workdir):
     """Multi-view top-1 / top-5 on the eval split ({} when `config.tta` asks one view)."""
     tta = self.config.tta
     if tta.clips * tta.crops <= 1:
       return {}
-    from tps_jax.tasks import action_views   # the video decoding stack, only when used
-    member = action_views.Member(name=workdir, model=self.model, variables=variables,
-                                 config=self.config, class_names=self.class_names)
+    from tps_jax.tasks import action_views  # the video decoding stack, only when used
+
+    member = action_views.Member(
+      name=workdir,
+      model=self.model,
+      variables=variables,
+      config=self.config,
+      class_names=self.class_names,
+    )
     result = action_views.evaluate_members(
-        [member], split=self.config.data.eval_split, clips=tta.clips,
-        crops=tta.crops, average=tta.average, batch_size=tta.batch_size,
-        views_per_forward=tta.views_per_forward)
+      [member],
+      split=self.config.data.eval_split,
+      clips=tta.clips,
+      crops=tta.crops,
+      average=tta.average,
+      batch_size=tta.batch_size,
+      views_per_forward=tta.views_per_forward,
+    )
     metrics = result.metrics[member.name]
     if metrics.get('count'):
-      logging.info('%d clips x %d crops on %d %s videos: top1 %.4f top5 %.4f', tta.clips,
-                   tta.crops, metrics['count'], self.config.data.eval_split,
-                   metrics['top1'], metrics['top5'])
+      logging.info(
+        '%d clips x %d crops on %d %s videos: top1 %.4f top5 %.4f',
+        tta.clips,
+        tta.crops,
+        metrics['count'],
+        self.config.data.eval_split,
+        metrics['top1'],
+        metrics['top5'],
+      )
     return {f'tta_{k}': v for k, v in metrics.items()}

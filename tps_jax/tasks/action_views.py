@@ -19,20 +19,21 @@ datasets hold the train videos only). The action task's final evaluation runs it
 exported variables; an export is loaded as a member by tps_jax/inference/action.py
 (`load_member`), and the command line is `python -m tps_jax.evaluate_action`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tps_jax.data import augment
+from tps_jax.data import augment, pipelines
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import pipelines
 from tps_jax.data import video as video_lib
 
 PyTree = Any
@@ -66,8 +67,7 @@ def crop_regions(height: int, width: int, settings, crops: int) -> list[augment.
   return regions
 
 
-def video_views(frames: Sequence[np.ndarray], settings, *, clips: int,
-                crops: int) -> np.ndarray:
+def video_views(frames: Sequence[np.ndarray], settings, *, clips: int, crops: int) -> np.ndarray:
   """(clips * crops, T, H, W, 3) uint8 views of a video, clip-major.
 
   `frames`: the video's RGB uint8 frames (anything indexable with a length; only the
@@ -75,8 +75,9 @@ def video_views(frames: Sequence[np.ndarray], settings, *, clips: int,
   """
   length, stride = settings.num_frames, settings.frame_stride
   steps = np.arange(length) * stride
-  indices = [(start + steps) % len(frames)
-             for start in clip_starts(len(frames), length, stride, clips)]
+  indices = [
+    (start + steps) % len(frames) for start in clip_starts(len(frames), length, stride, clips)
+  ]
   needed = sorted(set(np.concatenate(indices).tolist()))
   images = {i: frames[i] for i in needed}
   height, width = images[needed[0]].shape[:2]
@@ -95,8 +96,9 @@ def video_views(frames: Sequence[np.ndarray], settings, *, clips: int,
 # ------------------------------------------------------------------------ jitted parts
 
 
-def view_scores(model, variables: PyTree, views, *, average: str = 'logits',
-                views_per_forward: int = 0):
+def view_scores(
+  model, variables: PyTree, views, *, average: str = 'logits', views_per_forward: int = 0
+):
   """(B, V, T, H, W, 3) normalised views -> (B, K) scores averaged over the V views.
 
   `average`: 'logits' (mean logits) or 'probs' (mean softmax). The views go through
@@ -108,21 +110,22 @@ def view_scores(model, variables: PyTree, views, *, average: str = 'logits',
   batch, num_views = views.shape[:2]
   per_forward = views_per_forward or num_views
   if num_views % per_forward:
-    raise ValueError(f'views_per_forward={per_forward} does not divide the {num_views} '
-                     'views')
+    raise ValueError(f'views_per_forward={per_forward} does not divide the {num_views} views')
 
   def forward(clips):
     logits = model.apply(variables, clips, train=False).astype(jnp.float32)
     return jax.nn.softmax(logits) if average == 'probs' else logits
 
-  chunks = jnp.swapaxes(views, 0, 1).reshape(num_views // per_forward,
-                                             per_forward * batch, *views.shape[2:])
+  chunks = jnp.swapaxes(views, 0, 1).reshape(
+    num_views // per_forward, per_forward * batch, *views.shape[2:]
+  )
   scores = jax.lax.map(forward, chunks)
   return scores.reshape(num_views, batch, -1).mean(axis=0)
 
 
-def ensemble_scores(member_scores: Sequence[jax.Array],
-                    weights: Sequence[float] | None = None) -> jax.Array:
+def ensemble_scores(
+  member_scores: Sequence[jax.Array], weights: Sequence[float] | None = None
+) -> jax.Array:
   """The (weighted) mean of members' (B, K) scores (all logits or all probabilities)."""
   stacked = jnp.stack([jnp.asarray(s, jnp.float32) for s in member_scores])
   if weights is None:
@@ -137,11 +140,12 @@ def ensemble_scores(member_scores: Sequence[jax.Array],
 @dataclasses.dataclass
 class Member:
   """One trained action recogniser: its network, variables and training config."""
+
   name: str
   model: Any
   variables: PyTree
   config: ml_collections.ConfigDict
-  class_names: tuple[str, ...] | None = None   # None: taken from the data evaluated
+  class_names: tuple[str, ...] | None = None  # None: taken from the data evaluated
 
   @functools.cached_property
   def settings(self) -> ml_collections.ConfigDict:
@@ -155,10 +159,12 @@ class Member:
   def scorer(self, *, average: str, views_per_forward: int) -> Callable:
     """A jitted (B, V, T, H, W, 3) -> (B, K) function with the variables on device."""
     variables = jax.device_put(self.variables)
-    fn = jax.jit(functools.partial(view_scores, self.model, average=average,
-                                   views_per_forward=views_per_forward))
+    fn = jax.jit(
+      functools.partial(
+        view_scores, self.model, average=average, views_per_forward=views_per_forward
+      )
+    )
     return lambda views: fn(variables, views)
-
 
 
 # ------------------------------------------------------------------------------ videos
@@ -167,7 +173,7 @@ class Member:
 @dataclasses.dataclass
 class Video:
   name: str
-  label: int                               # -1: unknown
+  label: int  # -1: unknown
   frames: Sequence[np.ndarray]
 
 
@@ -186,38 +192,43 @@ class _JpegFrames(Sequence):
     return self._decoded[index]
 
 
-def dataset_videos(settings, split: str
-                   ) -> tuple[tuple[str, ...], list[Callable[[], Video]]]:
+def dataset_videos(settings, split: str) -> tuple[tuple[str, ...], list[Callable[[], Video]]]:
   """(class names, loaders of the videos) of a TFDS clips dataset split."""
-  import tensorflow_datasets as tfds   # only for TFDS-backed splits
+  import tensorflow_datasets as tfds  # only for TFDS-backed splits
+
   directory = pipelines.dataset_path('action_clips', settings)
   builder = tfds.builder_from_directory(directory)
   if split not in builder.info.splits:
-    raise ValueError(f'{directory}: no split {split!r} (splits: '
-                     f'{", ".join(sorted(builder.info.splits))})')
+    raise ValueError(
+      f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'
+    )
   source = builder.as_data_source(split)
 
   def load(i: int) -> Video:
     record = source[i]
     name = record['video']
     name = name.decode() if isinstance(name, bytes) else str(name)
-    return Video(name, int(record['label']),
-                 _JpegFrames(record['frames'], f'{directory}:{split}/{name}'))
+    return Video(
+      name, int(record['label']), _JpegFrames(record['frames'], f'{directory}:{split}/{name}')
+    )
 
   loaders = [functools.partial(load, i) for i in range(len(source))]
   return tuple(builder.info.metadata['actions']), loaders
 
 
-def folder_videos(root: str, split: str, *, short_side: int = 256
-                  ) -> tuple[tuple[str, ...], list[Callable[[], Video]]]:
+def folder_videos(
+  root: str, split: str, *, short_side: int = 256
+) -> tuple[tuple[str, ...], list[Callable[[], Video]]]:
   """(class names, loaders) of ROOT/<split>_videos, decoded with PyAV; frames scaled
   as data_prep.build scales the clips datasets' (short side at most `short_side`)."""
   classes = tps.Vocab.from_root(root).actions
   ids = {name: i for i, name in enumerate(classes)}
 
   def load(video: tps.Video) -> Video:
-    frames = [video_lib.resize_short_side(image, short_side)
-              for _, image in video_lib.iter_video_frames(video.video_path)]
+    frames = [
+      video_lib.resize_short_side(image, short_side)
+      for _, image in video_lib.iter_video_frames(video.video_path)
+    ]
     if not frames:
       raise video_lib.VideoError(f'{video.video_path}: no frame decoded')
     return Video(video.name, ids.get(video.action, -1), frames)
@@ -233,9 +244,9 @@ def folder_videos(root: str, split: str, *, short_side: int = 256
 class EvalResult:
   class_names: tuple[str, ...]
   videos: list[str]
-  labels: np.ndarray                       # (N,) -1 where unknown
-  scores: dict[str, np.ndarray]            # member name / ENSEMBLE -> (N, K)
-  metrics: dict[str, dict[str, float]]     # member name / ENSEMBLE -> top1, top5, count
+  labels: np.ndarray  # (N,) -1 where unknown
+  scores: dict[str, np.ndarray]  # member name / ENSEMBLE -> (N, K)
+  metrics: dict[str, dict[str, float]]  # member name / ENSEMBLE -> top1, top5, count
 
   def predictions(self, key: str = ENSEMBLE) -> dict[str, str]:
     """{video: predicted class name}: pred_vid_result.json's content."""
@@ -252,21 +263,33 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
   scores, labels = scores[known], labels[known]
   order = np.argsort(-scores, axis=-1)
   hits = order == labels[:, None]
-  return {'top1': float(hits[:, :1].any(-1).mean()),
-          'top5': float(hits[:, :5].any(-1).mean()), 'count': count}
+  return {
+    'top1': float(hits[:, :1].any(-1).mean()),
+    'top5': float(hits[:, :5].any(-1).mean()),
+    'count': count,
+  }
 
 
 def _batches(loaders: Sequence[Callable[[], Video]], size: int) -> Iterator[list[Video]]:
   for lo in range(0, len(loaders), size):
-    yield [load() for load in loaders[lo:lo + size]]
+    yield [load() for load in loaders[lo : lo + size]]
 
 
-def evaluate_members(members: Sequence[Member], *, split: str = 'val', data_root: str = '',
-                     tfds_name: str | None = None, tfds_dir: str | None = None,
-                     clips: int = 4, crops: int = 3, average: str = 'logits',
-                     batch_size: int = 4, views_per_forward: int = 0,
-                     weights: Sequence[float] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> EvalResult:
+def evaluate_members(
+  members: Sequence[Member],
+  *,
+  split: str = 'val',
+  data_root: str = '',
+  tfds_name: str | None = None,
+  tfds_dir: str | None = None,
+  clips: int = 4,
+  crops: int = 3,
+  average: str = 'logits',
+  batch_size: int = 4,
+  views_per_forward: int = 0,
+  weights: Sequence[float] | None = None,
+  progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
   """Scores every video of a split with each member (multi-view) and their ensemble.
 
   Data: `split` 'test' reads DATA_ROOT/test_videos; other splits the TFDS clips
@@ -281,38 +304,46 @@ def evaluate_members(members: Sequence[Member], *, split: str = 'val', data_root
   if split == 'test':
     classes, loaders = folder_videos(data_root, 'test')
   else:
-    settings = ml_collections.ConfigDict({
+    settings = ml_collections.ConfigDict(
+      {
         'root': data_root,
         'tfds_name': first.get('tfds_name', '') if tfds_name is None else tfds_name,
-        'tfds_dir': first.get('tfds_dir', '') if tfds_dir is None else tfds_dir})
+        'tfds_dir': first.get('tfds_dir', '') if tfds_dir is None else tfds_dir,
+      }
+    )
     classes, loaders = dataset_videos(settings, split)
   for member in members:
     if member.num_classes != len(classes) or (
-        member.class_names and tuple(member.class_names) != tuple(classes)):
-      raise ValueError(f'{member.name}: {member.num_classes} classes, the {split} data has '
-                       f'{len(classes)} ({", ".join(classes)})')
-  scorers = [m.scorer(average=average, views_per_forward=views_per_forward)
-             for m in members]
+      member.class_names and tuple(member.class_names) != tuple(classes)
+    ):
+      raise ValueError(
+        f'{member.name}: {member.num_classes} classes, the {split} data has '
+        f'{len(classes)} ({", ".join(classes)})'
+      )
+  scorers = [m.scorer(average=average, views_per_forward=views_per_forward) for m in members]
   names, labels, scores = [], [], [[] for _ in members]
   for batch in _batches(loaders, batch_size):
     names += [v.name for v in batch]
     labels += [v.label for v in batch]
     for member, scorer, out in zip(members, scorers, scores):
-      views = np.stack([video_views(v.frames, member.settings, clips=clips, crops=crops)
-                        for v in batch])
+      views = np.stack(
+        [video_views(v.frames, member.settings, clips=clips, crops=crops) for v in batch]
+      )
       padded = np.zeros((batch_size, *views.shape[1:]), np.uint8)
-      padded[:len(batch)] = views
-      out.append(np.asarray(scorer(augment.normalize(padded)))[:len(batch)])
+      padded[: len(batch)] = views
+      out.append(np.asarray(scorer(augment.normalize(padded)))[: len(batch)])
     if progress is not None:
       progress(len(names), len(loaders))
   num_classes = len(classes)
-  per_member = [np.concatenate(s) if s else np.zeros((0, num_classes), np.float32)
-                for s in scores]
+  per_member = [np.concatenate(s) if s else np.zeros((0, num_classes), np.float32) for s in scores]
   labels = np.asarray(labels, np.int64)
   keys = _member_keys(members)
   all_scores = dict(zip(keys, per_member))
-  all_scores[ENSEMBLE] = np.asarray(ensemble_scores(per_member, weights)) if len(
-      names) else np.zeros((0, num_classes), np.float32)
+  all_scores[ENSEMBLE] = (
+    np.asarray(ensemble_scores(per_member, weights))
+    if len(names)
+    else np.zeros((0, num_classes), np.float32)
+  )
   metrics = {key: topk_accuracy(value, labels) for key, value in all_scores.items()}
   return EvalResult(classes, names, labels, all_scores, metrics)
 
@@ -322,6 +353,5 @@ def _member_keys(members: Sequence[Member]) -> list[str]:
   keys, seen = [], {}
   for member in members:
     seen[member.name] = seen.get(member.name, 0) + 1
-    keys.append(member.name if seen[member.name] == 1 else
-                f'{member.name}#{seen[member.name]}')
+    keys.append(member.name if seen[member.name] == 1 else f'{member.name}#{seen[member.name]}')
   return keys

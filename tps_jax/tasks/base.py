@@ -83,7 +83,8 @@ import abc
 import functools
 import importlib
 import re
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,14 +100,16 @@ EXAMPLE_MASK = 'example_mask'
 # Parameter names that never get weight decay (besides every 0-/1-D leaf):
 # Swin's relative position bias tables, absolute position embeddings, class tokens.
 NO_DECAY_PATTERN = re.compile(
-    r'(relative_position_bias_table|pos_embed|position_embedding|cls_token)')
+  r'(relative_position_bias_table|pos_embed|position_embedding|cls_token)'
+)
 
 
 class Task(abc.ABC):
   """One training stage: model, loss, metrics and input pipelines (see module doc)."""
 
-  def __init__(self, config, *, compute_dtype=jnp.float32,
-               metadata: Mapping[str, Any] | None = None):
+  def __init__(
+    self, config, *, compute_dtype=jnp.float32, metadata: Mapping[str, Any] | None = None
+  ):
     self.config = config
     self.compute_dtype = compute_dtype
     # An export's `metadata.json` (`export_metadata`): when given, vocabularies and
@@ -130,33 +133,43 @@ class Task(abc.ABC):
   def init_variables(self, rng: jax.Array) -> dict[str, PyTree]:
     """All variable collections of a freshly initialised model ('params', ...)."""
     params_rng, dropout_rng = jax.random.split(rng)
-    variables = self.model.init({'params': params_rng, 'dropout': dropout_rng},
-                                **self.init_inputs(), train=False)
+    variables = self.model.init(
+      {'params': params_rng, 'dropout': dropout_rng}, **self.init_inputs(), train=False
+    )
     return dict(variables)
 
   # --- objective -----------------------------------------------------------
 
   @abc.abstractmethod
-  def loss_fn(self, params: PyTree, batch: Batch, rng: jax.Array,
-              model_state: dict[str, PyTree], *, train: bool
-              ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, PyTree]]]:
+  def loss_fn(
+    self,
+    params: PyTree,
+    batch: Batch,
+    rng: jax.Array,
+    model_state: dict[str, PyTree],
+    *,
+    train: bool,
+  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, PyTree]]]:
     """Returns `(loss, (metrics, new_model_state))` for one (micro-)batch."""
 
   @abc.abstractmethod
-  def eval_metrics(self, params: PyTree, model_state: dict[str, PyTree],
-                   batch: Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+  def eval_metrics(
+    self, params: PyTree, model_state: dict[str, PyTree], batch: Batch
+  ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Returns `{name: (masked sum, masked count)}` for one eval batch."""
 
   # --- data ----------------------------------------------------------------
 
   @abc.abstractmethod
-  def train_iterator(self, *, seed: int, process_index: int, process_count: int,
-                     batch_size: int) -> Iterator[Batch]:
+  def train_iterator(
+    self, *, seed: int, process_index: int, process_count: int, batch_size: int
+  ) -> Iterator[Batch]:
     """Endless, checkpointable iterator of this process's training batches."""
 
   @abc.abstractmethod
-  def eval_iterator(self, *, process_index: int, process_count: int,
-                    batch_size: int) -> Iterable[Batch]:
+  def eval_iterator(
+    self, *, process_index: int, process_count: int, batch_size: int
+  ) -> Iterable[Batch]:
     """Finite iterable of this process's eval batches (same count on every process)."""
 
   # --- optional hooks --------------------------------------------------------
@@ -184,8 +197,9 @@ class Task(abc.ABC):
     del path
     return True
 
-  def adapt_init_leaf(self, name: str, value: np.ndarray,
-                      shape: tuple[int, ...]) -> np.ndarray | None:
+  def adapt_init_leaf(
+    self, name: str, value: np.ndarray, shape: tuple[int, ...]
+  ) -> np.ndarray | None:
     """`init_from`: a source leaf `name` whose shape differs from the model's
     `shape`, turned into that shape (e.g. a 2D Swin inflated into a video Swin), or
     None (default): it is re-initialised."""
@@ -200,8 +214,9 @@ class Task(abc.ABC):
     """
     return ()
 
-  def eval_predictions(self, params: PyTree, model_state: dict[str, PyTree],
-                       batch: Batch) -> dict[str, jax.Array]:
+  def eval_predictions(
+    self, params: PyTree, model_state: dict[str, PyTree], batch: Batch
+  ) -> dict[str, jax.Array]:
     """Per-example outputs (leading dim B) for `make_evaluator`'s evaluator.
 
     Runs jitted on the sharded eval batch. Include what the evaluator needs from the
@@ -257,13 +272,16 @@ def register_task(name: str):
 
 
 # The library's own tasks, imported on first lookup (a config names its task only).
-LIBRARY_TASKS = {'detection': 'tps_jax.tasks.detection',
-                 'part_state': 'tps_jax.tasks.part_state',
-                 'action': 'tps_jax.tasks.action'}
+LIBRARY_TASKS = {
+  'detection': 'tps_jax.tasks.detection',
+  'part_state': 'tps_jax.tasks.part_state',
+  'action': 'tps_jax.tasks.action',
+}
 
 
-def get_task(name: str, config, *, compute_dtype=jnp.float32,
-             metadata: Mapping[str, Any] | None = None) -> Task:
+def get_task(
+  name: str, config, *, compute_dtype=jnp.float32, metadata: Mapping[str, Any] | None = None
+) -> Task:
   """Instantiates the task `name` ('name' or 'package.module:name') for `config`.
 
   `metadata`: an export's metadata (`Task.export_metadata`), for a model without data.
@@ -277,8 +295,9 @@ def get_task(name: str, config, *, compute_dtype=jnp.float32,
   elif name not in _REGISTRY and name in LIBRARY_TASKS:
     importlib.import_module(LIBRARY_TASKS[name])
   if name not in _REGISTRY:
-    raise ValueError(f'config.task: unknown task {name!r} '
-                   f'(registered: {", ".join(sorted(_REGISTRY)) or "none"})')
+    raise ValueError(
+      f'config.task: unknown task {name!r} (registered: {", ".join(sorted(_REGISTRY)) or "none"})'
+    )
   return _REGISTRY[name](config, compute_dtype=compute_dtype, metadata=metadata)
 
 

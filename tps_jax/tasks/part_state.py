@@ -13,6 +13,7 @@ Config fields read here: data.root, data.image_size, data.eval_split, model.* (t
 `PartStateNet` fields; `model.backbone_overrides` a dict of Swin field overrides),
 label_smoothing. `data.*` is also read by the input pipeline.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,9 +27,8 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from tps_jax.data import augment
+from tps_jax.data import augment, builders
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data import builders
 from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path, make_pipeline
 from tps_jax.models.fields import hashable
 from tps_jax.models.part_state import PartStateNet
@@ -59,8 +59,10 @@ def part_state_loss(logits, part_state, part_valid, label_smoothing: float = 0.0
   """(mean cross-entropy over present parts, train metrics) of a (B, P) batch."""
   present = present_parts(part_valid, part_state)
   losses = part_state_losses(logits, part_state, label_smoothing)
-  metrics = {'top1': masked_mean(logits.argmax(-1) == part_state, present),
-             'parts_per_human': present.sum(-1).mean().astype(jnp.float32)}
+  metrics = {
+    'top1': masked_mean(logits.argmax(-1) == part_state, present),
+    'parts_per_human': present.sum(-1).mean().astype(jnp.float32),
+  }
   return masked_mean(losses, present), metrics
 
 
@@ -84,8 +86,9 @@ class PartStateTask(base.Task):
   def vocab(self) -> Vocab:
     if self.metadata:
       vocab = self.metadata['vocab']
-      return Vocab(parts=tuple(vocab['parts']), states=tuple(vocab['states']),
-                   actions=tuple(vocab['actions']))
+      return Vocab(
+        parts=tuple(vocab['parts']), states=tuple(vocab['states']), actions=tuple(vocab['actions'])
+      )
     root = self.config.data.root
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f'{root or "(empty)"}: no such dataset (config.data.root)')
@@ -99,36 +102,54 @@ class PartStateTask(base.Task):
     fields = self.config.model.to_dict()
     # Hashable, so that the model can be a static argument of jit.
     fields['backbone_overrides'] = flax.core.FrozenDict(
-        hashable(fields.get('backbone_overrides') or {}))
-    return PartStateNet(num_states=len(self.vocab.states), num_actions=len(self.vocab.actions),
-                        num_parts=len(PARTS), dtype=self.compute_dtype, **fields)
+      hashable(fields.get('backbone_overrides') or {})
+    )
+    return PartStateNet(
+      num_states=len(self.vocab.states),
+      num_actions=len(self.vocab.actions),
+      num_parts=len(PARTS),
+      dtype=self.compute_dtype,
+      **fields,
+    )
 
   def init_inputs(self):
     size = self.config.data.image_size
     height, width = (size, size) if isinstance(size, int) else size
-    return {'images': np.zeros((1, height, width, 3), np.float32),
-            'part_boxes': np.tile(np.float32([0, 0, width, height]), (1, len(PARTS), 1)),
-            'part_valid': np.ones((1, len(PARTS)), bool),
-            'action': np.zeros((1,), np.int32)}
+    return {
+      'images': np.zeros((1, height, width, 3), np.float32),
+      'part_boxes': np.tile(np.float32([0, 0, width, height]), (1, len(PARTS), 1)),
+      'part_valid': np.ones((1, len(PARTS)), bool),
+      'action': np.zeros((1,), np.int32),
+    }
 
   def logits(self, params, batch, *, train: bool, rng=None):
-    return self.model.apply({'params': params}, batch['image'], batch['part_boxes'],
-                            batch['part_valid'], batch['action'], train=train,
-                            rngs={'dropout': rng} if train else None)
+    return self.model.apply(
+      {'params': params},
+      batch['image'],
+      batch['part_boxes'],
+      batch['part_valid'],
+      batch['action'],
+      train=train,
+      rngs={'dropout': rng} if train else None,
+    )
 
   # --- objective -----------------------------------------------------------
 
   def loss_fn(self, params, batch, rng, model_state, *, train):
     logits = self.logits(params, batch, train=train, rng=rng)
-    loss, metrics = part_state_loss(logits, batch['part_state'], batch['part_valid'],
-                                    self.config.label_smoothing)
+    loss, metrics = part_state_loss(
+      logits, batch['part_state'], batch['part_valid'], self.config.label_smoothing
+    )
     return loss, (metrics, model_state)
 
   def eval_metrics(self, params, model_state, batch):
     del model_state
-    return part_state_metric_sums(self.logits(params, batch, train=False),
-                                  batch['part_state'], batch['part_valid'],
-                                  batch[base.EXAMPLE_MASK])
+    return part_state_metric_sums(
+      self.logits(params, batch, train=False),
+      batch['part_state'],
+      batch['part_valid'],
+      batch[base.EXAMPLE_MASK],
+    )
 
   # --- inference -----------------------------------------------------------
 
@@ -139,14 +160,25 @@ class PartStateTask(base.Task):
     settings = data_settings('part_states', self.config)
     built = dataset_metadata('part_states', self.config)['settings']
     table = builders.state_table(dataset_path('part_states', settings), 'train')
-    counts = [np.bincount(column[column >= 0], minlength=len(self.vocab.states)).tolist()
-              for column in table.T]
-    return {'kind': 'part_state', 'state_counts': counts,
-            'vocab': {'parts': list(self.vocab.parts), 'states': list(self.vocab.states),
-                      'actions': list(self.vocab.actions)},
-            'preprocessing': {'image_size': list(settings.image_size),
-                              'resize': settings.resize, 'context': built['context'],
-                              'normalization': augment.normalization()}}
+    counts = [
+      np.bincount(column[column >= 0], minlength=len(self.vocab.states)).tolist()
+      for column in table.T
+    ]
+    return {
+      'kind': 'part_state',
+      'state_counts': counts,
+      'vocab': {
+        'parts': list(self.vocab.parts),
+        'states': list(self.vocab.states),
+        'actions': list(self.vocab.actions),
+      },
+      'preprocessing': {
+        'image_size': list(settings.image_size),
+        'resize': settings.resize,
+        'context': built['context'],
+        'normalization': augment.normalization(),
+      },
+    }
 
   def predict_states(self, variables, images, part_boxes, part_valid, action):
     """States of every part box (jittable; the end-to-end pipeline calls this).
@@ -156,12 +188,14 @@ class PartStateTask(base.Task):
     Returns {'state': (B, [K,] 10) int32 index into vocab.states (-1 where not valid),
     'score': its probability, 'probs': (B, [K,] 10, num_states)}.
     """
-    logits = self.model.apply(variables, images, part_boxes, part_valid, action,
-                              train=False)
+    logits = self.model.apply(variables, images, part_boxes, part_valid, action, train=False)
     probs = jax.nn.softmax(logits)
     valid = part_valid.astype(bool)
-    return {'state': jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
-            'score': jnp.where(valid, probs.max(-1), 0.0), 'probs': probs}
+    return {
+      'state': jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
+      'score': jnp.where(valid, probs.max(-1), 0.0),
+      'probs': probs,
+    }
 
   # --- optimiser hooks -------------------------------------------------------
 
@@ -195,25 +229,38 @@ class PartStateTask(base.Task):
     the Swin MLPs and qkv/proj, the encoder's attention (over head_dim) and MLP, and
     the wide token projection (over its input)."""
     return (
-        (r'backbone/.*/(mlp/fc1|attn/qkv)/kernel', P(None, 'model')),
-        (r'backbone/.*/(mlp/fc1|attn/qkv)/bias', P('model')),
-        (r'backbone/.*/(mlp/fc2|attn/proj)/kernel', P('model', None)),
-        (r'encoder_\d+/attention/(query|key|value)/kernel', P(None, None, 'model')),
-        (r'encoder_\d+/attention/(query|key|value)/bias', P(None, 'model')),
-        (r'encoder_\d+/attention/out/kernel', P(None, 'model', None)),
-        (r'encoder_\d+/mlp_in/kernel', P(None, 'model')),
-        (r'encoder_\d+/mlp_in/bias', P('model')),
-        (r'encoder_\d+/mlp_out/kernel', P('model', None)),
-        (r'token_projection/kernel', P('model', None)),
+      (r'backbone/.*/(mlp/fc1|attn/qkv)/kernel', P(None, 'model')),
+      (r'backbone/.*/(mlp/fc1|attn/qkv)/bias', P('model')),
+      (r'backbone/.*/(mlp/fc2|attn/proj)/kernel', P('model', None)),
+      (r'encoder_\d+/attention/(query|key|value)/kernel', P(None, None, 'model')),
+      (r'encoder_\d+/attention/(query|key|value)/bias', P(None, 'model')),
+      (r'encoder_\d+/attention/out/kernel', P(None, 'model', None)),
+      (r'encoder_\d+/mlp_in/kernel', P(None, 'model')),
+      (r'encoder_\d+/mlp_in/bias', P('model')),
+      (r'encoder_\d+/mlp_out/kernel', P('model', None)),
+      (r'token_projection/kernel', P('model', None)),
     )
 
   # --- data ----------------------------------------------------------------
 
   def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return make_pipeline('part_states', self.config, 'train', train=True, seed=seed,
-                         shard=(process_index, process_count), batch_size=batch_size)
+    return make_pipeline(
+      'part_states',
+      self.config,
+      'train',
+      train=True,
+      seed=seed,
+      shard=(process_index, process_count),
+      batch_size=batch_size,
+    )
 
   def eval_iterator(self, *, process_index, process_count, batch_size):
-    return make_pipeline('part_states', self.config, self.config.data.eval_split,
-                         train=False, seed=0, shard=(process_index, process_count),
-                         batch_size=batch_size)
+    return make_pipeline(
+      'part_states',
+      self.config,
+      self.config.data.eval_split,
+      train=False,
+      seed=0,
+      shard=(process_index, process_count),
+      batch_size=batch_size,
+    )

@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grain
 import jax
@@ -36,7 +37,7 @@ PyTree = Any
 Adapter = Callable[[str, np.ndarray, tuple], 'np.ndarray | None']
 
 
-METADATA_FILE = 'metadata.json'   # export/: Task.export_metadata
+METADATA_FILE = 'metadata.json'  # export/: Task.export_metadata
 DAMAGED_DIR = 'damaged_checkpoints'
 
 
@@ -68,7 +69,7 @@ def error_cause(error: BaseException, limit: int = 300) -> str:
   if 'local file "' in text:
     file_name, _, reason = text.rsplit('local file "', 1)[1].partition('": ')
     text = f'{reason}: {file_name}'
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -81,16 +82,22 @@ def saved_steps(workdir: str) -> list[int]:
 
 def make_manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      # cleanup_tmp_directories: a save cut short by SIGKILL leaves a tmp folder.
-      # Step folders are made before `save` returns: one that cannot be made fails
-      # there, at once, instead of in a background thread that orbax then waits
-      # 300 s for.
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True,
-          async_options=ocp.AsyncOptions(create_directories_asynchronously=False)),
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'data': grain.checkpoint.CheckpointHandler()})
+    os.path.join(os.path.abspath(workdir), 'checkpoints'),
+    # cleanup_tmp_directories: a save cut short by SIGKILL leaves a tmp folder.
+    # Step folders are made before `save` returns: one that cannot be made fails
+    # there, at once, instead of in a background thread that orbax then waits
+    # 300 s for.
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
+    ),
+    item_handlers={
+      'state': ocp.StandardCheckpointHandler(),
+      'data': grain.checkpoint.CheckpointHandler(),
+    },
+  )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
@@ -100,12 +107,16 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> Non
   (also for an earlier save whose background writing failed).
   """
   try:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)))
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+      ),
+    )
   except Exception as e:  # orbax raises from its own code, the OS and TensorStore alike.
-    raise CheckpointError(f'cannot write checkpoint {step} in {manager.directory}: '
-                          f'{error_cause(e)}') from e
+    raise CheckpointError(
+      f'cannot write checkpoint {step} in {manager.directory}: {error_cause(e)}'
+    ) from e
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -113,22 +124,21 @@ def wait(manager: ocp.CheckpointManager) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:  # as in `save`
-    raise CheckpointError(f'a checkpoint save in {manager.directory} failed: '
-                          f'{error_cause(e)}') from e
+    raise CheckpointError(
+      f'a checkpoint save in {manager.directory} failed: {error_cause(e)}'
+    ) from e
 
 
 def _flat_shapes(tree: PyTree) -> dict[str, tuple]:
   """{'a/b/kernel': shape} of the array leaves (empty optimiser states carry none)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {param_name(path): tuple(leaf.shape)
-          for path, leaf in flat if hasattr(leaf, 'shape')}
+  return {param_name(path): tuple(leaf.shape) for path, leaf in flat if hasattr(leaf, 'shape')}
 
 
 def first_mismatch(saved: dict[str, tuple], expected: dict[str, tuple]) -> str | None:
   """A description of the first leaf that differs in name or shape, else None."""
   # Parameters first: they say more than their optimiser moments.
-  for name in sorted(set(saved) | set(expected),
-                     key=lambda n: (not n.startswith('params/'), n)):
+  for name in sorted(set(saved) | set(expected), key=lambda n: (not n.startswith('params/'), n)):
     if name not in saved:
       return f'{name} missing from the checkpoint'
     if name not in expected:
@@ -159,12 +169,16 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   mismatch = first_mismatch(saved, expected)
   if mismatch:
     raise CheckpointError(
-        f'{step_dir}: checkpoint incompatible with this config: {mismatch} '
-        '(use a fresh --workdir)')
+      f'{step_dir}: checkpoint incompatible with this config: {mismatch} (use a fresh --workdir)'
+    )
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        data=grain.checkpoint.CheckpointRestore(data_iterator),
+      ),
+    )
   except Exception as e:  # missing / truncated files: TensorStore, grain, OS errors
     raise DamagedCheckpointError(error_cause(e)) from e
   return restored['state']
@@ -213,8 +227,9 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
-                   ) -> tuple[Any, int | None, list[str]]:
+def restore_latest(
+  manager: ocp.CheckpointManager, abstract_state, data_iterator
+) -> tuple[Any, int | None, list[str]]:
   """(state, step, report lines) of the newest readable checkpoint; (None, None, [])
   when there is none at all.
 
@@ -235,17 +250,20 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
       continue
     report = []
     for bad, why in damaged:
-      report.append(f'checkpoint {bad} in {manager.directory} is damaged ({why}); '
-                    f'skipped it and moved it to {_set_aside(manager, bad)}')
+      report.append(
+        f'checkpoint {bad} in {manager.directory} is damaged ({why}); '
+        f'skipped it and moved it to {_set_aside(manager, bad)}'
+      )
     if damaged:
       manager.reload()
     return state, step, report
   if damaged:
     causes = '; '.join(f'step {step}: {why}' for step, why in damaged)
     raise CheckpointError(
-        f'{manager.directory}: every checkpoint is damaged, nothing to resume from '
-        f'({causes}); move the folder aside to start again from step 0, or use a fresh '
-        '--workdir')
+      f'{manager.directory}: every checkpoint is damaged, nothing to resume from '
+      f'({causes}); move the folder aside to start again from step 0, or use a fresh '
+      '--workdir'
+    )
   return None, None, []
 
 
@@ -281,8 +299,9 @@ def restore_numpy(path: str) -> PyTree:
   return checkpointer.restore(path, restore_args=args)
 
 
-def load_collections(path: str, prefix: str = '', source_prefix: str = ''
-                     ) -> dict[str, dict[str, np.ndarray]]:
+def load_collections(
+  path: str, prefix: str = '', source_prefix: str = ''
+) -> dict[str, dict[str, np.ndarray]]:
   """{collection: {prefix + 'a/b/kernel': array}} of the variables stored under `path`.
 
   Collections are 'params' and any model state ('batch_stats', ...): from a trainer
@@ -305,21 +324,27 @@ def load_collections(path: str, prefix: str = '', source_prefix: str = ''
   def flat(subtree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(subtree)
     names = {param_name(p): leaf for p, leaf in leaves}
-    return {prefix + name[len(source_prefix):]: np.asarray(leaf)
-            for name, leaf in names.items() if name.startswith(source_prefix)}
+    return {
+      prefix + name[len(source_prefix) :]: np.asarray(leaf)
+      for name, leaf in names.items()
+      if name.startswith(source_prefix)
+    }
 
   return {name: flat(subtree) for name, subtree in collections.items()}
 
 
-def load_params(path: str, prefix: str = '', source_prefix: str = ''
-                ) -> dict[str, np.ndarray]:
+def load_params(path: str, prefix: str = '', source_prefix: str = '') -> dict[str, np.ndarray]:
   """Flat {prefix + 'a/b/kernel': array} of the 'params' stored under `path`."""
   return load_collections(path, prefix, source_prefix)['params']
 
 
-def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '.*',
-                 exclude: str = '', adapt: Adapter | None = None
-                 ) -> tuple[PyTree, dict[str, list[str]]]:
+def merge_params(
+  params: PyTree,
+  source: dict[str, np.ndarray],
+  include: str = '.*',
+  exclude: str = '',
+  adapt: Adapter | None = None,
+) -> tuple[PyTree, dict[str, list[str]]]:
   """Takes every leaf of `params` whose path matches `include` (and not `exclude`)
   from `source`; others keep their fresh initialisation.
 
@@ -331,8 +356,7 @@ def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '
   'shape_mismatch', 'not_included', 'unused'} of '/'-joined paths ('adapted' ones are
   also 'restored').
   """
-  report = {'restored': [], 'adapted': [], 'missing': [], 'shape_mismatch': [],
-            'not_included': []}
+  report = {'restored': [], 'adapted': [], 'missing': [], 'shape_mismatch': [], 'not_included': []}
   used = set()
 
   def pick(path, leaf):
@@ -362,20 +386,24 @@ def merge_params(params: PyTree, source: dict[str, np.ndarray], include: str = '
 
 def init_report_summary(path: str, report: dict[str, list[str]]) -> str:
   """`merge_params`'s report in one line of counts (`init_report_lines` lists names)."""
-  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch',
-                                        'not_included'))
-  counts = [f'{len(report[k])} {k.replace("_", " ")}' for k in
-            ('adapted', 'missing', 'shape_mismatch', 'not_included', 'unused') if report.get(k)]
-  return (f'init_from {path}: restored {len(report["restored"])}/{total} parameter leaves'
-          + (f' ({", ".join(counts)})' if counts else ''))
+  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch', 'not_included'))
+  counts = [
+    f'{len(report[k])} {k.replace("_", " ")}'
+    for k in ('adapted', 'missing', 'shape_mismatch', 'not_included', 'unused')
+    if report.get(k)
+  ]
+  return f'init_from {path}: restored {len(report["restored"])}/{total} parameter leaves' + (
+    f' ({", ".join(counts)})' if counts else ''
+  )
 
 
 def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
   """`merge_params`'s report, every leaf named."""
-  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch',
-                                        'not_included'))
-  lines = [f'init_from {path}: restored {len(report["restored"])}/{total} parameter '
-           f'leaves: {", ".join(report["restored"])}']
+  total = sum(len(report[k]) for k in ('restored', 'missing', 'shape_mismatch', 'not_included'))
+  lines = [
+    f'init_from {path}: restored {len(report["restored"])}/{total} parameter '
+    f'leaves: {", ".join(report["restored"])}'
+  ]
   if report.get('adapted'):
     lines.append(f'init_from: adapted to the new shapes: {", ".join(report["adapted"])}')
   for key in ('missing', 'shape_mismatch', 'not_included'):

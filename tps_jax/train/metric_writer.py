@@ -28,16 +28,16 @@ class MetricWriter:
   def __init__(self, workdir: str, *, resume_step: int = 0):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.dropped_steps: list[int] = []   # records after resume_step, removed
+    self.dropped_steps: list[int] = []  # records after resume_step, removed
     self._tb = None
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
     self.dropped_steps = self._truncate_after(resume_step)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     # TensorBoard discards the earlier events from resume_step + 1 on: redone steps.
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                             purge_step=resume_step + 1)
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
 
   def _truncate_after(self, step: int) -> list[int]:
     """Drops lines logged after the checkpoint we resume from (they will be redone),
@@ -68,8 +68,10 @@ class MetricWriter:
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
       return
-    record = {'step': int(step), **{k: v if isinstance(v, int) else float(v)
-                                    for k, v in metrics.items()}}
+    record = {
+      'step': int(step),
+      **{k: v if isinstance(v, int) else float(v) for k, v in metrics.items()},
+    }
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     for name, value in metrics.items():
@@ -112,9 +114,15 @@ class Progress:
     if not self.active:
       return None
     if self._bar is None:
-      self._bar = tqdm(total=self.total_steps, initial=step, unit='step', mininterval=0,
-                       dynamic_ncols=True, bar_format=self.LINE if self._lines else self.BAR,
-                       file=_Discard() if self._lines else sys.stderr)
+      self._bar = tqdm(
+        total=self.total_steps,
+        initial=step,
+        unit='step',
+        mininterval=0,
+        dynamic_ncols=True,
+        bar_format=self.LINE if self._lines else self.BAR,
+        file=_Discard() if self._lines else sys.stderr,
+      )
     else:
       self._bar.update(step - self._bar.n)
     rate = self._bar.format_dict['rate']

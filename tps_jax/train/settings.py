@@ -25,23 +25,39 @@ from typing import Any
 SETTINGS_FILE = 'config.json'
 
 # May differ on resume: cadence, retention, and the work's layout on the hardware.
-FREE_FIELDS = frozenset({
-    'log_steps', 'checkpoint_steps', 'keep_checkpoints', 'eval_steps',
-    'allow_config_change', 'grad_accum_steps', 'mesh.model', 'data.read_threads',
-    'data.prefetch_batches', 'data.worker_count', 'data.worker_buffer_size'})
+FREE_FIELDS = frozenset(
+  {
+    'log_steps',
+    'checkpoint_steps',
+    'keep_checkpoints',
+    'eval_steps',
+    'allow_config_change',
+    'grad_accum_steps',
+    'mesh.model',
+    'data.read_threads',
+    'data.prefetch_batches',
+    'data.worker_count',
+    'data.worker_buffer_size',
+  }
+)
 
 # Fields renamed since settings were stored: old name -> new name. Settings stored
 # before the renames are those without `data.tfds_name` (no config had it then).
 RENAMED_FIELDS = {'data.stage': 'data.dataset', 'data.dataset': 'data.tfds_name'}
 # Fields the configs now spell out that the library once filled in when absent: a
 # stored config without one of them ran with this value.
-FORMER_DEFAULTS = {'data.tfds_name': '', 'optim.b1': 0.9, 'optim.b2': 0.999,
-                   'optim.eps': 1e-8}
+FORMER_DEFAULTS = {'data.tfds_name': '', 'optim.b1': 0.9, 'optim.b2': 0.999, 'optim.eps': 1e-8}
 
 # Counters every stage config has: (smallest valid value, an example for the message).
-_COUNTS = {'total_steps': (0, 10000), 'batch_size': (1, 32), 'grad_accum_steps': (1, 1),
-           'log_steps': (1, 100), 'checkpoint_steps': (1, 1000),
-           'keep_checkpoints': (1, 3), 'eval_steps': (0, 1000)}
+_COUNTS = {
+  'total_steps': (0, 10000),
+  'batch_size': (1, 32),
+  'grad_accum_steps': (1, 1),
+  'log_steps': (1, 100),
+  'checkpoint_steps': (1, 1000),
+  'keep_checkpoints': (1, 3),
+  'eval_steps': (0, 1000),
+}
 _SHOWN_CHANGES = 8
 
 
@@ -58,14 +74,16 @@ def check_counts(config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
       kind = 'a positive integer' if smallest else 'an integer >= 0'
       extra = ' (0: never)' if field == 'eval_steps' else ''
-      raise SettingsError(f'config.{field}={value!r}: must be {kind}{extra}, e.g. '
-                          f'--config.{field}={example}')
+      raise SettingsError(
+        f'config.{field}={value!r}: must be {kind}{extra}, e.g. --config.{field}={example}'
+      )
 
 
 def flatten(config) -> dict[str, Any]:
   """{'optim.learning_rate': 0.001, ...}: every leaf field as its JSON value."""
-  tree = json.loads(config.to_json_best_effort()) if hasattr(
-      config, 'to_json_best_effort') else config
+  tree = (
+    json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') else config
+  )
   flat = {}
 
   def walk(node, prefix):
@@ -95,8 +113,10 @@ def _load(path: str) -> dict[str, Any]:
     with open(path) as f:
       return flatten(json.load(f))
   except (OSError, ValueError) as e:
-    raise SettingsError(f'{path}: unreadable stored settings ({e}); restore the file, or '
-                        'delete it to store the current settings') from None
+    raise SettingsError(
+      f'{path}: unreadable stored settings ({e}); restore the file, or '
+      'delete it to store the current settings'
+    ) from None
 
 
 def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +125,11 @@ def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
   (`FORMER_DEFAULTS`)."""
   if 'data.tfds_name' not in stored:
     stored = {RENAMED_FIELDS.get(field, field): value for field, value in stored.items()}
-  missing = {field: value for field, value in FORMER_DEFAULTS.items()
-             if field in current and field not in stored}
+  missing = {
+    field: value
+    for field, value in FORMER_DEFAULTS.items()
+    if field in current and field not in stored
+  }
   return {**stored, **missing}
 
 
@@ -126,28 +149,36 @@ def check_resume(workdir: str, config) -> list[str]:
   """
   path = os.path.join(workdir, SETTINGS_FILE)
   if not os.path.isfile(path):
-    return [f'{path}: no stored settings (a workdir from an earlier version); storing '
-            'the current ones']
+    return [
+      f'{path}: no stored settings (a workdir from an earlier version); storing the current ones'
+    ]
   current = flatten(config)
   stored = upgrade(_load(path), current)
   absent = '(absent)'
-  changes = [(field, stored.get(field, absent), current.get(field, absent))
-             for field in sorted(set(stored) | set(current))
-             if field not in FREE_FIELDS and stored.get(field, absent) != current.get(
-                 field, absent)]
+  changes = [
+    (field, stored.get(field, absent), current.get(field, absent))
+    for field in sorted(set(stored) | set(current))
+    if field not in FREE_FIELDS and stored.get(field, absent) != current.get(field, absent)
+  ]
   lines = []
-  raised = [c for c in changes if c[0] == 'total_steps' and isinstance(c[1], int)
-            and isinstance(c[2], int) and c[2] > c[1]]
+  raised = [
+    c
+    for c in changes
+    if c[0] == 'total_steps' and isinstance(c[1], int) and isinstance(c[2], int) and c[2] > c[1]
+  ]
   if raised:
     changes.remove(raised[0])
-    lines.append(f'total_steps raised from {raised[0][1]} to {raised[0][2]}: training on '
-                 '(the learning-rate schedule now ends at the new step)')
+    lines.append(
+      f'total_steps raised from {raised[0][1]} to {raised[0][2]}: training on '
+      '(the learning-rate schedule now ends at the new step)'
+    )
   if changes:
     if not config.get('allow_config_change', False):
       raise SettingsError(
-          f'{workdir}: resuming with settings that change what this run trains: '
-          f'{_describe(changes)} (stored in {path}); rerun with the stored settings, use '
-          'a fresh --workdir, or accept the change with --config.allow_config_change=True')
+        f'{workdir}: resuming with settings that change what this run trains: '
+        f'{_describe(changes)} (stored in {path}); rerun with the stored settings, use '
+        'a fresh --workdir, or accept the change with --config.allow_config_change=True'
+      )
     lines.append(f'settings changed on resume (allow_config_change): {_describe(changes)}')
   return lines
 
@@ -156,6 +187,7 @@ def check_total_steps(config, step: int, workdir: str) -> None:
   """Refuses a total_steps below the step the workdir's checkpoint has reached."""
   if config.total_steps < step:
     raise SettingsError(
-        f'config.total_steps={config.total_steps} is below step {step}, where the '
-        f'checkpoint in {workdir} is: a run cannot be shortened after the fact; use '
-        f'--config.total_steps={step} or more, or a fresh --workdir')
+      f'config.total_steps={config.total_steps} is below step {step}, where the '
+      f'checkpoint in {workdir} is: a run cannot be shortened after the fact; use '
+      f'--config.total_steps={step} or more, or a fresh --workdir'
+    )

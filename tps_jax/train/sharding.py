@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tps_jax.train.optim import param_name
 
@@ -21,10 +23,12 @@ def make_mesh(model_axis_size: int = 1) -> Mesh:
   ordered for the interconnect), with automatic sharding propagation as under jit."""
   count = jax.device_count()
   if model_axis_size < 1 or count % model_axis_size:
-    raise ValueError(f'config.mesh.model={model_axis_size} does not divide the '
-                     f'{count} devices')
-  return jax.make_mesh((count // model_axis_size, model_axis_size), (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto))
+    raise ValueError(f'config.mesh.model={model_axis_size} does not divide the {count} devices')
+  return jax.make_mesh(
+    (count // model_axis_size, model_axis_size),
+    (DATA_AXIS, MODEL_AXIS),
+    axis_types=(AxisType.Auto, AxisType.Auto),
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -54,12 +58,14 @@ def tree_shardings(mesh: Mesh, tree: PyTree, rules: Sequence[tuple[str, P]]) -> 
   if mesh.shape[MODEL_AXIS] == 1:
     rules = ()
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(
-          mesh, spec_for(param_name(path), len(leaf.shape), rules)), tree)
+    lambda path, leaf: NamedSharding(mesh, spec_for(param_name(path), len(leaf.shape), rules)), tree
+  )
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles the global batch from every process's numpy share."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

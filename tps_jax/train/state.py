@@ -16,6 +16,7 @@ class TrainState(flax.struct.PyTreeNode):
   `model_state` holds the non-'params' variable collections (e.g. 'batch_stats');
   `ema_params` is None unless `config.optim.ema_decay` is set.
   """
+
   step: jax.Array
   params: PyTree
   opt_state: PyTree

@@ -35,9 +35,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from tps_jax.tasks import base as tasks_lib
-from tps_jax.train import checkpointing
-from tps_jax.train import settings
-from tps_jax.train import sharding
+from tps_jax.train import checkpointing, settings, sharding
 from tps_jax.train.metric_writer import MetricWriter, Progress
 from tps_jax.train.optim import ema_update, make_optimizer
 from tps_jax.train.state import TrainState
@@ -55,7 +53,7 @@ def say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-LOG_FILE = 'log.txt'   # WORKDIR/log.txt: what is too long for the console
+LOG_FILE = 'log.txt'  # WORKDIR/log.txt: what is too long for the console
 
 
 def log_details(workdir: str, lines: list[str]) -> str:
@@ -70,8 +68,9 @@ def log_details(workdir: str, lines: list[str]) -> str:
 def format_eval(metrics: dict[str, float], limit: int = 6) -> str:
   """The headline eval metrics on one line: the first `limit` without a per-class /
   per-part suffix (e.g. top1 but not top1_left_arm), sorted by name."""
-  headline = sorted(k for k in metrics if not any(
-      k.startswith(f'{other}_') for other in metrics if other != k))
+  headline = sorted(
+    k for k in metrics if not any(k.startswith(f'{other}_') for other in metrics if other != k)
+  )
   return '  '.join(f'{k} {metrics[k]:.4f}' for k in headline[:limit])
 
 
@@ -83,19 +82,26 @@ def prepare_workdir(workdir: str) -> str:
   """The absolute workdir, created if needed, after checking it can be written."""
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise TrainingError(f'--workdir={workdir}: is a file, not a directory; give a new '
-                        "directory or an earlier run's")
+    raise TrainingError(
+      f"--workdir={workdir}: is a file, not a directory; give a new directory or an earlier run's"
+    )
   try:
     os.makedirs(workdir, exist_ok=True)
     os.rmdir(tempfile.mkdtemp(prefix='.write-test-', dir=workdir))
   except OSError as e:
-    raise TrainingError(f'--workdir={workdir}: cannot write there ({e.strerror}); give a '
-                        'directory you can write to') from None
+    raise TrainingError(
+      f'--workdir={workdir}: cannot write there ({e.strerror}); give a directory you can write to'
+    ) from None
   return workdir
 
 
-def initialize_distributed(*, multihost: bool = False, coordinator_address: str = '',
-                           num_processes: int = 0, process_id: int = -1) -> None:
+def initialize_distributed(
+  *,
+  multihost: bool = False,
+  coordinator_address: str = '',
+  num_processes: int = 0,
+  process_id: int = -1,
+) -> None:
   """Calls `jax.distributed.initialize` when asked by flags or JAX_* env vars.
 
   Arguments left empty fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
@@ -109,11 +115,14 @@ def initialize_distributed(*, multihost: bool = False, coordinator_address: str 
   if not (multihost or coordinator_address):
     return
   jax.distributed.initialize(
-      coordinator_address=coordinator_address or None,
-      num_processes=num_processes or None,
-      process_id=None if process_id < 0 else process_id)
-  say(f'process {jax.process_index()} of {jax.process_count()}: '
-      f'{jax.local_device_count()} local / {jax.device_count()} global devices')
+    coordinator_address=coordinator_address or None,
+    num_processes=num_processes or None,
+    process_id=None if process_id < 0 else process_id,
+  )
+  say(
+    f'process {jax.process_index()} of {jax.process_count()}: '
+    f'{jax.local_device_count()} local / {jax.device_count()} global devices'
+  )
 
 
 def _config_get(config, dotted: str, default):
@@ -131,8 +140,9 @@ def _check_batch_size(config, mesh) -> int:
   accum = config.get('grad_accum_steps', 1)
   if config.batch_size % (data_devices * accum):
     raise TrainingError(
-        f'config.batch_size={config.batch_size} is not divisible by {data_devices} data '
-        f'devices x grad_accum_steps={accum}')
+      f'config.batch_size={config.batch_size} is not divisible by {data_devices} data '
+      f'devices x grad_accum_steps={accum}'
+    )
   return config.batch_size // jax.process_count()
 
 
@@ -141,6 +151,7 @@ def _micro_batches(batch: PyTree, num: int) -> PyTree:
 
   Strided rows keep every micro-batch spread evenly over the data devices.
   """
+
   def split(x):
     x = x.reshape(x.shape[0] // num, num, *x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
@@ -148,31 +159,40 @@ def _micro_batches(batch: PyTree, num: int) -> PyTree:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(task: tasks_lib.Task, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum_steps: int,
-                    ema_decay: float):
+def make_train_step(
+  task: tasks_lib.Task,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  *,
+  grad_accum_steps: int,
+  ema_decay: float,
+):
   """The pure train step `(state, batch) -> (state, metrics, finite)`."""
   grad_fn = jax.value_and_grad(
-      lambda p, b, r, s: task.loss_fn(p, b, r, s, train=True), has_aux=True)
+    lambda p, b, r, s: task.loss_fn(p, b, r, s, train=True), has_aux=True
+  )
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     if grad_accum_steps == 1:
-      (loss, (metrics, model_state)), grads = grad_fn(state.params, batch, rng,
-                                                      state.model_state)
+      (loss, (metrics, model_state)), grads = grad_fn(state.params, batch, rng, state.model_state)
     else:
+
       def accumulate(carry, xs):
         grads_sum, model_state = carry
         micro, index = xs
         (loss, (metrics, model_state)), grads = grad_fn(
-            state.params, micro, jax.random.fold_in(rng, index), model_state)
+          state.params, micro, jax.random.fold_in(rng, index), model_state
+        )
         grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
         return (grads_sum, model_state), (loss, metrics)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (grads, model_state), (losses, metrics) = jax.lax.scan(
-          accumulate, (zeros, state.model_state),
-          (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+        accumulate,
+        (zeros, state.model_state),
+        (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)),
+      )
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       loss = losses.mean()
       metrics = jax.tree.map(lambda m: m.mean(0), metrics)
@@ -183,11 +203,20 @@ def make_train_step(task: tasks_lib.Task, tx: optax.GradientTransformation,
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = ema_update(ema_params, params, ema_decay)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
-               'learning_rate': schedule(state.step)}
+    metrics = {
+      **metrics,
+      'loss': loss,
+      'grad_norm': grad_norm,
+      'learning_rate': schedule(state.step),
+    }
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state, ema_params=ema_params)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      model_state=model_state,
+      ema_params=ema_params,
+    )
     return new_state, metrics, finite
 
   return train_step
@@ -198,8 +227,9 @@ def _pad_eval_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.nda
   rows = len(next(iter(batch.values())))
   if rows > size:
     raise TrainingError(f'eval batch of {rows} rows exceeds the per-process batch {size}')
-  padded = {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
+  padded = {
+    k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)]) for k, v in batch.items()
+  }
   padded[tasks_lib.EXAMPLE_MASK] = np.arange(size) < rows
   return padded
 
@@ -211,14 +241,17 @@ def _gather_to_host(outputs: PyTree) -> PyTree:
   return multihost_utils.process_allgather(outputs, tiled=True)
 
 
-def evaluate(task: tasks_lib.Task, eval_step, predict_step, state: TrainState, mesh,
-             local_batch_size: int) -> dict[str, float]:
+def evaluate(
+  task: tasks_lib.Task, eval_step, predict_step, state: TrainState, mesh, local_batch_size: int
+) -> dict[str, float]:
   """Runs the eval pipeline once; returns {name: summed value / summed count}, plus
   the metrics of the task's host-side evaluator when it has one."""
   try:
-    iterator = task.eval_iterator(process_index=jax.process_index(),
-                                  process_count=jax.process_count(),
-                                  batch_size=local_batch_size)
+    iterator = task.eval_iterator(
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      batch_size=local_batch_size,
+    )
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # data or config.data
     raise TrainingError(str(e)) from e
   evaluator = task.make_evaluator()
@@ -228,13 +261,13 @@ def evaluate(task: tasks_lib.Task, eval_step, predict_step, state: TrainState, m
     sums = eval_step(state.eval_params(), state.model_state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if evaluator is not None:
-      evaluator.add(_gather_to_host(
-          predict_step(state.eval_params(), state.model_state, batch)))
+      evaluator.add(_gather_to_host(predict_step(state.eval_params(), state.model_state, batch)))
   metrics = {}
   if totals is not None:
     totals = jax.device_get(totals)
-    metrics = {name: float(value) / max(float(count), 1.0)
-               for name, (value, count) in totals.items()}
+    metrics = {
+      name: float(value) / max(float(count), 1.0) for name, (value, count) in totals.items()
+    }
   if evaluator is not None:
     metrics.update(evaluator.result())
   return metrics
@@ -268,8 +301,9 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _init_from(config, task: tasks_lib.Task, state: TrainState,
-               shardings: TrainState, workdir: str) -> TrainState:
+def _init_from(
+  config, task: tasks_lib.Task, state: TrainState, shardings: TrainState, workdir: str
+) -> TrainState:
   """Overwrites part of the fresh params from `config.init_from` (if set).
 
   `path`: a trainer workdir (its latest checkpoint), an export dir, or an orbax tree
@@ -293,9 +327,9 @@ def _init_from(config, task: tasks_lib.Task, state: TrainState,
     return state
   sources = checkpointing.load_collections(path, prefix or '', source_prefix or '')
   # Leaves not taken from the source stay the (possibly sharded) fresh arrays.
-  merged, report = checkpointing.merge_params(state.params, sources['params'],
-                                              include or '.*', exclude or '',
-                                              adapt=task.adapt_init_leaf)
+  merged, report = checkpointing.merge_params(
+    state.params, sources['params'], include or '.*', exclude or '', adapt=task.adapt_init_leaf
+  )
   log = log_details(workdir, checkpointing.init_report_lines(path, report))
   say(f'{checkpointing.init_report_summary(path, report)}; the leaves by name: {log}')
   if not report['restored']:
@@ -305,14 +339,21 @@ def _init_from(config, task: tasks_lib.Task, state: TrainState,
   for name, fresh in state.model_state.items():
     if name in sources:
       model_state[name], state_report = checkpointing.merge_params(
-          fresh, sources[name], include or '.*', exclude or '')
-      say(f'init_from {path}: restored {len(state_report["restored"])} {name} leaves'
-          + (f'; re-initialised: {", ".join(state_report["missing"] + state_report["shape_mismatch"])}'
-             if state_report['missing'] or state_report['shape_mismatch'] else ''))
+        fresh, sources[name], include or '.*', exclude or ''
+      )
+      say(
+        f'init_from {path}: restored {len(state_report["restored"])} {name} leaves'
+        + (
+          f'; re-initialised: {", ".join(state_report["missing"] + state_report["shape_mismatch"])}'
+          if state_report['missing'] or state_report['shape_mismatch']
+          else ''
+        )
+      )
   params = jax.device_put(merged, shardings.params)
   ema = None if state.ema_params is None else jax.device_put(merged, shardings.ema_params)
-  return state.replace(params=params, ema_params=ema,
-                       model_state=jax.device_put(model_state, shardings.model_state))
+  return state.replace(
+    params=params, ema_params=ema, model_state=jax.device_put(model_state, shardings.model_state)
+  )
 
 
 def _save(manager, step: int, state: TrainState, train_iter, writer: MetricWriter) -> None:
@@ -322,10 +363,14 @@ def _save(manager, step: int, state: TrainState, train_iter, writer: MetricWrite
     checkpointing.save(manager, step, state, train_iter)
   except checkpointing.CheckpointError as e:
     last = manager.latest_step()
-    resume = (f'the last checkpoint is step {last}: a rerun resumes there'
-              if last is not None else 'no checkpoint was saved: a rerun starts at step 0')
-    raise TrainingError(f'{e} ({resume} and logs again the steps metrics.jsonl holds '
-                        'after it)') from e
+    resume = (
+      f'the last checkpoint is step {last}: a rerun resumes there'
+      if last is not None
+      else 'no checkpoint was saved: a rerun starts at step 0'
+    )
+    raise TrainingError(
+      f'{e} ({resume} and logs again the steps metrics.jsonl holds after it)'
+    ) from e
   writer.flush()
 
 
@@ -337,23 +382,32 @@ def plan_train_state(task: tasks_lib.Task, config, mesh, rng):
   frozen parameters) and the shardings from the task's partition rules.
   """
   variable_shapes = jax.eval_shape(task.init_variables, rng)
-  tx, schedule = make_optimizer(config.optim, variable_shapes['params'],
-                                total_steps=config.total_steps, layer_id=task.layer_id,
-                                num_layers=task.num_layers(), decay_mask=task.decay_mask,
-                                trainable=task.is_trainable)
+  tx, schedule = make_optimizer(
+    config.optim,
+    variable_shapes['params'],
+    total_steps=config.total_steps,
+    layer_id=task.layer_id,
+    num_layers=task.num_layers(),
+    decay_mask=task.decay_mask,
+    trainable=task.is_trainable,
+  )
   ema_decay = config.optim.get('ema_decay', 0.0)
 
   def init_state(rng) -> TrainState:
     init_rng, train_rng = jax.random.split(rng)
     variables = dict(task.init_variables(init_rng))
     params = variables.pop('params')
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), model_state=variables,
-                      ema_params=params if ema_decay else None, rng=train_rng)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      model_state=variables,
+      ema_params=params if ema_decay else None,
+      rng=train_rng,
+    )
 
   abstract_state = jax.eval_shape(init_state, rng)
-  state_shardings = sharding.tree_shardings(mesh, abstract_state,
-                                            task.param_partition_rules())
+  state_shardings = sharding.tree_shardings(mesh, abstract_state, task.param_partition_rules())
   return init_state, abstract_state, state_shardings, tx, schedule, ema_decay
 
 
@@ -377,18 +431,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   local_batch_size = _check_batch_size(config, mesh)
   total_steps = config.total_steps
   try:
-    train_iter = task.train_iterator(seed=config.seed, process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     batch_size=local_batch_size)
+    train_iter = task.train_iterator(
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      batch_size=local_batch_size,
+    )
   except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # data or config.data
     raise TrainingError(str(e)) from e
 
   rng = jax.random.PRNGKey(config.seed)
   init_state, abstract_state, state_shardings, tx, schedule, ema_decay = plan_train_state(
-      task, config, mesh, rng)
+    task, config, mesh, rng
+  )
   manager = checkpointing.make_manager(workdir, keep=config.get('keep_checkpoints', 3))
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract_state, state_shardings)
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
+  )
   try:
     state, restored_step, report = checkpointing.restore_latest(manager, target, train_iter)
     for line in report:
@@ -407,20 +466,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
-      make_train_step(task, tx, schedule,
-                      grad_accum_steps=config.get('grad_accum_steps', 1),
-                      ema_decay=ema_decay),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
-      donate_argnums=0)
+    make_train_step(
+      task, tx, schedule, grad_accum_steps=config.get('grad_accum_steps', 1), ema_decay=ema_decay
+    ),
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, sharding.replicated(mesh), sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
   eval_step = jax.jit(task.eval_metrics)
   predict_step = jax.jit(task.eval_predictions)
 
   step = int(jax.device_get(state.step))
   writer = MetricWriter(workdir, resume_step=step)
   if writer.dropped_steps:
-    say(f'{writer.path}: dropped {len(writer.dropped_steps)} record(s) logged after step '
-        f'{step}, the step this run starts from (it logs those steps again)')
+    say(
+      f'{writer.path}: dropped {len(writer.dropped_steps)} record(s) logged after step '
+      f'{step}, the step this run starts from (it logs those steps again)'
+    )
   progress = Progress(total_steps, config.batch_size)
   log_steps = config.log_steps
   checkpoint_steps = config.checkpoint_steps
@@ -433,8 +495,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if not bool(jax.device_get(finite)):
       checkpointing.wait(manager)
       raise TrainingError(
-          f'non-finite loss or gradient at step {checked_step}; stopped without saving '
-          f'it (last good checkpoint: step {manager.latest_step()} in {workdir})')
+        f'non-finite loss or gradient at step {checked_step}; stopped without saving '
+        f'it (last good checkpoint: step {manager.latest_step()} in {workdir})'
+      )
 
   with _SigtermFlag() as sigterm:
     while step < total_steps:
@@ -457,8 +520,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         window = []
         progress.update(step, record['loss'])
       if eval_steps and (step % eval_steps == 0 or step == total_steps):
-        eval_metrics = evaluate(task, eval_step, predict_step, state, mesh,
-                                local_batch_size)
+        eval_metrics = evaluate(task, eval_step, predict_step, state, mesh, local_batch_size)
         record.update({f'eval_{k}': v for k, v in eval_metrics.items()})
         say(f'eval at step {step}: {format_eval(eval_metrics)}')
       if record:
@@ -469,8 +531,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       if stop and step < total_steps:
         preempted = True
         checkpointing.wait(manager)
-        say(f'SIGTERM: saved a checkpoint at step {step}; exiting with code '
-            f'{PREEMPTED_EXIT_CODE} (rerun the same command to resume)')
+        say(
+          f'SIGTERM: saved a checkpoint at step {step}; exiting with code '
+          f'{PREEMPTED_EXIT_CODE} (rerun the same command to resume)'
+        )
         break
     checkpointing.wait(manager)
   progress.close()
@@ -479,8 +543,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
   if not preempted:
     variables = {'params': state.eval_params(), **state.model_state}
-    summary['export'] = checkpointing.export(workdir, variables, config,
-                                             task.export_metadata())
+    summary['export'] = checkpointing.export(workdir, variables, config, task.export_metadata())
     extra = task.evaluate(variables, workdir)
     if extra:
       say(f'final evaluation at step {step}: {format_eval(extra)}')
@@ -503,8 +566,12 @@ def run_cli(config, workdir: str, **distributed) -> None:
   try:
     prepare_workdir(workdir)
     preempted = train_and_evaluate(config, workdir)['preempted']
-  except (TrainingError, checkpointing.CheckpointError, settings.SettingsError,
-          FileNotFoundError) as e:
+  except (
+    TrainingError,
+    checkpointing.CheckpointError,
+    settings.SettingsError,
+    FileNotFoundError,
+  ) as e:
     sys.exit(f'error: {e}')
   if preempted:
     sys.exit(PREEMPTED_EXIT_CODE)
