@@ -37,6 +37,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = common.variants(arg, ('tiny',), 'configs/action.py')
   # Video Swin's Kinetics fine-tuning: 30 epochs of the ~3.4k training videos at batch
   # 64. bf16: a GPU / TPU run (--config.bf16=False on CPU).
   config = common.trainer(
@@ -75,29 +76,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(
     {'label_smoothing': 0.1, 'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, 'switch_prob': 0.5}
   )
-  config.optim = ml_collections.ConfigDict(
-    {
-      'learning_rate': 2e-4,
-      'warmup_steps': 160,
-      'end_lr_ratio': 0.01,
-      'b1': 0.9,
-      'b2': 0.999,
-      'eps': 1e-8,
-      'weight_decay': 0.05,
-      'grad_clip_norm': 1.0,
-      'layer_decay': 0.9,
-      'ema_decay': 0.0,
-    }
+  config.optim = common.adamw(
+    learning_rate=2e-4,
+    warmup_steps=160,
+    weight_decay=0.05,
+    grad_clip_norm=1.0,
+    layer_decay=0.9,
   )
   # Multi-view evaluation after training (tps_jax/tasks/action_views.py): `clips`
   # temporal clips x `crops` spatial crops per video, averaged as `average`.
   config.tta = ml_collections.ConfigDict(
     {'clips': 4, 'crops': 3, 'average': 'logits', 'views_per_forward': 0, 'batch_size': 8}
   )
-  if arg == 'tiny':
+  if 'tiny' in variants:
     tiny(config)
-  elif arg:
-    raise ValueError(f'configs/action.py: unknown variant {arg!r} (known: tiny)')
   return config
 
 

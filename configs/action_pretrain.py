@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import action
+from configs import action, common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, 'tiny'):
-    raise ValueError(f'configs/action_pretrain.py: unknown variant {arg!r} (known: tiny)')
+  variants = common.variants(arg, ('tiny',), 'configs/action_pretrain.py')
   config = action.get_config()  # the same network, loss and evaluation
   # Video Swin's SSv2 recipe: 60 epochs of SSv2's 168,913 videos at batch 64, 2.5 of
   # warmup; layer-wise lr decay 0.9 stands in for its 0.1x backbone lr.
@@ -54,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.learning_rate = 3e-4
   config.optim.warmup_steps = 6_600
   config.tta.clips, config.tta.crops = 1, 3
-  if arg == 'tiny':
+  if 'tiny' in variants:
     action.tiny(config)
     config.data.tfds_name = 'syn_clips'
   return config

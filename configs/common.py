@@ -9,11 +9,25 @@ the config holds, and a missing `data.*` field is an error naming it).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
 from tps_jax.models import cascade_rcnn
+
+
+def variants(arg: str | None, known: Sequence[str], config_file: str) -> list[str]:
+  """The variants a config string names ('tiny', 'tiny,no_roi': `--config=FILE:ARG`),
+  each one of `known`; an unknown one is a one-line error naming the file."""
+  names = [name for name in (arg or '').split(',') if name]
+  unknown = [name for name in names if name not in known]
+  if unknown:
+    raise ValueError(
+      f'{config_file}: unknown variant {", ".join(map(repr, unknown))} '
+      f'(known: {", ".join(known)}; combine with commas)'
+    )
+  return names
 
 
 def trainer(
@@ -99,3 +113,95 @@ def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any
   if part == 'rpn':
     fields['anchors'] = {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0), 'scales': (8,)}
   return fields
+
+
+def adamw(
+  *,
+  learning_rate: float,
+  warmup_steps: int,
+  weight_decay: float,
+  grad_clip_norm: float,
+  layer_decay: float = 1.0,
+  ema_decay: float = 0.0,
+  end_lr_ratio: float = 0.01,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+) -> ml_collections.ConfigDict:
+  """`config.optim` (tps_jax/train/optim.py): AdamW, linear warm-up then cosine decay to
+  `end_lr_ratio` of the peak; `layer_decay` < 1 scales a backbone's earlier layers' rates
+  down; `ema_decay` > 0 keeps an exponential moving average of the parameters."""
+  return ml_collections.ConfigDict(
+    {
+      'learning_rate': learning_rate,
+      'warmup_steps': warmup_steps,
+      'end_lr_ratio': end_lr_ratio,
+      'b1': b1,
+      'b2': b2,
+      'eps': eps,
+      'weight_decay': weight_decay,
+      'grad_clip_norm': grad_clip_norm,
+      'layer_decay': layer_decay,
+      'ema_decay': ema_decay,
+    }
+  )
+
+
+def detection_data(
+  dataset: str, *, image_size: tuple[int, int], max_boxes: int
+) -> ml_collections.ConfigDict:
+  """`config.data` of a detector (`dataset`: humans | parts) with the report's
+  augmentation: random crop, random rotation, horizontal flip (which swaps the left_* /
+  right_* part labels)."""
+  return data(
+    dataset=dataset,
+    eval_split='val',
+    image_size=image_size,  # static (H, W): images resized, padded
+    max_boxes=max_boxes,
+    random_crop=True,
+    crop_min_scale=0.5,  # crop sides in [s, 1] of the image
+    min_visible=0.3,  # boxes keeping less after crop / rotation: ignore
+    random_rotation=10.0,  # degrees, uniform in [-r, r]
+    flip=True,
+  )
+
+
+def cascade_rcnn_model(
+  backbone: str, backbone_overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
+  """`config.model` of a Cascade R-CNN with an FPN (mmdetection's, shared/design.md):
+  every RPN / RoI field is here, so that any can be set on the command line."""
+  return ml_collections.ConfigDict(
+    {
+      'family': 'cascade_rcnn',
+      'backbone': backbone,
+      'backbone_overrides': backbone_overrides,
+      'convention': 'mmdet',
+      'neck': {'out_channels': 256},
+      'rpn': cascade_rcnn_settings('rpn'),
+      'roi': cascade_rcnn_settings('roi'),
+    }
+  )
+
+
+def tiny_cascade_rcnn(config: ml_collections.ConfigDict, *, max_detections: int) -> None:
+  """The `:tiny` detectors' trainer and head settings (CPU, the synthetic dataset)."""
+  config.total_steps = 400
+  config.batch_size = 8
+  config.log_steps = 25
+  config.checkpoint_steps = 200
+  config.eval_steps = 400  # COCO evaluation at the end only
+  config.init_from.path = ''
+  config.model.neck = {'out_channels': 64}
+  config.model.rpn.update(
+    pre_nms_top_n_train=300,
+    post_nms_top_n_train=200,
+    pre_nms_top_n_test=200,
+    post_nms_top_n_test=100,
+    allowed_border=None,
+  )
+  # Two samples per RoI bin and axis (torchvision's fixed rule) instead of up to four:
+  # half the step time on CPU, where RoIAlign's backward dominates these small heads.
+  config.model.roi.update(
+    fc_dim=128, num_samples=128, sampling_ratio=2, max_detections=max_detections
+  )

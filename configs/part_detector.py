@@ -30,72 +30,27 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from configs import common, human_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = common.trainer(
-    'detection',
-    total_steps=40000,
-    batch_size=16,
-    log_steps=50,
-    checkpoint_steps=1000,
-    eval_steps=2000,
-    init_from='weights/cascade_rcnn_swin_l_o365',
-  )
-  # Augmentation (the report): random crop, random rotation, horizontal flip.
-  config.data = common.data(
-    dataset='parts',  # the detection task's dataset: humans | parts
-    eval_split='val',
-    image_size=(768, 512),  # static (H, W): tall human crops, resized, padded
-    max_boxes=16,
-    random_crop=True,
-    crop_min_scale=0.5,  # crop sides in [s, 1] of the image
-    min_visible=0.3,  # boxes keeping less after crop / rotation: ignore
-    random_rotation=10.0,  # degrees, uniform in [-r, r]
-    flip=True,
-  )  # swaps left_* / right_* labels
-  # Every RPN / RoI field is here, so that any can be set on the command line.
-  config.model = ml_collections.ConfigDict(
-    {
-      'family': 'cascade_rcnn',
-      'backbone': 'swin_l',
-      'backbone_overrides': {'drop_path_rate': 0.2},
-      'convention': 'mmdet',
-      'neck': {'out_channels': 256},
-      'rpn': common.cascade_rcnn_settings('rpn'),
-      'roi': common.cascade_rcnn_settings('roi'),
-    }
-  )
-  config.optim = ml_collections.ConfigDict(
-    {
-      'learning_rate': 1e-4,
-      'warmup_steps': 500,
-      'end_lr_ratio': 0.01,
-      'b1': 0.9,
-      'b2': 0.999,
-      'eps': 1e-8,
-      'weight_decay': 0.05,
-      'grad_clip_norm': 10.0,
-      'layer_decay': 1.0,
-      'ema_decay': 0.0,
-    }
-  )
-  if arg == 'tiny':
+  variants = common.variants(arg, ('tiny',), 'configs/part_detector.py')
+  # The human detector's recipe (the same Cascade R-CNN, loss and optimiser) on the
+  # human crops, with a Swin-L backbone and twice the steps.
+  config = human_detector.get_config()
+  config.total_steps = 40000
+  config.init_from.path = 'weights/cascade_rcnn_swin_l_o365'
+  config.data.update(dataset='parts', image_size=(768, 512), max_boxes=16)  # tall crops
+  config.model.backbone = 'swin_l'
+  config.model.backbone_overrides = {'drop_path_rate': 0.2}
+  if 'tiny' in variants:
     _tiny(config)
-  elif arg:
-    raise ValueError(f'configs/part_detector.py: unknown variant {arg!r} (known: tiny)')
   return config
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
   """A tiny Swin on small crops; trains on the synthetic data on CPU."""
-  config.total_steps = 400
-  config.batch_size = 8
-  config.log_steps = 25
-  config.checkpoint_steps = 200
-  config.eval_steps = 400  # COCO evaluation at the end only
-  config.init_from.path = ''
+  common.tiny_cascade_rcnn(config, max_detections=50)
   config.data.image_size = (128, 96)
   config.data.max_boxes = 10
   config.model.backbone = 'swin_t'
@@ -106,18 +61,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     'window_size': (4, 4),
     'drop_path_rate': 0.0,
   }
-  config.model.neck = {'out_channels': 64}
-  config.model.rpn.update(
-    pre_nms_top_n_train=300,
-    post_nms_top_n_train=200,
-    pre_nms_top_n_test=200,
-    post_nms_top_n_test=100,
-    allowed_border=None,
-  )
   config.model.rpn.anchors.scales = (4,)  # 16-256 pixels: the synthetic parts are small
-  # Two samples per RoI bin and axis (torchvision's fixed rule) instead of up to four:
-  # half the step time on CPU, where RoIAlign's backward dominates these small heads.
-  config.model.roi.update(fc_dim=128, num_samples=128, sampling_ratio=2, max_detections=50)
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 30
   config.optim.weight_decay = 1e-4

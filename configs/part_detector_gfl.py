@@ -40,12 +40,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import part_detector
+from configs import common, part_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, 'tiny'):
-    raise ValueError(f'configs/part_detector_gfl.py: unknown variant {arg!r} (known: tiny)')
+  variants = common.variants(arg, ('tiny',), 'configs/part_detector_gfl.py')
   config = part_detector.get_config(arg)
   config.init_from.path = 'weights/gfl_x101_coco'
   config.model = ml_collections.ConfigDict(
@@ -57,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'head': {},  # tps_jax.models.gfl.GFLSettings fields
     }
   )
-  if arg == 'tiny':
+  if 'tiny' in variants:
     _tiny(config)
   return config
 

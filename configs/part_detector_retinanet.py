@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import part_detector
+from configs import common, part_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, 'tiny'):
-    raise ValueError(f'configs/part_detector_retinanet.py: unknown variant {arg!r} (known: tiny)')
+  variants = common.variants(arg, ('tiny',), 'configs/part_detector_retinanet.py')
   config = part_detector.get_config(arg)
   config.total_steps = 4000  # ~12 epochs of 5k crops at batch 16
   config.init_from.path = 'weights/retinanet_r50_coco'
@@ -49,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'head': {},  # tps_jax.models.retinanet.RetinaNetSettings fields
     }
   )
-  if arg == 'tiny':
+  if 'tiny' in variants:
     _tiny(config)
   return config
 

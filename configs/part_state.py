@@ -39,13 +39,7 @@ VARIANTS = ('tiny', 'no_action', 'no_roi', 'no_attention')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or '').split(',') if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    raise ValueError(
-      f'configs/part_state.py: unknown variant(s) {", ".join(unknown)} '
-      f'(known: {", ".join(VARIANTS)}; combine with commas)'
-    )
+  variants = common.variants(arg, VARIANTS, 'configs/part_state.py')
   # 20k steps: about 8 epochs of the ~1.2M training human crops. bf16: a GPU / TPU run
   # (--config.bf16=False on CPU).
   config = common.trainer(
@@ -94,19 +88,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     }
   )
   # AdamW with weight decay 1e-8 (the report); layer-wise lr decay over the Swin's blocks.
-  config.optim = ml_collections.ConfigDict(
-    {
-      'learning_rate': 2e-4,
-      'warmup_steps': 1000,
-      'end_lr_ratio': 0.01,
-      'b1': 0.9,
-      'b2': 0.999,
-      'eps': 1e-8,
-      'weight_decay': 1e-8,
-      'grad_clip_norm': 5.0,
-      'layer_decay': 0.9,
-      'ema_decay': 0.0,
-    }
+  config.optim = common.adamw(
+    learning_rate=2e-4,
+    warmup_steps=1000,
+    weight_decay=1e-8,
+    grad_clip_norm=5.0,
+    layer_decay=0.9,
   )
   if 'tiny' in variants:
     _tiny(config)

@@ -1,7 +1,14 @@
-"""Hand-made detector batches shared by the detector tests: two 96 x 128 images."""
+"""Shared by the detector tests: hand-made batches of two 96 x 128 images, and a brief\ntraining run of a tiny config evaluated through its command."""
+
+import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
+
+from tests.conftest import run_module
+from tps_jax.data import build
 
 TINY_SHAPE = (2, 96, 128, 3)
 FULL = np.array([[96.0, 128.0]] * 2, np.float32)  # image_shape: no padding
@@ -32,3 +39,35 @@ def targets(boxes, labels=None, ignore=None, max_boxes=4):
 def total(losses):
   """The sum of a detector's weighted losses (its `loss_*` entries)."""
   return sum(v for k, v in losses.items() if k.startswith('loss_'))
+
+
+def train_and_evaluate_briefly(config: str, root, tmp_path, dataset: str, steps: int) -> dict:
+  """`run_train.py --config=CONFIG` for `steps` steps on the synthetic root (a fresh
+  process), then `python -m tps_jax.evaluate_detector` on its export: asserts both
+  succeed, the losses are finite and the command's AP is the run's final eval_AP; returns
+  the run's final metrics record."""
+  tfds_dir = tmp_path / 'tfds'
+  build.build_datasets(str(root), out=str(tfds_dir), datasets=[dataset], progress=False)
+  workdir = tmp_path / 'run'
+  data_flags = [f'--config.data.root={root}', f'--config.data.tfds_dir={tfds_dir}']
+  steps_flags = [f'--config.{name}={steps}' for name in ('total_steps', 'eval_steps')]
+  proc = run_module(
+    'run_train',
+    f'--config={config}',
+    f'--workdir={workdir}',
+    *steps_flags,
+    f'--config.checkpoint_steps={steps}',
+    '--config.batch_size=2',
+    '--config.log_steps=1',
+    *data_flags,
+    timeout=900,
+  )
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  assert os.path.isdir(workdir / 'export')
+  flags = ['--config', config, '--export', workdir / 'export', '--split', 'val']
+  proc = run_module('tps_jax.evaluate_detector', *flags, '--batch_size', '2', *data_flags)
+  last = proc.stdout.strip().splitlines()[-1].split()
+  assert last[0] == 'AP' and float(last[1]) == pytest.approx(records[-1]['eval_AP'], abs=1e-6)
+  return records[-1]

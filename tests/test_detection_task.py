@@ -1,11 +1,7 @@
 """The detection task and the detector configs: losses, evaluation, freezing, configs,
 one full-size training step, and the tiny config end to end (train, export, evaluate)."""
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import human_detector, part_detector
-from tests.conftest import REPO_ROOT, run_module
-from tps_jax.data import build
+from tests.conftest import run_module
+from tests.detector_batches import train_and_evaluate_briefly
 from tps_jax.models.resnet import ResNet
 from tps_jax.models.swin import SwinTransformer
 from tps_jax.tasks import base as tasks
@@ -249,50 +245,12 @@ def test_one_full_size_part_detector_training_step():
 def test_tiny_human_detector_trains_exports_and_evaluates(synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture for a few steps, then the evaluation command
   on the export."""
-  tfds_dir = tmp_path / 'tfds'
-  build.build_datasets(str(synthetic_root), out=str(tfds_dir), datasets=['humans'], progress=False)
-  workdir = tmp_path / 'run'
-  data_flags = [f'--config.data.root={synthetic_root}', f'--config.data.tfds_dir={tfds_dir}']
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'run_train.py',
-      '--config=configs/human_detector.py:tiny',
-      f'--workdir={workdir}',
-      '--config.total_steps=4',
-      '--config.batch_size=2',
-      '--config.log_steps=2',
-      '--config.eval_steps=4',
-      '--config.checkpoint_steps=4',
-      *data_flags,
-    ],
-    cwd=REPO_ROOT,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-    capture_output=True,
-    text=True,
-    timeout=900,
+  final = train_and_evaluate_briefly(
+    'configs/human_detector.py:tiny', synthetic_root, tmp_path, 'humans', steps=4
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(workdir / 'metrics.jsonl') as f:
-    records = [json.loads(line) for line in f]
-  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
-  final = records[-1]
   assert {'eval_AP', 'eval_AP50', 'eval_AP75', 'eval_AP_person'} <= set(final)
-  assert os.path.isdir(workdir / 'export')
-  proc = run_module(
-    'tps_jax.evaluate_detector',
-    '--config',
-    'configs/human_detector.py:tiny',
-    '--export',
-    workdir / 'export',
-    '--split',
-    'val',
-    '--batch_size',
-    '2',
-    *data_flags,
-  )
-  last = proc.stdout.strip().splitlines()[-1].split()
-  assert last[0] == 'AP' and float(last[1]) == pytest.approx(final['eval_AP'], abs=1e-6)
+  workdir = tmp_path / 'run'
+  data_flags = [f'--config.data.root={synthetic_root}', f'--config.data.tfds_dir={tmp_path}/tfds']
   # The wrong export for the config is one clear line.
   bad = run_module(
     'tps_jax.evaluate_detector',

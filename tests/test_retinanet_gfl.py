@@ -15,12 +15,8 @@ with random numpy weights (no `init` compile) sharing compiled functions.
 """
 
 import functools
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +29,17 @@ from torchvision.models.detection.image_list import ImageList
 
 import tps_jax.convert.one_stage  # noqa: F401  (registers the one-stage converters)
 from configs import part_detector_gfl, part_detector_retinanet
-from tests.conftest import REPO_ROOT, run_module
-from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
+from tests.detector_batches import (
+  FULL,
+  OBJECTS,
+  TINY_SHAPE,
+  images,
+  targets,
+  total,
+  train_and_evaluate_briefly,
+)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
-from tps_jax.data import build
 from tps_jax.models import detector_backbone, gfl, retinanet
 from tps_jax.tasks import base as tasks
 
@@ -737,47 +739,7 @@ def test_configs_build_the_reports_models(module):
   'config', ['configs/part_detector_retinanet.py:tiny', 'configs/part_detector_gfl.py:tiny']
 )
 def test_tiny_configs_train_export_and_evaluate(config, synthetic_root, tmp_path):
-  """run_train.py on the synthetic fixture for a few steps (a fresh process: the config
-  registers its family), then the evaluation command on the export."""
-  tfds_dir = tmp_path / 'tfds'
-  build.build_datasets(str(synthetic_root), out=str(tfds_dir), datasets=['parts'], progress=False)
-  workdir = tmp_path / 'run'
-  data_flags = [f'--config.data.root={synthetic_root}', f'--config.data.tfds_dir={tfds_dir}']
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'run_train.py',
-      f'--config={config}',
-      f'--workdir={workdir}',
-      '--config.total_steps=3',
-      '--config.batch_size=2',
-      '--config.log_steps=1',
-      '--config.eval_steps=3',
-      '--config.checkpoint_steps=3',
-      *data_flags,
-    ],
-    cwd=REPO_ROOT,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(workdir / 'metrics.jsonl') as f:
-    records = [json.loads(line) for line in f]
-  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
-  assert {'eval_AP', 'eval_AP50', 'eval_AP_left_hand'} <= set(records[-1])
-  proc = run_module(
-    'tps_jax.evaluate_detector',
-    '--config',
-    config,
-    '--export',
-    workdir / 'export',
-    '--split',
-    'val',
-    '--batch_size',
-    '2',
-    *data_flags,
-  )
-  last = proc.stdout.strip().splitlines()[-1].split()
-  assert last[0] == 'AP' and float(last[1]) == pytest.approx(records[-1]['eval_AP'], abs=1e-6)
+  """run_train.py on the synthetic fixture for a few steps, then the evaluation command
+  on the export."""
+  final = train_and_evaluate_briefly(config, synthetic_root, tmp_path, 'parts', steps=3)
+  assert {'eval_AP', 'eval_AP50', 'eval_AP_left_hand'} <= set(final)
