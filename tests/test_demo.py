@@ -25,36 +25,60 @@ def _run_train(*args, timeout=900):
 
 
 @pytest.mark.slow
-def test_demo_writes_the_data_trains_both_stages_and_prints_baselines(tmp_path):
+def test_demo_trains_the_four_stages_parses_end_to_end_and_resumes(tmp_path):
   workdir = tmp_path / 'demo'
   proc = _run_train('--config=configs/demo.py:smoke', f'--workdir={workdir}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   root = workdir / 'Kinetics-TPS'
   assert (root / 'list' / 'video_test_flist.csv').is_file()
-  for name in ('tps_part_states', 'tps_action_clips'):
+  for name in ('tps_humans', 'tps_parts', 'tps_part_states', 'tps_action_clips'):
     assert (root / 'tfds' / name / '1.0.0').is_dir()
-  rows = {}
+  stages = ('human_detector', 'part_detector', 'part_state', 'action')
+  values = {}
   for line in proc.stdout.splitlines():
-    match = re.match(r'\s+(part_state|action)\s+top1\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', line)
+    match = re.match(r'\s+(\w+)\s+(AP50|top1)\s+([\d.]+)', line)
     if match:
-      rows[match[1]] = tuple(float(v) for v in match.groups()[1:])
-  assert set(rows) == {'part_state', 'action'}, proc.stdout
-  # The action network's Swin started from the part-state network's, inflated.
-  assert re.search(r'init_from .*part_state/export: restored', proc.stderr)
-  assert 'adapted to the new shapes: ' in proc.stderr and 'patch_embed/proj/kernel' in proc.stderr
-  value, chance, majority = rows['action']
-  assert chance == pytest.approx(1 / 6, abs=1e-3)  # the synthetic set's 6 actions
-  assert 0.0 <= value <= 1.0 and 0.0 <= majority <= 1.0
-  assert 0.0 < rows['part_state'][1] < 0.2  # 1 / number of states
-  for stage in ('part_state', 'action'):
-    assert (workdir / stage / 'export' / 'config.json').is_file()
+      values[match[1]] = float(match[3])
+  assert set(values) == set(stages), proc.stdout
+  assert all(0.0 <= value <= 1.0 for value in values.values())
+  action = re.search(r'^\s+action\s+top1\s+[\d.]+\s+([\d.]+)\s+([\d.]+)$', proc.stdout, re.M)
+  assert float(action[1]) == pytest.approx(1 / 6, abs=1e-3)  # chance: the 6 synthetic actions
+  part_state = re.search(r'^\s+part_state\s+top1\s+[\d.]+\s+([\d.]+)', proc.stdout, re.M)
+  assert 0.0 < float(part_state[1]) < 0.2  # 1 / number of states
+  assert re.search(r'^\s+\+pred act\s+[\d.]+$', proc.stdout, re.M)
+  # The end-to-end table: every ablation row scored on the val videos; with all four
+  # stages replaced by the ground truth the score is the maximum.
+  rows = dict(
+    re.findall(r'^  (system|oracle [\w+]+|baseline: majority state)\s+([\d.]+)', proc.stdout, re.M)
+  )
+  assert set(rows) == {
+    'system',
+    'oracle action',
+    'oracle humans',
+    'oracle humans+parts',
+    'oracle humans+parts+action',
+    'oracle all',
+    'baseline: majority state',
+  }, proc.stdout
+  assert rows['oracle all'] == '0.9999'
+  assert (workdir / 'bundle' / 'pipeline.json').is_file()
+  for row in ('system', 'oracle_all'):
+    assert (workdir / 'predictions' / row / 'pred_part_result.json').is_file()
+  for stage in stages:
+    assert (workdir / stage / 'export' / 'metadata.json').is_file()
     assert (workdir / stage / 'metrics.jsonl').is_file()
+  # The action network's Swin started from the part-state network's, inflated: a line
+  # of counts on the console, the names in the stage's log.
+  assert re.search(r'init_from .*part_state/export: restored \d+/\d+ .*adapted', proc.stderr)
+  log = (workdir / 'action' / 'log.txt').read_text()
+  assert 'adapted to the new shapes: ' in log and 'patch_embed/proj/kernel' in log
 
   # A rerun resumes every stage from its final checkpoint: nothing is trained again.
   again = _run_train('--config=configs/demo.py:smoke', f'--workdir={workdir}')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'writing the synthetic dataset' not in again.stderr
   assert not re.search(r'^step \d+/', again.stderr, re.M)
+  assert re.findall(r'^  oracle all\s+([\d.]+)', again.stdout, re.M) == ['0.9999']
 
 
 def test_stage_entries_and_overrides_are_checked():
