@@ -151,6 +151,10 @@ def test_eval_metrics_are_masked_top1_top5_sums(task, variables, apply):
 # -------------------------------------------------------------------- optimiser hooks
 
 
+def flat_params(params):
+  return {param_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 def full_task():
   config = action_config.get_config()
   return action.ActionTask(
@@ -161,7 +165,7 @@ def full_task():
 def test_full_config_layer_ids_and_partition_rules():
   task = full_task()
   params = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
-  leaves = {param_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  leaves = flat_params(params)
   assert 87e6 < sum(leaf.size for leaf in leaves.values()) < 89e6  # Video Swin-B
   assert leaves['head/kernel'].shape == (1024, 24)
   assert leaves['layers_0/blocks_0/attn/relative_position_bias_table'].shape == (31 * 13 * 13, 4)
@@ -518,7 +522,9 @@ def test_evaluate_action_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 def test_full_config_one_real_train_step():
   """Video Swin-B (window (16, 7, 7)), batch 1, the full config's optimiser, float32 on
-  CPU; the clip is FULL_STEP_CLIP (see the module's note)."""
+  CPU, on FULL_STEP_CLIP: the smallest clip whose windows hold every relative-position
+  offset of every stage (16 frames of tokens, 14 x 14 tokens at stage 3), so that every
+  parameter gets a gradient."""
   task = full_task()
   task.compute_dtype = jnp.float32
   config = task.config
@@ -535,11 +541,24 @@ def test_full_config_one_real_train_step():
   step = jax.jit(
     trainer.make_train_step(task, tx, schedule, grad_accum_steps=1, ema_decay=0.0), donate_argnums=0
   )
-  before = np.asarray(state.params['patch_embed']['proj']['kernel'])
+  # Position tables get no weight decay: a row changes only if its offset got a gradient.
+  tables = lambda params: {
+    name: np.asarray(leaf)
+    for name, leaf in flat_params(params).items()
+    if name.endswith('relative_position_bias_table')
+  }
+  before = tables(state.params)
+  before_embed = np.asarray(state.params['patch_embed']['proj']['kernel'])
   state, metrics, finite = step(state, batch)
   assert bool(finite) and float(metrics['loss']) > 0 and float(metrics['grad_norm']) > 0
-  after = np.asarray(state.params['patch_embed']['proj']['kernel'])
-  assert np.abs(after - before).max() > 0
+  after_embed = np.asarray(state.params['patch_embed']['proj']['kernel'])
+  assert np.abs(after_embed - before_embed).max() > 0
+  after = tables(state.params)
+  assert len(after) == 24  # Video Swin-B: 2 + 2 + 18 + 2 blocks
+  # Stochastic depth drops whole blocks (no gradient); a block that ran used every offset.
+  changed = {name: (table != before[name]).any(axis=1) for name, table in after.items()}
+  assert all(rows.all() or not rows.any() for rows in changed.values())
+  assert sum(rows.all() for rows in changed.values()) >= 12
 
 
 FULL_STEP_CLIP = (32, 224, 224)
