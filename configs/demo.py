@@ -15,7 +15,7 @@ where it stopped (tps_jax/chain.py).
 `:quick` trains each network for fewer steps (a look at the whole system in about half
 the time); `:smoke` runs the chain on 24 videos for a few steps (what the tests run).
 
-Expected (2 CPU cores, about 22 minutes): the table in the README's Quickstart --
+Expected (2 CPU cores, about 27 minutes): the table in the README's Quickstart --
 system score 0.177 against 0.132 for the majority-state baseline, 0.9999 with every
 stage replaced by the ground truth.
 """

@@ -76,6 +76,19 @@ def test_trains_logs_and_exports(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 
 
+def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = trainer.train_and_evaluate(toy_config(), workdir)
+  variables = os.path.join(workdir, 'export', 'variables')
+  written = os.stat(variables).st_mtime_ns
+  again = trainer.train_and_evaluate(toy_config(), workdir)
+  assert again['step'] == first['step'] and again['eval'] == first['eval']
+  assert os.stat(variables).st_mtime_ns == written  # what was built from it stays valid
+  # Under another config the export is written again.
+  trainer.train_and_evaluate(toy_config(log_steps=10), workdir)
+  assert os.stat(variables).st_mtime_ns != written
+
+
 def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
   workdir = str(tmp_path / 'run')
   summary = trainer.train_and_evaluate(toy_config(), workdir)

@@ -446,6 +446,18 @@ def export(workdir: str, variables: PyTree, config, metadata: dict | None = None
   return final
 
 
+def export_matches(workdir: str, config) -> bool:
+  """Whether workdir/export is complete and was written under `config`."""
+  final = os.path.join(os.path.abspath(workdir), 'export')
+  try:
+    with open(os.path.join(final, 'config.json')) as f:
+      written = json.load(f)
+  except (OSError, ValueError):
+    return False
+  current = json.loads(config.to_json_best_effort())
+  return written == current and os.path.isdir(os.path.join(final, 'variables'))
+
+
 def load_export(path: str) -> tuple[PyTree, dict]:
   """(variables as numpy, config dict) of an export directory."""
   variables = restore_numpy(os.path.join(path, 'variables'))

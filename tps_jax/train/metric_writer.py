@@ -65,6 +65,18 @@ class MetricWriter:
       os.replace(tmp, self.path)
     return dropped
 
+  def logged_at(self, step: int, prefix: str) -> dict[str, float]:
+    """The metrics logged at `step` whose names start with `prefix` (prefix removed):
+    what a run that already reached its last step reports again."""
+    found = {}
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          record = json.loads(line)
+          if record.get('step') == step:
+            found.update((k[len(prefix) :], v) for k, v in record.items() if k.startswith(prefix))
+    return found
+
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.active:
       return

@@ -476,7 +476,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   eval_step = jax.jit(task.eval_metrics)
   predict_step = jax.jit(task.eval_predictions)
 
-  step = int(jax.device_get(state.step))
+  step = start_step = int(jax.device_get(state.step))
   writer = MetricWriter(workdir, resume_step=step)
   if writer.dropped_steps:
     say(
@@ -540,10 +540,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   progress.close()
   writer.flush()
 
+  finished_before = step == start_step  # rerun of a finished run: nothing trained now
+  if finished_before and not eval_metrics:
+    eval_metrics = writer.logged_at(step, 'eval_')  # the evaluation it logged then
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
   if not preempted:
     variables = {'params': state.eval_params(), **state.model_state}
-    summary['export'] = checkpointing.export(workdir, variables, config, task.export_metadata())
+    if finished_before and checkpointing.export_matches(workdir, config):
+      # The same variables and config: keep the files (and what was built from them).
+      summary['export'] = os.path.join(os.path.abspath(workdir), 'export')
+    else:
+      summary['export'] = checkpointing.export(workdir, variables, config, task.export_metadata())
     extra = task.evaluate(variables, workdir)
     if extra:
       say(f'final evaluation at step {step}: {format_eval(extra)}')
