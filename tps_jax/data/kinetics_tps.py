@@ -43,18 +43,7 @@ from typing import Any
 
 from tps_jax.data import submission
 
-PARTS = (
-  'head',
-  'torso',
-  'left_arm',
-  'right_arm',
-  'left_hand',
-  'right_hand',
-  'left_leg',
-  'right_leg',
-  'left_foot',
-  'right_foot',
-)
+PARTS = submission.PARTS  # the ten parts, in the label order of every network
 
 
 def mirrored_part(name: str) -> str:

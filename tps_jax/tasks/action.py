@@ -134,7 +134,7 @@ _SUBLAYER = re.compile(r'^blocks_(\d+)$')
 
 
 @base.register_task('action')
-class ActionTask(base.Task):
+class ActionTask(base.DatasetTask):
   """Video classification of `config.data`'s dataset with a Video Swin.
 
   `class_names` (optional) replaces the dataset's, e.g. to build the model without data.
@@ -271,47 +271,11 @@ class ActionTask(base.Task):
 
   # --- data ------------------------------------------------------------------------
 
-  def _pipeline(
-    self,
-    split: str,
-    *,
-    train: bool,
-    seed: int,
-    process_index: int,
-    process_count: int,
-    batch_size: int,
-  ):
-    from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+  dataset = 'action_clips'
 
-    return pipelines.make_pipeline(
-      'action_clips',
-      self.config,
-      split,
-      train=train,
-      seed=seed,
-      shard=(process_index, process_count),
-      batch_size=batch_size,
-    )
-
-  def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return self._pipeline(
-      self.config.data.train_split,
-      train=True,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      batch_size=batch_size,
-    )
-
-  def eval_iterator(self, *, process_index, process_count, batch_size):
-    return self._pipeline(
-      self.config.data.eval_split,
-      train=False,
-      seed=0,
-      process_index=process_index,
-      process_count=process_count,
-      batch_size=batch_size,
-    )
+  @property
+  def train_split(self) -> str:
+    return self.config.data.train_split  # a clips folder may name its own
 
   def evaluate(self, variables, workdir):
     """Multi-view top-1 / top-5 on the eval split ({} when `config.tta` asks one view)."""

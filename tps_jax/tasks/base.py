@@ -246,6 +246,60 @@ class Task(abc.ABC):
     return {}
 
 
+class DatasetTask(Task):
+  """A task whose batches are one of `tps_jax.data.pipelines`' datasets: the train and
+  eval iterators read `dataset` (split `train_split`, and `config.data.eval_split`)."""
+
+  train_split = 'train'
+
+  @property
+  @abc.abstractmethod
+  def dataset(self) -> str:
+    """The dataset `pipelines.make_pipeline` reads ('humans', 'part_states', ...)."""
+
+  def _pipeline(
+    self,
+    split: str,
+    *,
+    train: bool,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    batch_size: int,
+  ):
+    from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+
+    return pipelines.make_pipeline(
+      self.dataset,
+      self.config,
+      split,
+      train=train,
+      seed=seed,
+      shard=(process_index, process_count),
+      batch_size=batch_size,
+    )
+
+  def train_iterator(self, *, seed, process_index, process_count, batch_size):
+    return self._pipeline(
+      self.train_split,
+      train=True,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      batch_size=batch_size,
+    )
+
+  def eval_iterator(self, *, process_index, process_count, batch_size):
+    return self._pipeline(
+      self.config.data.eval_split,
+      train=False,
+      seed=0,
+      process_index=process_index,
+      process_count=process_count,
+      batch_size=batch_size,
+    )
+
+
 class Evaluator(abc.ABC):
   """Host-side metrics over a whole eval pass (see `Task.make_evaluator`)."""
 

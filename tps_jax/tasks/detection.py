@@ -166,7 +166,7 @@ class CocoEvaluator(base.Evaluator):
 
 
 @base.register_task('detection')
-class DetectionTask(base.Task):
+class DetectionTask(base.DatasetTask):
   """Trains and evaluates a detector of `config.model.family` on `config.data.dataset`."""
 
   @property
@@ -244,44 +244,6 @@ class DetectionTask(base.Task):
   def is_trainable(self, path) -> bool:
     return detector_backbone.is_trainable(self.model, path)
 
-  def _pipeline(
-    self,
-    split: str,
-    *,
-    train: bool,
-    seed: int,
-    process_index: int,
-    process_count: int,
-    batch_size: int,
-  ):
-    from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
-
-    return pipelines.make_pipeline(
-      self.config.data.dataset,
-      self.config,
-      split,
-      train=train,
-      seed=seed,
-      shard=(process_index, process_count),
-      batch_size=batch_size,
-    )
-
-  def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return self._pipeline(
-      'train',
-      train=True,
-      seed=seed,
-      process_index=process_index,
-      process_count=process_count,
-      batch_size=batch_size,
-    )
-
-  def eval_iterator(self, *, process_index, process_count, batch_size):
-    return self._pipeline(
-      self.config.data.eval_split,
-      train=False,
-      seed=0,
-      process_index=process_index,
-      process_count=process_count,
-      batch_size=batch_size,
-    )
+  @property
+  def dataset(self) -> str:
+    return self.config.data.dataset  # 'humans' | 'parts'

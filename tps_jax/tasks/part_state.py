@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from tps_jax.data import augment, builders
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path, make_pipeline
+from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path
 from tps_jax.models.fields import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
@@ -79,7 +79,7 @@ def part_state_metric_sums(logits, part_state, part_valid, example_mask):
 
 
 @base.register_task('part_state')
-class PartStateTask(base.Task):
+class PartStateTask(base.DatasetTask):
   """Part-state classification (report section 2.3); see the module docstring."""
 
   @functools.cached_property
@@ -243,24 +243,4 @@ class PartStateTask(base.Task):
 
   # --- data ----------------------------------------------------------------
 
-  def train_iterator(self, *, seed, process_index, process_count, batch_size):
-    return make_pipeline(
-      'part_states',
-      self.config,
-      'train',
-      train=True,
-      seed=seed,
-      shard=(process_index, process_count),
-      batch_size=batch_size,
-    )
-
-  def eval_iterator(self, *, process_index, process_count, batch_size):
-    return make_pipeline(
-      'part_states',
-      self.config,
-      self.config.data.eval_split,
-      train=False,
-      seed=0,
-      shard=(process_index, process_count),
-      batch_size=batch_size,
-    )
+  dataset = 'part_states'
