@@ -97,6 +97,21 @@ def test_stage_entries_and_overrides_are_checked():
     chain._init_from_stage(config, {'from': 'part_state'}, '/w', 'action', {})  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize('variant', [None, 'smoke'])
+def test_every_demo_variant_sets_fields_its_stages_have(variant):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+
+  config = demo.get_config(variant)
+  steps = {}
+  for entry in config.stages:
+    name, spec = chain.parse_stage(entry)
+    stage_config = chain.load_stage_config(spec)
+    chain.apply_overrides(stage_config, name, config.stage_overrides)
+    steps[name] = stage_config.total_steps
+  if variant is None:  # the step counts configs/demo.py's docstring and the README time
+    assert steps == {'human_detector': 250, 'part_detector': 400, 'part_state': 300, 'action': 1000}
+
+
 def test_an_existing_root_that_is_not_a_dataset_is_refused(tmp_path):
   data = ml_collections.ConfigDict(
     {'root': str(tmp_path), 'videos': 4, 'seed': 0, 'datasets': ['action_clips']}

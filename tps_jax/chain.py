@@ -1,6 +1,6 @@
 r"""A chain of stages in one command: the demo (configs/demo.py) and any chain like it.
 
-  python run_train.py --config=configs/demo.py[:quick] --workdir=DIR
+  python run_train.py --config=configs/demo.py[:smoke] --workdir=DIR
 
 `run_train.py` runs a config with `stages` here and any other with the trainer: a chain
 is an application above the trainer, which knows nothing of it. A chain config has
