@@ -19,9 +19,10 @@ tests run). There is no shorter variant that still learns: with about half the s
 (200 / 200 / 250 / 500) the part detector's AP50 is 0.09 and the action recogniser is
 at chance (0.21), so every end-to-end row but the oracles' is near zero.
 
-Expected (2 CPU cores, about 20 minutes; measured 19 min 58 s, peak RSS 2.6 GB): the
-table in the README's Quickstart -- system score 0.200 against 0.161 for the
-majority-state baseline, 0.9999 with every stage replaced by the ground truth.
+Expected (2 CPU cores, about 20 minutes: 19 min 58 s on a quiet shared host, 29 min 19 s
+on a busy one; peak RSS 2.6 GB): the table in the README's Quickstart -- system score
+0.200 against 0.161 for the majority-state baseline, 0.9999 with every stage replaced by
+the ground truth.
 """
 
 from __future__ import annotations
