@@ -414,15 +414,19 @@ def init_report_lines(path: str, report: dict[str, list[str]]) -> list[str]:
   return lines
 
 
+def export_dir(workdir: str) -> str:
+  """Where a run's export lives: workdir/export (absolute)."""
+  return os.path.join(os.path.abspath(workdir), 'export')
+
+
 def export(workdir: str, variables: PyTree, config, metadata: dict | None = None) -> str:
   """Writes `variables`, the config JSON and the task's metadata JSON (vocabularies,
   preprocessing: `Task.export_metadata`) to workdir/export, atomically.
 
   Everything goes to a temporary sibling first, which replaces export/ in one rename.
   """
-  workdir = os.path.abspath(workdir)
-  final = os.path.join(workdir, 'export')
-  tmp = os.path.join(workdir, 'export.tmp')
+  final = export_dir(workdir)
+  tmp = final + '.tmp'
   if jax.process_index() == 0 and os.path.exists(tmp):
     shutil.rmtree(tmp)
   multihost_utils.sync_global_devices('export:clean')
@@ -446,16 +450,20 @@ def export(workdir: str, variables: PyTree, config, metadata: dict | None = None
   return final
 
 
-def export_matches(workdir: str, config) -> bool:
-  """Whether workdir/export is complete and was written under `config`."""
-  final = os.path.join(os.path.abspath(workdir), 'export')
+def existing_export(workdir: str, config) -> str | None:
+  """workdir/export when it is complete and was written under `config`, else None.
+
+  Every process gets the same answer (they all skip `export`'s barriers, or none does).
+  """
+  final = export_dir(workdir)
   try:
     with open(os.path.join(final, 'config.json')) as f:
       written = json.load(f)
   except (OSError, ValueError):
-    return False
+    written = None
   current = json.loads(config.to_json_best_effort())
-  return written == current and os.path.isdir(os.path.join(final, 'variables'))
+  found = written == current and os.path.isdir(os.path.join(final, 'variables'))
+  return final if _all_processes_agree(found) else None
 
 
 def load_export(path: str) -> tuple[PyTree, dict]:

@@ -546,15 +546,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
   if not preempted:
     variables = {'params': state.eval_params(), **state.model_state}
-    if finished_before and checkpointing.export_matches(workdir, config):
-      # The same variables and config: keep the files (and what was built from them).
-      summary['export'] = os.path.join(os.path.abspath(workdir), 'export')
-    else:
-      summary['export'] = checkpointing.export(workdir, variables, config, task.export_metadata())
-    extra = task.evaluate(variables, workdir)
+    kept = checkpointing.existing_export(workdir, config) if finished_before else None
+    # The same variables and config: keep the files (and what was built from them) and
+    # report the final evaluation logged when they were written.
+    summary['export'] = kept or checkpointing.export(
+      workdir, variables, config, task.export_metadata()
+    )
+    extra = writer.logged_at(step, 'final_') if kept else {}
+    if not extra:  # (also when a run was stopped between its export and this evaluation)
+      extra = task.evaluate(variables, workdir)
+      if extra:
+        writer.write(step, {f'final_{k}': v for k, v in extra.items()})
     if extra:
       say(f'final evaluation at step {step}: {format_eval(extra)}')
-      writer.write(step, {f'final_{k}': v for k, v in extra.items()})
       summary['eval'] = {**eval_metrics, **extra}
   writer.close()
   manager.close()
