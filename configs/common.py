@@ -50,8 +50,8 @@ def trainer(
   """The fields the trainer reads (tps_jax/train/trainer.py); a stage config adds `data`,
   `model`, `optim` and its task's own.
 
-  `task` names the task (tps_jax/tasks/base.py: a library task by name, another as
-  'package.module:name'). `init_from` restores the leaves of the checkpoint at
+  `task` names the task (tps_jax/tasks/base.py: a library task, or one the config file
+  itself registers with `register_task`). `init_from` restores the leaves of the checkpoint at
   `init_from` whose names match `init_include` and not `init_exclude`, after prefixing
   them with `init_prefix` (and keeping only those under `init_source_prefix`, without it).
   """

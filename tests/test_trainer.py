@@ -71,7 +71,7 @@ def test_trains_logs_and_exports(tmp_path):
     f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
   )
   variables, config = checkpointing.load_export(os.path.join(workdir, 'export'))
-  assert config['task'] == 'tests.toy_task:toy' and config['total_steps'] == 20
+  assert config['task'] == 'toy' and config['total_steps'] == 20
   assert variables['params']['layer_0']['kernel'].shape == (8, 16)
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 

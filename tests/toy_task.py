@@ -6,7 +6,8 @@ Expected: eval accuracy near 1.0 within a few hundred steps (the classes are lin
 separable). The data lives in memory (`data.root=''`) or in `<data.root>/toy.npz`
 (arrays `x` (N, D) float32 and `y` (N,) int32), read by a grain pipeline so that the
 data iterator's checkpointing is exercised. A test fixture, not shipped: the config
-names the task by its module (`tests.toy_task:toy`), which registers it on import.
+names the task `toy`, which this file registers when it is loaded (as a config file or
+imported), since a task name never imports anything (tps_jax/tasks/base.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tps_jax.tasks import base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = common.trainer(
-    'tests.toy_task:toy',
+    'toy',
     total_steps=200,
     batch_size=32,
     log_steps=10,

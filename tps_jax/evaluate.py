@@ -28,6 +28,7 @@ and the histogram of per-video PSC.
 import gc
 import os
 import sys
+import warnings
 
 from absl import flags
 
@@ -164,7 +165,11 @@ def main(argv) -> int:
   gc.disable()  # millions of small objects and no cycles: collecting only costs time
   try:
     vocabulary = _vocabulary(_DATA_ROOT.value)
-    results = _read(vocabulary)
+    with warnings.catch_warnings(record=True) as read_warnings:
+      warnings.simplefilter('always', submission.DuplicateKeyWarning)
+      results = _read(vocabulary)
+    for warning in read_warnings:
+      print(f'warning: {warning.message}', file=sys.stderr)
     _KEEP.append(results)
     report = score_lib.score_typed(*results, vocabulary=vocabulary)
   except submission.SubmissionError as e:

@@ -15,8 +15,12 @@ and 5 proposals per part), validated, each written atomically.
   train videos `data_prep.build` held out). `--video_folder` takes class sub-folders
   (their names are the ground-truth action) or loose videos.
 - Resumable: each finished video is kept in PRED_DIR/videos/<video>.json, and a rerun
-  parses only the others (a rerun with another bundle, oracle or settings refuses
-  unless --fresh); the two files are merged from them at the end.
+  parses only the others (a rerun with another bundle -- known by its content's
+  fingerprint, so a bundle rebuilt at the same path is another --, oracle or settings
+  refuses unless --fresh); the two files are merged from them at the end and replaced
+  together: a full disk or a read-only PRED_DIR leaves the earlier pair as it was.
+- Two --video files with one name (a/x.mp4, b/x.mp4) are refused: the submission is
+  keyed by video name.
 - Scoring: when the videos have ground truth (`--gt DIR` with gt_vid_result.json /
   gt_part_result.json, or the split's annotations: train, val, and the synthetic
   dataset's test) the challenge score and its grid are printed at the end.
@@ -119,13 +123,16 @@ def run(argv) -> int:
     _BUNDLE.value, dtype=dtype, settings=_settings_overrides(_SET.value)
   )
   problems: list[str] = []
-  videos = videos_lib.list_videos(
-    data_root=_DATA_ROOT.value,
-    split=_SPLIT.value,
-    video_folder=_VIDEO_FOLDER.value,
-    video_files=_VIDEO.value,
-    problems=problems,
-  )
+  try:
+    videos = videos_lib.list_videos(
+      data_root=_DATA_ROOT.value,
+      split=_SPLIT.value,
+      video_folder=_VIDEO_FOLDER.value,
+      video_files=_VIDEO.value,
+      problems=problems,
+    )
+  except ValueError as e:  # two --video files with one name
+    raise PredictError(str(e)) from None
   from_root = not (_VIDEO.value or _VIDEO_FOLDER.value)
   try:
     truth = runner.ground_truth(
@@ -147,7 +154,7 @@ def run(argv) -> int:
     truth=truth,
     problems=problems,
     fresh=_FRESH.value,
-    run_info={'bundle': os.path.abspath(_BUNDLE.value), 'bf16': _BF16.value},
+    run_info={'bundle': bundle_lib.fingerprint(_BUNDLE.value), 'bf16': _BF16.value},
     decode_threads=_DECODE_THREADS.value,
     prefetch=_AHEAD.value,
     progress=_PROGRESS.value,
@@ -188,13 +195,16 @@ def main(argv) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   except (
-    FileNotFoundError,
     ValueError,
     AnnotationError,
     SubmissionError,
     video_lib.VideoError,
   ) as e:
     print(f'error: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:  # a full disk, a read-only --out: the file and the cause
+    where = f'{e.filename}: ' if e.filename else ''
+    print(f'error: {where}{e.strerror or e}', file=sys.stderr)
     return 1
 
 

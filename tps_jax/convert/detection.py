@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tps_jax.convert.io import ConversionError, conv_to_flax, linear_to_flax
+from tps_jax.convert.io import ConversionError, conv_to_flax, linear_to_flax, listing
 from tps_jax.convert.registry import Conversion, register
 from tps_jax.convert.resnet import Part, combine, fpn_part, resnet_part
 from tps_jax.convert.swin import canonical_swin, checkpoint_fields, swin_params
@@ -314,7 +314,7 @@ def convert_detector(
   if unknown:
     raise ConversionError(
       f'{source}: keys of an RPN / RoI head this arch does not have '
-      f'({spec.flavour} naming): {", ".join(unknown)}'
+      f'({spec.flavour} naming): {listing(unknown)}'
     )
   for key in state:
     if _MMDET_UNUSED.match(key):

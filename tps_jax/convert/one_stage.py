@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tps_jax.convert.io import ConversionError, conv_to_flax
+from tps_jax.convert.io import ConversionError, conv_to_flax, listing
 from tps_jax.convert.registry import Conversion, register
 from tps_jax.convert.resnet import combine, fpn_part, resnet_part
 from tps_jax.models import gfl, retinanet
@@ -143,7 +143,7 @@ def _head_tensors(state: Mapping[str, np.ndarray], spec: OneStageArch, source: s
     keys[f'{target}/{leaf}'] = key
   if unknown:
     raise ConversionError(
-      f'{source}: head tensors a {spec.flavour} {spec.family} does not have: {", ".join(unknown)}'
+      f'{source}: head tensors a {spec.flavour} {spec.family} does not have: {listing(unknown)}'
     )
   return modules, keys
 

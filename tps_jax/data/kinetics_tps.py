@@ -602,8 +602,8 @@ def write_ground_truth(root: str, split: str, out_dir: str, **kwargs) -> tuple[d
     raise AnnotationError(
       f'{out_dir}: ground truth fails validation ({len(problems)} problem(s)); first: {problems[0]}'
     )
-  submission.write_json_atomic(os.path.join(out_dir, submission.GT_FILES[0]), vid_result)
-  submission.write_json_atomic(os.path.join(out_dir, submission.GT_FILES[1]), part_result)
+  vid_file, part_file = (os.path.join(out_dir, name) for name in submission.GT_FILES)
+  submission.write_json_files_atomic({vid_file: vid_result, part_file: part_result})
   return vid_result, part_result
 
 

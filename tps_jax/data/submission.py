@@ -24,10 +24,12 @@ Every problem is reported as one line `file: video/frame/human/part: problem`.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
-import tempfile
+import secrets
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,18 +158,73 @@ def _read_bytes(path: str) -> bytes:
     raise SubmissionError(f'{path}: unreadable ({e.strerror})') from None
 
 
+def _too_deep(path: str) -> SubmissionError:
+  return SubmissionError(f'{path}: not valid JSON (nested deeper than a JSON reader recurses)')
+
+
 def _parse_any(data: bytes, path: str) -> Any:
   """Any JSON, as Python's json reads it (NaN and Infinity literals included)."""
   try:
     return msgspec.json.decode(data)
   except msgspec.DecodeError:
     pass
+  except RecursionError:
+    raise _too_deep(path) from None
   try:
     return json.loads(data)
   except json.JSONDecodeError as e:
     raise SubmissionError(f'{path}: not valid JSON ({e.msg} at line {e.lineno})') from None
+  except RecursionError:
+    raise _too_deep(path) from None
   except ValueError as e:  # bytes that are not UTF-8 text
     raise SubmissionError(f'{path}: not valid JSON ({e})') from None
+
+
+class DuplicateKeyWarning(UserWarning):
+  """A video named twice at the top level of a file: the last entry is read."""
+
+
+_TOP_LEVEL_RAW = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def duplicate_keys(data: bytes) -> list[str]:
+  """The top-level keys `data` (a JSON object) holds more than once, sorted.
+
+  Decoding keeps the last entry of a key (msgspec, Python's json and so the challenge's
+  tool alike), so a duplicate is found by what is lost: without one, the commas of the
+  text are exactly those inside the kept keys and values plus one between each two
+  entries; a dropped entry brings at least its separator. Only then is the text parsed
+  a second time to name the keys (the hook's last call is the top-level object).
+  """
+  try:
+    kept = _TOP_LEVEL_RAW.decode(data)
+    inside = sum(bytes(value).count(b',') + key.count(',') for key, value in kept.items())
+    if data.count(b',') <= inside + max(len(kept) - 1, 0):
+      return []
+  except (msgspec.DecodeError, msgspec.ValidationError):
+    pass  # NaN literals, or not an object: the slow way below
+  except RecursionError:
+    return []  # the reader refuses the file
+  try:
+    pairs = json.loads(data, object_pairs_hook=list)
+  except (ValueError, RecursionError):
+    return []  # not JSON: the reader says so
+  if not isinstance(pairs, list) or not all(isinstance(p, tuple) for p in pairs):
+    return []  # the top level is not an object
+  counts = collections.Counter(key for key, _ in pairs)
+  return sorted(key for key, count in counts.items() if count > 1)
+
+
+def _warn_duplicates(data: bytes, path: str) -> None:
+  duplicates = duplicate_keys(data)
+  if duplicates:
+    warnings.warn(
+      f'{path}: {len(duplicates)} video key(s) appear more than once '
+      f'(e.g. {", ".join(map(repr, duplicates[:3]))}); the last entry of each is read, '
+      "as the challenge's tool reads it",
+      DuplicateKeyWarning,
+      stacklevel=3,
+    )
 
 
 def load_json(path: str) -> Any:
@@ -181,29 +238,46 @@ def _top_level(obj: Any, path: str) -> dict:
   return obj
 
 
+def _load_results_file(path: str) -> dict:
+  data = _read_bytes(path)
+  _warn_duplicates(data, path)
+  return _top_level(_parse_any(data, path), path)
+
+
 def load_pair(directory: str, kind: str) -> tuple[dict, dict]:
-  """Loads (vid_result, part_result) of kind 'pred' or 'gt' from a directory, as dicts."""
-  return tuple(
-    _top_level(load_json(os.path.join(directory, name)), os.path.join(directory, name))
-    for name in _file_names(kind)
-  )
+  """Loads (vid_result, part_result) of kind 'pred' or 'gt' from a directory, as dicts.
+  A video key that appears twice in a file is warned about (DuplicateKeyWarning)."""
+  return tuple(_load_results_file(os.path.join(directory, name)) for name in _file_names(kind))
+
+
+def _decode_typed(decoder: msgspec.json.Decoder, data: bytes, path: str) -> Any | None:
+  """`data` decoded into the decoder's typed form, or None where it does not fit."""
+  try:
+    return decoder.decode(data)
+  except (msgspec.ValidationError, msgspec.DecodeError):
+    return None
+  except RecursionError:
+    raise _too_deep(path) from None
 
 
 def read_results(directory: str, kind: str) -> tuple[dict, dict]:
   """(vid_result, part_result) of a directory in the typed form the scorer reads.
 
   The ground truth must be well-formed throughout: SubmissionError lists what is not.
+  A video key that appears twice in a file is warned about (DuplicateKeyWarning).
   """
   vid_name, part_name = (os.path.join(directory, n) for n in _file_names(kind))
   data = _read_bytes(vid_name)
-  try:
-    vid = _VID_DECODER.decode(data)
-  except (msgspec.ValidationError, msgspec.DecodeError):
+  _warn_duplicates(data, vid_name)
+  vid = _decode_typed(_VID_DECODER, data, vid_name)
+  if vid is None:
     vid = _top_level(_parse_any(data, vid_name), vid_name)
   data = _read_bytes(part_name)
-  try:
-    part = Typed(_PART_DECODERS[kind].decode(data), clean=True, finite=True)
-  except (msgspec.ValidationError, msgspec.DecodeError):
+  _warn_duplicates(data, part_name)
+  part = _decode_typed(_PART_DECODERS[kind], data, part_name)
+  if part is not None:
+    part = Typed(part, clean=True, finite=True)
+  else:
     part = _top_level(_parse_any(data, part_name), part_name)
     part = _typed_or_refused(part, kind, os.path.basename(part_name))
   if kind == 'gt':
@@ -437,28 +511,62 @@ def _part_problems(part: Mapping, kind: str, states) -> list[str]:
 # ------------------------------------------------------------------------- writing
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file in the same folder, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
+def _temporary_name(path: str) -> str:
+  """A fresh hidden sibling of `path` (same folder, so that a rename replaces it)."""
+  folder, name = os.path.split(path)
+  return os.path.join(folder, f'.tmp-{os.getpid()}-{secrets.token_hex(4)}-{name}')
+
+
+def write_json_files_atomic(files: Mapping[str, Any]) -> None:
+  """Writes {path: JSON value} so that the files change together or not at all.
+
+  Every file is written in full to a temporary sibling first (created with mode 0666
+  less the umask, as `open` does: mkstemp's 0600 would hide the results from the
+  group); only when all are written are they renamed into place, one after another
+  (a rename does not need space, so a full disk or a read-only folder fails before
+  any file is replaced and the earlier files stay as they were). An OSError names the
+  file that could not be written, not its temporary name.
+  """
+  written = {}
   try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    for path, obj in files.items():
+      path = os.path.abspath(path)
+      try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _temporary_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        written[path] = tmp
+        with os.fdopen(fd, 'w') as f:
+          json.dump(obj, f)
+          f.flush()
+          os.fsync(f.fileno())
+      except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    for path, tmp in written.items():
+      os.replace(tmp, path)
+  finally:
+    for tmp in written.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes one JSON file atomically (`write_json_files_atomic`)."""
+  write_json_files_atomic({path: obj})
 
 
 def write_submission(out_dir: str, vid_result: Mapping, part_result: Mapping) -> None:
-  """Validates (strictly), then writes the two prediction files atomically."""
+  """Validates (strictly), then writes the two prediction files as one pair: both
+  replaced or neither (`write_json_files_atomic`)."""
   problems = validate(vid_result, part_result, kind='pred')
   if problems:
     raise SubmissionError(
       f'refusing to write an invalid submission ({len(problems)} problem(s)); first: {problems[0]}',
       problems,
     )
-  write_json_atomic(os.path.join(out_dir, PRED_FILES[0]), dict(vid_result))
-  write_json_atomic(os.path.join(out_dir, PRED_FILES[1]), dict(part_result))
+  write_json_files_atomic(
+    {
+      os.path.join(out_dir, PRED_FILES[0]): dict(vid_result),
+      os.path.join(out_dir, PRED_FILES[1]): dict(part_result),
+    }
+  )

@@ -133,7 +133,36 @@ def fingerprint(bundle: str) -> str:
   return digest.hexdigest()[:16]
 
 
+def _network_folders(networks: Any, bundle: str, path: str) -> dict[str, Any]:
+  """pipeline.json's `networks`, each a folder name inside the bundle. A path that
+  leaves it (absolute, `..`, a link out) is refused: a bundle is the networks it holds,
+  so that its fingerprint covers what runs and a shared bundle reads nothing else."""
+  if not isinstance(networks, dict):
+    raise ExportError(f'{path}: networks must be an object, got {type(networks).__name__}')
+  expected = _networks(1)
+  missing = sorted(set(expected) - set(networks))
+  if missing:
+    raise ExportError(f'{path}: networks has no {", ".join(missing)}')
+  action = networks['action']
+  if not isinstance(action, list) or not action:
+    raise ExportError(f'{path}: networks.action must be a non-empty list of folders')
+  root = os.path.realpath(bundle)
+  entries = [(key, networks[key]) for key in ('humans', 'parts', 'states')]
+  entries += [(f'action[{i}]', name) for i, name in enumerate(action)]
+  for key, name in entries:
+    if not isinstance(name, str) or not name:
+      raise ExportError(f'{path}: networks.{key} must be a folder name, got {name!r}')
+    folder = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, folder]) != root or folder == root:
+      raise ExportError(
+        f'{path}: networks.{key} {name!r} is outside the bundle (a bundle holds its '
+        'networks: make one with python -m tps_jax.export_pipeline)'
+      )
+  return networks
+
+
 def read_manifest(bundle: str) -> dict[str, Any]:
+  """BUNDLE/pipeline.json, its structure checked (ExportError: one line naming it)."""
   path = os.path.join(os.path.abspath(bundle), PIPELINE_FILE)
   try:
     with open(path) as f:
@@ -142,10 +171,18 @@ def read_manifest(bundle: str) -> dict[str, Any]:
     raise ExportError(
       f'{path}: no such file (make a bundle with python -m tps_jax.export_pipeline)'
     ) from None
-  except (OSError, json.JSONDecodeError) as e:
+  except (OSError, ValueError) as e:  # ValueError: JSON or UTF-8
     raise ExportError(f'{path}: unreadable ({e})') from None
+  except RecursionError:
+    raise ExportError(f'{path}: unreadable (nested too deeply)') from None
+  if not isinstance(manifest, dict):
+    raise ExportError(f'{path}: expected a JSON object, got {type(manifest).__name__}')
   if manifest.get('format') != FORMAT:
     raise ExportError(f'{path}: format {manifest.get("format")!r}, this version reads {FORMAT}')
+  for key in ('settings', 'networks'):
+    if key not in manifest:
+      raise ExportError(f'{path}: no {key!r} entry')
+  _network_folders(manifest['networks'], bundle, path)
   return manifest
 
 
@@ -157,9 +194,11 @@ def load_bundle(
   manifest = read_manifest(bundle)
   names = manifest['networks']
   load = lambda name, kind: load_export(os.path.join(bundle, name), dtype=dtype, kind=kind)
+  saved = manifest['settings']
   try:
-    values = {**manifest['settings'], **(settings or {})}
-    merged = pipeline_lib.Settings.from_dict(values)
+    if not isinstance(saved, dict):
+      raise ValueError(f'settings must be an object, got {type(saved).__name__}')
+    merged = pipeline_lib.Settings.from_dict({**saved, **(settings or {})})
   except ValueError as e:
     raise ExportError(f'{os.path.join(bundle, PIPELINE_FILE)}: {e}') from None
   return pipeline_lib.Pipeline(

@@ -6,8 +6,10 @@ state), `config.json` (the whole training config, the model's fields included) a
 `metadata.json` (`Task.export_metadata`: the stage `kind`, the vocabularies in label
 order and the preprocessing the network was trained with). `load_export` rebuilds the
 model from these three: no config file, no dataset, no import of `configs/`. The
-task's module is imported by name (`tasks.get_task`), and detector families register
-inside the library, so any export of any family loads.
+config's `task` must be a library task or one the caller's code registered
+(`tasks.base.register_task`); an export never names a module to import (anything else
+is refused naming config.json and the field), and detector families register inside
+the library, so any export of any family loads.
 
 Kinds and what their metadata holds:
 - `human_detector` / `part_detector`: vocab {classes}; preprocessing {image_size (H, W)
@@ -99,7 +101,12 @@ def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Exp
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ExportError(f'{path}: no such export directory')
-  config = ml_collections.ConfigDict(_read_json(os.path.join(path, 'config.json')))
+  config_file = os.path.join(path, 'config.json')
+  config = ml_collections.ConfigDict(_read_json(config_file))
+  try:  # before anything else is read: the field names code, never imported
+    tasks_lib.task_class(config.get('task'))
+  except ValueError as e:
+    raise ExportError(f'{config_file}: field task: {e}') from None
   metadata = read_metadata(path)
   if kind is not None and metadata['kind'] != kind:
     raise ExportError(f'{path}: a {metadata["kind"]} export, expected a {kind}')
@@ -116,9 +123,7 @@ def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Exp
   try:
     task = tasks_lib.get_task(config.task, config, compute_dtype=dtype, metadata=metadata)
   except (ValueError, KeyError, AttributeError) as e:
-    raise ExportError(
-      f'{os.path.join(path, "config.json")}: cannot build the model ({e})'
-    ) from None
+    raise ExportError(f'{config_file}: cannot build the model ({e})') from None
   return Export(path=path, config=config, metadata=metadata, variables=variables, task=task)
 
 

@@ -37,6 +37,9 @@ outputs equal a single device's (boxes and scores up to float reassociation).
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,17 +99,76 @@ class Settings:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> Settings:
+    """Settings from JSON-like values (pipeline.json, --set), each checked against the
+    type its field declares (`typed_value`); ValueError names the first bad field."""
+    if not isinstance(values, Mapping):
+      raise ValueError(f'pipeline settings: expected an object of fields, got {_short(values)}')
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
       raise ValueError(
-        f'pipeline settings: unknown field(s) {", ".join(unknown)} '
+        f'pipeline settings: unknown field(s) {", ".join(map(str, unknown))} '
         f'(known: {", ".join(sorted(known))})'
       )
-    return cls(**values)
+    return cls(**{name: typed_value(value, hints[name], name) for name, value in values.items()})
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
+def _type_name(hint: Any) -> str:
+  names = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
+  if hint in names or hint is type(None):
+    return names.get(hint, 'null')
+  if typing.get_origin(hint) in (tuple, list):
+    items = [_type_name(a) for a in typing.get_args(hint) if a is not ...]
+    return f'a list, each item {" / ".join(dict.fromkeys(items))}'
+  return ' or '.join(_type_name(a) for a in typing.get_args(hint)) or str(hint)
+
+
+def typed_value(value: Any, hint: Any, name: str) -> Any:
+  """`value` (as JSON holds it) as the declared type `hint` -- bool, int, float (an
+  integer is taken), str, None, tuple[X, ...] / tuple[X, Y] / list[X] of these, or a
+  union -- or a ValueError naming the field `name`. Bools are not integers here, and
+  floats must be finite."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  wrong = ValueError(f'pipeline settings: {name} must be {_type_name(hint)}, got {_short(value)}')
+  if origin in (typing.Union, types.UnionType):
+    for arm in args:
+      try:
+        return typed_value(value, arm, name)
+      except ValueError:
+        pass
+    raise wrong
+  if origin in (tuple, list):
+    if not isinstance(value, (list, tuple)):
+      raise wrong
+    arms = args[:1] * len(value) if origin is list or args[1:] == (...,) else args
+    if len(arms) != len(value):
+      raise wrong
+    items = [typed_value(v, a, f'{name}[{i}]') for i, (v, a) in enumerate(zip(value, arms))]
+    return origin(items)
+  if hint is type(None) or hint is None:
+    if value is None:
+      return None
+  elif hint is bool or hint is str:
+    if isinstance(value, hint):
+      return value
+  elif hint is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+  elif hint is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+      return float(value)
+  else:
+    raise TypeError(f'Settings.{name}: field type {hint} has no JSON check')
+  raise wrong
 
 
 def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:

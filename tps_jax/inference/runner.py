@@ -7,8 +7,9 @@
 - `VideoParser` parses them, one oracle set per variant (tps_jax/inference/parse.py);
 - each finished video is kept in OUT/videos/<video>.json (atomically), so that a run
   that is killed resumes from the last finished video; OUT/run.json records how the
-  results were made (bundle, variants, settings), and a rerun made another way refuses
-  instead of mixing them (`fresh=True` starts over);
+  results were made (the caller's `run_info`, e.g. the bundle's fingerprint; variants,
+  settings), and a rerun made another way refuses instead of mixing them (`fresh=True`
+  starts over);
 - a video that cannot be read is one line, counted and listed, and written into the
   submission with no frame and a fallback action (the challenge's tool stops on a
   missing video), so that the files stay scoreable; a rerun tries it again;
@@ -103,8 +104,13 @@ def _results_dir(out: str, run_info: dict, fresh: bool) -> str:
   if fresh and os.path.isdir(results):
     shutil.rmtree(results)
   if os.path.isfile(run_path) and os.path.isdir(results):
-    with open(run_path) as f:
-      before = json.load(f)
+    try:
+      with open(run_path) as f:
+        before = json.load(f)
+    except (OSError, ValueError) as e:
+      raise RunError(f'{run_path}: unreadable ({e}); pass --fresh to start over') from None
+    if not isinstance(before, dict):
+      raise RunError(f'{run_path}: not a run record; pass --fresh to start over')
     differs = sorted(k for k in set(before) | set(run_info) if before.get(k) != run_info.get(k))
     if differs:
       raise RunError(
@@ -156,6 +162,7 @@ def predict(
     'variants': [sorted(v) for v in variants],
     'settings': pipeline.settings.to_dict(),
   }
+  run_info = json.loads(json.dumps(run_info))  # as run.json holds it: tuples are lists
   process, count = jax.process_index(), jax.process_count()
   results_dir = (
     _results_dir(out, run_info, fresh) if process == 0 else os.path.join(out, RESULTS_DIR)

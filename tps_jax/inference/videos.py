@@ -6,7 +6,7 @@ Sources (`list_videos`):
   data_prep.build` held out (its datasets' metadata lists them);
 - a folder of videos (class sub-folders, whose names are the ground-truth action, or
   videos directly in it);
-- single video files.
+- single video files (two with one name are refused: the submission is keyed by name).
 Every video is a `VideoItem` (name, path, ground-truth action if known); a video that
 is listed but has no file is a problem line, not an item.
 
@@ -73,7 +73,7 @@ def list_videos(
 ) -> list[VideoItem]:
   """The videos to parse, sorted by name (module docstring); problems are appended."""
   if video_files:
-    return [VideoItem(tps.video_name_of(p), os.path.abspath(p)) for p in video_files]
+    return _file_videos(video_files)
   if video_folder:
     return _folder_videos(video_folder, problems)
   annotation_split = 'train' if split == 'val' else split
@@ -82,6 +82,21 @@ def list_videos(
     keep = set(val_videos(data_root))
     videos = [v for v in videos if v.name in keep]
   return [VideoItem(v.name, v.video_path, v.action) for v in videos]
+
+
+def _file_videos(paths: Sequence[str]) -> list[VideoItem]:
+  """Videos given one by one; two with one name are refused (ValueError), since the
+  submission holds one entry per name and one would be lost."""
+  items = {}
+  for path in paths:
+    name = tps.video_name_of(path)
+    if name in items:
+      raise ValueError(
+        f'--video {path}: video name {name!r} also given by --video {items[name].path}; '
+        'the submission is keyed by name (rename one, or parse them in separate runs)'
+      )
+    items[name] = VideoItem(name, os.path.abspath(path))
+  return list(items.values())
 
 
 def _folder_videos(folder: str, problems: list[str]) -> list[VideoItem]:

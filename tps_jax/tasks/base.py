@@ -1,11 +1,13 @@
 """The Task protocol: what a training stage supplies to the one generic trainer.
 
 A stage (part-state network, action recogniser, detectors; a test's toy classifier) is
-a subclass of `Task`, registered under a name with `@register_task('name')`; the
-trainer looks it up by `config.task`. The library's tasks (`LIBRARY_TASKS`: this
-package's modules) are imported on first lookup, so a config only names its task; a
-task defined elsewhere is named `'package.module:name'`, which imports
-`package.module` first.
+a subclass of `Task`, registered under a name with `@register_task('name')` (or
+`register_task('name', cls)`); the trainer looks it up by `config.task`. The library's
+tasks (`LIBRARY_TASKS`, a closed table of this package's modules) are imported on first
+lookup, so a config only names its task. A task defined elsewhere is registered by the
+user's own code before the lookup (a Python config file that defines it, or an import
+in the user's script): a name is never imported, because exports are shared files and
+their `config.json` names the task -- loading one must not run code it chooses.
 
 The trainer owns everything generic: mesh and sharding, the jitted step with
 gradient accumulation, the optimiser (AdamW, schedule, clipping, layer-wise lr
@@ -315,14 +317,15 @@ class Evaluator(abc.ABC):
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 
-def register_task(name: str):
-  """Class decorator registering a Task under `name` (re-registering replaces)."""
+def register_task(name: str, cls: type[Task] | None = None):
+  """Registers the Task `cls` under `name` (re-registering replaces); without `cls`, a
+  class decorator that does so."""
 
   def wrap(cls):
     _REGISTRY[name] = cls
     return cls
 
-  return wrap
+  return wrap if cls is None else wrap(cls)
 
 
 # The library's own tasks, imported on first lookup (a config names its task only).
@@ -333,26 +336,34 @@ LIBRARY_TASKS = {
 }
 
 
+def task_class(name: str) -> Callable[..., Task]:
+  """The task registered as `name`; a library task's module is imported on first use,
+  nothing else is ever imported (module docstring). ValueError names what is known."""
+  if not isinstance(name, str):
+    raise ValueError(f'a task name is a string, got {name!r}')
+  if name not in _REGISTRY and name in LIBRARY_TASKS:
+    importlib.import_module(LIBRARY_TASKS[name])
+  if name not in _REGISTRY:
+    known = sorted(set(_REGISTRY) | set(LIBRARY_TASKS))
+    raise ValueError(
+      f'{name!r} is not a registered task (known: {", ".join(known)}; '
+      'code of your own registers others with tasks.base.register_task(name, cls))'
+    )
+  return _REGISTRY[name]
+
+
 def get_task(
   name: str, config, *, compute_dtype=jnp.float32, metadata: Mapping[str, Any] | None = None
 ) -> Task:
-  """Instantiates the task `name` ('name' or 'package.module:name') for `config`.
+  """Instantiates the registered task `name` (`task_class`) for `config`.
 
   `metadata`: an export's metadata (`Task.export_metadata`), for a model without data.
   """
-  if ':' in name:
-    module, name = name.split(':', 1)
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      raise ValueError(f'config.task: cannot import {module} ({e})') from None
-  elif name not in _REGISTRY and name in LIBRARY_TASKS:
-    importlib.import_module(LIBRARY_TASKS[name])
-  if name not in _REGISTRY:
-    raise ValueError(
-      f'config.task: unknown task {name!r} (registered: {", ".join(sorted(_REGISTRY)) or "none"})'
-    )
-  return _REGISTRY[name](config, compute_dtype=compute_dtype, metadata=metadata)
+  try:
+    cls = task_class(name)
+  except ValueError as e:
+    raise ValueError(f'config.task: {e}') from None
+  return cls(config, compute_dtype=compute_dtype, metadata=metadata)
 
 
 def registered_tasks() -> list[str]:
