@@ -116,10 +116,9 @@ def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Exp
   try:
     variables = checkpointing.restore_numpy(variables_dir)
   except Exception as e:  # orbax / tensorstore raise many types for damaged files
-    raise ExportError(
-      f'{variables_dir}: unreadable ({type(e).__name__}: '
-      f'{str(e).splitlines()[0] if str(e) else ""})'
-    ) from None
+    first_line = str(e).splitlines()[0] if str(e) else ''
+    first_line = first_line.split(" [tensorstore_spec='")[0]  # a kilobyte of settings
+    raise ExportError(f'{variables_dir}: unreadable ({type(e).__name__}: {first_line})') from None
   try:
     task = tasks_lib.get_task(config.task, config, compute_dtype=dtype, metadata=metadata)
   except (ValueError, KeyError, AttributeError) as e:

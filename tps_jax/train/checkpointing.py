@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -289,14 +290,49 @@ def _resolve_source(path: str) -> str:
   return path
 
 
+def _quiet_closed_loop(previous_hook):
+  """An unraisablehook that drops asyncio's 'Event loop is closed' and passes the rest on.
+
+  When a read fails (a truncated or damaged file), orbax closes its event loop while
+  tensorstore still holds reads in flight; their callbacks then find the loop closed
+  at interpreter exit, each printing a traceback that says nothing about the file.
+  """
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous_hook(unraisable)
+
+  return hook
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+  """orbax warns (absl WARNING) before failing on a damaged directory; the failure says it."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def restore_numpy(path: str) -> PyTree:
   """The pytree of an orbax directory as host numpy arrays (no device placement)."""
   checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = _quiet_closed_loop(previous_hook)
+  with _absl_errors_only():
+    metadata = checkpointer.metadata(path)
   tree = getattr(metadata, 'item_metadata', metadata)
   tree = getattr(tree, 'tree', tree)
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=args)
+  restored = checkpointer.restore(path, restore_args=args)
+  # Only a successful read gives the hook back: after a failure, reads still in flight
+  # may report until the process exits.
+  sys.unraisablehook = previous_hook
+  return restored
 
 
 def load_collections(
