@@ -200,6 +200,22 @@ def _fresh_predictors(model: cascade_rcnn.CascadeRCNN, rng) -> dict:
   return jax.tree.map(np.asarray, params)
 
 
+def check_head_keys(state: Mapping[str, Any], mapped: set[str], source: str, flavour: str):
+  """Refuses RPN / RoI head keys that nothing maps (a head of another structure),
+  naming the first few and a count: an official checkpoint of another design has
+  dozens, and the line stays readable."""
+  unknown = [
+    k
+    for k in state
+    if k.startswith(_HEAD_PREFIXES) and k not in mapped and not _MMDET_UNUSED.match(k)
+  ]
+  if unknown:
+    raise ConversionError(
+      f'{source}: {len(unknown)} keys of an RPN / RoI head this arch does not have '
+      f'({flavour} naming): {listing(unknown)}'
+    )
+
+
 def convert_detector(
   state: Mapping[str, np.ndarray],
   arch: str,
@@ -305,17 +321,7 @@ def convert_detector(
       flax_path, flax_value = _leaf(path, leaf, value)
       params[flax_path] = flax_value
       sources[flax_path] = head_keys[f'{path}/{leaf}']
-  mapped = set(head_keys.values())
-  unknown = [
-    k
-    for k in state
-    if k.startswith(_HEAD_PREFIXES) and k not in mapped and not _MMDET_UNUSED.match(k)
-  ]
-  if unknown:
-    raise ConversionError(
-      f'{source}: keys of an RPN / RoI head this arch does not have '
-      f'({spec.flavour} naming): {listing(unknown)}'
-    )
+  check_head_keys(state, set(head_keys.values()), source, spec.flavour)
   for key in state:
     if _MMDET_UNUSED.match(key):
       skipped[key] = 'mask branch of a Cascade Mask R-CNN (not used)'
