@@ -279,8 +279,12 @@ def test_malformed_pipeline_json_is_one_line(bundle, tmp_path, edit, message):
 
 
 def test_setting_overrides_are_checked_as_the_file_is(bundle):
-  with pytest.raises(ExportError, match='max_humans must be an integer, got True'):
+  with pytest.raises(ExportError) as error:
     bundle_lib.load_bundle(bundle, settings={'max_humans': True})
+  assert _one_line(error) == (
+    "settings given instead of the bundle's (--set): "
+    'pipeline settings: max_humans must be an integer, got True'
+  )
 
 
 def test_settings_are_checked_by_their_declared_types_alone():

@@ -32,6 +32,12 @@ def one_line(error: BaseException) -> str:
   return ' '.join(text.split())
 
 
+def os_error_line(error: OSError) -> str:
+  """'PATH: cause' of a failed file operation (a full disk, a read-only folder), one line."""
+  where = f'{error.filename}: ' if error.filename else ''
+  return ' '.join(f'{where}{error.strerror or error}'.split())
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing (FLAGS(argv)) with every error as one line, exit status 1; may run
   before app.run (e.g. to set the environment before JAX is imported)."""

@@ -16,7 +16,8 @@ than states, or something it cannot read where it reads it (and non-finite boxes
 Everything else it scores is scored the same way and warned about on stderr with
 counts and examples: inverted boxes, missing videos and frames, videos and frames it
 never reads, actions and states outside the vocabularies (those of the ground truth,
-plus list/part_stat.txt and the action class folders of `--data_root`). `--strict`
+plus list/part_stat.txt and the action class folders of `--data_root`), a video key
+that appears twice in a file (the last entry is read, as the tool's json.load reads it). `--strict`
 refuses every problem `submission.validate` finds instead (inverted boxes, unknown
 names, anything malformed anywhere).
 

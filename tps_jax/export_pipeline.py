@@ -85,6 +85,9 @@ def main(argv) -> int:
   except (ExportError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except OSError as e:  # a full disk, a read-only --out
+    print(f'error: {cli.os_error_line(e)}', file=sys.stderr)
+    return 1
   return 0
 
 

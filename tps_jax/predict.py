@@ -46,6 +46,8 @@ import sys
 
 from absl import app, flags
 
+from tps_jax import cli
+
 _BUNDLE = flags.DEFINE_string(
   'bundle', None, 'Pipeline bundle (python -m tps_jax.export_pipeline).'
 )
@@ -203,8 +205,7 @@ def main(argv) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   except OSError as e:  # a full disk, a read-only --out: the file and the cause
-    where = f'{e.filename}: ' if e.filename else ''
-    print(f'error: {where}{e.strerror or e}', file=sys.stderr)
+    print(f'error: {cli.os_error_line(e)}', file=sys.stderr)
     return 1
 
 

@@ -198,9 +198,13 @@ def load_bundle(
   try:
     if not isinstance(saved, dict):
       raise ValueError(f'settings must be an object, got {type(saved).__name__}')
-    merged = pipeline_lib.Settings.from_dict({**saved, **(settings or {})})
+    pipeline_lib.Settings.from_dict(saved)
   except ValueError as e:
     raise ExportError(f'{os.path.join(bundle, PIPELINE_FILE)}: {e}') from None
+  try:
+    merged = pipeline_lib.Settings.from_dict({**saved, **(settings or {})})
+  except ValueError as e:
+    raise ExportError(f"settings given instead of the bundle's (--set): {e}") from None
   return pipeline_lib.Pipeline(
     load(names['humans'], 'human_detector'),
     load(names['parts'], 'part_detector'),
