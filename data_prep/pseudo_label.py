@@ -50,14 +50,13 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import pipelines
+from tps_jax.data import pipelines, tfds_dirs
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name
@@ -166,7 +165,7 @@ def crop_batches(config, split: str, batch_size: int) -> tuple[Iterator, int]:
   """(iterator of (batch, ids), number of batches) over a split of tps_parts, in order."""
   settings = pipelines.data_settings('parts', config)
   directory = pipelines.dataset_path('parts', settings)
-  builder = tfds.builder_from_directory(directory)
+  builder = tfds_dirs.builder_from_directory(directory)
   if split not in builder.info.splits:
     raise PseudoLabelError(
       f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'

@@ -24,7 +24,7 @@ from tests.conftest import run_module
 from tps_jax.convert import detection as convert_detection
 from tps_jax.convert.io import ConversionError
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import submission
+from tps_jax.data import submission, tfds_dirs
 from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference import runner
@@ -119,6 +119,24 @@ def test_bundle_networks_outside_the_bundle_are_refused(bundle, tmp_path, name):
   line = _one_line(error)
   assert line.startswith(f'{copy / "pipeline.json"}: networks.humans ')
   assert 'outside the bundle' in line
+
+
+def test_a_dataset_folder_naming_a_feature_module_imports_nothing(tmp_path, monkeypatch):
+  (tmp_path / 'evilfeat.py').write_text('open("ran", "w").close()\n')
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))  # tfds itself would import it
+  own = 'tensorflow_datasets.core.features.tensor_feature.Tensor'
+  features = {'featuresDict': {'features': {'a': {'pythonClassName': own}}}}
+  (tmp_path / 'features.json').write_text(json.dumps(features))
+  tfds_dirs.check_feature_classes(str(tmp_path))  # tfds's own classes pass
+  info = {'features': {'list': [{'x': {'pythonClassName': 'evilfeat.Tensor'}}]}}
+  (tmp_path / 'dataset_info.json').write_text(json.dumps(info))
+  with pytest.raises(ValueError) as error:
+    tfds_dirs.builder_from_directory(str(tmp_path))
+  assert _one_line(error).startswith(
+    f"{tmp_path / 'dataset_info.json'}: feature class 'evilfeat.Tensor' is not one of tfds's own"
+  )
+  assert not (tmp_path / 'ran').exists()
 
 
 # ---------------------------------------------------------- 2. no video lost in silence

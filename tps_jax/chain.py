@@ -143,15 +143,13 @@ def ensure_dataset(data, workdir: str) -> str:
 
 def _labels(dataset: str, config, split: str) -> np.ndarray:
   """Labels of a split: (N,) actions, or (N, 10) part states with -1 for absent parts."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  from tps_jax.data import builders, pipelines  # pylint: disable=g-import-not-at-top
+  from tps_jax.data import builders, pipelines, tfds_dirs  # pylint: disable=g-import-not-at-top
 
   settings = pipelines.data_settings(dataset, config)
   directory = pipelines.dataset_path(dataset, settings)
   if dataset == 'part_states':
     return builders.state_table(directory, split)
-  source = tfds.builder_from_directory(directory).as_data_source(split)
+  source = tfds_dirs.builder_from_directory(directory).as_data_source(split)
   return np.array([source[i]['label'] for i in range(len(source))], np.int64)
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from tps_jax.data import builders
+from tps_jax.data import builders, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
 
@@ -287,7 +287,7 @@ def _reuse(out: str, name: str, settings: dict, overwrite: bool) -> bool:
   if overwrite:
     shutil.rmtree(directory)
     return False
-  built = dict(tfds.builder_from_directory(directory).info.metadata.get('settings', {}))
+  built = dict(tfds_dirs.builder_from_directory(directory).info.metadata.get('settings', {}))
   if 'stage' in built:  # built before the key was renamed
     built['dataset'] = built.pop('stage')
   differs = sorted(k for k in set(built) | set(settings) if built.get(k) != settings.get(k))

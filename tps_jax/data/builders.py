@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from tps_jax.data import augment, processes
+from tps_jax.data import augment, processes, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
 
@@ -716,8 +716,8 @@ def state_table(directory: str, split: str) -> np.ndarray:
   from `part_states-<split>.npy` when present, else read from the records."""
   path = os.path.join(directory, STATE_TABLE.format(split=split))
   if os.path.exists(path):
-    return np.load(path)
-  source = tfds.builder_from_directory(directory).as_data_source(split)
+    return np.load(path, allow_pickle=False)  # a table of ints; a pickle would run code
+  source = tfds_dirs.builder_from_directory(directory).as_data_source(split)
   table = np.full((len(source), len(tps.PARTS)), -1, np.int32)
   for i in range(len(source)):
     table[i] = source[i]['part_state']
@@ -726,7 +726,7 @@ def state_table(directory: str, split: str) -> np.ndarray:
 
 def write_state_tables(directory: str) -> None:
   """Writes `part_states-<split>.npy` for every split of a built `tps_part_states`."""
-  builder = tfds.builder_from_directory(directory)
+  builder = tfds_dirs.builder_from_directory(directory)
   for split in builder.info.splits:
     table = state_table(directory, split)
     np.save(os.path.join(directory, STATE_TABLE.format(split=split)), table)

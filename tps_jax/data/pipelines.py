@@ -70,10 +70,9 @@ from typing import Any
 import grain
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import flags
 
-from tps_jax.data import augment, builders, resample
+from tps_jax.data import augment, builders, resample, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data.video import decode_jpeg
 
@@ -362,7 +361,7 @@ def dataset_metadata(dataset: str, config) -> dict[str, Any]:
   """A dataset's metadata: 'actions', 'states' (vocabularies, in label order), 'parts',
   'settings' (how it was built, with 'val_videos'), 'source'."""
   directory = dataset_path(dataset, data_settings(dataset, config))
-  return dict(tfds.builder_from_directory(directory).info.metadata)
+  return dict(tfds_dirs.builder_from_directory(directory).info.metadata)
 
 
 def make_pipeline(
@@ -396,7 +395,7 @@ def make_pipeline(
   if batch_size < 1:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   directory = dataset_path(dataset, settings)
-  builder = tfds.builder_from_directory(directory)
+  builder = tfds_dirs.builder_from_directory(directory)
   if split not in builder.info.splits:
     raise ValueError(
       f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 
-from tps_jax.data import augment, pipelines
+from tps_jax.data import augment, pipelines, tfds_dirs
 from tps_jax.inference.export import Export
 
 
@@ -34,7 +33,7 @@ def part_state_top1(
   config.data.root = data_root
   config.data.tfds_dir = ''
   settings = pipelines.data_settings('part_states', config)
-  source = tfds.builder_from_directory(
+  source = tfds_dirs.builder_from_directory(
     pipelines.dataset_path('part_states', settings)
   ).as_data_source(split)
   action_ids = {name: i for i, name in enumerate(export.vocab['actions'])}

@@ -28,9 +28,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import tfds_dirs
 from tps_jax.data import video as video_lib
 
 
@@ -54,7 +54,9 @@ def val_videos(root: str) -> list[str]:
   """The videos `data_prep.build` held out as `val` (any built dataset's metadata)."""
   folders = sorted(glob.glob(os.path.join(root, 'tfds', 'tps_*', '*', 'dataset_info.json')))
   for info in folders:
-    settings = tfds.builder_from_directory(os.path.dirname(info)).info.metadata.get('settings', {})
+    settings = tfds_dirs.builder_from_directory(os.path.dirname(info)).info.metadata.get(
+      'settings', {}
+    )
     if 'val_videos' in settings:
       return list(settings['val_videos'])
   raise FileNotFoundError(

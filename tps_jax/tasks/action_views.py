@@ -194,10 +194,10 @@ class _JpegFrames(Sequence):
 
 def dataset_videos(settings, split: str) -> tuple[tuple[str, ...], list[Callable[[], Video]]]:
   """(class names, loaders of the videos) of a TFDS clips dataset split."""
-  import tensorflow_datasets as tfds  # only for TFDS-backed splits
+  from tps_jax.data import tfds_dirs  # only for TFDS-backed splits
 
   directory = pipelines.dataset_path('action_clips', settings)
-  builder = tfds.builder_from_directory(directory)
+  builder = tfds_dirs.builder_from_directory(directory)
   if split not in builder.info.splits:
     raise ValueError(
       f'{directory}: no split {split!r} (splits: {", ".join(sorted(builder.info.splits))})'
