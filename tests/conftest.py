@@ -1,6 +1,7 @@
 """Shared pytest fixtures: one tiny synthetic Kinetics-TPS dataset per test session."""
 
 import atexit
+import gc
 import os
 import shutil
 import subprocess
@@ -22,23 +23,98 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, check=True, env=None, timeout=600):
-  """Runs `python -m module args...` from the repo root; returns CompletedProcess."""
-  full_env = dict(os.environ, **(env or {}))
-  proc = subprocess.run(
-    [sys.executable, '-m', module, *map(str, args)],
-    cwd=REPO_ROOT,
-    env=full_env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
+def run_module(module, *args, check=True, env=None, timeout=600, subprocess_=False):
+  """Runs `python -m module args...` from the repo root; returns a CompletedProcess.
+
+  In this process (runpy, as `__main__`, with stdout / stderr captured and SystemExit
+  turned into the exit status) unless `env` is given or `subprocess_` is set: a new
+  interpreter costs seconds of imports and recompilation, and the command's own code
+  is the same. Each command line keeps one subprocess test (`subprocess_=True`), so
+  that the commands are also run exactly as a user types them.
+  """
+  if env or subprocess_:
+    proc = _run_subprocess(module, args, env, timeout)
+  else:
+    proc = _run_in_process(module, args)
   if check and proc.returncode != 0:
     raise AssertionError(
       f'python -m {module} {" ".join(map(str, args))} failed '
       f'({proc.returncode}):\n{proc.stdout}\n{proc.stderr}'
     )
   return proc
+
+
+def _run_subprocess(module, args, env, timeout):
+  return subprocess.run(
+    [sys.executable, '-m', module, *map(str, args)],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, **(env or {})),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def _forget_command_flags() -> None:
+  """Deletes the absl flags that the project's commands defined (run as `__main__`,
+  which absl files under the script's path, or imported as a library) and resets the
+  others to their defaults, so that the next command defines and parses its own as a
+  fresh interpreter would."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  ours = ('tps_jax', 'data_prep', 'run_train', 'bench', REPO_ROOT)
+  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
+    if owner.startswith(ours):
+      for flag in defined:
+        for name in {flag.name, flag.short_name} - {None}:
+          if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
+  flags.FLAGS.unparse_flags()
+
+
+def _run_in_process(module, args) -> subprocess.CompletedProcess:
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import runpy  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  _forget_command_flags()
+  argv = [module, *map(str, args)]
+  stdout, stderr = io.StringIO(), io.StringIO()
+  handler = absl_logging.get_absl_handler().python_handler
+  saved = (sys.argv, os.getcwd(), handler.stream, absl_logging.get_verbosity(), os._exit)
+  gc_enabled = gc.isenabled()
+  returncode = 0
+
+  def exit_now(code):  # a command's fast exit (e.g. evaluate's) ends only the command
+    raise SystemExit(code)
+
+  try:
+    sys.argv = argv
+    os._exit = exit_now
+    os.chdir(REPO_ROOT)
+    handler.stream = stderr
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      try:
+        runpy.run_module(module, run_name='__main__', alter_sys=True)
+      except SystemExit as e:  # as the interpreter reports it
+        if e.code is None or isinstance(e.code, int):
+          returncode = e.code or 0
+        else:
+          print(e.code, file=sys.stderr)
+          returncode = 1
+      except Exception:  # pylint: disable=broad-except
+        traceback.print_exc()
+        returncode = 1
+  finally:
+    sys.argv, cwd, handler.stream, verbosity, os._exit = saved
+    if gc_enabled:
+      gc.enable()
+    os.chdir(cwd)
+    absl_logging.set_verbosity(verbosity)
+  return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope='session')

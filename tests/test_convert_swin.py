@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.models import swin_t
 from torchvision.models import swin_transformer as tv_swin
-from torchvision.models.video import swin3d_t
+from torchvision.models.video import swin3d_b, swin3d_t
 
 from tests.conftest import run_module
 from tps_jax.convert import (
@@ -246,32 +246,47 @@ def test_official_video_swin_names(swin3d_t_reference, tmp_path):
   )  # (compiled once with the test above)
 
 
-@pytest.mark.slow
-def test_official_swin_l_names(tmp_path):
-  """The official release's layout ({'model': ...}, attn_mask buffers, a 22K head)."""
-  torch.manual_seed(4)
-  reference = _randomise(
-    tv_swin.SwinTransformer(
-      patch_size=[4, 4],
-      embed_dim=192,
-      depths=[2, 2, 18, 2],
-      num_heads=[6, 12, 24, 48],
-      window_size=[7, 7],
-      num_classes=21841,
-    ),
-    seed=5,
-  )
-  state = _official_names(_state(reference), video=False)
-  for i, depth in enumerate([2, 2, 18]):  # stage 4 (7x7 tokens) has no shift, no mask
-    for j in range(1, depth, 2):
-      state[f'layers.{i}.blocks.{j}.attn_mask'] = torch.zeros(64 // 4**i, 49, 49)
-  torch.save({'model': state}, tmp_path / 'swin_large_patch4_window7_224_22k.pth')
-  del state
-  model, variables = load_pytorch_weights(
-    str(tmp_path / 'swin_large_patch4_window7_224_22k.pth'), 'swin_l'
-  )
-  assert model.num_classes == 21841
-  _assert_matches(model, variables, reference, _input((1, 224, 224, 3)), keys=('stage_3', 'logits'))
+def _meta_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+  """A state dict's names and shapes without its memory (a model built on torch's meta
+  device): zero-strided numpy views, so that a full-size conversion costs nothing."""
+  zero = lambda v: np.zeros((), np.float32 if v.is_floating_point() else np.int64)
+  return {k: np.broadcast_to(zero(v), tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('arch', ['swin_l', 'swin3d_b'])
+def test_full_size_official_release_names_and_shapes(arch):
+  """The official releases' full-size layouts, by name and shape: Swin-L 22K
+  ({'model': ...}, attn_mask buffers, a 21841-class head) and Video Swin-B (mmaction2's
+  backbone. / cls_head.fc_cls.). The numbers are checked on Swin-T / Video Swin-T above."""
+  with torch.device('meta'):
+    if arch == 'swin_l':
+      reference = tv_swin.SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=192,
+        depths=[2, 2, 18, 2],
+        num_heads=[6, 12, 24, 48],
+        window_size=[7, 7],
+        num_classes=21841,
+      )
+    else:
+      reference = swin3d_b()
+  state = _official_names(_meta_state(reference), video=arch == 'swin3d_b')
+  if arch == 'swin_l':
+    for i, depth in enumerate([2, 2, 18]):  # stage 4 (7x7 tokens) has no shift, no mask
+      for j in range(1, depth, 2):
+        state[f'layers.{i}.blocks.{j}.attn_mask'] = np.zeros((64 // 4**i, 49, 49), np.float32)
+    classes, block = 21841, 'layers.2.blocks.17.attn.qkv.weight'
+  else:
+    state = {
+      ('cls_head.fc_cls.' + k[5:] if k.startswith('head.') else 'backbone.' + k): v
+      for k, v in state.items()
+    }
+    classes, block = 400, 'backbone.layers.2.blocks.17.attn.qkv.weight'
+  conversion = convert_state_dict(state, arch, source=f'{arch} (meta)')
+  assert conversion.model.num_classes == classes
+  assert conversion.sources['layers_2/blocks_17/attn/qkv/kernel'] == block
+  expected = sum(v.numel() for k, v in reference.state_dict().items() if 'index' not in k)
+  assert sum(p.size for p in conversion.params.values()) == expected
 
 
 def test_mmdetection_backbone_is_headless_with_stage_norms(swin_t_reference):

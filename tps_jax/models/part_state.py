@@ -16,7 +16,7 @@ Design choices where the report is silent:
   token would reach the parts only through attention, so the `use_attention=False`
   ablation could not use it, and Table 3 adds action information before attention.
 - Part features: RoIAlign (aligned, 2x2 samples per bin) on the normalised
-  `roi_stage` feature map (the Swin is built with `feature_norms=True`), a 1x1
+  `roi_stage` feature map (the Swin is built with a LayerNorm on that stage), a 1x1
   projection to `roi_channels`, flattened (keeping the bins' layout, which tells a
   bent limb from a stretched one). The stride follows from the stage:
   `patch 4 * 2 ** (roi_stage - 1)`.
@@ -149,7 +149,7 @@ class PartStateNet(nn.Module):
     self.backbone = build_swin(
       self.backbone_arch,
       **{
-        'feature_norms': True,
+        'feature_norms': (self.roi_stage,),  # the one stage the parts pool from
         **dict(self.backbone_overrides or {}),
         'num_classes': 0,
         'dtype': self.dtype,

@@ -485,8 +485,9 @@ class SwinTransformer(nn.Module):
   drop_path_rate: float = 0.1  # rises linearly from 0 over the blocks to this
   patch_norm: bool = True
   # A LayerNorm on each stage's features before the last (`feature_norm_i`), as the
-  # detection backbones have (the last stage's is `norm`).
-  feature_norms: bool = False
+  # detection backbones have (the last stage's is `norm`); a tuple of stage numbers
+  # (1-based) puts one on those stages only (a network that reads one stage).
+  feature_norms: bool | tuple[int, ...] = False
   num_classes: int = 0  # 0: no head
   head_drop_rate: float = 0.0
   dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
@@ -527,7 +528,7 @@ class SwinTransformer(nn.Module):
       if not last:
         features[f'stage_{i + 1}'] = (
           LayerNorm(dtype=self.dtype, name=f'feature_norm_{i + 1}')(before_merge)
-          if self.feature_norms
+          if self.feature_norms is True or i + 1 in (self.feature_norms or ())
           else before_merge
         )
     x = LayerNorm(dtype=self.dtype, name='norm')(x)
