@@ -67,7 +67,9 @@ def train_and_evaluate_briefly(config: str, root, tmp_path, dataset: str, steps:
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
   assert os.path.isdir(workdir / 'export')
   flags = ['--config', config, '--export', workdir / 'export', '--split', 'val']
-  proc = run_module('tps_jax.evaluate_detector', *flags, '--batch_size', '2', *data_flags)
+  proc = run_module(
+    'tps_jax.evaluate_detector', *flags, '--batch_size', '2', *data_flags, subprocess_=True
+  )
   last = proc.stdout.strip().splitlines()[-1].split()
   assert last[0] == 'AP' and float(last[1]) == pytest.approx(records[-1]['eval_AP'], abs=1e-6)
   return records[-1]

@@ -481,6 +481,7 @@ def test_tiny_config_trains_exports_and_evaluates(clips_data, tmp_path):
     1,
     '--split',
     'val',
+    subprocess_=True,
   ).stdout.splitlines()
   member, copy, ensemble = (line.split(': ', 1)[1] for line in out[1:4])
   assert member == copy == ensemble, out

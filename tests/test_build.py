@@ -176,6 +176,7 @@ def test_command_line_reports_and_errors_are_one_line(built):
     '--datasets',
     'humans,parts',
     '--noprogress',
+    subprocess_=True,
   )
   assert proc.stdout.splitlines() == [
     f'{builders.dataset_dir(out, name)}: already built, kept (--overwrite to rebuild)'

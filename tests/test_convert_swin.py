@@ -496,7 +496,9 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_command_line_writes_a_checkpoint_that_load_params_reads(swin_t_files, tmp_path):
   pth, _ = swin_t_files
   output = tmp_path / 'swin_t_converted'
-  proc = run_module('tps_jax.convert', '--arch', 'swin_t', '--input', pth, '--out', output)
+  proc = run_module(
+    'tps_jax.convert', '--arch', 'swin_t', '--input', pth, '--out', output, subprocess_=True
+  )
   lines = proc.stdout.splitlines()
   assert (
     '  loaded  features.1.0.attn.qkv.weight -> layers_0/blocks_0/attn/qkv/kernel (96, 288)' in lines

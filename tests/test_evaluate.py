@@ -63,7 +63,14 @@ def test_prints_the_tools_grid_and_the_score_last(tmp_path):
   # v: head right, torso missing -> PSC 0.5; w: missing from the part file -> PSC 0.
   gt, pred = _write(tmp_path, {'v': {'img_00001.json': _pred_frame()}})
   proc = run_module(
-    'tps_jax.evaluate', '--gt', gt, '--pred', pred, '--per_video', tmp_path / 'per_video.json'
+    'tps_jax.evaluate',
+    '--gt',
+    gt,
+    '--pred',
+    pred,
+    '--per_video',
+    tmp_path / 'per_video.json',
+    subprocess_=True,
   )
   lines = proc.stdout.strip().splitlines()
   assert lines[-1] == f'score: {5000 / 10000 / 2:.6f}'

@@ -125,6 +125,7 @@ def test_other_options_on_the_same_output_are_refused(synthetic_root, extracted)
     50,
     '--noprogress',
     check=False,
+    subprocess_=True,
   )
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
   assert proc.stderr.startswith(f'error: {out / E.SETTINGS_FILE}: frames there were extracted with')

@@ -172,6 +172,7 @@ def test_same_seed_same_bytes_other_seed_other_data(synthetic_root, tmp_path):
     '--jobs',
     2,
     '--noprogress',
+    subprocess_=True,
   )
   assert proc.stdout == f'{tmp_path / "again"}: 5 train and 1 test videos, 6 actions, 160x120\n'
   files = _files(synthetic_root)

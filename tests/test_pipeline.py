@@ -240,6 +240,7 @@ def test_bundle_refuses_exports_that_disagree(tmp_path, bundle, vocab):
     '--out',
     tmp_path / 'b',
     check=False,
+    subprocess_=True,
   )
   assert proc.returncode == 2
   line = proc.stderr.strip().splitlines()[-1]
@@ -388,6 +389,7 @@ def test_predict_writes_a_scoreable_submission_resumes_and_skips_bad_videos(
     '--out',
     out,
     '--noprogress',
+    subprocess_=True,
   )
   assert f'skipped: {bad.video_path}' in proc.stderr
   assert 'skipped 1 video(s)' in proc.stderr

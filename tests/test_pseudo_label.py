@@ -227,6 +227,7 @@ def test_command_line_with_a_gfl_export(root, tmp_path):
     0.0,
     '--pseudo_positive',
     0.5,
+    subprocess_=True,
   )
   assert 'crops:' in proc.stdout and f'--pseudo_labels {out}' in proc.stdout
   builders.load_pseudo_labels(str(out))  # the builder reads it (untrained: maybe empty)

@@ -80,7 +80,14 @@ def test_help():
 
 def test_synthetic_dataset_passes(synthetic_root):
   proc = run_module(
-    'data_prep.validate', '--data_root', synthetic_root, '--jobs', 2, '--stats', '--noprogress'
+    'data_prep.validate',
+    '--data_root',
+    synthetic_root,
+    '--jobs',
+    2,
+    '--stats',
+    '--noprogress',
+    subprocess_=True,
   )
   lines = proc.stdout.splitlines()
   assert lines[-1] == 'OK: no problems'

@@ -68,6 +68,7 @@ def visualize(prediction, synthetic_root, out, *args, check=True):
     out,
     *args,
     check=check,
+    subprocess_=True,
   )
 
 
