@@ -125,3 +125,36 @@ def synthetic_root(tmp_path_factory):
   root = tmp_path_factory.mktemp('kinetics_tps') / 'Kinetics-TPS'
   synthetic.write_synthetic(str(root), videos=6, frames=12, seed=0, progress=False)
   return root
+
+
+# ------------------------------------------------- the suite's cost, test by test
+# Wall time (`--durations`) moves with the machine's load; CPU time much less. Each
+# test's CPU seconds (user + sys, this process and the processes it waited for) are
+# summed over setup, call and teardown, and the slowest are listed after the run.
+_CPU_SECONDS: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+  import resource  # pylint: disable=g-import-not-at-top
+
+  own, children = (
+    resource.getrusage(resource.RUSAGE_SELF),
+    resource.getrusage(resource.RUSAGE_CHILDREN),
+  )
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  start = _cpu_now()
+  yield
+  _CPU_SECONDS[item.nodeid] = _cpu_now() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not _CPU_SECONDS:
+    return
+  slowest = sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1])[:20]
+  terminalreporter.section(f'CPU seconds: {sum(_CPU_SECONDS.values()):.0f} in all, slowest 20')
+  for nodeid, seconds in slowest:
+    terminalreporter.write_line(f'{seconds:8.1f}  {nodeid}')
