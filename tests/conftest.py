@@ -3,10 +3,12 @@
 import atexit
 import gc
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 import pytest
 
@@ -115,6 +117,34 @@ def _run_in_process(module, args) -> subprocess.CompletedProcess:
     os.chdir(cwd)
     absl_logging.set_verbosity(verbosity)
   return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
+
+
+class SmokeDemo(NamedTuple):
+  workdir: pathlib.Path  # read-only for the tests: copy before changing
+  proc: subprocess.CompletedProcess
+
+  @property
+  def root(self) -> pathlib.Path:
+    return self.workdir / 'Kinetics-TPS'
+
+
+@pytest.fixture(scope='session')
+def smoke_demo(tmp_path_factory) -> SmokeDemo:
+  """The README's main command on the demo's `:smoke` variant, run once per session as a
+  user types it: the four tiny networks trained for a few steps on 24 synthetic videos,
+  exported, bundled and scored end to end. The tests that need trained networks read
+  its workdir instead of training their own."""
+  workdir = tmp_path_factory.mktemp('smoke_demo') / 'demo'
+  proc = subprocess.run(
+    [sys.executable, 'run_train.py', '--config=configs/demo.py:smoke', f'--workdir={workdir}'],
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return SmokeDemo(workdir, proc)
 
 
 @pytest.fixture(scope='session')

@@ -427,44 +427,20 @@ def test_pretraining_export_initialises_the_finetuning(clips_data, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_tiny_config_trains_exports_and_evaluates(clips_data, tmp_path):
-  """run_train.py --config=configs/action.py:tiny for a few steps, then the evaluation
-  command on the export: an ensemble of two copies scores as one member; the test
-  split's pred_vid_result.json names a class for every test video."""
-  root, tfds_dir = clips_data
-  workdir = tmp_path / 'run'
-  run_module(
-    'run_train',
-    '--config=configs/action.py:tiny',
-    '--workdir',
-    workdir,
-    '--config.data.root',
-    root,
-    '--config.data.tfds_dir',
-    tfds_dir,
-    '--config.data.num_frames',
-    4,
-    '--config.data.image_size',
-    32,
-    '--config.total_steps',
-    3,
-    '--config.batch_size',
-    2,
-    '--config.log_steps',
-    1,
-    '--config.eval_steps',
-    3,
-    '--config.checkpoint_steps',
-    3,
-    '--config.tta.clips',
-    2,
-    '--config.tta.crops',
-    1,
-  )
+def test_tiny_config_trains_exports_and_evaluates(smoke_demo, tmp_path):
+  """The demo's tiny action recogniser (trained once per session, conftest's smoke_demo):
+  its log, then the evaluation command on the export: an ensemble of two copies scores
+  as one member, as the run's final multi-view evaluation; the test split's
+  pred_vid_result.json names a class for every test video."""
+  workdir, root = smoke_demo.workdir / 'action', str(smoke_demo.root)
+  config = json.load(open(workdir / 'config.json'))
   records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
+  steps = config['total_steps']
+  assert [r['step'] for r in records if 'loss' in r] == list(
+    range(config['log_steps'], steps + 1, config['log_steps'])
+  )
   assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
-  final = {k: v for r in records if r['step'] == 3 for k, v in r.items()}
+  final = {k: v for r in records if r['step'] == steps for k, v in r.items()}
   assert {'eval_top1', 'eval_top5', 'final_tta_top1', 'final_tta_top5'} <= set(final)
   export = str(workdir / 'export')
   out = run_module(
@@ -473,12 +449,10 @@ def test_tiny_config_trains_exports_and_evaluates(clips_data, tmp_path):
     f'{export},{export}',
     '--data_root',
     root,
-    '--tfds_dir',
-    tfds_dir,
     '--clips',
-    2,
+    config['tta']['clips'],
     '--crops',
-    1,
+    config['tta']['crops'],
     '--split',
     'val',
     subprocess_=True,

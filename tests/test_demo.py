@@ -1,34 +1,19 @@
 """The demo (configs/demo.py) through the README's command, on its `:smoke` variant."""
 
-import os
 import re
-import subprocess
-import sys
 
 import ml_collections
 import pytest
 
+from tests.conftest import run_module
 from tps_jax import chain
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run_train(*args, timeout=900):
-  return subprocess.run(
-    [sys.executable, 'run_train.py', *map(str, args)],
-    cwd=REPO_ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-  )
 
 
 @pytest.mark.slow
-def test_demo_trains_the_four_stages_parses_end_to_end_and_resumes(tmp_path):
-  workdir = tmp_path / 'demo'
-  proc = _run_train('--config=configs/demo.py:smoke', f'--workdir={workdir}')
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_demo_trains_the_four_stages_parses_end_to_end_and_resumes(smoke_demo):
+  """conftest's smoke_demo: `run_train.py --config=configs/demo.py:smoke` run once per
+  session; here its output, then a rerun, which trains nothing again."""
+  workdir, proc = smoke_demo.workdir, smoke_demo.proc
   root = workdir / 'Kinetics-TPS'
   assert (root / 'list' / 'video_test_flist.csv').is_file()
   for name in ('tps_humans', 'tps_parts', 'tps_part_states', 'tps_action_clips'):
@@ -73,9 +58,9 @@ def test_demo_trains_the_four_stages_parses_end_to_end_and_resumes(tmp_path):
   log = (workdir / 'action' / 'log.txt').read_text()
   assert 'adapted to the new shapes: ' in log and 'patch_embed/proj/kernel' in log
 
-  # A rerun resumes every stage from its final checkpoint: nothing is trained again.
-  again = _run_train('--config=configs/demo.py:smoke', f'--workdir={workdir}')
-  assert again.returncode == 0, again.stderr[-3000:]
+  # A rerun resumes every stage from its final checkpoint: nothing is trained again
+  # (in this process: the command line itself ran above).
+  again = run_module('run_train', '--config=configs/demo.py:smoke', f'--workdir={workdir}')
   assert 'writing the synthetic dataset' not in again.stderr
   assert not re.search(r'^step \d+/', again.stderr, re.M)
   assert re.findall(r'^  oracle all\s+([\d.]+)', again.stdout, re.M) == ['0.9999']
@@ -122,11 +107,12 @@ def test_an_existing_root_that_is_not_a_dataset_is_refused(tmp_path):
 
 
 def test_demo_command_reports_a_bad_override_in_one_line(tmp_path):
-  proc = _run_train(
+  proc = run_module(
+    'run_train',
     '--config=configs/demo.py:smoke',
     f'--workdir={tmp_path}',
     '--config.stage_overrides.no_such_field=3',
-    timeout=300,
+    check=False,
   )
   assert proc.returncode == 1
   last = proc.stderr.strip().splitlines()[-1]

@@ -1,6 +1,7 @@
 """The detection task and the detector configs: losses, evaluation, freezing, configs,
 one full-size training step, and the tiny config end to end (train, export, evaluate)."""
 
+import json
 import math
 
 import jax
@@ -9,7 +10,6 @@ import pytest
 
 from configs import human_detector, part_detector
 from tests.conftest import run_module
-from tests.detector_batches import train_and_evaluate_briefly
 from tps_jax.models.resnet import ResNet
 from tps_jax.models.swin import SwinTransformer
 from tps_jax.tasks import base as tasks
@@ -204,15 +204,27 @@ def test_eval_predictions_carry_detections_and_ground_truth(human_tiny):
 
 
 @pytest.mark.slow
-def test_tiny_human_detector_trains_exports_and_evaluates(synthetic_root, tmp_path):
-  """run_train.py on the synthetic fixture for a few steps, then the evaluation command
-  on the export."""
-  final = train_and_evaluate_briefly(
-    'configs/human_detector.py:tiny', synthetic_root, tmp_path, 'humans', steps=4
-  )
+def test_tiny_human_detector_trains_exports_and_evaluates(smoke_demo):
+  """The demo's tiny human detector (trained once per session, conftest's smoke_demo):
+  its log, then the evaluation command on the export gives the run's final AP."""
+  workdir = smoke_demo.workdir / 'human_detector'
+  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  final = records[-1]
   assert {'eval_AP', 'eval_AP50', 'eval_AP75', 'eval_AP_person'} <= set(final)
-  workdir = tmp_path / 'run'
-  data_flags = [f'--config.data.root={synthetic_root}', f'--config.data.tfds_dir={tmp_path}/tfds']
+  data_flags = [f'--config.data.root={smoke_demo.root}']
+  proc = run_module(
+    'tps_jax.evaluate_detector',
+    '--config',
+    'configs/human_detector.py:tiny',
+    '--export',
+    workdir / 'export',
+    '--split',
+    'val',
+    *data_flags,
+  )
+  last = proc.stdout.strip().splitlines()[-1].split()
+  assert last[0] == 'AP' and float(last[1]) == pytest.approx(final['eval_AP'], abs=1e-6)
   # The wrong export for the config is one clear line.
   bad = run_module(
     'tps_jax.evaluate_detector',
