@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the end-to-end score loses most to (the gap between the "oracle humans" rows).
   config.stage_overrides = ml_collections.ConfigDict(
     {
+      'seed': 0,  # every stage's training seed: --config.stage_overrides.seed=N
       'human_detector': {'total_steps': 250, 'eval_steps': 250, 'checkpoint_steps': 250},
       'part_state': {'total_steps': 300, 'eval_steps': 300, 'checkpoint_steps': 300},
     }
@@ -87,6 +88,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == 'smoke':
     config.data.videos = 24
     config.stage_overrides = ml_collections.ConfigDict(
-      {'total_steps': 4, 'log_steps': 2, 'checkpoint_steps': 4, 'eval_steps': 4}
+      {'seed': 0, 'total_steps': 4, 'log_steps': 2, 'checkpoint_steps': 4, 'eval_steps': 4}
     )
   return config
