@@ -40,7 +40,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tps_jax import cli
 
 _BUNDLE = flags.DEFINE_string(
   'bundle', None, 'Pipeline bundle (python -m tps_jax.export_pipeline).'
@@ -199,4 +201,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)
