@@ -53,9 +53,10 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   return {param_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
 
-def evaluate(config, export: str, split: str, batch_size: int, data_root: str = ''):
-  """(DetectionReport, number of images) of the exported variables on `split` of
-  `data_root` (default: the config's); `config` None: the one the export was trained with."""
+def load_detector(config, export: str, split: str, data_root: str = ''):
+  """(task, params, other variables) of an export, its parameters checked against the
+  task's model; `config` None: the one the export was trained with; `split` of
+  `data_root` (default: the config's) is the task's eval split."""
   variables, exported = checkpointing.load_export(export)
   config = ml_collections.ConfigDict(exported) if config is None else config
   with config.unlocked():
@@ -68,6 +69,12 @@ def evaluate(config, export: str, split: str, batch_size: int, data_root: str = 
   problem = checkpointing.first_mismatch(_shapes(params), _shapes(expected))
   if problem:
     raise ValueError(f"{export}: the exported parameters do not fit the config's model: {problem}")
+  return task, params, variables
+
+
+def evaluate(config, export: str, split: str, batch_size: int, data_root: str = ''):
+  """(DetectionReport, number of images) of the exported variables (`load_detector`)."""
+  task, params, variables = load_detector(config, export, split, data_root)
   predict = jax.jit(task.eval_predictions)
   evaluator = task.make_evaluator()
   for batch in task.eval_iterator(process_index=0, process_count=1, batch_size=batch_size):
