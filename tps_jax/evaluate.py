@@ -9,11 +9,13 @@ r"""Scores a Kinetics-TPS submission exactly as the challenge's evaluation tool 
 pred_vid_result.json and pred_part_result.json. Instead of --gt, `--data_root ROOT
 --split S` takes the ground truth from the split's annotations, for exactly the videos
 `python -m tps_jax.predict --data_root ROOT --split S` parses (`val`: the train videos
-`data_prep.build` held out); `--write_gt DIR` writes it as a --gt folder. Prints the tool's 25 cells (human IoU
-> h x part IoU >= p, h and p in 0.001, 0.3, 0.5, 0.9, 0.99) as a 5 x 5 table of areas
-under accuracy(t) and, as the last line, `score: 0.xxxxxx` (the cell h = 0.5, p =
-0.3). `--verbose` first prints every cell's accuracies at t = 0, 0.1, ..., 0.9 and its
-area in the tool's own format, so that the two outputs can be compared line by line.
+`data_prep.build` held out); `--write_gt DIR` writes it as a --gt folder.
+
+Prints the tool's 25 cells (human IoU > h x part IoU >= p, h and p in 0.001, 0.3, 0.5,
+0.9, 0.99) as a 5 x 5 table of areas under accuracy(t) and, as the last line,
+`score: 0.xxxxxx` (the cell h = 0.5, p = 0.3). `--verbose` first prints every cell's
+accuracies at t = 0, 0.1, ..., 0.9 and its area in the tool's own format, so that the
+two outputs can be compared line by line.
 
 A submission is refused (exit 2, one line per problem) only where the tool refuses it:
 more than 10 humans in a frame, more than 5 states for a part, a part with more boxes
