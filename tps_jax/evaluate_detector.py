@@ -9,8 +9,9 @@ Builds the task of the config the export was trained with (its `config.json`; or
 `--config`, where any `--config.<field>=value` override applies) on `--data_root`
 (default: that config's `data.root`), loads the exported variables, runs the jitted
 detector over the split's eval pipeline and prints COCO AP, AP50, AP75, AP by size and
-AP per class (pycocotools), then the line `AP <ap> AP50 <ap50> AP75 <ap75>`. Errors (missing export or dataset, an export of
-another architecture) are one line on stderr with exit status 1.
+AP per class (pycocotools), then the line `AP <ap> AP50 <ap50> AP75 <ap75>`. Errors
+(missing export or dataset, an export of another architecture) are one line on stderr
+with exit status 1.
 """
 
 from __future__ import annotations
