@@ -26,7 +26,8 @@ as configs/action.py shows; then the fine-tuning starts from it:
       --config.data.root=/tmp/tps_syn --config.init_from.path=/tmp/act_pre
 
 Expected: `eval_top1` ~0.46 for the pre-training; the fine-tuning from it then reaches
-~0.82 (~0.88 with 2 x 3 views), against ~0.51 straight from the part-state backbone.
+~0.82 (~0.88 with 2 x 3 views), against the README Quickstart's `action` rows straight
+from the part-state backbone (one run each, not measured over seeds).
 """
 
 from __future__ import annotations

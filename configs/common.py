@@ -104,7 +104,7 @@ def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any
   """Every field of a convention's `RPNSettings` (`part='rpn'`) or `RoISettings`
   (`'roi'`), as config values, so that any can be set on the command line
   (--config.model.roi.num_convs=4); the RPN's anchors as `AnchorGenerator.mmdet`
-  arguments (shared/design.md: scale 8, ratios 0.5 / 1 / 2, strides 4-64)."""
+  arguments (mmdetection's Cascade R-CNN: scale 8, ratios 0.5 / 1 / 2, strides 4-64)."""
   rpn, roi = cascade_rcnn.make_settings(convention)
   settings = rpn if part == 'rpn' else roi
   fields = {
@@ -169,7 +169,7 @@ def detection_data(
 def cascade_rcnn_model(
   backbone: str, backbone_overrides: dict[str, Any]
 ) -> ml_collections.ConfigDict:
-  """`config.model` of a Cascade R-CNN with an FPN (mmdetection's, shared/design.md):
+  """`config.model` of a Cascade R-CNN with an FPN (mmdetection's):
   every RPN / RoI field is here, so that any can be set on the command line."""
   return ml_collections.ConfigDict(
     {

@@ -1,4 +1,4 @@
-"""The challenge's score restated loop by loop from shared/kinetics_tps.md: a test oracle.
+"""The challenge's score restated loop by loop from docs/dataset.md: a test oracle.
 
 Deliberately literal and slow: one Python step per rule, the ground-truth frames visited
 in file order, every sum accumulated one term at a time in the order the rules give. It

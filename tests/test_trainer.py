@@ -76,13 +76,16 @@ def test_trains_logs_and_exports(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 
 
-def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(tmp_path):
+def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   first = trainer.train_and_evaluate(toy_config(), workdir)
   variables = os.path.join(workdir, 'export', 'variables')
   written = os.stat(variables).st_mtime_ns
+  capsys.readouterr()
   again = trainer.train_and_evaluate(toy_config(), workdir)
   assert again['step'] == first['step'] and again['eval'] == first['eval']
+  logged = f'eval at step {first["step"]} (logged when the run finished): '
+  assert logged + trainer.format_eval(first['eval']) in capsys.readouterr().err.splitlines()
   assert os.stat(variables).st_mtime_ns == written  # what was built from it stays valid
   # Under another config the export is written again.
   trainer.train_and_evaluate(toy_config(log_steps=10), workdir)

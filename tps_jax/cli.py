@@ -5,7 +5,8 @@ returns the exit status. absl's own `app.run` reports a bad flag as two lines ("
 Flags parsing error: ..." and a hint), and ml_collections' config flags put a traceback
 into the message; `run` reports every flag error -- an unknown flag, a value of the
 wrong type, a missing required flag, a failed validator, a config field that does not
-exist -- as one line `error: ...` on stderr, exit status 1. The libraries' INFO logs
+exist -- as one line `error: ...` on stderr, exit status 1; `--help` (and absl's other
+help flags) prints the usage with exit status 0. The libraries' INFO logs
 (TFDS and orbax name every file they touch) are hidden unless --verbosity is given.
 
 The library never calls an entry point: a tool's work is a library function with
@@ -19,6 +20,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
+
+# absl's help flags: they print the usage and exit with status 1 while flags are parsed.
+HELP_FLAGS = ('help', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def one_line(error: BaseException) -> str:
@@ -38,12 +42,22 @@ def os_error_line(error: OSError) -> str:
   return ' '.join(f'{where}{error.strerror or error}'.split())
 
 
+def asks_for_help(argv: Sequence[str]) -> bool:
+  """Whether argv holds one of absl's help flags (`--help`, `-?`, `--helpfull`, ...)."""
+  return any(a.lstrip('-').split('=')[0] in HELP_FLAGS for a in argv[1:] if a.startswith('-'))
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl flag parsing (FLAGS(argv)) with every error as one line, exit status 1; may run
-  before app.run (e.g. to set the environment before JAX is imported)."""
+  """absl flag parsing (FLAGS(argv)) with every error as one line, exit status 1, and the
+  help flags' usage with exit status 0; may run before app.run (e.g. to set the
+  environment before JAX is imported)."""
   app.define_help_flags()
   try:
     return flags.FLAGS(list(argv))
+  except SystemExit:  # a help flag printed the usage: asking for it is no error
+    if asks_for_help(argv):
+      sys.exit(0)
+    raise
   except (AttributeError, KeyError) as e:  # ml_collections: the bare config field name
     detail = e
     while isinstance(detail, BaseException) and detail.args:

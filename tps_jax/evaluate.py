@@ -2,13 +2,20 @@ r"""Scores a Kinetics-TPS submission exactly as the challenge's evaluation tool 
 
   python -m tps_jax.evaluate --gt DIR --pred DIR [--per_video FILE.json] [--verbose]
       [--strict] [--data_root ROOT] [--plot FILE.png]
+  python -m tps_jax.evaluate --data_root ROOT --split val|train|test --pred DIR
+  python -m tps_jax.evaluate --data_root ROOT --split val --write_gt DIR [--pred DIR]
 
 --gt holds gt_vid_result.json and gt_part_result.json; --pred holds
-pred_vid_result.json and pred_part_result.json. Prints the tool's 25 cells (human IoU
-> h x part IoU >= p, h and p in 0.001, 0.3, 0.5, 0.9, 0.99) as a 5 x 5 table of areas
-under accuracy(t) and, as the last line, `score: 0.xxxxxx` (the cell h = 0.5, p =
-0.3). `--verbose` first prints every cell's accuracies at t = 0, 0.1, ..., 0.9 and its
-area in the tool's own format, so that the two outputs can be compared line by line.
+pred_vid_result.json and pred_part_result.json. Instead of --gt, `--data_root ROOT
+--split S` takes the ground truth from the split's annotations, for exactly the videos
+`python -m tps_jax.predict --data_root ROOT --split S` parses (`val`: the train videos
+`data_prep.build` held out); `--write_gt DIR` writes it as a --gt folder.
+
+Prints the tool's 25 cells (human IoU > h x part IoU >= p, h and p in 0.001, 0.3, 0.5,
+0.9, 0.99) as a 5 x 5 table of areas under accuracy(t) and, as the last line,
+`score: 0.xxxxxx` (the cell h = 0.5, p = 0.3). `--verbose` first prints every cell's
+accuracies at t = 0, 0.1, ..., 0.9 and its area in the tool's own format, so that the
+two outputs can be compared line by line.
 
 A submission is refused (exit 2, one line per problem) only where the tool refuses it:
 more than 10 humans in a frame, more than 5 states for a part, a part with more boxes
@@ -67,8 +74,46 @@ _PLOT = flags.DEFINE_string(
   'Draw accuracy(t) and the per-video PSC histogram into this image file (.png, .pdf, .svg).',
 )
 _MAX_PROBLEMS = flags.DEFINE_integer('max_problems', 20, 'Problems printed before a count.')
-flags.register_validator('gt', lambda v: v is not None, '--gt is required')
-flags.register_validator('pred', lambda v: v is not None, '--pred is required')
+_SPLIT = flags.DEFINE_enum(
+  'split',
+  None,
+  ['val', 'train', 'test'],
+  'Instead of --gt: the ground truth of this split of --data_root (the videos `predict '
+  '--data_root --split` parses).',
+)
+_WRITE_GT = flags.DEFINE_string(
+  'write_gt',
+  None,
+  'Write the ground truth of --data_root --split into this folder (gt_vid_result.json, '
+  'gt_part_result.json); --pred is then optional.',
+)
+
+
+def _flags_problem(values: dict) -> str:
+  """What is wrong with the choice of ground truth and submission ('' if nothing)."""
+  if (values['gt'] is None) == (values['split'] is None):
+    return 'give --gt DIR or --data_root ROOT --split val|train|test (one of the two)'
+  if values['split'] is not None and not values['data_root']:
+    return '--split needs --data_root'
+  if values['write_gt'] is not None and values['split'] is None:
+    return '--write_gt needs --data_root and --split'
+  if values['pred'] is None and values['write_gt'] is None:
+    return '--pred is required'
+  return ''
+
+
+def _check_flags(values: dict) -> bool:
+  problem = _flags_problem(values)
+  if problem:
+    raise flags.ValidationError(problem)
+  return True
+
+
+flags.register_multi_flags_validator(['gt', 'split', 'data_root', 'pred', 'write_gt'], _check_flags)
+
+
+class GroundTruthError(ValueError):
+  """--data_root --split has no ground truth to give (one line)."""
 
 
 def _refuse(problems: list[str]) -> int:
@@ -93,14 +138,45 @@ def _vocabulary(root: str | None):
   return set(vocab.states), set(vocab.actions)
 
 
-def _read(vocabulary) -> tuple:
-  """The four results in the scorer's typed form; --strict validates the dicts first."""
-  if not _STRICT.value:
-    return (
-      *submission.read_results(_GT.value, 'gt'),
-      *submission.read_results(_PRED.value, 'pred'),
+def _split_ground_truth() -> tuple[dict, dict]:
+  """(gt_vid_result, gt_part_result) of --data_root --split; written to --write_gt."""
+  from tps_jax.data import kinetics_tps as tps  # noqa: PLC0415  (only with --split)
+  from tps_jax.inference import videos  # noqa: PLC0415
+
+  problems: list[str] = []
+  try:
+    gt_vid, gt_part = videos.split_ground_truth(_DATA_ROOT.value, _SPLIT.value, problems)
+  except (tps.AnnotationError, FileNotFoundError) as e:
+    raise GroundTruthError(f'--data_root {_DATA_ROOT.value} --split {_SPLIT.value}: {e}') from None
+  for problem in problems:
+    print(f'warning: {problem}', file=sys.stderr)
+  if _WRITE_GT.value:
+    invalid = submission.validate(gt_vid, gt_part, kind='gt')
+    if invalid:
+      raise GroundTruthError(f'{len(invalid)} problem(s) in the ground truth; first: {invalid[0]}')
+    try:
+      for name, result in zip(submission.GT_FILES, (gt_vid, gt_part)):
+        submission.write_json_atomic(os.path.join(_WRITE_GT.value, name), result)
+    except OSError as e:
+      raise GroundTruthError(f'--write_gt {_WRITE_GT.value}: {e}') from None
+    print(
+      f'wrote {os.path.join(_WRITE_GT.value, submission.GT_FILES[0])} and '
+      f'{submission.GT_FILES[1]} ({len(gt_vid)} {_SPLIT.value} videos)',
+      file=sys.stderr,
     )
-  gt_vid, gt_part = submission.load_pair(_GT.value, 'gt')
+  return gt_vid, gt_part
+
+
+def _read(vocabulary, split_truth: tuple[dict, dict] | None) -> tuple:
+  """The four results in the scorer's typed form; --strict validates the dicts first.
+  `split_truth`: the ground truth of --data_root --split (else --gt is read)."""
+  if not _STRICT.value:
+    if split_truth:
+      gt = (split_truth[0], submission.as_typed(split_truth[1], 'gt'))
+    else:
+      gt = submission.read_results(_GT.value, 'gt')
+    return (*gt, *submission.read_results(_PRED.value, 'pred'))
+  gt_vid, gt_part = split_truth or submission.load_pair(_GT.value, 'gt')
   pred_vid, pred_part = submission.load_pair(_PRED.value, 'pred')
   states, actions = vocabulary or (None, None)
   problems = submission.validate(gt_vid, gt_part, kind='gt', actions=actions, states=states)
@@ -165,10 +241,17 @@ def main(argv) -> int:
   del argv
   gc.disable()  # millions of small objects and no cycles: collecting only costs time
   try:
+    split_truth = _split_ground_truth() if _SPLIT.value else None
+  except GroundTruthError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if _PRED.value is None:  # --write_gt alone
+    return 0
+  try:
     vocabulary = _vocabulary(_DATA_ROOT.value)
     with warnings.catch_warnings(record=True) as read_warnings:
       warnings.simplefilter('always', submission.DuplicateKeyWarning)
-      results = _read(vocabulary)
+      results = _read(vocabulary, split_truth)
     for warning in read_warnings:
       print(f'warning: {warning.message}', file=sys.stderr)
     _KEEP.append(results)

@@ -44,7 +44,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tps_jax import cli
 
 from tps_jax import cli
 
@@ -210,4 +212,4 @@ def main(argv) -> int:
 
 
 if __name__ == '__main__':
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -48,15 +48,18 @@ def report_lines(conversion: Conversion, source: str) -> list[str]:
 def write_checkpoint(
   conversion: Conversion, arch: str, source: str, output: str, overwrite: bool = False
 ) -> None:
-  """DIR/variables + DIR/model.json, written to a temporary sibling and renamed."""
+  """DIR/variables + DIR/model.json, written to a temporary sibling and renamed (DIR's
+  parent folders are made)."""
   import orbax.checkpoint as ocp  # only needed here: keeps `--help` fast
 
   output = os.path.abspath(output)
   if os.path.exists(output) and not overwrite:
     raise ConversionError(f'{output}: already exists (pass --overwrite to replace it)')
   parent = os.path.dirname(output)
-  if not os.path.isdir(parent):
-    raise ConversionError(f'{parent}: no such directory')
+  try:  # `--out weights/swin_t` in a fresh clone: make `weights/`
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise ConversionError(f'{parent}: cannot make the folder ({e.strerror})') from None
   tmp = f'{output}.tmp-{os.getpid()}'
   try:
     checkpointer = ocp.StandardCheckpointer()

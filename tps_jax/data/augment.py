@@ -1,7 +1,7 @@
 """Host-side augmentations (numpy / PIL): small pure functions, randomness from a Generator.
 
 Images are RGB uint8 (H, W, 3) arrays. Boxes are (N, 4) float `(x1, y1, x2, y2)` in the
-dataset's inclusive-pixel convention (shared/kinetics_tps.md: x2 is the last column the
+dataset's inclusive-pixel convention (docs/dataset.md: x2 is the last column the
 box covers, width = x2 - x1 + 1), and every function returns them in that convention.
 Geometry is done on pixel *edges* (x2 + 1), so that a flip maps column x to W - 1 - x
 and a resize by s maps the edge x to x * s: the box keeps bounding the same pixels.

@@ -7,7 +7,7 @@ r"""Builds the TFDS (ArrayRecord) datasets the four networks train on: `build_da
 Command line: `python -m data_prep.build --data_root ROOT` (data_prep/build.py; its
 flags are these keyword arguments).
 
-From a Kinetics-TPS root (shared/kinetics_tps.md) it writes `tps_humans`, `tps_parts`,
+From a Kinetics-TPS root (docs/dataset.md) it writes `tps_humans`, `tps_parts`,
 `tps_part_states` and `tps_action_clips` under `out` (default ROOT/tfds), each as
 OUT/<name>/1.0.0/ with splits `train` and `val`: the root's train videos split by video,
 deterministic from `seed`, the same for every dataset (the val videos are listed in

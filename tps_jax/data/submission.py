@@ -1,6 +1,6 @@
 """Reading, validating and writing challenge submissions and ground truth.
 
-Files (shared/kinetics_tps.md): `pred_vid_result.json` / `pred_part_result.json`
+Files (docs/dataset.md): `pred_vid_result.json` / `pred_part_result.json`
 (a part holds parallel lists `box`, `verb` of proposals) and `gt_vid_result.json` /
 `gt_part_result.json` (a part holds one `box` and one `verb`).
 

@@ -6,7 +6,7 @@ r"""Checks a Kinetics-TPS root: layout, lists, frame counts, every annotation, e
 
 Command line: `python -m data_prep.validate --data_root ROOT` (data_prep/validate.py).
 
-What is checked (shared/kinetics_tps.md):
+What is checked (docs/dataset.md):
 - layout: `<split>_videos/`, `train_annotations/`, `list/body_part.txt`, `part_stat.txt`,
   `object.txt`, `list/video_<split>_flist.csv` (extra entries in the root are allowed);
 - the lists (body_part.txt holds the 10 parts; names are unique) and the flist CSVs;

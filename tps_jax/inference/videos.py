@@ -101,6 +101,20 @@ def _file_videos(paths: Sequence[str]) -> list[VideoItem]:
   return list(items.values())
 
 
+def split_ground_truth(data_root: str, split: str, problems: list[str]) -> tuple[dict, dict]:
+  """(gt_vid_result, gt_part_result) of exactly the videos `list_videos` gives for
+  `data_root` and `split` (`val`: the held-out train videos, not the whole train split,
+  whose other videos would score 0 as missing); problems are appended, once each."""
+  names = {v.name for v in list_videos(data_root=data_root, split=split, problems=problems)}
+  annotation_split = 'train' if split == 'val' else split
+  vid, part = tps.ground_truth(data_root, annotation_split, problems=problems)
+  problems[:] = list(dict.fromkeys(problems))  # both passes list the same unreadable videos
+  return (
+    {k: v for k, v in vid.items() if k in names},
+    {k: v for k, v in part.items() if k in names},
+  )
+
+
 def _folder_videos(folder: str, problems: list[str]) -> list[VideoItem]:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'{folder}: no such folder')

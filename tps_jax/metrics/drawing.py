@@ -7,7 +7,7 @@ Pure functions on RGB uint8 arrays (PIL ImageDraw), used by `python -m tps_jax.v
   right and red when wrong, the frame index);
 - `contact_sheet`: equally sized pictures in a grid.
 
-Frames are given in either schema of shared/kinetics_tps.md: a predicted part holds
+Frames are given in either schema of docs/dataset.md: a predicted part holds
 lists of proposals (`box`, `verb`), a ground-truth part one box and one verb. Boxes are
 inclusive pixels of the video's frame (x2 = the last column covered); at scale s a box
 covers the display pixels [x1 * s, (x2 + 1) * s), and its outline is drawn inward from

@@ -1,6 +1,6 @@
 """The Kinetics-TPS challenge score, equal to the challenge's own tool on what it accepts.
 
-The rules are in shared/kinetics_tps.md ("The score"). The challenge's tool
+The rules are in docs/dataset.md ("The score"). The challenge's tool
 (eval_detection.py of the Kinetics-TPS evaluation repository) computes them with
 particular numerics, reproduced here bit for bit, so that every per-video PSC and every
 area is the tool's number, not merely close to it:

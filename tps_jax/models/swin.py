@@ -47,7 +47,7 @@ _IMAGE_384 = dict(patch_size=(4, 4), window_size=(12, 12))
 # Kinetics-style window; Something-Something models use window_size=(16, 7, 7).
 _VIDEO = dict(patch_size=(2, 4, 4), window_size=(8, 7, 7))
 
-# `SwinTransformer` field values per architecture (shared/design.md, model facts).
+# `SwinTransformer` field values per architecture (the Swin and Video Swin papers and their official configs).
 SWIN_ARCHS: dict[str, dict] = {
   'swin_t': {**_TINY, **_IMAGE_224},
   'swin_s': {**_SMALL, **_IMAGE_224},

@@ -543,6 +543,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   finished_before = step == start_step  # rerun of a finished run: nothing trained now
   if finished_before and not eval_metrics:
     eval_metrics = writer.logged_at(step, 'eval_')  # the evaluation it logged then
+    if eval_metrics:
+      say(f'eval at step {step} (logged when the run finished): {format_eval(eval_metrics)}')
   summary = {'step': step, 'preempted': preempted, 'eval': eval_metrics, 'export': None}
   if not preempted:
     variables = {'params': state.eval_params(), **state.model_state}
