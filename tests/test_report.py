@@ -5,6 +5,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -293,3 +294,22 @@ def test_page_renders_in_a_real_browser(scored, tmp_path):
   )
   assert shot.returncode == 0, shot.stderr[-2000:]
   assert screenshot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_the_demo_writes_the_report_of_its_system_row(scored, tmp_path):
+  from tps_jax import chain  # pylint: disable=g-import-not-at-top  (JAX: only here)
+  from tps_jax.inference import ablation  # pylint: disable=g-import-not-at-top
+
+  root, gt_dir, pred_dir, report, _ = scored
+  truth = types.SimpleNamespace(vid=None, part=None)
+  truth.vid, truth.part = submission.load_pair(str(gt_dir), 'gt')
+  prediction = types.SimpleNamespace(submissions=[submission.load_pair(str(pred_dir), 'pred')])
+  rows = [ablation.Row('system', report.score, 0.0, 0.0), ablation.Row('oracle all', 0.9999, 1, 1)]
+  items = [types.SimpleNamespace(name=v, path=p) for v, p in report_cli.video_files(root).items()]
+  path = chain.write_error_report(str(tmp_path / 'report'), truth, prediction, rows, items)
+  text = open(path, encoding='utf-8').read()
+  assert f'id="score">score: {report.score_rounded:.6f}<' in text
+  assert 'ablation.png' in text and 'worst_7.png' not in text and 'worst_4.png' in text
+  end_to_end = {'rows': rows, 'videos': 5, 'split': 'val', 'part_state_predicted_action': 0.5}
+  table = chain.format_results({}, {**end_to_end, 'report': path})
+  assert table.splitlines()[-1] == f'error analysis (open in a browser): {path}'
