@@ -93,12 +93,10 @@ def scored(synthetic_root, tmp_path_factory):
 
 
 def test_page_score_and_table_equal_evaluate_to_the_last_digit(scored, tmp_path):
-  root, gt_dir, pred_dir, _, _ = scored
+  _, gt_dir, pred_dir, _, _ = scored
   evaluate = run_module('tps_jax.evaluate', '--gt', gt_dir, '--pred', pred_dir, '--verbose')
   out = tmp_path / 'page'
-  proc = run_module(
-    'tps_jax.report', '--gt', gt_dir, '--pred', pred_dir, '--data_root', root, '--out', out
-  )
+  proc = run_module('tps_jax.report', '--gt', gt_dir, '--pred', pred_dir, '--out', out)
   table, path_line = proc.stdout.rstrip('\n').rsplit('\n', 1)
   assert evaluate.stdout.rstrip('\n').endswith(table)  # the same 25 cells and score line
   assert path_line == f'report: {out / "index.html"}'
@@ -305,11 +303,12 @@ def test_the_demo_writes_the_report_of_its_system_row(scored, tmp_path):
   truth.vid, truth.part = submission.load_pair(str(gt_dir), 'gt')
   prediction = types.SimpleNamespace(submissions=[submission.load_pair(str(pred_dir), 'pred')])
   rows = [ablation.Row('system', report.score, 0.0, 0.0), ablation.Row('oracle all', 0.9999, 1, 1)]
-  items = [types.SimpleNamespace(name=v, path=p) for v, p in report_cli.video_files(root).items()]
+  worst = analysis.worst_videos(report, 1, 0)[0][0]
+  items = [types.SimpleNamespace(name=worst, path=report_cli.video_files(root)[worst])]
   path = chain.write_error_report(str(tmp_path / 'report'), truth, prediction, rows, items)
   text = open(path, encoding='utf-8').read()
   assert f'id="score">score: {report.score_rounded:.6f}<' in text
-  assert 'ablation.png' in text and 'worst_7.png' not in text and 'worst_4.png' in text
+  assert 'ablation.png' in text and re.findall(r'worst_\d\.png', text) == ['worst_0.png']
   end_to_end = {'rows': rows, 'videos': 5, 'split': 'val', 'part_state_predicted_action': 0.5}
   table = chain.format_results({}, {**end_to_end, 'report': path})
   assert table.splitlines()[-1] == f'error analysis (open in a browser): {path}'

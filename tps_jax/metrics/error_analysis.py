@@ -121,24 +121,29 @@ def humans(report: score_lib.ScoreReport) -> dict:
   }
 
 
+def _codes(values: list, labels: list) -> np.ndarray:
+  """The index of each value in labels."""
+  index = {label: i for i, label in enumerate(labels)}
+  return np.fromiter(map(index.__getitem__, values), np.int64, len(values))
+
+
 def parts(report: score_lib.ScoreReport) -> list[PartRow]:
   """One row per part name (the ten first), from the parts of matched humans."""
   d = details_of(report)
-  names = np.asarray(d.part_names, object)
+  names = [*submission.PARTS, *sorted(set(d.part_names) - set(submission.PARTS))]
+  states = sorted(set(d.gt_states) | set(d.pred_states))
+  part_of = _codes(d.part_names, names)
+  gt, pred = _codes(d.gt_states, states), _codes(d.pred_states, states)
   found = d.part_iou >= FOUND_IOU
-  gt_states = np.asarray(d.gt_states, object)
-  pred_states = np.asarray(d.pred_states, object)
-  others = sorted(set(d.part_names) - set(submission.PARTS))
   rows = []
-  for name in [*submission.PARTS, *others]:
-    mine = names == name
+  for k, name in enumerate(names):
+    mine = part_of == k
     hit = mine & found
-    gt, pred = gt_states[hit].tolist(), pred_states[hit].tolist()
-    labels = sorted(set(gt_states[mine].tolist()))
-    labels += sorted(set(pred) - set(labels))
-    index = {s: i for i, s in enumerate(labels)}
-    confusion = np.zeros((len(labels), len(labels)), np.int64)
-    np.add.at(confusion, ([index[s] for s in gt], [index[s] for s in pred]), 1)
+    pairs = np.bincount(gt[hit] * len(states) + pred[hit], minlength=len(states) ** 2)
+    pairs = pairs.reshape(len(states), len(states))
+    gt_labels = np.unique(gt[mine])
+    labels = np.concatenate([gt_labels, np.setdiff1d(np.unique(pred[hit]), gt_labels)])
+    confusion = pairs[np.ix_(labels, labels)]
     count, num_found = int(mine.sum()), int(hit.sum())
     rows.append(
       PartRow(
@@ -147,7 +152,7 @@ def parts(report: score_lib.ScoreReport) -> list[PartRow]:
         recall=num_found / count if count else 0.0,
         state_accuracy=float(np.trace(confusion)) / num_found if num_found else 0.0,
         credit=float(d.part_score[hit].mean()) if num_found else 0.0,
-        states=labels,
+        states=[states[i] for i in labels.tolist()],
         confusion=confusion,
         ious=np.maximum(d.part_iou[mine & np.isfinite(d.part_iou)], 0.0),
       )
