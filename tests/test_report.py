@@ -111,7 +111,11 @@ def test_page_score_and_table_equal_evaluate_to_the_last_digit(scored, tmp_path)
 
 
 def test_details_add_up_to_every_videos_psc(scored):
-  _, _, _, report, _ = scored
+  _, gt_dir, pred_dir, report, _ = scored
+  results = (*submission.read_results(gt_dir, 'gt'), *submission.read_results(pred_dir, 'pred'))
+  plain = score_lib.score_typed(*results)  # the details change no number
+  np.testing.assert_array_equal(plain.psc_cells, report.psc_cells)
+  assert plain.score == report.score and plain.details is None
   d = report.details
   counted = np.maximum(report.counted_frames, 1)
   psc = np.bincount(d.frame_video, d.frame_score, len(report.videos)) / counted

@@ -46,6 +46,11 @@ boxes than states (N_p counts the states), states, actions and part names outsid
 vocabularies, videos and frames outside the GT (never read). A GT video missing from the
 submission stops the tool with a KeyError; here it counts as the wrong class with every
 frame missing (warned). What the tool never reads is not checked.
+
+`score_typed(..., details=True)` also keeps what the score's cell is made of, from the
+same pass (ScoreDetails: per scored frame, GT human and GT part of a matched human, and
+every part's best proposal whatever its state): the numbers of `python -m
+tps_jax.report`.
 """
 
 from __future__ import annotations
