@@ -137,6 +137,18 @@ def test_the_loss_breakdown_splits_the_perfect_score(scored):
   assert 0 <= rows['t grid (area counts t = k / 10000)'] < 1e-3
 
 
+def test_the_ground_truth_loses_only_the_t_grid(scored):
+  _, gt_dir, _, _, _ = scored
+  gt_vid, gt_part = submission.load_pair(str(gt_dir), 'gt')
+  report = score_lib.challenge_score(gt_vid, gt_part, gt_vid, as_prediction(gt_part), details=True)
+  rows = dict(analysis.loss_breakdown(report))
+  assert all(rows[cause] == 0 for cause in analysis.LOSSES)
+  assert rows['score'] == report.score and report.score_rounded == 0.9999
+  assert rows['t grid (area counts t = k / 10000)'] == pytest.approx(1e-4)
+  assert analysis.humans(report)['recall'] == analysis.humans(report)['precision'] == 1.0
+  assert all(r.recall == r.state_accuracy == r.credit == 1.0 for r in analysis.parts(report))
+
+
 def _frame(humans):
   return {'img_00001.json': {'humans': humans}}
 

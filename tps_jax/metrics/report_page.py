@@ -168,9 +168,14 @@ def _losses(report: score_lib.ScoreReport, ablation: Sequence[tuple[str, float]]
     + _img(figures.bars(rows, os.path.join(out, 'losses.png'), 'share of 1', 'score'), 'losses')
     + _table(('cause', 'score lost'), [(name, f'{value:.4f}') for name, value in rows])
   )
+  lost = (
+    f'Most of the score is lost to {worst[0]} ({worst[1]:.4f} of 1)'
+    if worst[1] > 0
+    else 'Nothing is lost but the t grid'
+  )
   reading = (
-    f'Most of the score is lost to {worst[0]} ({worst[1]:.4f} of 1); the bars add up to 1 '
-    '(a wrong class loses the whole video, the rest is per counted frame of right-class videos).'
+    f'{lost}; the bars add up to 1 (a wrong class loses the whole video, the rest is per '
+    'counted frame of right-class videos).'
   )
   return _section(2, 'Where it is lost', reading, body)
 
