@@ -51,14 +51,15 @@ def _check_arguments(pred, out, gt, data_root, split, worst) -> None:
     raise UsageError('--worst must not be negative')
 
 
-def split_ground_truth(root: str, split: str) -> tuple[dict, dict]:
-  """(gt_vid, gt_part) of a split's annotated videos; val: the held-out train videos."""
+def split_ground_truth(root: str, split: str, problems: list[str]) -> tuple[dict, dict]:
+  """(gt_vid, gt_part) of a split's annotated videos; val: the held-out train videos.
+  Annotation problems (skipped videos or frames) are added to `problems`."""
   from tps_jax.inference import videos as videos_lib  # noqa: PLC0415  (TFDS: only for val)
 
   if split != 'val':
-    return tps.ground_truth(root, split, problems=[])
+    return tps.ground_truth(root, split, problems=problems)
   keep = set(videos_lib.val_videos(root))
-  vid, part = tps.ground_truth(root, 'train', problems=[])
+  vid, part = tps.ground_truth(root, 'train', problems=problems)
   return {k: v for k, v in vid.items() if k in keep}, {k: v for k, v in part.items() if k in keep}
 
 
@@ -121,8 +122,11 @@ def run_report(
     if gt:
       gt_vid, gt_part = submission.read_results(gt, 'gt')
     else:
-      gt_vid, raw = split_ground_truth(data_root, split)
+      problems = []
+      gt_vid, raw = split_ground_truth(data_root, split, problems)
       gt_part = submission.as_typed(raw, 'gt')
+      for problem in problems:
+        print(f'warning: {problem}', file=sys.stderr)
     pred_vid, pred_part = submission.read_results(pred, 'pred')
     if keep is not None:
       keep.append((gt_vid, gt_part, pred_vid, pred_part))
