@@ -134,7 +134,11 @@ def test_the_loss_breakdown_splits_the_perfect_score(scored):
   assert rows['score'] == report.score
   assert rows['wrong action'] == pytest.approx(1 - np.mean(report.correct_videos))
   assert all(rows[cause] > 0 for cause in analysis.LOSSES)  # the perturbation has each
-  assert 0 <= rows['t grid (area counts t = k / 10000)'] < 1e-3
+  assert 0 <= rows['t grid (k / 10000)'] < 1e-3
+  psc = dict(analysis.psc_breakdown(report))  # every video, whatever its class
+  assert sum(psc.values()) == pytest.approx(1.0, abs=1e-12)
+  assert psc['mean PSC'] == pytest.approx(np.mean(report.psc_cells[report.official_cell]))
+  assert all(psc[cause] >= rows[cause] > 0 for cause in analysis.LOSSES[1:])
 
 
 def test_the_ground_truth_loses_only_the_t_grid(scored):
@@ -144,7 +148,7 @@ def test_the_ground_truth_loses_only_the_t_grid(scored):
   rows = dict(analysis.loss_breakdown(report))
   assert all(rows[cause] == 0 for cause in analysis.LOSSES)
   assert rows['score'] == report.score and report.score_rounded == 0.9999
-  assert rows['t grid (area counts t = k / 10000)'] == pytest.approx(1e-4)
+  assert rows['t grid (k / 10000)'] == pytest.approx(1e-4)
   assert analysis.humans(report)['recall'] == analysis.humans(report)['precision'] == 1.0
   assert all(r.recall == r.state_accuracy == r.credit == 1.0 for r in analysis.parts(report))
 

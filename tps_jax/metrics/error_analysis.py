@@ -11,7 +11,9 @@ missing frames, its unmatched GT humans' parts, its parts without a proposal at 
 0.3 (whatever the state) and its found parts without full credit (a wrong state, or
 the credit split over several proposals) leave out of the PSC. What remains, the mean
 of correct x PSC, is the score but for the area's thresholds t = k / 10000 (a PSC
-counts up to its last threshold, and t stops at 0.9999).
+counts up to its last threshold, and t stops at 0.9999). `psc_breakdown` splits the
+mean PSC the same way over every video, whatever its class: the parsing's losses even
+where the action is wrong.
 """
 
 from __future__ import annotations
@@ -89,21 +91,36 @@ def frame_losses(d: score_lib.ScoreDetails) -> dict[str, np.ndarray]:
   }
 
 
-def loss_breakdown(report: score_lib.ScoreReport) -> list[tuple[str, float]]:
-  """[(cause, score lost)] summing with 'kept' and 't grid' to 1, then the score."""
+def video_losses(report: score_lib.ScoreReport) -> dict[str, np.ndarray]:
+  """Per video, the share of its PSC lost to each cause: with the PSC they add up to 1."""
   d = details_of(report)
+  counted = np.maximum(report.counted_frames, 1)  # a video with none has PSC 1: no loss
+  losses = {'missing frames': d.missing_frames / counted}
+  for cause, share in frame_losses(d).items():
+    losses[cause] = _per_video(share, d, len(report.videos)) / counted
+  return losses
+
+
+def loss_breakdown(report: score_lib.ScoreReport) -> list[tuple[str, float]]:
+  """[(cause, score lost)] summing with 't grid' and the score (the last row) to 1."""
   num_videos = len(report.videos)
   correct = report.correct_videos
-  counted = np.maximum(report.counted_frames, 1)  # a video with none has PSC 1: no loss
-  per_video = {'missing frames': d.missing_frames / counted}
-  for cause, share in frame_losses(d).items():
-    per_video[cause] = _per_video(share, d, num_videos) / counted
   rows = [('wrong action', float(np.mean(~correct)))]
-  rows += [(cause, float(np.sum(loss[correct])) / num_videos) for cause, loss in per_video.items()]
+  rows += [
+    (cause, float(np.sum(loss[correct])) / num_videos)
+    for cause, loss in video_losses(report).items()
+  ]
   kept = float(np.mean(correct * report.psc_cells[report.official_cell]))
-  rows.append(('t grid (area counts t = k / 10000)', kept - report.score))
+  rows.append(('t grid (k / 10000)', kept - report.score))
   rows.append(('score', report.score))
   return rows
+
+
+def psc_breakdown(report: score_lib.ScoreReport) -> list[tuple[str, float]]:
+  """[(cause, mean PSC lost)] over every video, whatever its class, summing with the mean
+  PSC (the last row) to 1: the parsing's losses even where the action is wrong."""
+  rows = [(cause, float(np.mean(loss))) for cause, loss in video_losses(report).items()]
+  return rows + [('mean PSC', float(np.mean(report.psc_cells[report.official_cell])))]
 
 
 def humans(report: score_lib.ScoreReport) -> dict:

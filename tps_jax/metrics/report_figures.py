@@ -76,7 +76,7 @@ def accuracy_curve(report: score_lib.ScoreReport, path: str) -> str:
 
 def bars(rows: Sequence[tuple[str, float]], path: str, title: str, highlight: str = '') -> str:
   """Horizontal bars, one per (label, value), top to bottom in the given order."""
-  fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.2))
+  fig, ax = plt.subplots(figsize=(5.6, 0.45 * len(rows) + 1.2))
   labels, values = zip(*rows) if rows else ((), ())
   colours = ['tab:red' if label == highlight else 'tab:blue' for label in labels]
   ax.barh(range(len(rows)), values, color=colours)

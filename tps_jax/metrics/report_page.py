@@ -163,19 +163,28 @@ def _losses(report: score_lib.ScoreReport, ablation: Sequence[tuple[str, float]]
       + _img(figures.bars(ablation, os.path.join(out, 'ablation.png'), 'score', 'system'), 'rows')
       + _table(('row', 'score', 'vs system'), table)
     )
+  psc_rows = analysis.psc_breakdown(report)
   body += (
-    '<p>The perfect score 1, split over what this submission loses:</p>'
-    + _img(figures.bars(rows, os.path.join(out, 'losses.png'), 'share of 1', 'score'), 'losses')
+    '<p>The perfect score 1, split over what this submission loses (left); the perfect '
+    'mean PSC 1 split over every video, whatever its class (right):</p>'
+    + _img(figures.bars(rows, os.path.join(out, 'losses.png'), 'score', 'score'), 'losses')
+    + _img(
+      figures.bars(psc_rows, os.path.join(out, 'psc_losses.png'), 'mean PSC', 'mean PSC'),
+      'PSC losses',
+    )
     + _table(('cause', 'score lost'), [(name, f'{value:.4f}') for name, value in rows])
+    + _table(('cause', 'mean PSC lost'), [(name, f'{value:.4f}') for name, value in psc_rows])
   )
   lost = (
     f'Most of the score is lost to {worst[0]} ({worst[1]:.4f} of 1)'
     if worst[1] > 0
     else 'Nothing is lost but the t grid'
   )
+  parsing = max(psc_rows[:-1], key=lambda r: r[1])
   reading = (
     f'{lost}; the bars add up to 1 (a wrong class loses the whole video, the rest is per '
-    'counted frame of right-class videos).'
+    f'counted frame of right-class videos). Over all videos the PSC loses most to '
+    f'{parsing[0]} ({parsing[1]:.4f}).'
   )
   return _section(2, 'Where it is lost', reading, body)
 
@@ -321,7 +330,8 @@ def _videos(
     body += '<p>No video files at hand: give --data_root to draw the worst frames.</p>'
   below = sum(r['psc'] < 0.5 for r in rows)
   reading = (
-    f'{below} of {len(rows)} videos have PSC < 0.5; click a column to sort; the {worst} worst '
+    f'{below} of {len(rows)} videos have PSC < 0.5; click a column to sort; the '
+    f'{min(worst, len(rows))} worst '
     'videos follow with their lowest-scoring frames (ground truth left, prediction right).'
   )
   return _section(6, 'Videos', reading, body)
