@@ -9,8 +9,9 @@ part detector, part-state network, action recogniser (started from the part-stat
 network's Swin, inflated to 3D) -- bundles them (`<workdir>/bundle`), parses the
 validation videos end to end (`<workdir>/predictions`) and prints every stage's
 validation result beside its baselines, then the challenge score with the oracle
-ablation (which stage costs how much) and the majority-state baseline. A rerun resumes
-where it stopped (tps_jax/chain.py).
+ablation (which stage costs how much) and the majority-state baseline, and where the
+system's error-analysis page is (<workdir>/predictions/report/index.html, `python -m
+tps_jax.report`'s). A rerun resumes where it stopped (tps_jax/chain.py).
 
 The demo trains the human detector for 250 steps and the part-state network for 300
 (`stage_overrides` below); the part detector and the action recogniser train as their

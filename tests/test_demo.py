@@ -49,6 +49,8 @@ def test_demo_trains_the_four_stages_parses_end_to_end_and_resumes(smoke_demo):
   assert (workdir / 'bundle' / 'pipeline.json').is_file()
   for row in ('system', 'oracle_all'):
     assert (workdir / 'predictions' / row / 'pred_part_result.json').is_file()
+  page = workdir / 'predictions' / 'report' / 'index.html'  # the system's error analysis
+  assert page.is_file() and f'error analysis (open in a browser): {page}' in proc.stdout
   for stage in stages:
     assert (workdir / stage / 'export' / 'metadata.json').is_file()
     assert (workdir / stage / 'metrics.jsonl').is_file()

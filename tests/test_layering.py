@@ -47,6 +47,7 @@ ENTRY_POINTS = {
   'evaluate_part_state',
   'export_pipeline',
   'predict',
+  'report',
   'visualize',
 }
 

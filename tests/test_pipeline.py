@@ -364,8 +364,12 @@ def test_all_oracles_score_the_maximum(bundle, synthetic_root, tmp_path):
     '--oracle',
     'humans,parts,states,action',
     '--noprogress',
+    '--report',
   )
   assert _score_line(proc.stdout) == 'score: 0.999900'
+  page = tmp_path / 'report' / 'index.html'  # --report: the error analysis, its path printed
+  assert proc.stdout.splitlines()[-1] == f'report: {page}'
+  assert 'id="score">score: 0.999900<' in page.read_text()
 
 
 def test_predict_writes_a_scoreable_submission_resumes_and_skips_bad_videos(

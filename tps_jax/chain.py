@@ -19,7 +19,8 @@ is an application above the trainer, which knows nothing of it. A chain config h
   trained: their bundle (WORKDIR/bundle, `settings` as tps_jax/inference/pipeline.py's
   Settings), the `split` it parses (WORKDIR/predictions, resumable), scored with the
   oracle ablation (tps_jax/inference/ablation.py) and the part-state network's top-1
-  with the ground-truth and with the predicted action.
+  with the ground-truth and with the predicted action; the system's error-analysis page
+  (tps_jax/metrics/report_page.py) goes to WORKDIR/predictions/report/index.html.
 
 Every stage resumes like any single-stage run, so a rerun only does what is left.
 The console gets a line when a stage starts and ends, the progress lines and the final
@@ -47,6 +48,7 @@ STAGES = {
 }
 BUNDLE_DIR = 'bundle'
 PREDICTIONS_DIR = 'predictions'
+REPORT_DIR = 'report'  # WORKDIR/predictions/report/index.html: the system's error analysis
 
 
 class ChainError(RuntimeError):
@@ -252,6 +254,7 @@ def evaluate_end_to_end(config, workdir: str, root: str, results: dict[str, Any]
   for (name, _), pred in zip(ablation.ROWS, prediction.submissions):
     submission.write_submission(os.path.join(out, name.replace(' ', '_')), *pred)
   rows = ablation.score_rows(truth, prediction.submissions, parsed)
+  report = write_error_report(os.path.join(out, REPORT_DIR), truth, prediction, rows, items)
   predicted = prediction.submissions[0][0]
   states_top1 = part_states.part_state_top1(
     parsed.states, data_root=root, split=split, actions=predicted
@@ -265,7 +268,28 @@ def evaluate_end_to_end(config, workdir: str, root: str, results: dict[str, Any]
     'videos': len(items),
     'split': split,
     'part_state_predicted_action': states_top1,
+    'report': report,
   }
+
+
+def write_error_report(out_dir: str, truth, prediction, rows, items) -> str:
+  """The error-analysis page of the system's submission (its first variant), the
+  ablation's rows as bars; returns its path."""
+  # pylint: disable=g-import-not-at-top
+  from tps_jax.metrics import report_page
+  from tps_jax.metrics import score as score_lib
+
+  pred_vid, pred_part = prediction.submissions[0]
+  report = score_lib.challenge_score(truth.vid, truth.part, pred_vid, pred_part, details=True)
+  return report_page.write_report(
+    out_dir,
+    report,
+    truth.part,
+    pred_part,
+    ablation=[(row.name, row.score) for row in rows],
+    video_paths={item.name: item.path for item in items},
+    title='Kinetics-TPS error analysis: the demo (system row)',
+  )
 
 
 def run_chain(config, workdir: str) -> dict[str, Any]:
@@ -313,6 +337,8 @@ def format_results(results: dict[str, dict[str, Any]], end_to_end=None) -> str:
       f'end to end, challenge score on the {end_to_end["videos"]} {end_to_end["split"]} videos:'
     )
     lines.append(ablation.format_table(end_to_end['rows']))
+    if end_to_end.get('report'):
+      lines.append(f'error analysis (open in a browser): {end_to_end["report"]}')
   return '\n'.join(lines)
 
 

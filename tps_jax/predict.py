@@ -29,6 +29,9 @@ and 5 proposals per part), validated, each written atomically.
   `--ablation` parses every row of tps_jax/inference/ablation.py in the same pass (the
   system, then the ground truth stage by stage, and the majority-state baseline), writes
   each row's submission to PRED_DIR/ablation/<row>/ and prints the table.
+- `--report`: when it scores, also writes the error-analysis page (python -m
+  tps_jax.report) to PRED_DIR/report/index.html, the ablation's rows as bars with
+  --ablation, and prints its path.
 - A video that cannot be read is one line naming it; the rest goes on, the summary
   lists the skipped videos. They are written into the submission with no frame and
   the first action class (the challenge's tool stops on a missing video), so the files
@@ -74,6 +77,12 @@ _ABLATION = flags.DEFINE_bool(
   "print the table; PRED_DIR/ablation/<row>/ gets each row's "
   'submission.',
 )
+_REPORT = flags.DEFINE_bool(
+  'report',
+  False,
+  'When it scores, also write the error-analysis report (python -m tps_jax.report) to '
+  'PRED_DIR/report/index.html and print its path.',
+)
 _SET = flags.DEFINE_multi_string(
   'set', [], "name=value: a pipeline setting instead of the bundle's (e.g. frame_batch=16)."
 )
@@ -84,6 +93,9 @@ _BF16 = flags.DEFINE_bool('bf16', False, 'Compute in bfloat16 (GPU / TPU).')
 _MULTIHOST = flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize().')
 _PROGRESS = flags.DEFINE_bool('progress', True, 'Show the progress bar.')
 flags.mark_flags_as_required(['bundle', 'out'])
+
+
+REPORT_DIR = 'report'  # PRED_DIR/report/index.html with --report
 
 
 class PredictError(RuntimeError):
@@ -175,14 +187,32 @@ def run(argv) -> int:
     file=sys.stderr,
   )
   if truth is None:
+    if _REPORT.value:
+      print('warning: --report: these videos have no ground truth to score', file=sys.stderr)
     return 0
-  print(score_lib.challenge_score(truth.vid, truth.part, *result.submissions[0]).format())
+  report = score_lib.challenge_score(
+    truth.vid, truth.part, *result.submissions[0], details=_REPORT.value
+  )
+  print(report.format())
+  rows = []
   if _ABLATION.value:
     for (name, _), pred in zip(ablation_lib.ROWS, result.submissions):
       submission.write_submission(os.path.join(out, 'ablation', name.replace(' ', '_')), *pred)
     rows = ablation_lib.score_rows(truth, result.submissions, pipeline)
     print(f'oracle ablation ({len(truth.vid)} videos):')
     print(ablation_lib.format_table(rows))
+  if _REPORT.value:
+    from tps_jax.metrics import report_page
+
+    path = report_page.write_report(
+      os.path.join(out, REPORT_DIR),
+      report,
+      truth.part,
+      result.submissions[0][1],
+      ablation=[(row.name, row.score) for row in rows],
+      video_paths={v.name: v.path for v in videos},
+    )
+    print(f'report: {path}')
   return 0
 
 

@@ -46,6 +46,11 @@ boxes than states (N_p counts the states), states, actions and part names outsid
 vocabularies, videos and frames outside the GT (never read). A GT video missing from the
 submission stops the tool with a KeyError; here it counts as the wrong class with every
 frame missing (warned). What the tool never reads is not checked.
+
+`score_typed(..., details=True)` also keeps what the score's cell is made of, from the
+same pass (ScoreDetails: per scored frame, GT human and GT part of a matched human, and
+every part's best proposal whatever its state): the numbers of `python -m
+tps_jax.report`.
 """
 
 from __future__ import annotations
@@ -239,6 +244,36 @@ def printed_accuracy(psc: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass
+class ScoreDetails:
+  """What the score's cell (human IoU > 0.5, part IoU >= 0.3) is made of, from the
+  scoring pass itself (score_typed(details=True)): the report's numbers.
+
+  Frames are the scored ones (a GT frame present in the submission with a GT part),
+  humans the GT humans of those frames, parts the GT parts of the matched humans.
+  """
+
+  frame_video: np.ndarray  # (F,) video index of each scored frame
+  frame_names: list[str]  # (F,) its key, img_XXXXX.json
+  frame_score: np.ndarray  # (F,) its score in the cell (part scores / GT parts)
+  frame_parts: np.ndarray  # (F,) its GT parts
+  frame_pred_humans: np.ndarray  # (F,) predicted humans in it
+  missing_frames: np.ndarray  # (V,) GT frames with a human missing from the submission
+  missing_videos: np.ndarray  # (V,) bool: the video is missing from the part result
+  human_frame: np.ndarray  # (N,) scored-frame index of each GT human
+  human_iou: np.ndarray  # (N,) IoU with its assigned predicted human (-inf: none)
+  human_matched: np.ndarray  # (N,) IoU > 0.5 as the tool compares
+  human_parts: np.ndarray  # (N,) its GT parts
+  part_human: np.ndarray  # (M,) GT human index of each part of a matched human
+  part_names: list[str]  # (M,)
+  gt_states: list[str]  # (M,)
+  part_iou: np.ndarray  # (M,) best IoU of any proposal of the same-named part (-inf: none)
+  pred_states: list[str]  # (M,) the state of that proposal ('' when none)
+  part_score: np.ndarray  # (M,) its score in the cell: 1 / N_p or 0
+  gt_actions: list  # (V,)
+  pred_actions: list  # (V,) None where the video has no predicted action
+
+
+@dataclasses.dataclass
 class ScoreReport:
   videos: list[str]  # the GT videos, in order
   human_thresholds: tuple[float, ...]
@@ -247,6 +282,7 @@ class ScoreReport:
   correct_videos: np.ndarray  # (V,) predicted class == GT class
   counted_frames: np.ndarray  # (V,) frames the PSC divides by
   warnings: list[str] = dataclasses.field(default_factory=list)
+  details: ScoreDetails | None = None  # score_typed(details=True)
 
   @functools.cached_property
   def areas(self) -> np.ndarray:
@@ -413,6 +449,8 @@ class _Flat:
     notes, num_videos = self.notes, len(self.videos)
     self.frame_keys = np.zeros(num_videos, np.int64)
     self.no_human = np.zeros(num_videos, np.int64)
+    self.missing = np.zeros(num_videos, np.int64)  # GT frames with a human, not submitted
+    self.missing_videos = np.zeros(num_videos, bool)
     frame_video, self.frame_names, gt_humans, pred_humans, num_gt, num_pred = ([] for _ in range(6))
     missing_videos, missing_frames, unread_frames = [], [], []
     for v, video in enumerate(self.videos):
@@ -423,6 +461,7 @@ class _Flat:
       pred_frames = pred_part.get(video)
       if pred_frames is None:
         missing_videos.append(video)
+        self.missing_videos[v] = True
         pred_frames = {}
       elif isinstance(pred_frames, Malformed):
         notes.refuse([f'{PRED_PART}: {video}: {pred_frames.problem}'])
@@ -438,6 +477,7 @@ class _Flat:
         pred_frame = pred_frames.get(name)
         if pred_frame is None:
           missing_frames.append(f'{video}/{name}')
+          self.missing[v] += 1
           continue
         if type(pred_frame) is not PredFrame:
           notes.refuse([f'{PRED_PART}: {video}/{name}: {pred_frame.problem}'])
@@ -676,6 +716,8 @@ class _Parts:
     notes.stop_if_refused()
     self.proposal_boxes = proposal_boxes
     self.gt_boxes = np.repeat(gt_boxes, np.diff(np.append(self.run_start, part.size)), axis=0)
+    # Kept (references, no copies) for ScoreDetails: every proposal, whatever its state.
+    self.names, self.gt_objs, self.boxes, self.state_lists = names, gt_objs, boxes, states
 
   def best_iou(self) -> np.ndarray:
     """Per read GT part: the highest IoU of a proposal with its state, -inf if none."""
@@ -707,10 +749,13 @@ def score_typed(
   human_thresholds: Sequence[float] = THRESHOLDS,
   part_thresholds: Sequence[float] = THRESHOLDS,
   vocabulary: tuple[set, set] | None = None,
+  details: bool = False,
 ) -> ScoreReport:
   """Scores the typed form (submission.read_results / as_typed) for every threshold cell.
 
   vocabulary: (states, actions) known beyond those of the ground truth (--data_root).
+  details: also fill report.details (ScoreDetails) from this pass; the thresholds must
+  then hold the score's cell.
   Raises submission.SubmissionError (all problem lines) where the tool would refuse.
   """
   notes = _Notes()
@@ -746,7 +791,7 @@ def score_typed(
 
   correct = np.array([v in pred_vid and pred_vid[v] == gt_vid[v] for v in videos], bool)
   _warn_names(gt_vid, gt_part, pred_vid, pred_part, flat, parts, notes, vocabulary)
-  return ScoreReport(
+  report = ScoreReport(
     videos=videos,
     human_thresholds=human_thresholds,
     part_thresholds=part_thresholds,
@@ -755,6 +800,88 @@ def score_typed(
     counted_frames=counted,
     warnings=notes.warnings,
   )
+  if details:
+    h, p = report.official_cell
+    report.details = _details(
+      flat,
+      parts,
+      read,
+      _matched(match_iou, square, human_thresholds[h]),
+      match_iou,
+      part_score[p],
+      frame_score[h, p],
+      [gt_vid[v] for v in videos],
+      [pred_vid.get(v) for v in videos],
+    )
+  return report
+
+
+def _details(
+  flat: _Flat,
+  parts: _Parts,
+  read: np.ndarray,
+  matched: np.ndarray,
+  match_iou: np.ndarray,
+  part_score: np.ndarray,
+  frame_score: np.ndarray,
+  gt_actions: list,
+  pred_actions: list,
+) -> ScoreDetails:
+  """ScoreDetails of the score's cell from the pass's arrays: `matched` per GT human,
+  `part_score` per read part and `frame_score` per scored frame at that cell."""
+  scored = flat.scored
+  scored_index = np.cumsum(scored) - 1  # flat frame -> scored frame
+  humans = np.flatnonzero(scored[flat.human_frame])
+  kept = np.flatnonzero(np.repeat(matched[read], parts.counts))  # parts of matched humans
+  human_of_part = np.repeat(read, parts.counts)[kept]
+  part_iou, pred_states = _best_proposals(parts, kept)
+  human_number = np.full(len(flat.gt_humans), -1, np.int64)
+  human_number[humans] = np.arange(len(humans))
+  return ScoreDetails(
+    frame_video=flat.frame_video[scored],
+    frame_names=list(compress(flat.frame_names, scored.tolist())),
+    frame_score=np.asarray(frame_score, np.float64),
+    frame_parts=flat.frame_parts[scored],
+    frame_pred_humans=flat.num_pred[scored],
+    missing_frames=flat.missing,
+    missing_videos=flat.missing_videos,
+    human_frame=scored_index[flat.human_frame[humans]],
+    human_iou=match_iou[humans],
+    human_matched=matched[humans],
+    human_parts=flat.part_counts[humans],
+    part_human=human_number[human_of_part],
+    part_names=[parts.names[i] for i in kept.tolist()],
+    gt_states=[parts.gt_objs[i].verb for i in kept.tolist()],
+    part_iou=part_iou,
+    pred_states=pred_states,
+    part_score=part_score[kept],
+    gt_actions=gt_actions,
+    pred_actions=pred_actions,
+  )
+
+
+def _best_proposals(parts: _Parts, kept: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  """Per kept read part: the best IoU of any of its proposals, whatever the state
+  (-inf: none), and that proposal's state ('' when none; the first of equals)."""
+  boxes = [parts.boxes[i] for i in kept.tolist()]
+  num_boxes = np.fromiter(map(len, boxes), np.int64, len(boxes))
+  owner = np.repeat(np.arange(len(kept)), num_boxes)
+  gt_boxes = _box_values([parts.gt_objs[i].box for i in kept.tolist()])
+  iou = _paired_iou(gt_boxes[owner], _box_values(list(chain.from_iterable(boxes))))
+  best = np.full(len(kept), -np.inf)
+  starts = _starts(num_boxes)
+  has = np.flatnonzero(num_boxes > 0)
+  if has.size:
+    best[has] = np.maximum.reduceat(iou, starts[has])
+  first_best = np.flatnonzero(iou == best[owner])
+  owners, first = np.unique(owner[first_best], return_index=True)
+  position = np.zeros(len(kept), np.int64)
+  position[owners] = first_best[first] - starts[owners]
+  states = [
+    str(parts.state_lists[i][k]) if n else ''
+    for i, k, n in zip(kept.tolist(), position.tolist(), num_boxes.tolist())
+  ]
+  return best, states
 
 
 def _warn_names(
