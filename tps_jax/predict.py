@@ -51,8 +51,6 @@ from absl import flags
 
 from tps_jax import cli
 
-from tps_jax import cli
-
 _BUNDLE = flags.DEFINE_string(
   'bundle', None, 'Pipeline bundle (python -m tps_jax.export_pipeline).'
 )
