@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import flax
 import jax
@@ -420,7 +421,7 @@ def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
     '--workdir',
     workdir,
     *flags,
-    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+    env={'XLA_FLAGS': os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=2'},
   )
   records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in records] == [2, 4]

@@ -293,7 +293,11 @@ def test_one_and_four_devices_give_the_same_outputs(bundle):
                                    atol=0 if exact else 1e-2, err_msg=key)
       print('same')
       """)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', PYTHONPATH=REPO_ROOT)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=4',
+    PYTHONPATH=REPO_ROOT,
+  )
   proc = subprocess.run(
     [sys.executable, '-c', script],
     cwd=REPO_ROOT,

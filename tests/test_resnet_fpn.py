@@ -228,7 +228,11 @@ for a, b in zip(jax.tree.leaves(s8), jax.tree.leaves(s1)):
   np.testing.assert_allclose(a, b, rtol=1e-6)
 np.testing.assert_allclose(s1['batch_stats']['mean'], 0.1 * x.mean((0, 1, 2)), rtol=1e-5)
 """
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=8',
+  )
   proc = subprocess.run(
     [sys.executable, '-c', script],
     cwd=REPO_ROOT,

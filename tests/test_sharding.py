@@ -38,7 +38,11 @@ def _losses(workdir):
 
 
 def _run_on_8_devices(workdir, *flags):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=8',
+  )
   proc = subprocess.run(
     [
       sys.executable,
