@@ -1,0 +1,205 @@
+"""The official releases' detection heads (issue 16): BatchNorm box heads, class-specific
+regression and GIoU on decoded boxes (the Swin Cascade R-CNN release), their checkpoint
+layout, torchvision's fasterrcnn_resnet50_fpn_v2, GFL v2's DGQP, training on a subset.
+
+Behaviour tests use a tiny ResNet detector with random numpy weights (no `init`
+compile); references are written with torch / torchvision ops here.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
+from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
+from tps_jax.models.resnet import BatchNorm
+
+NUM_CLASSES = 3
+
+
+def random_variables(model, shape, seed=0):
+  """Random kernels, norms near 1 and statistics away from 0 / 1: no `init` compile."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_in = math.prod(leaf.shape[:-1])
+      return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
+    if name in ('scale', 'var'):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def official_heads_model(**roi):
+  """A tiny ResNet Cascade R-CNN with the Swin release's heads: 2 convs + BatchNorm, one
+  FC, class-specific regression, GIoU (weight 10) on decoded boxes."""
+  return build_cascade_rcnn(
+    'resnet18',
+    NUM_CLASSES,
+    backbone_overrides={'depths': (1, 1, 1, 1)},
+    neck={'out_channels': 32},
+    rpn={
+      'pre_nms_top_n_train': 200,
+      'post_nms_top_n_train': 100,
+      'pre_nms_top_n_test': 100,
+      'post_nms_top_n_test': 50,
+      'allowed_border': None,
+    },
+    roi={
+      'num_convs': 2,
+      'conv_channels': 32,
+      'num_fcs': 1,
+      'fc_dim': 64,
+      'norm': 'bn',
+      'class_agnostic': False,
+      'box_loss': 'giou',
+      'box_weight': 10.0,
+      'num_samples': 64,
+      'max_detections': 20,
+      **roi,
+    },
+  )
+
+
+@pytest.fixture(scope='module')
+def official_heads():
+  """(model, variables, jitted train step returning (losses, new batch_stats))."""
+  model = official_heads_model()
+  variables = random_variables(model, TINY_SHAPE)
+
+  @jax.jit
+  def losses(variables, key):
+    return model.apply(
+      variables,
+      images(),
+      FULL,
+      targets(OBJECTS, labels=[[0, 2], [1]]),
+      train=True,
+      rngs={'sampling': key},
+      mutable=['batch_stats'],
+    )
+
+  return model, variables, losses
+
+
+# ------------------------------------------------------------- 1. BatchNorm heads
+
+
+def test_batchnorm_statistics_count_only_the_masked_rows():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((6, 3, 3, 4)).astype(np.float32) * 2 + 1
+  mask = np.array([True, True, False, True, False, True])
+  norm = BatchNorm(use_batch_statistics=True, momentum=0.9)
+  variables = {
+    'params': {'scale': np.full(4, 1.5, np.float32), 'bias': np.full(4, 0.25, np.float32)},
+    'batch_stats': {'mean': np.zeros(4, np.float32), 'var': np.ones(4, np.float32)},
+  }
+  y, state = norm.apply(variables, x, mask, mutable=['batch_stats'])
+  reference = torch.nn.BatchNorm2d(4, momentum=0.1).train()
+  with torch.no_grad():
+    reference.weight.fill_(1.5)
+    reference.bias.fill_(0.25)
+    want = reference(torch.from_numpy(x[mask].transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(np.asarray(y)[mask], want.transpose(0, 2, 3, 1), atol=1e-5)
+  np.testing.assert_allclose(state['batch_stats']['mean'], reference.running_mean, atol=1e-6)
+  np.testing.assert_allclose(state['batch_stats']['var'], reference.running_var, atol=1e-5)
+  _, unchanged = norm.apply(variables, x, np.zeros(6, bool), mutable=['batch_stats'])
+  np.testing.assert_array_equal(unchanged['batch_stats']['var'], np.ones(4, np.float32))
+
+
+def test_roi_settings_name_an_unknown_norm_or_loss():
+  with pytest.raises(ValueError, match='RoISettings.norm'):
+    RoISettings(norm='sync')
+  with pytest.raises(ValueError, match='RoISettings.box_loss'):
+    RoISettings(box_loss='iou')
+  with pytest.raises(ValueError, match='RoISettings.bn_mode'):
+    RoISettings(bn_mode='global')
+
+
+def test_batchnorm_heads_train_with_the_batch_statistics(official_heads):
+  model, variables, losses = official_heads
+  assert variables['params']['box_heads_2']['bbox_pred']['kernel'].shape[-1] == 4 * NUM_CLASSES
+  assert set(variables['batch_stats']['box_heads_0']) == {'bn_0', 'bn_1'}
+  out, state = losses(variables, jax.random.key(0))
+  assert np.isfinite(total(out)) and all(out[f'loss_box_{s}'] > 0 for s in range(3))
+  for stage in range(3):
+    before = variables['batch_stats'][f'box_heads_{stage}']['bn_1']['mean']
+    after = state['batch_stats'][f'box_heads_{stage}']['bn_1']['mean']
+    assert np.abs(np.asarray(after) - before).max() > 1e-4, f'stage {stage} kept its statistics'
+  # The ResNet backbone's frozen BatchNorms keep theirs.
+  np.testing.assert_array_equal(
+    state['batch_stats']['backbone']['bn1']['mean'],
+    variables['batch_stats']['backbone']['bn1']['mean'],
+  )
+
+
+@pytest.mark.parametrize('bn_mode', ['batch', 'frozen'])
+def test_a_frozen_batchnorm_head_normalises_with_its_running_statistics(bn_mode):
+  head = BoxHead(
+    NUM_CLASSES,
+    False,
+    num_convs=1,
+    conv_channels=8,
+    num_fcs=1,
+    fc_dim=16,
+    norm='bn',
+    bn_mode=bn_mode,
+  )
+  features = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 7, 7, 8)), jnp.float32)
+  variables = head.init(jax.random.key(0), features)
+  variables = {
+    **variables,
+    'batch_stats': {'bn_0': {'mean': jnp.full(8, 0.3), 'var': jnp.full(8, 2.0)}},
+  }
+  train, state = head.apply(variables, features, None, True, mutable=['batch_stats'])
+  test = head.apply(variables, features, None, False)
+  changed = np.abs(np.asarray(state['batch_stats']['bn_0']['mean']) - 0.3).max() > 0
+  same_output = np.allclose(train[0], test[0], atol=1e-6)
+  assert (changed, same_output) == ((True, False) if bn_mode == 'batch' else (False, True))
+
+
+def torch_decode(deltas, rois, stds):
+  """mmdetection's DeltaXYWHBBoxCoder.decode (no clipping), in torch."""
+  deltas = deltas * torch.tensor(stds)
+  centre = (rois[:, :2] + rois[:, 2:]) / 2
+  size = rois[:, 2:] - rois[:, :2]
+  xy = centre + size * deltas[:, :2]
+  wh = size * torch.exp(deltas[:, 2:].clamp(-math.log(1000 / 16), math.log(1000 / 16)))
+  return torch.cat([xy - wh / 2, xy + wh / 2], 1)
+
+
+def test_giou_loss_is_on_the_decoded_boxes_of_the_positives(official_heads):
+  model = official_heads[0]
+  rng = np.random.default_rng(3)
+  corner = rng.uniform(0, 60, (1, 6, 2))
+  rois = np.concatenate([corner, corner + rng.uniform(10, 40, (1, 6, 2))], axis=-1)
+  gt = rois + rng.uniform(-4, 4, rois.shape)
+  deltas = 0.5 * rng.standard_normal((1, 6, 4))
+  positive = np.array([[True, True, False, True, False, False]])
+  stage = 1
+  got = model.apply(
+    {},
+    stage,
+    *(jnp.asarray(a, jnp.float32) for a in (deltas, rois, gt)),
+    positive,
+    10.0,
+    method=lambda m, *a: m._box_loss(*a),
+  )
+  tensor = lambda a: torch.from_numpy(a[0].astype(np.float32))
+  boxes = torch_decode(tensor(deltas), tensor(rois), CASCADE_STDS[stage])
+  want = (
+    torchvision.ops.generalized_box_iou_loss(
+      boxes[positive[0]], tensor(gt)[positive[0]], reduction='sum'
+    )
+    / 10.0
+  )
+  np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
