@@ -14,8 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from skimage import data as skimage_data
+from torchvision.models.detection.image_list import ImageList
 
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
+from tests.test_cascade_rcnn import (
+  MEAN,
+  STD,
+  assert_close,
+  assert_same_detections,
+  load,
+  nchw,
+  torch_objectness,
+)
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
 
@@ -203,3 +214,114 @@ def test_giou_loss_is_on_the_decoded_boxes_of_the_positives(official_heads):
     / 10.0
   )
   np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+
+
+# ------------------------------------------------- 3. torchvision's Faster R-CNN v2
+
+V2_SHAPE = (96, 128)  # (H, W), multiples of 32: torchvision's transform neither resizes nor pads
+
+
+def randomise_batchnorms(model: torch.nn.Module, seed: int) -> None:
+  """BatchNorm statistics and affine parameters away from 0 / 1 (eval mode uses them)."""
+  generator = torch.Generator().manual_seed(seed)
+  uniform = lambda n, lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        n = module.num_features
+        module.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
+        module.running_var.copy_(uniform(n, 0.5, 2.0))
+        module.weight.copy_(uniform(n, 0.5, 1.5))
+        module.bias.copy_(0.2 * torch.randn(n, generator=generator))
+
+
+@pytest.fixture(scope='module')
+def torchvision_v2():
+  """fasterrcnn_resnet50_fpn_v2's architecture (BatchNorm FPN, 2-conv RPN head, 4conv1fc
+  BatchNorm box head, class-specific regression) on a one-block-per-stage ResNet-50 and
+  5 classes, random weights and BatchNorm statistics, in eval mode."""
+  from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+  from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead
+  from torchvision.models.detection.rpn import RPNHead
+  from torchvision.models.resnet import Bottleneck, ResNet
+
+  torch.manual_seed(0)
+  backbone = _resnet_fpn_extractor(
+    ResNet(Bottleneck, [1, 1, 1, 1]), 3, norm_layer=torch.nn.BatchNorm2d
+  )
+  model = FasterRCNN(
+    backbone,
+    num_classes=6,
+    rpn_head=RPNHead(256, 3, conv_depth=2),
+    box_head=FastRCNNConvFCHead(
+      (256, 7, 7), [256, 256, 256, 256], [1024], norm_layer=torch.nn.BatchNorm2d
+    ),
+    min_size=V2_SHAPE[0],
+    max_size=V2_SHAPE[1],
+    image_mean=[0.0] * 3,
+    image_std=[1.0] * 3,
+  )
+  randomise_batchnorms(model, seed=1)
+  return model.eval()
+
+
+def test_fasterrcnn_v2_matches_torchvision(torchvision_v2):
+  reference = torchvision_v2
+  state = {k: v.numpy() for k, v in reference.state_dict().items()}
+  model, variables, conversion = load(
+    state, 'fasterrcnn_resnet50_fpn_v2', backbone_overrides={'depths': (1, 1, 1, 1)}
+  )
+  assert (model.neck.norm, model.rpn.num_convs, model.roi.norm) == ('bn', 2, 'bn')
+  assert (model.roi.num_convs, model.roi.num_fcs, model.roi.class_agnostic) == (4, 1, False)
+  assert conversion.sources['batch_stats/box_heads_0/bn_3/var'] == (
+    'roi_heads.box_head.3.1.running_var'
+  )
+  assert conversion.sources['box_heads_0/fc_0/kernel'] == 'roi_heads.box_head.5.weight'
+  assert conversion.sources['batch_stats/neck/output_p4_bn/mean'] == (
+    'backbone.fpn.layer_blocks.2.1.running_mean'
+  )
+  assert set(conversion.skipped.values()) == {'BatchNorm step counter, no counterpart'}
+  height, width = V2_SHAPE
+  photo = skimage_data.astronaut()[100 : 100 + 2 * height : 2, 150 : 150 + 2 * width : 2]
+  x = ((photo.astype(np.float32) / 255.0 - MEAN) / STD)[None]
+  image_shape = jnp.array([[height, width]], jnp.float32)
+
+  with torch.no_grad():
+    features = reference.backbone(nchw(x))
+    images_ = ImageList(nchw(x), [V2_SHAPE])
+    want_proposals = reference.rpn(images_, features)[0][0].numpy()
+    want_objectness = torch_objectness(reference.rpn.head(list(features.values()))[0])
+    pooled = reference.roi_heads.box_roi_pool(
+      features, [torch.from_numpy(want_proposals)], images_.image_sizes
+    )
+    want_logits, want_deltas = reference.roi_heads.box_predictor(
+      reference.roi_heads.box_head(pooled)
+    )
+    want = reference([nchw(x)[0]])[0]
+
+  def heads(m, x, rois):
+    levels = m.pyramid(x, train=False)
+    proposals, objectness, _, _ = m.propose(levels, image_shape, V2_SHAPE, train=False)
+    return proposals, objectness, m.box_head(0, levels, rois, V2_SHAPE), m.detect(x, image_shape)
+
+  proposals, objectness, (logits, deltas), detections = jax.jit(
+    lambda v, x, r: model.apply(v, x, r, method=heads)
+  )(variables, jnp.asarray(x), jnp.asarray(want_proposals)[None])
+  assert_close(objectness, want_objectness, 'RPN objectness')
+  got = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
+  assert got.shape == want_proposals.shape
+  rows_equal = np.abs(got - want_proposals).max(axis=1) <= 0.05
+  assert rows_equal.mean() >= 0.99, f'{(~rows_equal).sum()} of {len(got)} proposals differ'
+  classes = model.num_classes
+  assert_close(logits[0], want_logits.numpy()[:, list(range(1, classes + 1)) + [0]], 'logits')
+  assert_close(deltas[0], want_deltas.numpy()[:, 4:], 'box deltas')
+  valid = np.asarray(detections['valid'][0])
+  assert 10 <= valid.sum() == len(want['scores'])
+  assert_same_detections(
+    (
+      np.asarray(detections['boxes'][0])[valid],
+      np.asarray(detections['scores'][0])[valid],
+      np.asarray(detections['labels'][0])[valid] + 1,
+    ),
+    (want['boxes'].numpy(), want['scores'].numpy(), want['labels'].numpy()),
+  )

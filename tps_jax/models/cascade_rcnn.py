@@ -290,7 +290,9 @@ class CascadeRCNN(nn.Module):
         'CascadeRCNN: the shared RPN head needs the same number of anchors '
         f'on every level, got {self.rpn.anchors.num_anchors_per_location}'
       )
-    self.rpn_head = rpn_lib.RPNHead(anchors_per_location.pop(), dtype=self.dtype)
+    self.rpn_head = rpn_lib.RPNHead(
+      anchors_per_location.pop(), self.rpn.num_convs, dtype=self.dtype
+    )
     self.box_heads = [
       BoxHead(
         self.num_classes,
