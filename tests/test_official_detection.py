@@ -25,8 +25,11 @@ from tests.test_cascade_rcnn import (
   assert_same_detections,
   load,
   nchw,
+  swin_cascade_state,
   torch_objectness,
 )
+from tps_jax.convert import convert_state_dict, load_pytorch_weights, read_state_dict
+from tps_jax.convert.checkpoint import report_lines
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
 
@@ -325,3 +328,142 @@ def test_fasterrcnn_v2_matches_torchvision(torchvision_v2):
     ),
     (want['boxes'].numpy(), want['scores'].numpy(), want['labels'].numpy()),
   )
+
+
+# -------------------------------------------- 2. the official Swin detection release
+
+COCO_CLASSES = 80
+
+
+def official_swin_release(seed: int = 0) -> dict[str, np.ndarray]:
+  """A `cascade_mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_giou_4conv1f_adamw_3x_coco`
+  state dict as the Swin-Transformer-Object-Detection release lays it out: the Swin-T
+  backbone and FPN of `swin_cascade_state`, then per stage 4 bias-free convs + SyncBN
+  (`shared_convs.K.bn`, with running statistics and step counter), one FC, 81 classes
+  and class-specific regression (320 outputs), and the three stages' mask heads."""
+  state = {k: v for k, v in swin_cascade_state(seed).items() if not k.startswith('roi_head.')}
+  rng = np.random.default_rng(seed + 1)
+  normal = lambda *shape: (0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+  for stage in range(3):
+    head = f'roi_head.bbox_head.{stage}'
+    for j in range(4):
+      state[f'{head}.shared_convs.{j}.conv.weight'] = normal(256, 256, 3, 3)
+      bn = f'{head}.shared_convs.{j}.bn'
+      state[f'{bn}.weight'], state[f'{bn}.bias'] = 1 + normal(256), normal(256)
+      state[f'{bn}.running_mean'] = normal(256)
+      state[f'{bn}.running_var'] = rng.uniform(0.5, 2.0, 256).astype(np.float32)
+      state[f'{bn}.num_batches_tracked'] = np.array(1000, np.int64)
+    state[f'{head}.shared_fcs.0.weight'] = normal(1024, 256 * 49) / 4
+    state[f'{head}.shared_fcs.0.bias'] = normal(1024)
+    state[f'{head}.fc_cls.weight'] = normal(COCO_CLASSES + 1, 1024)
+    state[f'{head}.fc_cls.bias'] = normal(COCO_CLASSES + 1)
+    state[f'{head}.fc_reg.weight'] = normal(4 * COCO_CLASSES, 1024)
+    state[f'{head}.fc_reg.bias'] = normal(4 * COCO_CLASSES)
+    mask = f'roi_head.mask_head.{stage}'
+    for j in range(4):
+      state[f'{mask}.convs.{j}.conv.weight'] = normal(256, 256, 3, 3)
+      state[f'{mask}.convs.{j}.conv.bias'] = normal(256)
+    state[f'{mask}.upsample.weight'], state[f'{mask}.upsample.bias'] = (
+      normal(256, 256, 2, 2),
+      normal(256),
+    )
+    state[f'{mask}.conv_logits.weight'] = normal(COCO_CLASSES, 256, 1, 1)
+    state[f'{mask}.conv_logits.bias'] = normal(COCO_CLASSES)
+  return state
+
+
+MASK_TENSORS = 3 * (4 * 2 + 2 + 2)
+
+
+@pytest.fixture(scope='module')
+def official_release(tmp_path_factory):
+  """(state dict, path of the release-style file: {'meta': ..., 'state_dict': ...})."""
+  state = official_swin_release()
+  path = tmp_path_factory.mktemp('swin_release') / 'cascade_mask_rcnn_swin_tiny.pth'
+  meta = {'mmdet_version': '2.11.0', 'CLASSES': tuple(f'class_{i}' for i in range(80)), 'epoch': 36}
+  torch.save({'meta': meta, 'state_dict': {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+  return state, str(path)
+
+
+def torch_box_head(state, stage, features):
+  """The release's ConvFCBBoxHead in eval mode: 4 x (conv3x3, SyncBN, ReLU), flatten
+  (C, h, w), FC + ReLU, fc_cls and fc_reg."""
+  tensor = lambda key: torch.from_numpy(np.asarray(state[f'roi_head.bbox_head.{stage}.{key}']))
+  functional = torch.nn.functional
+  with torch.no_grad():
+    x = torch.from_numpy(features)
+    for j in range(4):
+      bn = f'shared_convs.{j}.bn'
+      x = functional.conv2d(x, tensor(f'shared_convs.{j}.conv.weight'), padding=1)
+      x = functional.batch_norm(
+        x,
+        tensor(f'{bn}.running_mean'),
+        tensor(f'{bn}.running_var'),
+        tensor(f'{bn}.weight'),
+        tensor(f'{bn}.bias'),
+        training=False,
+      )
+      x = torch.relu(x)
+    x = torch.relu(x.flatten(1) @ tensor('shared_fcs.0.weight').T + tensor('shared_fcs.0.bias'))
+    logits = x @ tensor('fc_cls.weight').T + tensor('fc_cls.bias')
+    deltas = x @ tensor('fc_reg.weight').T + tensor('fc_reg.bias')
+  return logits.numpy(), deltas.numpy()
+
+
+def test_the_official_swin_release_loads_with_its_batchnorm_heads(official_release):
+  state, path = official_release
+  model, variables = load_pytorch_weights(path, 'cascade_rcnn_swin_t_fpn')
+  roi = model.roi
+  assert (roi.num_stages, roi.num_convs, roi.num_fcs, roi.norm) == (3, 4, 1, 'bn')
+  assert not roi.class_agnostic and model.num_classes == COCO_CLASSES
+  stats = variables['batch_stats']['box_heads_2']['bn_3']
+  np.testing.assert_array_equal(
+    stats['var'], state['roi_head.bbox_head.2.shared_convs.3.bn.running_var']
+  )
+  features = np.random.default_rng(1).standard_normal((5, 256, 7, 7)).astype(np.float32)
+  stage = 2
+  logits, deltas = model.apply(
+    variables,
+    jnp.asarray(features.transpose(0, 2, 3, 1))[None],
+    method=lambda m, f: m.box_heads[stage](f),
+  )
+  want_logits, want_deltas = torch_box_head(state, stage, features)
+  assert_close(logits[0], want_logits, 'logits')
+  assert_close(deltas[0], want_deltas, 'class-specific deltas')
+
+  # The report: the mask branch in one line with its count, every box-head key used.
+  conversion = convert_state_dict(read_state_dict(path), 'cascade_rcnn_swin_t_fpn', source=path)
+  lines = report_lines(conversion, path)
+  mask_lines = [line for line in lines if 'mask_head' in line]
+  assert mask_lines == [
+    f'  skipped {MASK_TENSORS} tensors (mask branch of a Cascade Mask R-CNN (not used)): '
+    'roi_head.mask_head.0.conv_logits.bias, ...'
+  ]
+  assert not [
+    k
+    for k in conversion.skipped
+    if k.startswith('roi_head.bbox_head') and not k.endswith('num_batches_tracked')
+  ]
+
+  # Our 10 parts: the classifier and the class-specific regressor are re-initialised.
+  parts = convert_state_dict(state, 'cascade_rcnn_swin_t_fpn', num_classes=10)
+  assert parts.params['box_heads_0/bbox_pred/kernel'].shape == (1024, 40)
+  assert 'class head of 80 classes' in parts.skipped['roi_head.bbox_head.0.fc_reg.weight']
+
+
+@pytest.mark.slow
+def test_the_official_swin_release_runs_and_its_box_head_statistics_matter(official_release):
+  _, path = official_release
+  model, variables = load_pytorch_weights(
+    path, 'cascade_rcnn_swin_t_fpn', rpn={'pre_nms_top_n_test': 200, 'post_nms_top_n_test': 50}
+  )
+  photo = skimage_data.astronaut()[::8, ::8][:64, :64]
+  x = jnp.asarray(((photo.astype(np.float32) / 255.0 - MEAN) / STD)[None])
+  detect = jax.jit(lambda v: model.apply(v, x, train=False))
+  before = detect(variables)
+  assert np.asarray(before['valid']).sum() > 0
+  stats = variables['batch_stats']['box_heads_1']['bn_0']
+  shifted = jax.tree.map(lambda a: a, variables)
+  shifted['batch_stats']['box_heads_1']['bn_0'] = {**stats, 'mean': stats['mean'] + 0.5}
+  after = detect(shifted)
+  assert np.abs(np.asarray(after['scores']) - np.asarray(before['scores'])).max() > 1e-3
