@@ -95,6 +95,7 @@ def data(**fields: Any) -> ml_collections.ConfigDict:
       'prefetch_batches': 2,  # batches read ahead
       'worker_count': 0,  # grain worker processes decoding (0: none)
       'worker_buffer_size': 2,  # batches each worker holds
+      'train_videos': 0,  # train on N of the train videos, drawn by the seed (0: all)
       **fields,
     }
   )

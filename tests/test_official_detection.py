@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 import torch
 import torchvision
 from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
+from tests.data_configs import data_config
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tests.test_cascade_rcnn import (
   MEAN,
@@ -30,6 +32,7 @@ from tests.test_cascade_rcnn import (
 )
 from tps_jax.convert import convert_state_dict, load_pytorch_weights, read_state_dict
 from tps_jax.convert.checkpoint import report_lines
+from tps_jax.data import build, pipelines
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
 
@@ -467,3 +470,51 @@ def test_the_official_swin_release_runs_and_its_box_head_statistics_matter(offic
   shifted['batch_stats']['box_heads_1']['bn_0'] = {**stats, 'mean': stats['mean'] + 0.5}
   after = detect(shifted)
   assert np.abs(np.asarray(after['scores']) - np.asarray(before['scores'])).max() > 1e-3
+
+
+# ----------------------------------------------------- 5. a subset of the train split
+
+
+@pytest.fixture(scope='module')
+def humans_tfds(synthetic_root, tmp_path_factory):
+  """The synthetic root's `tps_humans` dataset (6 videos, most of them train)."""
+  out = tmp_path_factory.mktemp('subset_tfds')
+  build.build_datasets(str(synthetic_root), out=str(out), datasets=['humans'], progress=False)
+  return out
+
+
+def test_video_subset_is_drawn_by_the_seed():
+  videos = ['c', 'a', 'b', 'a', 'c', 'd', 'b', 'e', 'a']
+  first = pipelines.video_subset(videos, 2, seed=0, where='x')
+  assert np.array_equal(first, pipelines.video_subset(videos, 2, seed=0, where='x'))
+  assert len({videos[i] for i in first}) == 2
+  assert all(videos[i] not in {videos[j] for j in first} for i in range(9) if i not in first)
+  draws = {tuple(pipelines.video_subset(videos, 2, seed=s, where='x')) for s in range(8)}
+  assert len(draws) > 1
+  assert len(pipelines.video_subset(videos, 5, seed=3, where='x')) == len(videos)
+  with pytest.raises(ValueError, match=r'config.data.train_videos: 6 videos asked, x has 5'):
+    pipelines.video_subset(videos, 6, seed=0, where='x')
+
+
+def test_train_videos_trains_on_the_examples_of_that_many_videos(humans_tfds):
+  config = data_config(
+    'humans', tfds_dir=str(humans_tfds), image_size=(32, 48), flip=False, train_videos=2
+  )
+  config.batch_size = 4
+  directory = pipelines.dataset_path('humans', pipelines.data_settings('humans', config))
+  source = tfds.builder_from_directory(directory).as_data_source('train')
+  videos = [pipelines._text(source[i]['video']) for i in range(len(source))]
+  chosen = pipelines.video_subset(videos, 2, seed=7, where='')
+  evaluated = pipelines.make_pipeline('humans', config, 'train', train=False, batch_size=64)
+  images = np.concatenate([batch['image'] for batch in evaluated])
+  digest = lambda image: hash(image.tobytes())
+  allowed = {digest(images[i]) for i in chosen}
+  trained = pipelines.make_pipeline('humans', config, 'train', train=True, seed=7)
+  seen = {
+    digest(image) for _ in range(2 * len(chosen) // 4 + 2) for image in next(trained)['image']
+  }
+  assert seen == allowed and len(allowed) < len(set(map(digest, images)))
+  config.data.train_videos = 99
+  message = rf"config.data.train_videos: 99 videos asked, .* split 'train' has {len(set(videos))}$"
+  with pytest.raises(ValueError, match=message):
+    pipelines.make_pipeline('humans', config, 'train', train=True, seed=7)
