@@ -6,6 +6,7 @@ Behaviour tests use a tiny ResNet detector with random numpy weights (no `init`
 compile); references are written with torch / torchvision ops here.
 """
 
+import json
 import math
 
 import jax
@@ -18,6 +19,7 @@ import torchvision
 from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
+from configs import part_detector
 from tests.data_configs import data_config
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tests.test_cascade_rcnn import (
@@ -35,6 +37,7 @@ from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
+from tps_jax.train import settings
 
 NUM_CLASSES = 3
 
@@ -518,3 +521,13 @@ def test_train_videos_trains_on_the_examples_of_that_many_videos(humans_tfds):
   message = rf"config.data.train_videos: 99 videos asked, .* split 'train' has {len(set(videos))}$"
   with pytest.raises(ValueError, match=message):
     pipelines.make_pipeline('humans', config, 'train', train=True, seed=7)
+
+
+def test_train_videos_is_recorded_and_a_resume_with_another_count_is_refused(tmp_path):
+  config = part_detector.get_config('tiny')
+  config.data.train_videos = 5
+  with open(settings.store(str(tmp_path), config)) as f:
+    assert json.load(f)['data']['train_videos'] == 5
+  config.data.train_videos = 50
+  with pytest.raises(settings.SettingsError, match=r'data.train_videos 5 -> 50'):
+    settings.check_resume(str(tmp_path), config)
