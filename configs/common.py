@@ -161,6 +161,7 @@ def detection_data(
     max_boxes=max_boxes,
     random_crop=True,
     crop_min_scale=0.5,  # crop sides in [s, 1] of the image
+    scale_range=(1.0, 1.0),  # train images fill this fraction of the canvas (multi-scale)
     min_visible=0.3,  # boxes keeping less after crop / rotation: ignore
     random_rotation=10.0,  # degrees, uniform in [-r, r]
     flip=True,

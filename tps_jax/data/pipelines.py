@@ -39,7 +39,9 @@ reading fields):
   swapped), `random_rotation` (degrees, uniform in [-r, r]; boxes re-fitted),
   `random_crop`, `crop_min_scale` (crop sides in [s, 1] of the image), `min_visible`
   (a box keeping less of its area after rotation / crop is marked `ignore`; one keeping
-  none is dropped).
+  none is dropped), `scale_range` (lo, hi): train images fill a fraction in [lo, hi] of
+  the canvas, uniform (multi-scale training: (0.6, 1) is short sides 480-800 of an 800
+  canvas); (1, 1): all of it.
 - `part_states`: `image_size` S (crop), `resize` R (the crop is resized to R x R, then
   cropped S x S: random in train, centred in eval; 0: R = round(S * 8 / 7), i.e. 256 for
   224), `flip` (left/right parts swap rows with their states), `box_jitter` (each box
@@ -97,6 +99,7 @@ _DETECTOR_FIELDS = (
   'random_crop',
   'crop_min_scale',
   'min_visible',
+  'scale_range',
 )
 # The `config.data` fields each dataset's pipeline reads.
 DATA_FIELDS = {
@@ -226,12 +229,13 @@ def detector_example(
   raw: Mapping[str, Any], rng: np.random.Generator | None, *, settings, swap_parts: bool
 ) -> dict[str, np.ndarray]:
   """A tps_humans / tps_parts record -> a padded detector example (uint8 image).
-  Train (rng given): flip, rotation, crop as configured; then resize with padding."""
+  Train (rng given): flip, rotation, crop, scale as configured; then resize with padding."""
   image = decode_jpeg(raw['image'])
   boxes = np.asarray(raw['boxes'], np.float32).reshape(-1, 4)
   labels = np.asarray(raw['labels'], np.int32)
   ignore = np.asarray(raw['ignore'], bool)
   visible = np.ones(len(boxes), np.float32)
+  fit_scale = 1.0
   if rng is not None:
     if settings.flip and rng.random() < 0.5:
       image, boxes = augment.hflip(image, boxes)
@@ -245,8 +249,11 @@ def detector_example(
       region = augment.random_crop_region(rng, *image.shape[:2], settings.crop_min_scale)
       image, boxes, seen = augment.crop(image, boxes, region)
       visible *= seen
+    low, high = settings.scale_range
+    if (low, high) != (1.0, 1.0):
+      fit_scale = rng.uniform(low, high)
   content = np.array(image.shape[:2], np.int32)
-  image, boxes, scale = augment.resize_pad(image, boxes, settings.image_size)
+  image, boxes, scale = augment.resize_pad(image, boxes, settings.image_size, fit_scale)
   keep = visible > 0
   ignore = ignore | (visible < settings.min_visible)
   boxes, labels, valid, ignore = _keep_boxes(
