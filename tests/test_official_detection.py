@@ -32,9 +32,12 @@ from tests.test_cascade_rcnn import (
   swin_cascade_state,
   torch_objectness,
 )
+from tests.test_retinanet_gfl import random_variables as gfl_random_variables
+from tests.test_retinanet_gfl import to_mmdetection
 from tps_jax.convert import convert_state_dict, load_pytorch_weights, read_state_dict
 from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
+from tps_jax.models import gfl
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
 from tps_jax.train import settings
@@ -531,3 +534,99 @@ def test_train_videos_is_recorded_and_a_resume_with_another_count_is_refused(tmp
   config.data.train_videos = 50
   with pytest.raises(settings.SettingsError, match=r'data.train_videos 5 -> 50'):
     settings.check_resume(str(tmp_path), config)
+
+
+# ------------------------------------------------------------------- 4. GFL v2
+
+
+def gflv2_release():
+  """(our GFL v2 model, its random variables, the same tensors as an mmdetection
+  GFocalHead / GFocalV2 release checkpoint: towers, gfl_cls, gfl_reg, scales and DGQP's
+  `reg_conf.0` (20 -> 16, 1x1) and `reg_conf.2` (16 -> 1, 1x1))."""
+  model = gfl.build_gfl(
+    'resnet50',
+    5,
+    backbone_overrides={'depths': (1, 1, 1, 1)},
+    neck={'out_channels': 32},
+    head={'num_convs': 1, 'feat_channels': 32, 'num_groups': 8, 'dgqp': True, 'reg_channels': 16},
+  )
+  variables = gfl_random_variables(model, (1, 64, 64, 3))
+  head = variables['params']['head']
+  dgqp = {name: head.pop(name) for name in ('reg_conf_0', 'reg_conf_1')}
+  state = to_mmdetection(variables, 'gfl')
+  for name, index in (('reg_conf_0', 0), ('reg_conf_1', 2)):
+    state[f'bbox_head.reg_conf.{index}.weight'] = dgqp[name]['kernel'].transpose(3, 2, 0, 1)
+    state[f'bbox_head.reg_conf.{index}.bias'] = dgqp[name]['bias']
+  head.update(dgqp)
+  return model, variables, state
+
+
+def torch_gflv2_head(state, levels, num_convs: int, groups: int, topk: int = 4):
+  """GFL v2's head (Li et al. 2021, Fig. 3; mmdetection's GFocalHead.forward_single) on
+  NCHW levels: the class score is sigmoid(gfl_cls) x the DGQP quality of the regression
+  distribution's per-side top-k and mean. Returns (scores, distribution logits) in our
+  flattened (B, A, C) / (B, A, 4, n + 1) layout."""
+  tensor = lambda key: torch.from_numpy(np.asarray(state[f'bbox_head.{key}']))
+  functional = torch.nn.functional
+  scores, distributions = [], []
+  with torch.no_grad():
+    for level, x in enumerate(levels):
+      towers = {}
+      for branch in ('cls', 'reg'):
+        y = torch.from_numpy(x)
+        for i in range(num_convs):
+          y = functional.conv2d(y, tensor(f'{branch}_convs.{i}.conv.weight'), padding=1)
+          y = functional.group_norm(
+            y,
+            groups,
+            tensor(f'{branch}_convs.{i}.gn.weight'),
+            tensor(f'{branch}_convs.{i}.gn.bias'),
+          )
+          towers[branch] = y = torch.relu(y)
+      regression = tensor(f'scales.{level}.scale') * functional.conv2d(
+        towers['reg'], tensor('gfl_reg.weight'), tensor('gfl_reg.bias'), padding=1
+      )
+      n, _, height, width = regression.shape
+      probs = torch.softmax(regression.reshape(n, 4, -1, height, width), dim=2)
+      top = probs.topk(topk, dim=2).values
+      stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, -1, height, width)
+      hidden = torch.relu(
+        functional.conv2d(stats, tensor('reg_conf.0.weight'), tensor('reg_conf.0.bias'))
+      )
+      quality = torch.sigmoid(
+        functional.conv2d(hidden, tensor('reg_conf.2.weight'), tensor('reg_conf.2.bias'))
+      )
+      logits = functional.conv2d(
+        towers['cls'], tensor('gfl_cls.weight'), tensor('gfl_cls.bias'), padding=1
+      )
+      score = torch.sigmoid(logits) * quality
+      scores.append(score.permute(0, 2, 3, 1).reshape(n, height * width, -1))
+      distributions.append(regression.permute(0, 2, 3, 1).reshape(n, height * width, 4, -1))
+  return torch.cat(scores, 1).numpy(), torch.cat(distributions, 1).numpy()
+
+
+def test_gflv2_imports_from_its_release_layout_and_its_head_matches_torch():
+  model, variables, state = gflv2_release()
+  conversion = convert_state_dict(
+    state,
+    'gfl_r50_fpn',
+    backbone_overrides={'depths': (1, 1, 1, 1)},
+    neck={'out_channels': 32},
+    head={'num_groups': 8},  # GroupNorm's group count is not in a checkpoint
+  )
+  settings_ = conversion.model.settings
+  assert (settings_.dgqp, settings_.reg_topk, settings_.reg_channels) == (True, 4, 16)
+  assert conversion.sources['head/reg_conf_1/kernel'] == 'bbox_head.reg_conf.2.weight'
+  got = conversion.variables()['params']['head']['reg_conf_0']['kernel']
+  np.testing.assert_array_equal(got, variables['params']['head']['reg_conf_0']['kernel'])
+
+  rng = np.random.default_rng(2)
+  levels = [rng.standard_normal((2, 32, side, side)).astype(np.float32) for side in (8, 4, 2)]
+  logits, distributions = conversion.model.apply(
+    conversion.variables(),
+    [jnp.asarray(x.transpose(0, 2, 3, 1)) for x in levels],
+    method=lambda m, levels: m.head(levels),
+  )
+  want_scores, want_distributions = torch_gflv2_head(state, levels, num_convs=1, groups=8)
+  assert_close(distributions, want_distributions, 'distribution logits')
+  assert_close(jax.nn.sigmoid(logits), want_scores, 'joint scores', rtol=1e-5)
