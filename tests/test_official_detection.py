@@ -8,6 +8,9 @@ compile); references are written with torch / torchvision ops here.
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
 from configs import part_detector
+from tests.conftest import REPO_ROOT
 from tests.data_configs import data_config
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tests.test_cascade_rcnn import (
@@ -630,3 +634,38 @@ def test_gflv2_imports_from_its_release_layout_and_its_head_matches_torch():
   want_scores, want_distributions = torch_gflv2_head(state, levels, num_convs=1, groups=8)
   assert_close(distributions, want_distributions, 'distribution logits')
   assert_close(jax.nn.sigmoid(logits), want_scores, 'joint scores', rtol=1e-5)
+
+
+def test_box_head_batch_statistics_are_the_global_batch_s_under_sharded_jit():
+  """The release's SyncBN: 8 devices, each holding an image's RoIs (shifted by image, some
+  padding), normalise with the statistics of every valid RoI of the batch."""
+  script = """
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tps_jax.models.cascade_rcnn import BoxHead
+head = BoxHead(3, False, num_convs=1, conv_channels=4, num_fcs=1, fc_dim=8, norm='bn')
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 5, 3, 3, 4)).astype(np.float32)
+x += np.arange(8, dtype=np.float32)[:, None, None, None, None]  # image-dependent
+valid = rng.random((8, 5)) < 0.6
+variables = head.init(jax.random.key(0), x)
+step = jax.jit(lambda v, x, m: head.apply(v, x, m, True, mutable=['batch_stats']))
+mesh = Mesh(np.array(jax.devices()), ('data',))
+shard = lambda a: jax.device_put(a, NamedSharding(mesh, P('data')))
+(y1, s1), (y8, s8) = step(variables, x, valid), step(variables, shard(x), shard(valid))
+assert len(shard(x).sharding.device_set) == 8
+np.testing.assert_allclose(y8[0], y1[0], rtol=1e-5, atol=1e-5)
+for a, b in zip(jax.tree.leaves(s8), jax.tree.leaves(s1)):
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+print('ok')
+"""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+    [sys.executable, '-c', script],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
