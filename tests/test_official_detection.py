@@ -41,6 +41,7 @@ from tests.test_retinanet_gfl import to_mmdetection
 from tps_jax.convert import convert_state_dict, load_pytorch_weights, read_state_dict
 from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
+from tps_jax.data.video import encode_jpeg
 from tps_jax.models import gfl
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
 from tps_jax.models.resnet import BatchNorm
@@ -669,3 +670,30 @@ print('ok')
     timeout=300,
   )
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
+
+
+def test_multi_scale_training_fills_a_drawn_fraction_of_the_canvas():
+  settings = pipelines.data_settings(
+    'parts', data_config('parts', image_size=(80, 60), flip=False, scale_range=(0.6, 1.0))
+  )
+  image = np.full((40, 30, 3), 200, np.uint8)
+  record = {
+    'image': encode_jpeg(image),
+    'boxes': np.array([[4, 8, 19, 27]], np.float32),
+    'labels': np.zeros(1, np.int32),
+    'ignore': np.zeros(1, bool),
+  }
+  fractions = []
+  for seed in range(12):
+    out = pipelines.detector_example(
+      record, np.random.default_rng(seed), settings=settings, swap_parts=False
+    )
+    fraction = out['scale'] / 2.0  # the 40 x 30 image fits the 80 x 60 canvas at 2
+    fractions.append(fraction)
+    # The box keeps bounding the same pixels: it scales with the resized content.
+    rows, cols = round(40 * out['scale']), round(30 * out['scale'])
+    np.testing.assert_allclose(out['boxes'][0, :2], [4 * cols / 30, 8 * rows / 40], atol=1e-4)
+    assert (out['image'][rows + 1 :] != 200).all() and (out['image'][: rows - 1, 1] > 150).all()
+  assert 0.6 <= min(fractions) < max(fractions) <= 1.0 and np.ptp(fractions) > 0.1
+  evaluated = pipelines.detector_example(record, None, settings=settings, swap_parts=False)
+  assert evaluated['scale'] == 2.0  # evaluation fills the canvas
