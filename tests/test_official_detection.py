@@ -38,7 +38,7 @@ from tests.test_cascade_rcnn import (
 )
 from tests.test_retinanet_gfl import random_variables as gfl_random_variables
 from tests.test_retinanet_gfl import to_mmdetection
-from tps_jax.convert import convert_state_dict, load_pytorch_weights, read_state_dict
+from tps_jax.convert import convert_state_dict, load_pytorch_weights
 from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
 from tps_jax.data.video import encode_jpeg
@@ -390,13 +390,18 @@ MASK_TENSORS = 3 * (4 * 2 + 2 + 2)
 
 
 @pytest.fixture(scope='module')
-def official_release(tmp_path_factory):
-  """(state dict, path of the release-style file: {'meta': ..., 'state_dict': ...})."""
-  state = official_swin_release()
+def official_state():
+  return official_swin_release()
+
+
+@pytest.fixture(scope='module')
+def official_release(official_state, tmp_path_factory):
+  """The path of the release-style file: {'meta': ..., 'state_dict': ...}."""
+  state = official_state
   path = tmp_path_factory.mktemp('swin_release') / 'cascade_mask_rcnn_swin_tiny.pth'
   meta = {'mmdet_version': '2.11.0', 'CLASSES': tuple(f'class_{i}' for i in range(80)), 'epoch': 36}
   torch.save({'meta': meta, 'state_dict': {k: torch.from_numpy(v) for k, v in state.items()}}, path)
-  return state, str(path)
+  return str(path)
 
 
 def torch_box_head(state, stage, features):
@@ -424,9 +429,10 @@ def torch_box_head(state, stage, features):
   return logits.numpy(), deltas.numpy()
 
 
-def test_the_official_swin_release_loads_with_its_batchnorm_heads(official_release):
-  state, path = official_release
-  model, variables = load_pytorch_weights(path, 'cascade_rcnn_swin_t_fpn')
+def test_the_official_swin_release_converts_with_its_batchnorm_heads(official_state):
+  state = official_state
+  conversion = convert_state_dict(state, 'cascade_rcnn_swin_t_fpn', source='release.pth')
+  model, variables = conversion.model, conversion.variables()
   roi = model.roi
   assert (roi.num_stages, roi.num_convs, roi.num_fcs, roi.norm) == (3, 4, 1, 'bn')
   assert not roi.class_agnostic and model.num_classes == COCO_CLASSES
@@ -446,8 +452,7 @@ def test_the_official_swin_release_loads_with_its_batchnorm_heads(official_relea
   assert_close(deltas[0], want_deltas, 'class-specific deltas')
 
   # The report: the mask branch in one line with its count, every box-head key used.
-  conversion = convert_state_dict(read_state_dict(path), 'cascade_rcnn_swin_t_fpn', source=path)
-  lines = report_lines(conversion, path)
+  lines = report_lines(conversion, 'release.pth')
   mask_lines = [line for line in lines if 'mask_head' in line]
   assert mask_lines == [
     f'  skipped {MASK_TENSORS} tensors (mask branch of a Cascade Mask R-CNN (not used)): '
@@ -466,8 +471,10 @@ def test_the_official_swin_release_loads_with_its_batchnorm_heads(official_relea
 
 
 @pytest.mark.slow
-def test_the_official_swin_release_runs_and_its_box_head_statistics_matter(official_release):
-  _, path = official_release
+def test_the_official_swin_release_loads_runs_and_its_box_head_statistics_matter(
+  official_release,
+):
+  path = official_release
   model, variables = load_pytorch_weights(
     path, 'cascade_rcnn_swin_t_fpn', rpn={'pre_nms_top_n_test': 200, 'post_nms_top_n_test': 50}
   )
