@@ -13,7 +13,11 @@ Training (`train=True`, returns a dict of losses and statistics):
 - stage s adds the ground truth to its RoIs, assigns them at IoU `iou_thresholds[s]`
   (ignore regions make RoIs neither positive nor negative), samples 512 with a quarter
   positive, and computes softmax cross-entropy plus smooth-L1 on deltas normalised by
-  `box_stds[s]`, weighted by `stage_weights[s]`; the sampled RoIs that are not ground
+  `box_stds[s]` (or, `box_loss='giou'`, 1 - GIoU of the decoded boxes: the Swin
+  detection release's `reg_decoded_bbox`), weighted by `stage_weights[s]`; box heads
+  with BatchNorm (`norm='bn'`) normalise with the statistics of the stage's valid
+  sampled RoIs over the whole (sharded) batch, or their running ones
+  (`bn_mode='frozen'`); the sampled RoIs that are not ground
   truth, regressed by the stage (argmax class for negatives), are the next stage's
   RoIs, without gradient (mmdetection's `refine_bboxes`).
 Inference (`train=False`, returns padded detections in input pixels): each stage
