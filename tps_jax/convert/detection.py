@@ -143,8 +143,6 @@ def _head_tensors(state: Mapping[str, np.ndarray], flavour: str, fpn_channels: i
   for key, value in state.items():
     module, _, leaf = key.rpartition('.')
     target = None
-    if leaf == _COUNTER:
-      continue
     if flavour == 'torchvision':
       target = next(
         (
@@ -169,8 +167,9 @@ def _head_tensors(state: Mapping[str, np.ndarray], flavour: str, fpn_channels: i
       else:
         target = f'box_heads_{stage}/{"cls_score" if match[2] == "fc_cls" else "bbox_pred"}'
     if target is not None:
-      modules.setdefault(target, {})[leaf] = np.asarray(value, np.float32)
-      keys[f'{target}/{leaf}'] = key
+      keys[f'{target}/{leaf}'] = key  # a BatchNorm step counter is known, not converted
+      if leaf != _COUNTER:
+        modules.setdefault(target, {})[leaf] = np.asarray(value, np.float32)
   for path in list(modules):
     stage = path.split('/')[0]
     if path.endswith('/conv_0'):
@@ -353,10 +352,7 @@ def convert_detector(
   unknown = [
     k
     for k in state
-    if k.startswith(_HEAD_PREFIXES)
-    and k not in mapped
-    and not _MMDET_UNUSED.match(k)
-    and not k.endswith(_COUNTER)
+    if k.startswith(_HEAD_PREFIXES) and k not in mapped and not _MMDET_UNUSED.match(k)
   ]
   if unknown:
     raise ConversionError(
