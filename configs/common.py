@@ -95,6 +95,7 @@ def data(**fields: Any) -> ml_collections.ConfigDict:
       'prefetch_batches': 2,  # batches read ahead
       'worker_count': 0,  # grain worker processes decoding (0: none)
       'worker_buffer_size': 2,  # batches each worker holds
+      'train_videos': 0,  # train on N of the train videos, drawn by the seed (0: all)
       **fields,
     }
   )
@@ -160,6 +161,7 @@ def detection_data(
     max_boxes=max_boxes,
     random_crop=True,
     crop_min_scale=0.5,  # crop sides in [s, 1] of the image
+    scale_range=(1.0, 1.0),  # train images fill this fraction of the canvas (multi-scale)
     min_visible=0.3,  # boxes keeping less after crop / rotation: ignore
     random_rotation=10.0,  # degrees, uniform in [-r, r]
     flip=True,

@@ -24,6 +24,25 @@ needs `--config.model.roi.num_convs=4 --config.model.roi.num_fcs=1`.
 
 Expected: AP ~0.11, AP50 ~0.28 (0 at initialisation; the left / right limbs are the
 hard part).
+
+`:official`: the official Swin detection release's recipe
+(SwinTransformer/Swin-Transformer-Object-Detection,
+`cascade_mask_rcnn_swin_*_patch4_window7_mstrain_480-800_giou_4conv1f_adamw_3x_coco`):
+box heads of 4 bias-free convs + BatchNorm (statistics of the global batch, the
+release's SyncBN) and one FC, class-specific regression, GIoU loss (weight 10) on the
+decoded boxes, AdamW (lr 1e-4, weight decay 0.05) and multi-scale training (short side
+480-800 of 800: the crops fill 0.6-1 of the canvas). The release ships Swin-T / S / B;
+started from its Swin-B (the mask branch is skipped, the 80 COCO classes re-initialised
+for the ten parts):
+
+  python -m tps_jax.convert --arch cascade_rcnn_swin_b_fpn \
+      --input cascade_mask_rcnn_swin_base_patch4_window7.pth \
+      --out weights/cascade_mask_rcnn_swin_b_coco
+  python run_train.py --config=configs/part_detector.py:official --workdir=WORKDIR \
+      --config.data.root=DATA
+
+`:tiny,official`: the same heads and losses on the tiny model (convs 64 wide; the
+tiny optimiser).
 """
 
 from __future__ import annotations
@@ -34,7 +53,7 @@ from configs import common, human_detector
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = common.variants(arg, ('tiny',), 'configs/part_detector.py')
+  variants = common.variants(arg, ('tiny', 'official'), 'configs/part_detector.py')
   # The human detector's recipe (the same Cascade R-CNN, loss and optimiser) on the
   # human crops, with a Swin-L backbone and twice the steps.
   config = human_detector.get_config()
@@ -43,9 +62,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.update(dataset='parts', image_size=(768, 512), max_boxes=16)  # tall crops
   config.model.backbone = 'swin_l'
   config.model.backbone_overrides = {'drop_path_rate': 0.2}
+  if 'official' in variants:
+    _official(config)
   if 'tiny' in variants:
     _tiny(config)
   return config
+
+
+def _official(config: ml_collections.ConfigDict) -> None:
+  """The Swin detection release's heads, losses, optimiser and scales (module docstring)."""
+  config.init_from.path = 'weights/cascade_mask_rcnn_swin_b_coco'
+  config.model.backbone = 'swin_b'
+  config.model.roi.update(
+    num_convs=4,
+    num_fcs=1,
+    norm='bn',
+    bn_mode='batch',
+    class_agnostic=False,
+    box_loss='giou',
+    box_weight=10.0,
+  )
+  config.optim.learning_rate = 1e-4
+  config.optim.weight_decay = 0.05
+  config.data.scale_range = (0.6, 1.0)
 
 
 def _tiny(config: ml_collections.ConfigDict) -> None:
@@ -62,6 +101,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     'drop_path_rate': 0.0,
   }
   config.model.rpn.anchors.scales = (4,)  # 16-256 pixels: the synthetic parts are small
+  config.model.roi.conv_channels = 64  # the convs of `:official`'s heads
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 30
   config.optim.weight_decay = 1e-4

@@ -13,6 +13,7 @@ _DETECTOR = {
   'random_rotation': 0.0,
   'random_crop': False,
   'crop_min_scale': 0.5,
+  'scale_range': (1.0, 1.0),
   'min_visible': 0.3,
 }
 DEFAULTS = {

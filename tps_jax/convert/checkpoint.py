@@ -35,8 +35,16 @@ def report_lines(conversion: Conversion, source: str) -> list[str]:
       f'  loaded  {conversion.sources.get(path, path)} -> {path} '
       f'{tuple(conversion.model_state[path].shape)}'
     )
+  grouped: dict[str, list[str]] = {reason: [] for reason in conversion.grouped_reasons}
   for key in sorted(conversion.skipped):
-    lines.append(f'  skipped {key}: {conversion.skipped[key]}')
+    reason = conversion.skipped[key]
+    if reason in grouped:
+      grouped[reason].append(key)
+    else:
+      lines.append(f'  skipped {key}: {reason}')
+  for reason, keys in grouped.items():
+    if keys:
+      lines.append(f'  skipped {len(keys)} tensors ({reason}): {keys[0]}, ...')
   lines += [f'  note: {note}' for note in conversion.notes]
   lines.append(
     f'loaded {len(conversion.params) + len(conversion.model_state)} tensors, '

@@ -3,12 +3,19 @@
 Archs (registered with the converter registry):
 - 'fasterrcnn_resnet50_fpn': torchvision's Faster R-CNN (v1) -> one stage,
   class-specific regression, torchvision's conventions (`cascade_rcnn.CONVENTIONS`).
+- 'fasterrcnn_resnet50_fpn_v2': torchvision's v2 (Li et al. 2021's recipe): the same
+  with BatchNorm after every FPN conv, a 2-conv RPN head and a box head of 4 convs +
+  BatchNorm and one FC (`roi_heads.box_head.<i>.0` conv, `.<i>.1` BatchNorm, FC last).
 - 'faster_rcnn_r50_fpn', 'cascade_rcnn_{r50,r101,x101_32x4d,x101_64x4d}_fpn' and
   'cascade_rcnn_swin_{t,s,b,l}_fpn': mmdetection (2.x and 3.x share these names; also
   the Swin-Transformer-Object-Detection release) -> as many stages as the checkpoint
   has `roi_head.bbox_head.<i>`, mmdetection's conventions. The head's structure
-  (shared convs + GroupNorm, FCs, their width, class-agnostic or not) is read off the
-  checkpoint; mask heads of Cascade Mask R-CNN checkpoints are skipped.
+  (shared convs + GroupNorm `.gn` or BatchNorm `.bn` (the Swin release's SyncBN), FCs,
+  their width, class-agnostic or not) is read off the checkpoint; mask branches of
+  Cascade Mask R-CNN checkpoints are skipped (reported in one line with their count).
+
+BatchNorm statistics of the heads and the FPN come back in `Conversion.model_state`;
+their step counters (`num_batches_tracked`) are skipped.
 
 Layouts: torch flattens RoI features channel-first (C, h, w), ours (h, w, C), so the
 first FC's input axis is permuted. torchvision's classifier has the background first
@@ -52,6 +59,7 @@ class DetectorArch:
 
 DETECTOR_ARCHS = {
   'fasterrcnn_resnet50_fpn': DetectorArch('torchvision', 'resnet50'),
+  'fasterrcnn_resnet50_fpn_v2': DetectorArch('torchvision', 'resnet50'),
   'faster_rcnn_r50_fpn': DetectorArch('mmdetection', 'resnet50'),
   'cascade_rcnn_r50_fpn': DetectorArch('mmdetection', 'resnet50'),
   'cascade_rcnn_r101_fpn': DetectorArch('mmdetection', 'resnet101'),
@@ -65,27 +73,44 @@ DETECTOR_ARCHS = {
 _CONVENTION = {'torchvision': 'torchvision', 'mmdetection': 'mmdet'}
 
 # Checkpoint module name -> (flax module, kind); kind 'fc_first' permutes (C,h,w) inputs.
+# The v2 box head is a Sequential: (conv, BatchNorm) blocks, a Flatten, (Linear, ReLU)s,
+# so its FC j sits at index num_convs + 1 + 2 j.
 _TORCHVISION_HEADS = [
-  (re.compile(r'^rpn\.head\.conv(?:\.0\.0)?$'), 'rpn_head/conv'),
-  (re.compile(r'^rpn\.head\.cls_logits$'), 'rpn_head/objectness'),
-  (re.compile(r'^rpn\.head\.bbox_pred$'), 'rpn_head/box_deltas'),
-  (re.compile(r'^roi_heads\.box_head\.fc6$'), 'box_heads_0/fc_0'),
-  (re.compile(r'^roi_heads\.box_head\.fc7$'), 'box_heads_0/fc_1'),
-  (re.compile(r'^roi_heads\.box_predictor\.cls_score$'), 'box_heads_0/cls_score'),
-  (re.compile(r'^roi_heads\.box_predictor\.bbox_pred$'), 'box_heads_0/bbox_pred'),
+  (re.compile(r'^rpn\.head\.conv(?:\.0\.0)?$'), lambda m, n: 'rpn_head/conv'),
+  (re.compile(r'^rpn\.head\.conv\.([1-9]\d*)\.0$'), lambda m, n: f'rpn_head/conv_{m[1]}'),
+  (re.compile(r'^rpn\.head\.cls_logits$'), lambda m, n: 'rpn_head/objectness'),
+  (re.compile(r'^rpn\.head\.bbox_pred$'), lambda m, n: 'rpn_head/box_deltas'),
+  (re.compile(r'^roi_heads\.box_head\.fc6$'), lambda m, n: 'box_heads_0/fc_0'),
+  (re.compile(r'^roi_heads\.box_head\.fc7$'), lambda m, n: 'box_heads_0/fc_1'),
+  (re.compile(r'^roi_heads\.box_head\.(\d+)\.0$'), lambda m, n: f'box_heads_0/conv_{m[1]}'),
+  (re.compile(r'^roi_heads\.box_head\.(\d+)\.1$'), lambda m, n: f'box_heads_0/bn_{m[1]}'),
+  (
+    re.compile(r'^roi_heads\.box_head\.(\d+)$'),
+    lambda m, n: f'box_heads_0/fc_{(int(m[1]) - n - 1) // 2}',
+  ),
+  (re.compile(r'^roi_heads\.box_predictor\.cls_score$'), lambda m, n: 'box_heads_0/cls_score'),
+  (re.compile(r'^roi_heads\.box_predictor\.bbox_pred$'), lambda m, n: 'box_heads_0/bbox_pred'),
 ]
+_TORCHVISION_HEAD_CONV = re.compile(r'^roi_heads\.box_head\.\d+\.0\.weight$')
 _MMDET_RPN = {'rpn_conv': 'conv', 'rpn_cls': 'objectness', 'rpn_reg': 'box_deltas'}
 _MMDET_BOX = re.compile(
-  r'^roi_head\.bbox_head\.(?:(\d+)\.)?(shared_fcs\.(\d+)|shared_convs\.(\d+)\.(conv|gn)'
+  r'^roi_head\.bbox_head\.(?:(\d+)\.)?(shared_fcs\.(\d+)|shared_convs\.(\d+)\.(conv|gn|bn)'
   r'|fc_cls|fc_reg)$'
 )
+_COUNTER = 'num_batches_tracked'
+MASK_BRANCH = 'mask branch of a Cascade Mask R-CNN (not used)'
+_BN_STATISTICS = {'running_mean': 'mean', 'running_var': 'var'}
+_FPN_NORM = re.compile(r'^backbone\.fpn\.inner_blocks\.\d+\.1\.running_mean$')
 _MMDET_UNUSED = re.compile(r'^roi_head\.(mask_head|mask_roi_extractor|semantic_head)\.')
 # Keys of the RPN and RoI heads: every one must be understood (or be a mask branch).
 _HEAD_PREFIXES = ('rpn.', 'roi_heads.', 'rpn_head.', 'roi_head.')
 
 
 def _leaf(path: str, leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
-  """A torch weight / bias of module `path` in flax layout (GroupNorm weight -> scale)."""
+  """A torch weight / bias of module `path` in flax layout (GroupNorm / BatchNorm weight
+  -> scale); BatchNorm statistics as 'batch_stats/<path>/mean' and '/var'."""
+  if leaf in _BN_STATISTICS:
+    return f'batch_stats/{path}/{_BN_STATISTICS[leaf]}', np.asarray(value, np.float32)
   if leaf == 'bias':
     return f'{path}/bias', np.asarray(value, np.float32)
   if value.ndim == 1:
@@ -114,11 +139,19 @@ def _head_tensors(state: Mapping[str, np.ndarray], flavour: str, fpn_channels: i
   modules: dict[str, dict[str, np.ndarray]] = {}
   keys: dict[str, str] = {}
   first_fc_input = {}  # stage -> channels of what its first FC flattens
+  head_convs = sum(1 for key in state if _TORCHVISION_HEAD_CONV.match(key))
   for key, value in state.items():
     module, _, leaf = key.rpartition('.')
     target = None
     if flavour == 'torchvision':
-      target = next((path for pattern, path in _TORCHVISION_HEADS if pattern.match(module)), None)
+      target = next(
+        (
+          path(m, head_convs)
+          for pattern, path in _TORCHVISION_HEADS
+          if (m := pattern.match(module))
+        ),
+        None,
+      )
     elif module.startswith('rpn_head.'):
       target = (
         f'rpn_head/{_MMDET_RPN[module[len("rpn_head.") :]]}'
@@ -130,12 +163,13 @@ def _head_tensors(state: Mapping[str, np.ndarray], flavour: str, fpn_channels: i
       if match[3] is not None:
         target = f'box_heads_{stage}/fc_{match[3]}'
       elif match[4] is not None:
-        target = f'box_heads_{stage}/{"conv" if match[5] == "conv" else "gn"}_{match[4]}'
+        target = f'box_heads_{stage}/{match[5]}_{match[4]}'
       else:
         target = f'box_heads_{stage}/{"cls_score" if match[2] == "fc_cls" else "bbox_pred"}'
     if target is not None:
-      modules.setdefault(target, {})[leaf] = np.asarray(value, np.float32)
-      keys[f'{target}/{leaf}'] = key
+      keys[f'{target}/{leaf}'] = key  # a BatchNorm step counter is known, not converted
+      if leaf != _COUNTER:
+        modules.setdefault(target, {})[leaf] = np.asarray(value, np.float32)
   for path in list(modules):
     stage = path.split('/')[0]
     if path.endswith('/conv_0'):
@@ -175,6 +209,8 @@ def _head_structure(modules: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str
   roi = dict(
     num_stages=len(stages), num_fcs=num_fcs, num_convs=num_convs, class_agnostic=reg_outputs == 4
   )
+  if 'box_heads_0/bn_0' in modules:
+    roi['norm'] = 'bn'
   if num_fcs:
     roi['fc_dim'] = head('fc_0')['weight'].shape[0]
   if num_convs:
@@ -186,7 +222,8 @@ def _head_structure(modules: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str
       box_stds=defaults.box_stds[: len(stages)],
       stage_weights=defaults.stage_weights[: len(stages)],
     )
-  return {'num_classes': num_classes, 'roi': roi}
+  rpn_convs = sum(1 for p in modules if re.fullmatch(r'rpn_head/conv(_\d+)?', p))
+  return {'num_classes': num_classes, 'roi': roi, 'rpn': {'num_convs': rpn_convs}}
 
 
 def _fresh_predictors(model: cascade_rcnn.CascadeRCNN, rng) -> dict:
@@ -264,8 +301,12 @@ def convert_detector(
     num_classes=found['num_classes'] if num_classes is None else int(num_classes),
     convention=_CONVENTION[spec.flavour],
     backbone_overrides=backbone_overrides,
-    neck={'out_channels': int(fpn_channels), **dict(overrides.pop('neck', None) or {})},
-    rpn=dict(overrides.pop('rpn', None) or {}),
+    neck={
+      'out_channels': int(fpn_channels),
+      **({'norm': 'bn'} if any(_FPN_NORM.match(k) for k in state) else {}),
+      **dict(overrides.pop('neck', None) or {}),
+    },
+    rpn={**found['rpn'], **dict(overrides.pop('rpn', None) or {})},
     roi=roi,
   )
   if overrides:
@@ -300,6 +341,7 @@ def convert_detector(
   sources = dict(parts.sources)
   skipped = {k: r for k, r in parts.skipped.items() if k not in head_keys.values()}
   notes = list(parts.notes)
+  model_state = dict(parts.model_state)
   reinit = found['num_classes'] != model.num_classes
   rng = jax.random.key(0) if rng is None else rng
   for path, tensors in modules.items():
@@ -319,12 +361,15 @@ def convert_detector(
       continue
     for leaf, value in tensors.items():
       flax_path, flax_value = _leaf(path, leaf, value)
-      params[flax_path] = flax_value
+      target = model_state if flax_path.startswith('batch_stats/') else params
+      target[flax_path] = flax_value
       sources[flax_path] = head_keys[f'{path}/{leaf}']
   check_head_keys(state, set(head_keys.values()), source, spec.flavour)
   for key in state:
     if _MMDET_UNUSED.match(key):
-      skipped[key] = 'mask branch of a Cascade Mask R-CNN (not used)'
+      skipped[key] = MASK_BRANCH
+    elif key.endswith(_COUNTER):
+      skipped[key] = 'BatchNorm step counter, no counterpart'
   return Conversion(
     model=model,
     params=params,
@@ -336,7 +381,8 @@ def convert_detector(
     init_inputs=(jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32),),
     model_kwargs=model_kwargs,
     notes=notes,
-    model_state=dict(parts.model_state),
+    model_state=model_state,
+    grouped_reasons=(MASK_BRANCH,),
   )
 
 

@@ -8,7 +8,9 @@ Archs (registered with the converter registry):
   name the tensors alike) -> RetinaNet with mmdetection's conventions.
 - 'gfl_{r50,r101,x101_32x4d}_fpn': mmdetection's GFL (the plain-conv checkpoints; the
   deformable-conv 'dconv' ones have `conv_offset` tensors that no arch here has, and are
-  refused by name).
+  refused by name), v1 or v2: a checkpoint with GFL v2's DGQP (`bbox_head.reg_conf.0` /
+  `.2`, mmdetection's GFocalHead and the official GFocalV2 release's layout) gets
+  `dgqp=True`, its top-k and width read off `reg_conf.0`.
 
 The head's structure (tower depth and width, class count, GFL's reg_max) is read off the
 checkpoint; model overrides (`num_classes`, `head`, `neck`, `backbone_overrides`, `dtype`)
@@ -79,6 +81,9 @@ _HEAD_MODULES = {
     (re.compile(r'^bbox_head\.gfl_cls$'), 'cls_logits'),
     (re.compile(r'^bbox_head\.gfl_reg$'), 'bbox_pred'),
     (re.compile(r'^bbox_head\.scales\.(\d+)$'), 'scale_{0}'),
+    # GFL v2's DGQP: reg_conf is (1x1 conv, ReLU, 1x1 conv, Sigmoid).
+    (re.compile(r'^bbox_head\.reg_conf\.0$'), 'reg_conf_0'),
+    (re.compile(r'^bbox_head\.reg_conf\.2$'), 'reg_conf_1'),
   ],
 }
 # The key that marks each (flavour, family)'s classification output.
@@ -166,6 +171,9 @@ def _head_structure(modules, spec: OneStageArch, num_anchors: int) -> dict:
     head['feat_channels'] = int(modules['cls_tower/conv_0']['weight'].shape[0])
   if spec.family == 'gfl':
     head['reg_max'] = int(modules['bbox_pred']['weight'].shape[0] // 4 - 1)
+  if 'reg_conf_0' in modules:  # GFL v2: 4 x (top-k + mean) statistics in
+    dgqp = modules['reg_conf_0']['weight']
+    head.update(dgqp=True, reg_topk=dgqp.shape[1] // 4 - 1, reg_channels=int(dgqp.shape[0]))
   return {'num_classes': cls_out // num_anchors, 'head': head}
 
 

@@ -58,6 +58,8 @@ class Conversion:
   notes: list[str] = dataclasses.field(default_factory=list)  # e.g. inflation, resizing
   # Non-parameter collections, flat 'collection/a/b/leaf' -> array (BatchNorm statistics).
   model_state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  # Skip reasons reported in one line with a count, not key by key (a mask branch).
+  grouped_reasons: tuple[str, ...] = ()
 
   def variables(self) -> dict[str, Any]:
     """{'params': ..., 'batch_stats': ...}: what `model.apply` takes."""

@@ -53,9 +53,10 @@ _BN_LEAVES = {
   'running_var': 'batch_stats/var',
 }
 
+# torchvision's v2 FPN blocks are (conv, BatchNorm): '.0' the conv, '.1' the norm.
 _TORCHVISION_FPN = re.compile(
-  r'^backbone\.fpn\.(?:(inner_blocks|layer_blocks)\.(\d+)(?:\.0)?|extra_blocks\.p(\d+))'
-  r'\.(weight|bias)$'
+  r'^backbone\.fpn\.(?:(inner_blocks|layer_blocks)\.(\d+)(?:\.([01]))?|extra_blocks\.p(\d+))'
+  r'\.(weight|bias|running_mean|running_var)$'
 )
 _MMDET_FPN = re.compile(r'^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$')
 
@@ -287,7 +288,7 @@ def _fpn_path(key: str, fpn: FPN) -> str | None:
   """Checkpoint FPN key -> flax path in `fpn`; None when the key is not an FPN tensor."""
   levels = fpn.input_levels
   if match := _TORCHVISION_FPN.match(key):
-    kind, index, extra_level, leaf = match.groups()
+    kind, index, sub, extra_level, leaf = match.groups()
     if extra_level is not None:
       module = f'extra_p{extra_level}'
     else:
@@ -298,6 +299,9 @@ def _fpn_path(key: str, fpn: FPN) -> str | None:
           f'{len(levels)} inputs {tuple(fpn.in_keys)}'
         )
       module = f'{"lateral" if kind == "inner_blocks" else "output"}_p{levels[index]}'
+      if sub == '1':
+        collection, _, flax_leaf = _BN_LEAVES[leaf].rpartition('/')
+        return '/'.join(filter(None, (collection, f'{module}_bn', flax_leaf)))
   elif match := _MMDET_FPN.match(key):
     kind, index, leaf = match[1], int(match[2]), match[3]
     level = levels[0] + index
@@ -331,10 +335,14 @@ def fpn_part(
     if not key.startswith(('backbone.fpn.', 'neck.')):
       part.skipped[key] = 'not part of the FPN'
       continue
+    if _COUNTER.search(key):
+      part.skipped[key] = 'BatchNorm step counter, no counterpart'
+      continue
     path = _fpn_path(key, fpn)
     if path is None:
       raise ConversionError(f'{source}: {key} is not a tensor of an FPN')
-    part.params[path] = _flax_layout(path, value)
+    target = part.model_state if path.startswith('batch_stats/') else part.params
+    target[path] = _flax_layout(path, value)
     part.sources[path] = key
   if not part.params:
     raise ConversionError(f'{source}: no FPN tensors (backbone.fpn.* or neck.*)')

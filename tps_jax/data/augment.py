@@ -160,13 +160,14 @@ def resize(image: np.ndarray, boxes: np.ndarray, size: tuple[int, int]):
   return resized, boxes
 
 
-def resize_pad(image: np.ndarray, boxes: np.ndarray, size: tuple[int, int]):
-  """Resizes keeping the aspect ratio to fit size = (height, width), content at the
-  top-left, padded with MEAN_COLOR: (image, boxes, scale); the content is
-  round(h * scale) x round(w * scale) pixels."""
+def resize_pad(image: np.ndarray, boxes: np.ndarray, size: tuple[int, int], fit_scale: float = 1.0):
+  """Resizes keeping the aspect ratio to fit size = (height, width) times `fit_scale`
+  (<= 1: multi-scale training), content at the top-left, padded with MEAN_COLOR to
+  `size`: (image, boxes, scale); the content is round(h * scale) x round(w * scale)
+  pixels."""
   height, width = image.shape[:2]
   out_h, out_w = size
-  scale = min(out_h / height, out_w / width)
+  scale = min(out_h / height, out_w / width) * fit_scale
   content = (min(out_h, max(1, round(height * scale))), min(out_w, max(1, round(width * scale))))
   resized, boxes = resize(image, boxes, content)
   canvas = np.empty((out_h, out_w, 3), np.uint8)

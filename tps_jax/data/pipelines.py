@@ -33,12 +33,15 @@ reading fields):
   folder of datasets), `tfds_name` (the dataset's folder name, e.g. a `--video_folder`
   build; '' = tps_<dataset>), `read_threads` (grain threads), `prefetch_batches`
   (batches read ahead), `worker_count` (grain worker processes, 0: none),
-  `worker_buffer_size`.
+  `worker_buffer_size`, `train_videos` (N > 0: train on the examples of N of the train
+  split's videos, drawn by the run's seed, the same on every process; 0: all).
 - `humans` / `parts`: `image_size` (H, W), `max_boxes`, `flip` (parts: left/right labels
   swapped), `random_rotation` (degrees, uniform in [-r, r]; boxes re-fitted),
   `random_crop`, `crop_min_scale` (crop sides in [s, 1] of the image), `min_visible`
   (a box keeping less of its area after rotation / crop is marked `ignore`; one keeping
-  none is dropped).
+  none is dropped), `scale_range` (lo, hi): train images fill a fraction in [lo, hi] of
+  the canvas, uniform (multi-scale training: (0.6, 1) is short sides 480-800 of an 800
+  canvas); (1, 1): all of it.
 - `part_states`: `image_size` S (crop), `resize` R (the crop is resized to R x R, then
   cropped S x S: random in train, centred in eval; 0: R = round(S * 8 / 7), i.e. 256 for
   224), `flip` (left/right parts swap rows with their states), `box_jitter` (each box
@@ -85,6 +88,7 @@ READ_FIELDS = (
   'prefetch_batches',
   'worker_count',
   'worker_buffer_size',
+  'train_videos',
 )
 _DETECTOR_FIELDS = (
   'image_size',
@@ -94,6 +98,7 @@ _DETECTOR_FIELDS = (
   'random_crop',
   'crop_min_scale',
   'min_visible',
+  'scale_range',
 )
 # The `config.data` fields each dataset's pipeline reads.
 DATA_FIELDS = {
@@ -223,12 +228,13 @@ def detector_example(
   raw: Mapping[str, Any], rng: np.random.Generator | None, *, settings, swap_parts: bool
 ) -> dict[str, np.ndarray]:
   """A tps_humans / tps_parts record -> a padded detector example (uint8 image).
-  Train (rng given): flip, rotation, crop as configured; then resize with padding."""
+  Train (rng given): flip, rotation, crop, scale as configured; then resize with padding."""
   image = decode_jpeg(raw['image'])
   boxes = np.asarray(raw['boxes'], np.float32).reshape(-1, 4)
   labels = np.asarray(raw['labels'], np.int32)
   ignore = np.asarray(raw['ignore'], bool)
   visible = np.ones(len(boxes), np.float32)
+  fit_scale = 1.0
   if rng is not None:
     if settings.flip and rng.random() < 0.5:
       image, boxes = augment.hflip(image, boxes)
@@ -242,8 +248,11 @@ def detector_example(
       region = augment.random_crop_region(rng, *image.shape[:2], settings.crop_min_scale)
       image, boxes, seen = augment.crop(image, boxes, region)
       visible *= seen
+    low, high = settings.scale_range
+    if (low, high) != (1.0, 1.0):
+      fit_scale = rng.uniform(low, high)
   content = np.array(image.shape[:2], np.int32)
-  image, boxes, scale = augment.resize_pad(image, boxes, settings.image_size)
+  image, boxes, scale = augment.resize_pad(image, boxes, settings.image_size, fit_scale)
   keep = visible > 0
   ignore = ignore | (visible < settings.min_visible)
   boxes, labels, valid, ignore = _keep_boxes(
@@ -357,6 +366,41 @@ def _process_seeds(seed: int, process_index: int) -> tuple[int, int]:
   return int(order), int(augmentation)
 
 
+class _Subset:
+  """The records of `source` at `indices`, as a grain data source."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source, self._indices = source, indices
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+
+def video_subset(videos: list[str], num_videos: int, seed: int, *, where: str) -> np.ndarray:
+  """Sorted indices of the examples whose video is one of `num_videos` of `videos`' distinct
+  names, drawn by `seed` (independent of the process); ValueError naming
+  `config.data.train_videos` when there are fewer."""
+  names = sorted(set(videos))
+  if num_videos > len(names):
+    raise ValueError(
+      f'config.data.train_videos: {num_videos} videos asked, {where} has {len(names)}'
+    )
+  chosen = set(np.random.default_rng(seed).choice(names, num_videos, replace=False).tolist())
+  return np.array([i for i, video in enumerate(videos) if video in chosen], np.int64)
+
+
+def _videos_of(source) -> list[str]:
+  """The `video` of every record of a data source, in its order."""
+  return [_text(source[i]['video']) for i in range(len(source))]
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def dataset_metadata(dataset: str, config) -> dict[str, Any]:
   """A dataset's metadata: 'actions', 'states' (vocabularies, in label order), 'parts',
   'settings' (how it was built, with 'val_videos'), 'source'."""
@@ -405,6 +449,11 @@ def make_pipeline(
   example_fn = functools.partial(_EXAMPLE_FNS[dataset], settings=settings)
   batch_fn = functools.partial(collate, spec=spec)
   if train:
+    subset = None
+    if settings.train_videos:
+      where = f'{directory} split {split!r}'
+      subset = video_subset(_videos_of(source), settings.train_videos, seed, where=where)
+      source = _Subset(source, subset)
     examples = grain.MapDataset.source(source)[index::count]
     if not len(examples):
       raise ValueError(
@@ -413,7 +462,8 @@ def make_pipeline(
       )
     order_seed, augment_seed = _process_seeds(seed, index)
     if dataset == 'part_states' and settings.balance_states:
-      table = builders.state_table(directory, split)[index::count]
+      table = builders.state_table(directory, split)
+      table = (table if subset is None else table[subset])[index::count]
       examples = resample.WeightedResampleDataset(
         examples, resample.state_balancing_weights(table), seed=order_seed
       )

@@ -13,7 +13,11 @@ Training (`train=True`, returns a dict of losses and statistics):
 - stage s adds the ground truth to its RoIs, assigns them at IoU `iou_thresholds[s]`
   (ignore regions make RoIs neither positive nor negative), samples 512 with a quarter
   positive, and computes softmax cross-entropy plus smooth-L1 on deltas normalised by
-  `box_stds[s]`, weighted by `stage_weights[s]`; the sampled RoIs that are not ground
+  `box_stds[s]` (or, `box_loss='giou'`, 1 - GIoU of the decoded boxes: the Swin
+  detection release's `reg_decoded_bbox`), weighted by `stage_weights[s]`; box heads
+  with BatchNorm (`norm='bn'`) normalise with the statistics of the stage's valid
+  sampled RoIs over the whole (sharded) batch, or their running ones
+  (`bn_mode='frozen'`); the sampled RoIs that are not ground
   truth, regressed by the stage (argmax class for negatives), are the next stage's
   RoIs, without gradient (mmdetection's `refine_bboxes`).
 Inference (`train=False`, returns padded detections in input pixels): each stage
@@ -44,9 +48,11 @@ from tps_jax import ops
 from tps_jax.models import detector_backbone
 from tps_jax.models import rpn as rpn_lib
 from tps_jax.models.fields import hashable
+from tps_jax.models.resnet import BatchNorm
 
 Dtype = Any
 
+BN_MODES = ('batch', 'frozen')
 CASCADE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
 
 
@@ -66,15 +72,24 @@ class RoISettings:
   max_sampling_ratio: int = 4
   aligned: bool = True  # mmdetection True, torchvision False
   level_rule: str = 'mmdet'  # 'mmdet' | 'torchvision' (ops.map_roi_levels)
-  # Head: `num_convs` 3x3 conv + GroupNorm (mmdetection's 4conv1fc) then `num_fcs` FCs.
+  # Head: `num_convs` 3x3 convs (no bias) + `norm` + ReLU, then `num_fcs` FCs + ReLU.
+  # `norm`: 'gn' GroupNorm(32) (mmdetection's 4conv1fc) | 'bn' BatchNorm (the Swin
+  # detection release's SyncBN, torchvision's fasterrcnn_resnet50_fpn_v2), trained with
+  # the statistics of the whole global batch's sampled RoIs (`bn_mode='batch'`) or with
+  # its running statistics kept (`'frozen'`).
   num_convs: int = 0
   conv_channels: int = 256
+  norm: str = 'gn'
+  bn_mode: str = 'batch'
   num_fcs: int = 2
   fc_dim: int = 1024
   # Training.
   num_samples: int = 512
   positive_fraction: float = 0.25
   ignore_iof_thr: float = 0.5
+  # 'smooth_l1' on normalised deltas | 'giou': 1 - GIoU of the decoded boxes and their
+  # ground truth (mmdetection's `reg_decoded_bbox=True` + GIoULoss).
+  box_loss: str = 'smooth_l1'
   smooth_l1_beta: float = 1.0
   cls_weight: float = 1.0
   box_weight: float = 1.0
@@ -93,10 +108,16 @@ class RoISettings:
         raise ValueError(
           f'RoISettings.{name}: {len(getattr(self, name))} values for {self.num_stages} stages'
         )
-    if self.score_average not in ('logits', 'probs'):
-      raise ValueError(
-        f"RoISettings.score_average: {self.score_average!r} is not 'logits' or 'probs'"
-      )
+    for name, known in (
+      ('score_average', ('logits', 'probs')),
+      ('norm', ('gn', 'bn')),
+      ('bn_mode', BN_MODES),
+      ('box_loss', ('smooth_l1', 'giou')),
+    ):
+      if getattr(self, name) not in known:
+        raise ValueError(
+          f'RoISettings.{name}: {getattr(self, name)!r} is not one of {", ".join(known)}'
+        )
 
 
 # Settings that make the model compute what each library computes.
@@ -149,7 +170,10 @@ def make_settings(
 class BoxHead(nn.Module):
   """RoI features (B, K, h, w, C) -> class logits (B, K, C + 1), deltas (B, K, 4 | 4C).
 
-  Regression is one box per RoI (`class_agnostic`) or one per foreground class.
+  Regression is one box per RoI (`class_agnostic`) or one per foreground class. The
+  convs' norm is `RoISettings.norm`; BatchNorm ('bn_<i>', statistics in 'batch_stats')
+  normalises with the statistics of the RoIs `valid` marks when `train` and
+  `bn_mode='batch'` (under a sharded jit: the global batch's), else its running ones.
   """
 
   num_classes: int
@@ -158,12 +182,24 @@ class BoxHead(nn.Module):
   conv_channels: int = 256
   num_fcs: int = 2
   fc_dim: int = 1024
+  norm: str = 'gn'
+  bn_mode: str = 'batch'
   dtype: Dtype = jnp.float32
 
+  def _norm(self, i: int, x, valid, train: bool):
+    if self.norm == 'gn':
+      return nn.GroupNorm(32, epsilon=1e-5, dtype=self.dtype, name=f'gn_{i}')(x)
+    batch_statistics = train and self.bn_mode == 'batch'
+    return BatchNorm(use_batch_statistics=batch_statistics, dtype=self.dtype, name=f'bn_{i}')(
+      x, valid
+    )
+
   @nn.compact
-  def __call__(self, roi_features):
+  def __call__(self, roi_features, valid=None, train: bool = False):
+    """`valid` (B, K): the RoIs whose BatchNorm statistics count (None: all)."""
     batch, rois = roi_features.shape[:2]
     x = roi_features.reshape((batch * rois,) + roi_features.shape[2:]).astype(self.dtype)
+    valid = None if valid is None else jnp.asarray(valid, bool).reshape(batch * rois)
     for i in range(self.num_convs):
       x = nn.Conv(
         self.conv_channels,
@@ -173,7 +209,7 @@ class BoxHead(nn.Module):
         dtype=self.dtype,
         name=f'conv_{i}',
       )(x)
-      x = nn.relu(nn.GroupNorm(32, epsilon=1e-5, dtype=self.dtype, name=f'gn_{i}')(x))
+      x = nn.relu(self._norm(i, x, valid, train))
     x = x.reshape(batch, rois, -1)  # (h, w, C) order; importers permute torch's
     for i in range(self.num_fcs):
       x = nn.relu(
@@ -258,7 +294,9 @@ class CascadeRCNN(nn.Module):
         'CascadeRCNN: the shared RPN head needs the same number of anchors '
         f'on every level, got {self.rpn.anchors.num_anchors_per_location}'
       )
-    self.rpn_head = rpn_lib.RPNHead(anchors_per_location.pop(), dtype=self.dtype)
+    self.rpn_head = rpn_lib.RPNHead(
+      anchors_per_location.pop(), self.rpn.num_convs, dtype=self.dtype
+    )
     self.box_heads = [
       BoxHead(
         self.num_classes,
@@ -267,6 +305,8 @@ class CascadeRCNN(nn.Module):
         self.roi.conv_channels,
         self.roi.num_fcs,
         self.roi.fc_dim,
+        self.roi.norm,
+        self.roi.bn_mode,
         dtype=self.dtype,
       )
       for _ in range(self.roi.num_stages)
@@ -305,10 +345,11 @@ class CascadeRCNN(nn.Module):
     )
     return proposals, objectness, deltas, anchors
 
-  def box_head(self, stage: int, levels, rois, padded_shape):
+  def box_head(self, stage: int, levels, rois, padded_shape, valid=None, *, train=False):
     """Stage `stage`'s (class logits (B, K, C + 1), deltas (B, K, 4 | 4C)) for rois (B, K, 4).
 
     A level's scale is 1 / its stride, a power of two (torchvision infers it so).
+    `valid` / `train`: the box head's (its BatchNorm's statistics).
     """
     roi = self.roi
     levels = levels[: roi.num_levels]
@@ -324,7 +365,7 @@ class CascadeRCNN(nn.Module):
       roi.aligned,
       max_sampling_ratio=roi.max_sampling_ratio,
     )
-    return self.box_heads[stage](features)
+    return self.box_heads[stage](features, valid, train)
 
   def _decode(self, stage: int, deltas, rois, image_shape):
     return ops.decode_deltas(
@@ -441,7 +482,7 @@ class CascadeRCNN(nn.Module):
       sampled = take(candidates, sample.indices[..., None])
       matched = take(assignment.gt_index, sample.indices)
       labels = jnp.where(sample.positive, take(gt_labels, matched), num_classes)
-      logits, deltas = self.box_head(stage, levels, sampled, padded_shape)
+      logits, deltas = self.box_head(stage, levels, sampled, padded_shape, sample.valid, train=True)
       normalizer = jnp.sum(sample.valid)
       weight = roi.stage_weights[stage]
       out[f'loss_cls_{stage}'] = (
@@ -449,18 +490,16 @@ class CascadeRCNN(nn.Module):
         * roi.cls_weight
         * ops.softmax_cross_entropy(logits, labels, sample.valid, normalizer)
       )
-      box_targets = ops.encode_deltas(
-        take(gt_boxes, matched[..., None]), sampled, stds=roi.box_stds[stage]
-      )
       out[f'loss_box_{stage}'] = (
         weight
         * roi.box_weight
-        * ops.smooth_l1_loss(
+        * self._box_loss(
+          stage,
           select_deltas(deltas, labels, num_classes),
-          box_targets,
+          sampled,
+          take(gt_boxes, matched[..., None]),
           sample.positive,
           normalizer,
-          beta=roi.smooth_l1_beta,
         )
       )
       correct = (jnp.argmax(logits, axis=-1) == labels) & sample.valid
@@ -473,6 +512,18 @@ class CascadeRCNN(nn.Module):
         )
         roi_valid = sample.valid & ~jnp.asarray(is_gt)[sample.indices]
     return out
+
+  def _box_loss(self, stage: int, deltas, rois, gt_boxes, positive, normalizer):
+    """Stage `stage`'s unweighted box loss over the positives (`RoISettings.box_loss`)."""
+    roi = self.roi
+    if roi.box_loss == 'giou':
+      # Decoded without clipping to the image, as mmdetection's loss does.
+      boxes = ops.decode_deltas(
+        deltas, rois, stds=roi.box_stds[stage], log_scale_clip=roi.log_scale_clip
+      )
+      return ops.giou_loss(boxes, gt_boxes, positive, normalizer)
+    targets = ops.encode_deltas(gt_boxes, rois, stds=roi.box_stds[stage])
+    return ops.smooth_l1_loss(deltas, targets, positive, normalizer, beta=roi.smooth_l1_beta)
 
   # ------------------------------------------------------------------------ entry
 

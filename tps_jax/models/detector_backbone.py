@@ -60,6 +60,7 @@ def build_neck(
   extra: str = 'maxpool',
   num_extra: int = 1,
   relu_between_extra: bool = False,
+  norm: str = 'none',
   dtype: Dtype = jnp.float32,
 ) -> FPN:
   """The FPN (defaults: R-CNN's P2-P6 with P6 max-pooled from P5)."""
@@ -69,6 +70,7 @@ def build_neck(
     extra=extra,
     num_extra=num_extra,
     relu_between_extra=relu_between_extra,
+    norm=norm,
     dtype=dtype,
   )
 

@@ -15,6 +15,10 @@ Each further extra level applies the same op to the previous one, after a ReLU f
 when `relu_between_extra` (torchvision's LastLevelP6P7 always; mmdetection's
 `relu_before_extra_convs`, False in its RetinaNet / GFL configs).
 
+`norm='bn'` (torchvision's fasterrcnn_resnet50_fpn_v2) puts a BatchNorm after every conv,
+whose bias it replaces ('lateral_p3_bn'); it normalises with its running statistics
+(frozen, affine parameters trainable), as the ResNet backbones' frozen BatchNorms.
+
 Parameter names say which level they serve: 'lateral_p3', 'output_p3', 'extra_p6'.
 """
 
@@ -27,6 +31,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+
+from tps_jax.models.resnet import BatchNorm
 
 Dtype = Any
 
@@ -73,9 +79,12 @@ class FPN(nn.Module):
   extra: str = 'maxpool'  # one of EXTRA_MODES
   num_extra: int = 1  # extra levels above the last input's
   relu_between_extra: bool = False
+  norm: str = 'none'  # 'none' | 'bn'
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
+    if self.norm not in ('none', 'bn'):
+      raise ValueError(f"FPN.norm: {self.norm!r} is not 'none' or 'bn'")
     if self.extra not in EXTRA_MODES:
       raise ValueError(f'FPN.extra: {self.extra!r} is not one of {", ".join(EXTRA_MODES)}')
     if (self.extra == 'none') != (self.num_extra == 0):
@@ -103,15 +112,20 @@ class FPN(nn.Module):
 
     def conv(kernel: int, stride: int, name: str):
       pad = kernel // 2
-      return nn.Conv(
+      layer = nn.Conv(
         self.out_channels,
         (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        use_bias=self.norm == 'none',
         kernel_init=fpn_init,
         dtype=self.dtype,
         name=name,
       )
+      if self.norm == 'none':
+        return layer
+      norm = BatchNorm(dtype=self.dtype, name=f'{name}_bn')
+      return lambda x: norm(layer(x))
 
     inputs = [features[k].astype(self.dtype) for k in self.in_keys]
     levels = self.input_levels

@@ -11,6 +11,13 @@ over the levels: two towers of `num_convs` 3x3 conv + GroupNorm(32) + ReLU, then
   box side a softmax over the distances 0..reg_max (in units of the level's stride)
   whose expectation (`integral`) is that side's distance from the anchor centre.
 
+GFL v2 (Li et al. 2021, `dgqp=True`): the distribution-guided quality predictor (DGQP)
+computes each location's localisation quality from the distributions: per side the
+top-`reg_topk` probabilities and their mean, 4 x (k + 1) numbers, through a 1x1 conv of
+`reg_channels` + ReLU and a 1x1 conv to one sigmoid; the class score is then
+sigmoid(class logit) x quality. `logits` are that joint score's logit, so the losses
+and inference below serve both versions unchanged.
+
 Training (`train=True`): targets cleaned as `cascade_rcnn.clean_targets`; ATSS
 assignment (per level the 9 anchors closest to each GT centre; positives those with IoU
 >= mean + std of the candidates' and centre inside the GT); anchors covered by an ignore
@@ -25,7 +32,8 @@ with score > `score_threshold`, boxes from the integral distances, class-aware N
 
 Parameter names follow mmdetection's (tps_jax/convert/one_stage.py maps them):
 head/{cls,reg}_tower/{conv,gn}_<i>, head/cls_logits (gfl_cls), head/bbox_pred
-(gfl_reg), head/scale_<level> (scales.<level>.scale).
+(gfl_reg), head/scale_<level> (scales.<level>.scale), head/reg_conf_{0,1} (GFL v2's
+reg_conf.0 and reg_conf.2).
 """
 
 from __future__ import annotations
@@ -72,6 +80,10 @@ class GFLSettings:
   num_groups: int = 32  # GroupNorm groups of the towers
   prior_prob: float = 0.01
   reg_max: int = 16  # distances 0..reg_max strides per side
+  # GFL v2: the distribution-guided quality predictor (module docstring).
+  dgqp: bool = False
+  reg_topk: int = 4
+  reg_channels: int = 64
   # Training.
   atss_topk: int = 9
   ignore_iof_thr: float = 0.5  # anchors this much inside an ignore box: neither
@@ -100,8 +112,26 @@ def integral(distribution_logits):
   return probs @ jnp.arange(distribution_logits.shape[-1], dtype=jnp.float32)
 
 
+def distribution_statistics(distribution_logits, topk: int):
+  """GFL v2's DGQP input: (..., 4, n + 1) logits -> (..., 4 * (topk + 1)), per side the
+  `topk` largest probabilities and their mean (mmdetection's channel order)."""
+  probs = jax.nn.softmax(distribution_logits.astype(jnp.float32), axis=-1)
+  top, _ = jax.lax.top_k(probs, topk)
+  stats = jnp.concatenate([top, top.mean(axis=-1, keepdims=True)], axis=-1)
+  return stats.reshape(stats.shape[:-2] + (-1,))
+
+
+def probability_logit(probs, eps: float = 1e-6):
+  """The logit whose sigmoid is `probs` (clipped away from 0 and 1)."""
+  probs = jnp.clip(probs, eps, 1.0 - eps)
+  return jnp.log(probs) - jnp.log1p(-probs)
+
+
 class GFLHead(nn.Module):
-  """Levels (B, H_l, W_l, C) -> logits (B, A, classes), distribution logits (B, A, 4, n + 1)."""
+  """Levels (B, H_l, W_l, C) -> logits (B, A, classes), distribution logits (B, A, 4, n + 1).
+
+  With `dgqp` (GFL v2) the logits are those of sigmoid(class logit) x DGQP quality.
+  """
 
   num_classes: int
   num_convs: int = 4
@@ -109,7 +139,19 @@ class GFLHead(nn.Module):
   num_groups: int = 32
   prior_prob: float = 0.01
   reg_max: int = 16
+  dgqp: bool = False
+  reg_topk: int = 4
+  reg_channels: int = 64
   dtype: Dtype = jnp.float32
+
+  def quality(self, distributions):
+    """(B, A, 4, n + 1) distribution logits -> (B, A, 1) DGQP quality in (0, 1)."""
+    stats = distribution_statistics(distributions, self.reg_topk)[:, :, None, :]
+    conv = lambda features, name: nn.Conv(
+      features, (1, 1), kernel_init=head_init, dtype=self.dtype, name=name
+    )
+    hidden = nn.relu(conv(self.reg_channels, 'reg_conf_0')(stats.astype(self.dtype)))
+    return jax.nn.sigmoid(conv(1, 'reg_conf_1')(hidden).astype(jnp.float32))[:, :, 0, :]
 
   @nn.compact
   def __call__(self, levels: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -136,10 +178,11 @@ class GFLHead(nn.Module):
       logits.append(cls_logits(cls_tower(x)))
       distributions.append(bbox_pred(reg_tower(x)).astype(jnp.float32) * scale)
     distributions = flatten_levels(distributions, 4 * bins)
-    return (
-      flatten_levels(logits, self.num_classes).astype(jnp.float32),
-      distributions.reshape(distributions.shape[:2] + (4, bins)),
-    )
+    distributions = distributions.reshape(distributions.shape[:2] + (4, bins))
+    logits = flatten_levels(logits, self.num_classes).astype(jnp.float32)
+    if self.dgqp:
+      logits = probability_logit(jax.nn.sigmoid(logits) * self.quality(distributions))
+    return logits, distributions
 
 
 class GFL(OneStageDetector):
@@ -157,6 +200,9 @@ class GFL(OneStageDetector):
       s.num_groups,
       s.prior_prob,
       s.reg_max,
+      s.dgqp,
+      s.reg_topk,
+      s.reg_channels,
       dtype=self.dtype,
     )
 

@@ -83,7 +83,9 @@ class BatchNorm(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
+    """`mask` (x.shape[:-1] or a prefix of it, bool): the rows whose statistics count
+    in 'batch' mode (e.g. the sampled RoIs that are not padding); None: all of them."""
     channels = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (channels,))
     bias = self.param('bias', nn.initializers.zeros, (channels,))
@@ -94,18 +96,23 @@ class BatchNorm(nn.Module):
     x = x.astype(jnp.float32)
     if self.use_batch_statistics:
       axes = tuple(range(x.ndim - 1))
-      mean = x.mean(axes)
-      var = jnp.square(x - mean).mean(axes)
-      if not self.is_initializing():
-        # torch keeps the unbiased variance as the running estimate.
+      if mask is None:
         count = x.size // channels
-        unbiased = var * count / max(count - 1, 1)
-        running_mean.value = self.momentum * running_mean.value + (
-          1 - self.momentum
-        ) * jax.lax.stop_gradient(mean)
-        running_var.value = self.momentum * running_var.value + (
-          1 - self.momentum
-        ) * jax.lax.stop_gradient(unbiased)
+        mean = x.mean(axes)
+        var = jnp.square(x - mean).mean(axes)
+      else:
+        weights = jnp.asarray(mask, jnp.float32).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+        weights = jnp.broadcast_to(weights, x.shape[:-1] + (1,))
+        count = jnp.sum(weights)
+        mean = jnp.sum(x * weights, axes) / jnp.maximum(count, 1)
+        var = jnp.sum(jnp.square(x - mean) * weights, axes) / jnp.maximum(count, 1)
+      if not self.is_initializing():
+        # torch keeps the unbiased variance as the running estimate; a batch without a
+        # counted row leaves the running statistics as they were.
+        unbiased = var * count / jnp.maximum(count - 1, 1)
+        for running, batch in ((running_mean, mean), (running_var, unbiased)):
+          blended = self.momentum * running.value + (1 - self.momentum) * batch
+          running.value = jax.lax.stop_gradient(jnp.where(count > 0, blended, running.value))
     else:
       mean, var = running_mean.value, running_var.value
     multiplier = scale * jax.lax.rsqrt(var + self.epsilon)

@@ -1,6 +1,7 @@
 """Region Proposal Network (Ren et al. 2015) on FPN levels: head, proposals, loss.
 
-The head is one 3x3 conv + ReLU shared over the levels, then 1x1 convs giving an
+The head is `num_convs` 3x3 convs + ReLU shared over the levels (one in mmdetection and
+torchvision's v1, two in torchvision's fasterrcnn_resnet50_fpn_v2), then 1x1 convs giving an
 objectness logit and (dx, dy, dw, dh) per anchor. Outputs of all levels are flattened
 in the anchors' order (tps_jax/ops/anchors.py: row-major cells, then the cell's
 anchors) and concatenated, finest level first.
@@ -47,6 +48,7 @@ class RPNSettings:
   anchors: ops.AnchorGenerator = ops.AnchorGenerator.mmdet(
     strides=(4, 8, 16, 32, 64), ratios=(0.5, 1.0, 2.0), scales=(8,)
   )
+  num_convs: int = 1  # 3x3 conv + ReLU layers of the head
   # Proposals: per-level candidates, then kept after NMS (train / test).
   pre_nms_top_n_train: int = 2000
   post_nms_top_n_train: int = 2000
@@ -80,23 +82,28 @@ class RPNSettings:
 
 
 class RPNHead(nn.Module):
-  """3x3 conv + ReLU, then objectness (A) and box deltas (4A) per location, all levels."""
+  """`num_convs` x (3x3 conv + ReLU), then objectness (A) and box deltas (4A) per
+  location, all levels; the convs are 'conv', 'conv_1', ..."""
 
   num_anchors: int = 3
+  num_convs: int = 1
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Levels (B, H_l, W_l, C) -> objectness (B, N) and deltas (B, N, 4), float32."""
     channels = features[0].shape[-1]
-    conv = nn.Conv(
-      channels,
-      (3, 3),
-      padding=((1, 1), (1, 1)),
-      kernel_init=rpn_init,
-      dtype=self.dtype,
-      name='conv',
-    )
+    convs = [
+      nn.Conv(
+        channels,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        kernel_init=rpn_init,
+        dtype=self.dtype,
+        name='conv' if i == 0 else f'conv_{i}',
+      )
+      for i in range(self.num_convs)
+    ]
     objectness = nn.Conv(
       self.num_anchors, (1, 1), kernel_init=rpn_init, dtype=self.dtype, name='objectness'
     )
@@ -105,7 +112,9 @@ class RPNHead(nn.Module):
     )
     logits, deltas = [], []
     for x in features:
-      hidden = nn.relu(conv(x.astype(self.dtype)))
+      hidden = x.astype(self.dtype)
+      for conv in convs:
+        hidden = nn.relu(conv(hidden))
       batch = x.shape[0]
       logits.append(objectness(hidden).reshape(batch, -1))
       deltas.append(box_deltas(hidden).reshape(batch, -1, 4))

@@ -46,7 +46,13 @@ FREE_FIELDS = frozenset(
 RENAMED_FIELDS = {'data.stage': 'data.dataset', 'data.dataset': 'data.tfds_name'}
 # Fields the configs now spell out that the library once filled in when absent: a
 # stored config without one of them ran with this value.
-FORMER_DEFAULTS = {'data.tfds_name': '', 'optim.b1': 0.9, 'optim.b2': 0.999, 'optim.eps': 1e-8}
+FORMER_DEFAULTS = {
+  'data.tfds_name': '',
+  'data.train_videos': 0,
+  'optim.b1': 0.9,
+  'optim.b2': 0.999,
+  'optim.eps': 1e-8,
+}
 
 # Counters every stage config has: (smallest valid value, an example for the message).
 _COUNTS = {
