@@ -109,6 +109,9 @@ DATA_FIELDS = {
   'action_clips': READ_FIELDS
   + ('num_frames', 'frame_stride', 'image_size', 'crop_area', 'flip', 'resize'),
 }
+# Fields added after exports were first written, with the value that reads as before:
+# an older export's config.json lacks them and still builds its pipeline.
+ADDED_FIELDS = {'train_videos': 0, 'scale_range': (1.0, 1.0)}
 NUM_PARTS = len(tps.PARTS)
 _FLIP_PARTS = np.array(tps.FLIP_PARTS)
 _warned_overflow = False
@@ -125,14 +128,14 @@ def data_settings(dataset: str, config) -> ml_collections.ConfigDict:
     raise ValueError(f'dataset must be one of {", ".join(DATA_FIELDS)}, got {dataset!r}')
   data = config.get('data') if hasattr(config, 'get') else None
   data = data or {}
-  missing = [field for field in DATA_FIELDS[dataset] if field not in data]
+  missing = [f for f in DATA_FIELDS[dataset] if f not in data and f not in ADDED_FIELDS]
   if missing:
     raise DataConfigError(
       f'config.data: no {", ".join(missing)} (the {dataset} pipeline reads '
       f"{', '.join(DATA_FIELDS[dataset])}; configs/common.py's data() has the reading "
       'fields)'
     )
-  settings = {field: data[field] for field in DATA_FIELDS[dataset]}
+  settings = {f: data.get(f, ADDED_FIELDS.get(f)) for f in DATA_FIELDS[dataset]}
   settings['image_size'] = _hw(settings['image_size'])
   if dataset == 'part_states' and not settings['resize']:
     settings['resize'] = round(max(settings['image_size']) * 8 / 7)
