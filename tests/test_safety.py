@@ -212,6 +212,24 @@ def test_a_full_disk_leaves_the_earlier_pair_intact(tmp_path):
     assert _files(out) == before  # the pair as it was, no temporary file left
 
 
+def test_a_failed_second_rename_puts_the_first_file_back(tmp_path, monkeypatch):
+  out = tmp_path / 'pred'
+  submission.write_submission(str(out), *_pair(1))
+  before = _files(out)
+  replace, calls = os.replace, []
+
+  def second_fails(src, dst):
+    calls.append(dst)
+    if len(calls) == 2:
+      raise OSError(errno.EIO, 'Input/output error', dst)
+    replace(src, dst)
+
+  monkeypatch.setattr(os, 'replace', second_fails)
+  with pytest.raises(OSError, match='Input/output error'):
+    submission.write_submission(str(out), *_pair(3))
+  assert _files(out) == before  # the first file renamed back, no backup left
+
+
 def test_a_read_only_out_leaves_the_earlier_pair_intact(tmp_path):
   with _tmpfs(tmp_path / 'disk', '256k') as disk:
     out = disk / 'pred'

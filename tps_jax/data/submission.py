@@ -524,7 +524,8 @@ def write_json_files_atomic(files: Mapping[str, Any]) -> None:
   less the umask, as `open` does: mkstemp's 0600 would hide the results from the
   group); only when all are written are they renamed into place, one after another
   (a rename does not need space, so a full disk or a read-only folder fails before
-  any file is replaced and the earlier files stay as they were). An OSError names the
+  any file is replaced and the earlier files stay as they were; should a rename still
+  fail, the files renamed before it are put back). An OSError names the
   file that could not be written, not its temporary name.
   """
   written = {}
@@ -542,12 +543,36 @@ def write_json_files_atomic(files: Mapping[str, Any]) -> None:
           os.fsync(f.fileno())
       except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
-    for path, tmp in written.items():
-      os.replace(tmp, path)
+    _replace_together(written)
   finally:
     for tmp in written.values():
       if os.path.exists(tmp):
         os.remove(tmp)
+
+
+def _replace_together(written: Mapping[str, str]) -> None:
+  """Renames each {path: temporary} into place; if a rename fails, the files already
+  replaced get their earlier content back (kept as hard links until all are in place)."""
+  backups, replaced = {}, []
+  try:
+    for path in written:
+      if os.path.exists(path):
+        backups[path] = _temporary_name(path)
+        os.link(path, backups[path])
+    for path, tmp in written.items():
+      os.replace(tmp, path)
+      replaced.append(path)
+  except OSError:
+    for path in replaced:
+      if path in backups:
+        os.replace(backups.pop(path), path)
+      else:
+        os.remove(path)
+    raise
+  finally:
+    for backup in backups.values():
+      if os.path.exists(backup):
+        os.remove(backup)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
