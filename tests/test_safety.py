@@ -266,6 +266,16 @@ def test_a_bundle_rebuilt_at_the_same_path_is_another_bundle(bundle, synthetic_r
 
   first = rebuild(sources['action_0'])
   assert rebuild(sources['action_0']) == first  # the same networks again: the same bundle
+  # One byte of a network changed, its file's size and time kept: another bundle.
+  victim = max(
+    (os.path.join(d, f) for d, _, files in os.walk(copy) for f in files if f != 'pipeline.json'),
+    key=os.path.getsize,
+  )
+  stat, data = os.stat(victim), bytearray(open(victim, 'rb').read())
+  data[len(data) // 2] ^= 1
+  open(victim, 'wb').write(data)
+  os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert bundle_lib.fingerprint(copy) != first
   vocab = tps.Vocab.from_root(str(synthetic_root))
   other = helpers.write_random_export(tmp_path / 'other', 'action', vocab, seed=7)
   second = rebuild(other)
