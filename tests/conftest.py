@@ -127,6 +127,18 @@ def _run_in_process(module, args) -> subprocess.CompletedProcess:
   return subprocess.CompletedProcess(argv, returncode, stdout.getvalue(), stderr.getvalue())
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _free_compiled_programs():
+  """After each test module, JAX's in-memory caches (compiled programs, traced
+  functions) are dropped: a module's programs are rarely another's, and kept they add
+  up to gigabytes over the suite (a later module that needs one again loads it from the
+  persistent compilation cache)."""
+  yield
+  if 'jax' in sys.modules:
+    sys.modules['jax'].clear_caches()
+  gc.collect()
+
+
 class SmokeDemo(NamedTuple):
   workdir: pathlib.Path  # read-only for the tests: copy before changing
   proc: subprocess.CompletedProcess
