@@ -160,7 +160,7 @@ def smoke_demo(tmp_path_factory) -> SmokeDemo:
     cwd=REPO_ROOT,
     capture_output=True,
     text=True,
-    timeout=1800,
+    timeout=3600,  # about 3 minutes on a quiet 2-core machine; a busy one takes far longer
     env=dict(os.environ, JAX_PLATFORMS='cpu'),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
