@@ -1,8 +1,10 @@
 """Shared by the detector tests: hand-made batches of two 96 x 128 images, and a brief\ntraining run of a tiny config evaluated through its command."""
 
 import json
+import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,6 +15,36 @@ from tps_jax.data import build
 TINY_SHAPE = (2, 96, 128, 3)
 FULL = np.array([[96.0, 128.0]] * 2, np.float32)  # image_shape: no padding
 OBJECTS = [[(10, 12, 60, 70), (70, 20, 120, 90)], [(30, 30, 90, 80)]]
+
+
+def fill_random(abstract, seed=0, *, norms='unit'):
+  """Random variables of the shapes in `abstract` (no `init` compile): He-normal kernels;
+  norm scales, variances and level scales (`scale_i`) with biases and means as `norms`
+  says: 'unit' (1 and 0), 'near_unit' (1 + N(0, 0.1) and N(0, 0.1)) or 'spread'
+  (U(0.5, 1.5) and N(0, 0.1): statistics well away from the identity)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_in = math.prod(leaf.shape[:-1])
+      return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
+    if norms == 'unit':
+      one = name in ('scale', 'var') or name.startswith('scale_')
+      return np.full(leaf.shape, float(one), np.float32)
+    if name in ('scale', 'var') or name.startswith('scale_'):
+      if norms == 'spread':
+        return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+      return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+    return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def random_variables(model, shape, seed=0, *, norms='unit'):
+  """`fill_random` of `model`'s variables for inputs of `shape`."""
+  init = lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+  return fill_random(jax.eval_shape(init), seed, norms=norms)
 
 
 def images(seed=0):

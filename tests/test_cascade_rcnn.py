@@ -23,7 +23,15 @@ from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
 import tps_jax.convert.detection  # noqa: F401  (registers the detector converters)
-from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
+from tests.detector_batches import (
+  FULL,
+  OBJECTS,
+  TINY_SHAPE,
+  images,
+  random_variables,
+  targets,
+  total,
+)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, read_state_dict
 from tps_jax.models import detector_backbone
@@ -357,23 +365,6 @@ def test_checkpoints_of_another_architecture_are_refused(torchvision_state):
 # ---------------------------------------------------------- tiny model behaviour
 
 NUM_CLASSES = 3
-
-
-def random_variables(model, shape, seed=0):
-  """He-normal kernels, unit norms, zero biases and statistics: no `init` compile."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      fan_in = math.prod(leaf.shape[:-1])
-      return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
-    if name in ('scale', 'var'):
-      return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def tiny_model(**roi):

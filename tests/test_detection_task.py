@@ -2,7 +2,6 @@
 one full-size training step, and the tiny config end to end (train, export, evaluate)."""
 
 import json
-import math
 
 import jax
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from configs import human_detector, part_detector
 from tests.conftest import run_module
+from tests.detector_batches import fill_random
 from tps_jax.models.resnet import ResNet
 from tps_jax.models.swin import SwinTransformer
 from tps_jax.tasks import base as tasks
@@ -99,22 +99,7 @@ def test_detector_registry_takes_new_families():
 
 def random_variables(task, seed=0):
   """Random variables of the task's model from shapes only (no `init` compile)."""
-  abstract = jax.eval_shape(task.init_variables, jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      return (rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))).astype(
-        np.float32
-      )
-    return (
-      np.ones(leaf.shape, np.float32)
-      if name in ('scale', 'var')
-      else np.zeros(leaf.shape, np.float32)
-    )
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  return fill_random(jax.eval_shape(task.init_variables, jax.random.key(0)), seed)
 
 
 def hand_made_batch(config, batch_size=2, seed=0):

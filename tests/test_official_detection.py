@@ -23,6 +23,7 @@ from skimage import data as skimage_data
 from torchvision.models.detection.image_list import ImageList
 
 from configs import part_detector
+from tests import detector_batches
 from tests.conftest import REPO_ROOT
 from tests.data_configs import data_config
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
@@ -34,6 +35,7 @@ from tests.test_cascade_rcnn import (
   load,
   nchw,
   swin_cascade_state,
+  tiny_model,
   torch_objectness,
 )
 from tests.test_retinanet_gfl import random_variables as gfl_random_variables
@@ -43,7 +45,7 @@ from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
 from tps_jax.data.video import encode_jpeg
 from tps_jax.models import gfl
-from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings, build_cascade_rcnn
+from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings
 from tps_jax.models.resnet import BatchNorm
 from tps_jax.train import settings
 
@@ -51,51 +53,14 @@ NUM_CLASSES = 3
 
 
 def random_variables(model, shape, seed=0):
-  """Random kernels, norms near 1 and statistics away from 0 / 1: no `init` compile."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      fan_in = math.prod(leaf.shape[:-1])
-      return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
-    if name in ('scale', 'var'):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  return detector_batches.random_variables(model, shape, seed, norms='spread')
 
 
 def official_heads_model(**roi):
   """A tiny ResNet Cascade R-CNN with the Swin release's heads: 2 convs + BatchNorm, one
   FC, class-specific regression, GIoU (weight 10) on decoded boxes."""
-  return build_cascade_rcnn(
-    'resnet18',
-    NUM_CLASSES,
-    backbone_overrides={'depths': (1, 1, 1, 1)},
-    neck={'out_channels': 32},
-    rpn={
-      'pre_nms_top_n_train': 200,
-      'post_nms_top_n_train': 100,
-      'pre_nms_top_n_test': 100,
-      'post_nms_top_n_test': 50,
-      'allowed_border': None,
-    },
-    roi={
-      'num_convs': 2,
-      'conv_channels': 32,
-      'num_fcs': 1,
-      'fc_dim': 64,
-      'norm': 'bn',
-      'class_agnostic': False,
-      'box_loss': 'giou',
-      'box_weight': 10.0,
-      'num_samples': 64,
-      'max_detections': 20,
-      **roi,
-    },
-  )
+  heads = dict(num_convs=2, conv_channels=32, num_fcs=1, norm='bn', class_agnostic=False)
+  return tiny_model(**heads, box_loss='giou', box_weight=10.0, **roi)
 
 
 @pytest.fixture(scope='module')

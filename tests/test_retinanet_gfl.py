@@ -29,6 +29,7 @@ from torchvision.models.detection.image_list import ImageList
 
 import tps_jax.convert.one_stage  # noqa: F401  (registers the one-stage converters)
 from configs import part_detector_gfl, part_detector_retinanet
+from tests import detector_batches
 from tests.detector_batches import (
   FULL,
   OBJECTS,
@@ -336,20 +337,7 @@ def mmdetection_names(torchvision_state: dict) -> dict:
 
 
 def random_variables(model, shape, seed=0):
-  """He-normal kernels, unit norms and scales, zero biases and statistics: no `init`."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == 'kernel':
-      fan_in = math.prod(leaf.shape[:-1])
-      return (rng.standard_normal(leaf.shape) * math.sqrt(1.0 / fan_in)).astype(np.float32)
-    if name in ('scale', 'var') or name.startswith('scale_'):
-      return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-    return (0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  return detector_batches.random_variables(model, shape, seed, norms='near_unit')
 
 
 def flat(tree, prefix=''):

@@ -199,20 +199,17 @@ def _plot(report: score_lib.ScoreReport, path: str) -> None:
   import matplotlib.pyplot as plt  # noqa: PLC0415
   import matplotlib.ticker  # noqa: PLC0415
 
-  t, accuracy = report.accuracy_curve()
+  from tps_jax.metrics import report_figures  # noqa: PLC0415  (matplotlib: only with --plot)
+
   psc = report.psc_cells[report.official_cell]
   h, p = score_lib.HUMAN_IOU_THRESHOLD, score_lib.PART_IOU_THRESHOLD
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-  left.step(t, accuracy, where='post', color='tab:blue')
-  left.fill_between(t, accuracy, step='post', alpha=0.25, color='tab:blue')
-  left.set(
-    xlim=(0, 1),
-    ylim=(0, 1.02),
-    xlabel='PSC threshold t',
-    ylabel='accuracy(t): right class and PSC >= t',
-    title=f'score = area = {report.score_rounded:.6f}  (human IoU > {h}, part IoU >= {p})',
+  report_figures.draw_accuracy_curve(
+    left,
+    report,
+    'accuracy(t): right class and PSC >= t',
+    f'score = area = {report.score_rounded:.6f}  (human IoU > {h}, part IoU >= {p})',
   )
-  left.grid(alpha=0.3)
   right.hist(
     [psc[report.correct_videos], psc[~report.correct_videos]],
     bins=50,

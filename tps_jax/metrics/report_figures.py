@@ -57,20 +57,20 @@ def grid(report: score_lib.ScoreReport, path: str) -> str:
   return _save(fig, path)
 
 
-def accuracy_curve(report: score_lib.ScoreReport, path: str) -> str:
-  """accuracy(t) of the score's cell; the score is the area under it."""
+def draw_accuracy_curve(ax, report: score_lib.ScoreReport, ylabel: str, title: str) -> None:
+  """accuracy(t) of the score's cell on `ax`, its area shaded (the report's figure and
+  `evaluate --plot`'s left panel)."""
   t, accuracy = report.accuracy_curve()
-  fig, ax = plt.subplots(figsize=(5.2, 4.2))
   ax.step(t, accuracy, where='post', color='tab:blue')
   ax.fill_between(t, accuracy, step='post', alpha=0.25, color='tab:blue')
-  ax.set(
-    xlim=(0, 1),
-    ylim=(0, 1.02),
-    xlabel='PSC threshold t',
-    ylabel='right class and PSC >= t',
-    title=f'area = {report.score_rounded:.6f}',
-  )
+  ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel='PSC threshold t', ylabel=ylabel, title=title)
   ax.grid(alpha=0.3)
+
+
+def accuracy_curve(report: score_lib.ScoreReport, path: str) -> str:
+  """accuracy(t) of the score's cell; the score is the area under it."""
+  fig, ax = plt.subplots(figsize=(5.2, 4.2))
+  draw_accuracy_curve(ax, report, 'right class and PSC >= t', f'area = {report.score_rounded:.6f}')
   return _save(fig, path)
 
 
