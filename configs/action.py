@@ -26,8 +26,9 @@ configs/part_state.py:tiny (the demo, configs/demo.py, runs exactly this chain):
       --config.init_from.source_prefix=backbone/
 
 Expected: the `action` rows of the README's Quickstart (top-1 and `+views`, 2 clips x 3
-crops; chance 0.167), measured over three seeds of the demo, which runs this chain; from
-scratch the same network stays near chance.
+crops; chance 0.167), measured over three seeds of the demo, which runs this chain: it
+learns from some seeds and stays near chance from others; from scratch the same network
+stays near chance.
 """
 
 from __future__ import annotations
