@@ -395,7 +395,7 @@ class _Unraisable:
 
 def test_the_closed_loop_filter_passes_other_reports_on():
   seen = []
-  hook = checkpointing._quiet_closed_loop(seen.append)
+  hook = checkpointing._closed_loop_filter(seen.append)
   hook(_Unraisable(RuntimeError('Event loop is closed')))
   hook(_Unraisable(ValueError('Event loop is closed')))
   assert [type(u.exc_value) for u in seen] == [ValueError]

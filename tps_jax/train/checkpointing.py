@@ -185,19 +185,28 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter
   return restored['state']
 
 
-@contextlib.contextmanager
-def _quiet_closed_loop():
-  """Silences the 'Event loop is closed' reports (one traceback per array) of
-  TensorStore reads that a failed restore left behind; they surface while the next
-  checkpoint is read."""
-  previous = sys.unraisablehook
+def _closed_loop_filter(previous_hook):
+  """An unraisablehook that drops asyncio's 'Event loop is closed' and passes the rest on.
+
+  When a read fails (a truncated or damaged file), orbax closes its event loop while
+  tensorstore still holds reads in flight; their callbacks then find the loop closed
+  at interpreter exit, each printing a traceback that says nothing about the file.
+  """
 
   def hook(unraisable):
-    value = unraisable.exc_value
-    if not (isinstance(value, RuntimeError) and 'Event loop is closed' in str(value)):
-      previous(unraisable)
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous_hook(unraisable)
 
-  sys.unraisablehook = hook
+  return hook
+
+
+@contextlib.contextmanager
+def _quiet_closed_loop():
+  """`_closed_loop_filter` while a restore that may fail runs (its reports surface while
+  the next checkpoint is read)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = _closed_loop_filter(previous)
   try:
     yield
   finally:
@@ -290,22 +299,6 @@ def _resolve_source(path: str) -> str:
   return path
 
 
-def _quiet_closed_loop(previous_hook):
-  """An unraisablehook that drops asyncio's 'Event loop is closed' and passes the rest on.
-
-  When a read fails (a truncated or damaged file), orbax closes its event loop while
-  tensorstore still holds reads in flight; their callbacks then find the loop closed
-  at interpreter exit, each printing a traceback that says nothing about the file.
-  """
-
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
-      previous_hook(unraisable)
-
-  return hook
-
-
 @contextlib.contextmanager
 def _absl_errors_only():
   """orbax warns (absl WARNING) before failing on a damaged directory; the failure says it."""
@@ -322,7 +315,7 @@ def restore_numpy(path: str) -> PyTree:
   """The pytree of an orbax directory as host numpy arrays (no device placement)."""
   checkpointer = ocp.PyTreeCheckpointer()
   previous_hook = sys.unraisablehook
-  sys.unraisablehook = _quiet_closed_loop(previous_hook)
+  sys.unraisablehook = _closed_loop_filter(previous_hook)
   with _absl_errors_only():
     metadata = checkpointer.metadata(path)
   tree = getattr(metadata, 'item_metadata', metadata)
