@@ -37,6 +37,7 @@ outputs equal a single device's (boxes and scores up to float reassociation).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,6 +51,7 @@ from tps_jax.data import augment, submission
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import geometry
 from tps_jax.inference.export import Export, ExportError
+from tps_jax.ops import box_merge
 from tps_jax.ops.boxes import box_iou, to_edges
 
 PyTree = Any
@@ -72,8 +74,19 @@ class Settings:
   action_crops: int = 3
   action_average: str = 'logits'  # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
   action_views_per_forward: int = 0  # views per forward pass (0: all at once)
+  # Test-time views of the per-frame networks (module docstring, 'Views and ensembles').
+  human_scales: tuple[float, ...] = (1.0,)  # factors of the human detector's canvas
+  part_scales: tuple[float, ...] = (1.0,)  # ... and of the part detector's input
+  human_flip: bool = False  # also the mirrored frame
+  part_flip: bool = False  # also the mirrored crop, left/right parts exchanged
+  part_state_flip: bool = False  # logits averaged with the mirrored crop's
+  box_merge: str = 'nms'  # 'nms' | 'wbf': how the views' detections merge (ops/box_merge.py)
+  box_merge_iou: float = 0.5  # detections overlapping more are one
+  view_memory_gb: float = 0.0  # what the views' inputs may take (0: the device's memory)
 
   def __post_init__(self):
+    for name in _SCALE_FIELDS:  # lists (JSON, flags) as the declared tuple
+      object.__setattr__(self, name, parse_scales(name, getattr(self, name)))
     most_humans, most_proposals = submission.MAX_HUMANS, submission.MAX_PROPOSALS
     checks = [
       (1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
@@ -89,6 +102,21 @@ class Settings:
         'action_clips and action_crops must be positive',
       ),
       (self.action_average in ('logits', 'probs'), "action_average must be 'logits' or 'probs'"),
+      (
+        all(s > 0 for s in self.human_scales + self.part_scales),
+        f'human_scales {list(self.human_scales)} and part_scales {list(self.part_scales)} '
+        'must be positive factors',
+      ),
+      (
+        len(self.human_scales) >= 1 and len(self.part_scales) >= 1,
+        'human_scales and part_scales need at least one factor',
+      ),
+      (
+        self.box_merge in box_merge.METHODS,
+        f'box_merge must be one of {", ".join(box_merge.METHODS)}, got {self.box_merge!r}',
+      ),
+      (0.0 < self.box_merge_iou < 1.0, 'box_merge_iou in (0, 1)'),
+      (self.view_memory_gb >= 0.0, 'view_memory_gb must be >= 0 (0: the device memory)'),
     ]
     for ok, message in checks:
       if not ok:
@@ -107,6 +135,19 @@ class Settings:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+_SCALE_FIELDS = ('human_scales', 'part_scales')
+
+
+def parse_scales(name: str, value) -> tuple[float, ...]:
+  """'0.8,1,1.2', [0.8, 1, 1.2] or 1.2 (JSON, --set, flags) -> (0.8, 1.0, 1.2)."""
+  items = value.split(',') if isinstance(value, str) else value
+  items = items if isinstance(items, (list, tuple)) else [items]
+  try:
+    return tuple(float(v) for v in items if not (isinstance(v, str) and not v.strip()))
+  except (TypeError, ValueError):
+    raise ValueError(f'pipeline settings: {name} must be numbers, got {value!r}') from None
 
 
 def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:
@@ -140,6 +181,10 @@ class _Networks:
   human_norm: tuple[np.ndarray, np.ndarray]
   part_norm: tuple[np.ndarray, np.ndarray]
   state_norm: tuple[np.ndarray, np.ndarray]
+  # Members of each stage's ensemble (same model): variables stacked on a leading axis.
+  human_members: int = 1
+  part_members: int = 1
+  state_members: int = 1
 
 
 def _normalize(frames, norm):
@@ -205,19 +250,94 @@ class _Frames:
     return self.frames.shape[0]
 
 
+_PART_MIRROR = np.asarray(tps.FLIP_PARTS, np.int32)  # a part's mirror image's index
+
+
+def _split(tree, parts: int) -> list:
+  """A tree of arrays cut into `parts` equal pieces along the leading axis."""
+  size = jax.tree.leaves(tree)[0].shape[0] // parts
+  return [jax.tree.map(lambda x, i=i: x[i * size : (i + 1) * size], tree) for i in range(parts)]
+
+
+def _apply_members(apply, variables, members: int) -> list:
+  """`apply(variables)` of each member of an ensemble (vmapped over the variables
+  stacked on a leading axis: one trace however many members)."""
+  if members == 1:
+    return [apply(variables)]
+  out = jax.vmap(apply)(variables)
+  return [jax.tree.map(lambda x, m=m: x[m], out) for m in range(members)]
+
+
+def _detect(model, variables, members: int, images, content, flip: bool, mirror_labels):
+  """A detector's views of `images` (N, H, W, 3) with their `content` (N, 2): one per
+  member, and with `flip` also of the mirrored images (in the same batch), the boxes
+  mirrored back and the labels through `mirror_labels` (left / right parts
+  exchanged; None keeps them). Boxes in the input's pixels."""
+  if flip:
+    images = jnp.concatenate([images, geometry.mirror_columns(images, content[:, 1])])
+    content = jnp.concatenate([content, content])
+  apply = lambda v: model.apply(v, images, content, train=False)
+  views = []
+  for det in _apply_members(apply, variables, members):
+    if not flip:
+      views.append(det)
+      continue
+    det, mirrored = _split(det, 2)
+    width = content[: len(content) // 2, 1, None]
+    mirrored['boxes'] = geometry.mirror_edges(mirrored['boxes'], width)
+    if mirror_labels is not None:
+      mirrored['labels'] = mirror_labels[mirrored['labels']]
+    views += [det, mirrored]
+  return views
+
+
+def _merge(views: Sequence[Mapping[str, jax.Array]], settings: Settings):
+  """One detector output from its views' (each mapped to the frame already)."""
+  if len(views) == 1:
+    return views[0]
+  joined = {k: jnp.concatenate([v[k] for v in views], axis=-1) for k in ('scores', 'labels')}
+  boxes, scores, labels, valid = box_merge.merge_views(
+    jnp.concatenate([v['boxes'] for v in views], axis=-2),
+    joined['scores'],
+    joined['labels'],
+    jnp.concatenate([v['valid'] for v in views], axis=-1),
+    method=settings.box_merge,
+    iou_threshold=settings.box_merge_iou,
+    max_outputs=views[0]['scores'].shape[-1],
+    num_views=len(views),
+  )
+  return {'boxes': boxes, 'scores': scores, 'labels': labels, 'valid': valid}
+
+
+def _human_input(nets: _Networks, batch: _Frames, scale: float):
+  """The human detector's input at `scale` x its canvas: (images, content (B, 2),
+  frame -> input scale (B, 2))."""
+  frames = _normalize(batch.frames, nets.human_norm)
+  if scale == 1.0:
+    return frames, batch.content, batch.canvas_scale
+  size = geometry.scaled_size(nets.canvas, scale)
+  crops, content, to_input = geometry.fitted_crops(
+    frames, batch.canvas_scale, geometry.whole_frames(batch.frame_hw), size
+  )
+  return crops[:, 0], content[:, 0], to_input[:, 0]
+
+
 def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth, oracle: bool):
-  """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected or the truth's."""
+  """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected (every member of
+  the ensemble on every scale and flip, merged) or the truth's."""
   if oracle:
     return (
       to_edges(truth['human_boxes']),
       truth['human_valid'].astype(jnp.float32),
       truth['human_valid'],
     )
-  det = nets.humans.apply(
-    variables['humans'], _normalize(batch.frames, nets.human_norm), batch.content, train=False
-  )
-  edges, scores, valid = _top_humans(det, settings)
-  return geometry.scale_boxes(edges, 1.0 / batch.canvas_scale[:, None]), scores, valid
+  views = []
+  for scale in settings.human_scales:
+    images, content, to_input = _human_input(nets, batch, scale)
+    members, flip = nets.human_members, settings.human_flip
+    for det in _detect(nets.humans, variables['humans'], members, images, content, flip, None):
+      views.append({**det, 'boxes': geometry.scale_boxes(det['boxes'], 1.0 / to_input[:, None])})
+  return _top_humans(_merge(views, settings), settings)
 
 
 def _truth_parts(settings: Settings, humans, truth):
@@ -238,8 +358,8 @@ def _flat(x):
 
 def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, truth_parts):
   """(edge boxes (B, M, 10, k, 4) in frame pixels, scores, valid): the part
-  detector's top-k per part on every human's crop, or (truth_parts given) the truth's
-  parts as the first proposal."""
+  detector's top-k per part on every human's crop (every member on every scale and
+  flip, merged), or (truth_parts given) the truth's parts as the first proposal."""
   human_edges, _, human_valid = humans
   k = settings.proposals_per_part
   if truth_parts is not None:
@@ -255,19 +375,55 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
   regions = geometry.context_regions(
     human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]), batch.frame_hw[:, None], nets.part_context
   )
-  crops, crop_content, crop_scale = geometry.fitted_crops(
-    _normalize(batch.frames, nets.part_norm), batch.canvas_scale, regions, nets.part_size
-  )
-  det = nets.parts.apply(variables['parts'], _flat(crops), _flat(crop_content), train=False)
+  frames = _normalize(batch.frames, nets.part_norm)
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
-  edges, scores, valid = map(unflat, _top_proposals(det, settings))
-  edges = geometry.crop_to_frame(edges, regions[:, :, None, None], crop_scale[:, :, None, None])
+  views = []
+  members, flip, swap = nets.part_members, settings.part_flip, jnp.asarray(_PART_MIRROR)
+  for scale in settings.part_scales:
+    size = geometry.scaled_size(nets.part_size, scale)
+    crops, content, crop_scale = geometry.fitted_crops(frames, batch.canvas_scale, regions, size)
+    for det in _detect(
+      nets.parts, variables['parts'], members, _flat(crops), _flat(content), flip, swap
+    ):
+      det = {key: unflat(value) for key, value in det.items()}
+      boxes = geometry.crop_to_frame(det['boxes'], regions[:, :, None], crop_scale[:, :, None])
+      views.append({**det, 'boxes': boxes})
+  merged = {key: _flat(value) for key, value in _merge(views, settings).items()}
+  edges, scores, valid = map(unflat, _top_proposals(merged, settings))
   return edges, scores, valid & human_valid[:, :, None, None]
 
 
-def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
+def _state_logits(nets: _Networks, settings: Settings, variables, crops, boxes, valid, action):
+  """The part-state network's logits (N, k, 10, S), averaged over the ensemble's
+  members and, with part_state_flip, over the mirrored crops too (their boxes
+  mirrored, the left/right parts exchanged as training flips them, the logits put
+  back in the parts' order)."""
+  flip = settings.part_state_flip
+  if flip:
+    mirrored = geometry.mirror_edges(to_edges(boxes), crops.shape[-2]) - jnp.array(
+      [0.0, 0.0, 1.0, 1.0]
+    )
+    mirrored = jnp.where(valid[..., None], mirrored, 0.0)[..., _PART_MIRROR, :]
+    crops = jnp.concatenate([crops, crops[..., ::-1, :]])
+    boxes = jnp.concatenate([boxes, mirrored])
+    valid = jnp.concatenate([valid, valid[..., _PART_MIRROR]])
+    action = jnp.concatenate([action, action])
+  apply = lambda v: nets.states.apply(v, crops, boxes, valid, action, train=False)
+  logits = []
+  for out in _apply_members(apply, variables['states'], nets.state_members):
+    if flip:
+      out, mirrored_out = _split(out, 2)
+      logits += [out, mirrored_out[..., _PART_MIRROR, :]]
+    else:
+      logits.append(out)
+  return sum(logits) / len(logits)
+
+
+def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, parts, action):
   """(B, M, 10, k) int32 state of every proposal: the part-state network on each
-  human's crop, the k-th proposals of the ten parts as one set, with the action."""
+  human's crop, the k-th proposals of the ten parts as one set, with the action (every
+  member of the ensemble, with the mirrored crop too when part_state_flip: logits
+  averaged)."""
   human_edges = humans[0]
   part_edges, _, part_valid = parts
   num_humans = human_edges.shape[1]
@@ -286,13 +442,14 @@ def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
     sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size
   )
   set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
-  logits = nets.states.apply(
-    variables['states'],
+  logits = _state_logits(
+    nets,
+    settings,
+    variables,
     _flat(crops),
     _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
     _flat(set_valid),
     jnp.repeat(jnp.asarray(action, jnp.int32), num_humans),
-    train=False,
   )
   states = logits.argmax(-1).reshape(set_valid.shape)
   return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
@@ -338,7 +495,9 @@ def parse_frames_variants(
     a = 'action' in oracle
     states = once(
       ('states', h, p, a),
-      lambda: _states(nets, variables, batch, humans, parts, truth['action'] if a else action),
+      lambda: _states(
+        nets, settings, variables, batch, humans, parts, truth['action'] if a else action
+      ),
     )
     if 'states' in oracle:
       _, true_valid, true_states = truth_parts
@@ -456,39 +615,53 @@ def _box(box) -> list[float]:
   return [x1, y1, max(x2, x1), max(y2, y1)]
 
 
+def _ensemble(exports: Export | Sequence[Export]) -> list[Export]:
+  return [exports] if isinstance(exports, Export) else list(exports)
+
+
 class Pipeline:
-  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings."""
+  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings.
+  `humans`, `parts`, `states` and `actions` are lists: each stage's ensemble (an
+  Export alone is a one-member ensemble)."""
 
   def __init__(
     self,
-    humans: Export,
-    parts: Export,
-    states: Export,
+    humans: Export | Sequence[Export],
+    parts: Export | Sequence[Export],
+    states: Export | Sequence[Export],
     actions: Sequence[Export],
     settings: Settings,
   ):
-    check_vocabularies(humans, parts, states, actions)
-    self.humans, self.parts, self.states, self.actions = humans, parts, states, list(actions)
+    humans, parts, states = _ensemble(humans), _ensemble(parts), _ensemble(states)
+    check_ensembles(humans, parts, states)
+    check_vocabularies(humans[0], parts[0], states[0], actions)
+    self.humans, self.parts, self.states = humans, parts, states
+    self.actions = list(actions)
     self.settings = settings
     norm = lambda e: tuple(
       np.asarray(e.preprocessing['normalization'][k], np.float32) for k in ('mean', 'std')
     )
+    first_parts, first_states = parts[0], states[0]
     self.nets = _Networks(
-      humans=humans.model,
-      parts=parts.model,
-      states=states.model,
-      canvas=tuple(humans.preprocessing['image_size']),
-      part_size=tuple(parts.preprocessing['image_size']),
-      part_context=float(parts.preprocessing['context']),
-      state_size=tuple(states.preprocessing['image_size']),
-      state_resize=int(states.preprocessing['resize']),
-      state_context=float(states.preprocessing['context']),
-      human_norm=norm(humans),
-      part_norm=norm(parts),
-      state_norm=norm(states),
+      humans=humans[0].model,
+      parts=first_parts.model,
+      states=first_states.model,
+      canvas=tuple(humans[0].preprocessing['image_size']),
+      part_size=tuple(first_parts.preprocessing['image_size']),
+      part_context=float(first_parts.preprocessing['context']),
+      state_size=tuple(first_states.preprocessing['image_size']),
+      state_resize=int(first_states.preprocessing['resize']),
+      state_context=float(first_states.preprocessing['context']),
+      human_norm=norm(humans[0]),
+      part_norm=norm(first_parts),
+      state_norm=norm(first_states),
+      human_members=len(humans),
+      part_members=len(parts),
+      state_members=len(states),
     )
-    self.state_names = tuple(states.vocab['states'])
-    self.action_names = tuple(states.vocab['actions'])
+    check_view_memory(self.nets, settings)
+    self.state_names = tuple(first_states.vocab['states'])
+    self.action_names = tuple(first_states.vocab['actions'])
 
   @property
   def canvas(self) -> tuple[int, int]:
@@ -496,10 +669,15 @@ class Pipeline:
 
   @property
   def variables(self) -> dict[str, PyTree]:
+    one_or_all = lambda exports: (  # an ensemble's variables stacked (`_apply_members`)
+      exports[0].variables
+      if len(exports) == 1
+      else jax.tree.map(lambda *xs: np.stack(xs), *[e.variables for e in exports])
+    )
     return {
-      'humans': self.humans.variables,
-      'parts': self.parts.variables,
-      'states': self.states.variables,
+      'humans': one_or_all(self.humans),
+      'parts': one_or_all(self.parts),
+      'states': one_or_all(self.states),
     }
 
   def parse_frames(
@@ -586,3 +764,84 @@ def check_vocabularies(
         f"from the part-state network's {states.vocab['actions']} "
         f'({states.path})'
       )
+
+
+def check_ensembles(
+  humans: Sequence[Export], parts: Sequence[Export], states: Sequence[Export]
+) -> None:
+  """Refuses, in one line naming both, members of a stage's ensemble whose kind,
+  vocabularies or preprocessing differ from the first member's (their outputs are
+  merged or averaged as one network's)."""
+  for members in (humans, parts, states):
+    first = members[0]
+    for other in members[1:]:
+      for what, mine, theirs in (
+        ('kind', other.kind, first.kind),
+        ('vocabularies', other.vocab, first.vocab),
+        ('preprocessing', other.preprocessing, first.preprocessing),
+      ):
+        if mine != theirs:
+          raise ExportError(
+            f'{other.path}: its {what} differ from {first.path} in the same ensemble '
+            f'({_difference(mine, theirs)})'
+          )
+
+
+def _difference(mine, theirs) -> str:
+  if isinstance(mine, dict) and isinstance(theirs, dict):
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    return '; '.join(f'{k}: {mine.get(k)!r} vs {theirs.get(k)!r}' for k in keys)
+  return f'{mine!r} vs {theirs!r}'
+
+
+# A rough bound of what a detector keeps alive per input pixel at inference in float32
+# (a ResNet-50 FPN or Swin stage-1 feature map is 12-16 floats per pixel, a few live
+# at once): the views' inputs times this is what `check_view_memory` compares.
+VIEW_BYTES_PER_PIXEL = 512
+
+
+def view_memory_gb(nets: _Networks, settings: Settings) -> float:
+  """Gigabytes the detectors' and the part-state network's views of one frame batch
+  take by VIEW_BYTES_PER_PIXEL: every member x scale x flip, the part detector and
+  the part-state network on all max_humans crops."""
+  area = lambda size, scales: sum(np.prod(geometry.scaled_size(size, s)) for s in scales)
+  flips = lambda flip: 2 if flip else 1
+  humans = (
+    nets.human_members * flips(settings.human_flip) * area(nets.canvas, settings.human_scales)
+  )
+  parts = nets.part_members * flips(settings.part_flip) * area(nets.part_size, settings.part_scales)
+  states = nets.state_members * flips(settings.part_state_flip) * np.prod(nets.state_size)
+  crops = settings.max_humans * (parts + settings.proposals_per_part * states)
+  return float(settings.frame_batch * (humans + crops) * VIEW_BYTES_PER_PIXEL / 2**30)
+
+
+def _device_memory_gb() -> float:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return stats['bytes_limit'] / 2**30
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+
+
+def check_view_memory(nets: _Networks, settings: Settings) -> None:
+  """Refuses, in one line before anything compiles, views (more than one network
+  pass per stage) whose inputs at this frame batch need more than `view_memory_gb`
+  (0: the device's memory) by `view_memory_gb`'s estimate. One view per stage is the
+  program without test-time views and is not checked here."""
+  one_view = (
+    nets.human_members == nets.part_members == nets.state_members == 1
+    and settings.human_scales == settings.part_scales == (1.0,)
+    and not (settings.human_flip or settings.part_flip or settings.part_state_flip)
+  )
+  if one_view:
+    return
+  limit = settings.view_memory_gb or _device_memory_gb()
+  need = view_memory_gb(nets, settings)
+  if need > limit:
+    raise ValueError(
+      f'pipeline settings: the test-time views need about {need:.1f} GB at '
+      f'frame_batch={settings.frame_batch} (human_scales {list(settings.human_scales)}, '
+      f'part_scales {list(settings.part_scales)}, flips {settings.human_flip}/'
+      f'{settings.part_flip}/{settings.part_state_flip}, ensembles {nets.human_members}/'
+      f'{nets.part_members}/{nets.state_members}), more than the {limit:.1f} GB allowed '
+      '(view_memory_gb); lower frame_batch or the views'
+    )
