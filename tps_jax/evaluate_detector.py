@@ -1,17 +1,22 @@
 r"""COCO mAP of an exported detector on a dataset split.
 
   python -m tps_jax.evaluate_detector --config configs/human_detector.py:tiny \
-      --export WORKDIR/export --split val [--batch_size 8] [--config.data.root=DATA]
+      --export WORKDIR/export --split val [--batch_size 8] [--config.data.root=DATA] \
+      [--scales 0.8,1,1.2] [--flip] [--box_merge nms|wbf] [--box_merge_iou 0.5]
 
 Builds the task of `--config` (any `--config.<field>=value` override applies), loads the
 exported variables, runs the jitted detector over the split's eval pipeline and prints
 COCO AP, AP50, AP75, AP by size and AP per class (pycocotools), then the line
-`AP <ap> AP50 <ap50> AP75 <ap75>`. Errors (missing export or dataset, an export of
+`AP <ap> AP50 <ap50> AP75 <ap75>`. `--scales` / `--flip` add test-time views (each scale
+a factor of the input size, the flip mirrors the image and, for the part detector,
+exchanges left / right parts), merged by `--box_merge` as the pipeline's human_scales /
+human_flip / box_merge settings merge them (tps_jax/inference/views.py). Errors (missing export or dataset, an export of
 another architecture) are one line on stderr with exit status 1.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import jax
@@ -20,7 +25,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from tps_jax import cli
+from tps_jax.inference import views
+from tps_jax.inference.pipeline import parse_scales
 from tps_jax.tasks import base as tasks_lib
+from tps_jax.tasks.detection import content_shape
 from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name
 
@@ -28,6 +36,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Detector config file[
 _EXPORT = flags.DEFINE_string('export', None, 'Export directory of a training run.')
 _SPLIT = flags.DEFINE_string('split', 'val', 'Dataset split to evaluate.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per batch.')
+_SCALES = flags.DEFINE_list('scales', ['1'], 'Test-time scales (factors of the input size).')
+_FLIP = flags.DEFINE_bool('flip', False, 'Also the mirrored image (test-time view).')
+_BOX_MERGE = flags.DEFINE_enum('box_merge', 'nms', ['nms', 'wbf'], "How the views' boxes merge.")
+_BOX_MERGE_IOU = flags.DEFINE_float('box_merge_iou', 0.5, 'Boxes overlapping more are one.')
 flags.mark_flags_as_required(['config', 'export'])
 
 
@@ -46,8 +58,33 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   return {param_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
 
-def evaluate(config, export: str, split: str, batch_size: int):
-  """(DetectionReport, number of images) of the exported variables on `split`."""
+def view_predictions(task, scales=(1.0,), flip=False, box_merge='nms', box_merge_iou=0.5):
+  """`task.eval_predictions` with the detections of every view merged (module
+  docstring); the task's own with one scale of 1 and no flip."""
+  if tuple(scales) == (1.0,) and not flip:
+    return task.eval_predictions
+  mirror = views.PART_MIRROR if task.dataset == 'parts' else None
+
+  def predict(params, model_state, batch):
+    out = task.eval_predictions(params, model_state, batch)  # the ground truth's fields
+    inputs = functools.partial(views.scaled_inputs, batch['image'], content_shape(batch))
+    detections = views.detector_views(
+      task.model,
+      {'params': params, **model_state},
+      inputs,
+      scales=scales,
+      flip=flip,
+      mirror_labels=mirror,
+    )
+    merged = views.merge_detections(detections, method=box_merge, iou_threshold=box_merge_iou)
+    return {**out, **merged}
+
+  return predict
+
+
+def evaluate(config, export: str, split: str, batch_size: int, **view_settings):
+  """(DetectionReport, number of images) of the exported variables on `split`;
+  `view_settings`: `view_predictions`' test-time views."""
   with config.unlocked():
     config.data.eval_split = split
   task = tasks_lib.get_task(config.task, config)
@@ -58,7 +95,7 @@ def evaluate(config, export: str, split: str, batch_size: int):
   problem = checkpointing.first_mismatch(_shapes(params), _shapes(expected))
   if problem:
     raise ValueError(f"{export}: the exported parameters do not fit the config's model: {problem}")
-  predict = jax.jit(task.eval_predictions)
+  predict = jax.jit(view_predictions(task, **view_settings))
   evaluator = task.make_evaluator()
   for batch in task.eval_iterator(process_index=0, process_count=1, batch_size=batch_size):
     outputs = predict(params, variables, _pad(batch, batch_size))
@@ -71,7 +108,19 @@ def evaluate(config, export: str, split: str, batch_size: int):
 def main(argv) -> int:
   del argv
   try:
-    report, images = evaluate(_CONFIG.value, _EXPORT.value, _SPLIT.value, _BATCH_SIZE.value)
+    scales = parse_scales('--scales', _SCALES.value)
+    if not scales or min(scales) <= 0:
+      raise ValueError(f'--scales must be positive factors, got {",".join(_SCALES.value)}')
+    report, images = evaluate(
+      _CONFIG.value,
+      _EXPORT.value,
+      _SPLIT.value,
+      _BATCH_SIZE.value,
+      scales=scales,
+      flip=_FLIP.value,
+      box_merge=_BOX_MERGE.value,
+      box_merge_iou=_BOX_MERGE_IOU.value,
+    )
   except (FileNotFoundError, NotADirectoryError, ValueError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tps_jax.data import augment, pipelines
+from tps_jax.inference import views
 from tps_jax.inference.export import Export
 
 
@@ -28,8 +29,11 @@ def part_state_top1(
   split: str = 'val',
   actions: Mapping[str, str] | None = None,
   batch_size: int = 64,
+  flip: bool = False,
 ) -> dict[str, float]:
-  """{'top1', 'count'} over the present parts of `split` (module docstring)."""
+  """{'top1', 'count'} over the present parts of `split` (module docstring); with
+  `flip`, the logits averaged with the mirrored crop's (tps_jax/inference/views.py,
+  as the pipeline's part_state_flip)."""
   config = ml_collections.ConfigDict(export.config.to_dict())
   config.data.root = data_root
   config.data.tfds_dir = ''
@@ -42,7 +46,7 @@ def part_state_top1(
 
   @jax.jit
   def predict(variables, images, boxes, valid, action):
-    return model.apply(variables, images, boxes, valid, action, train=False).argmax(-1)
+    return views.state_logits(model, variables, images, boxes, valid, action, flip=flip).argmax(-1)
 
   variables = jax.device_put(export.variables)
   hits = count = 0

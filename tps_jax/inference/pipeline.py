@@ -29,6 +29,21 @@ With all four the written submission scores the maximum, 0.9999.
 `parse_frames_variants` computes several oracle sets in one program, each network once
 per distinct input: the ablation table in one pass (tps_jax/inference/ablation.py).
 
+Views and ensembles (test-time augmentation; settings human_scales, part_scales,
+human_flip, part_flip, part_state_flip, box_merge; tps_jax/inference/views.py): each
+detector may also run at other scales of its input (each its own static shape in the
+same program: the human detector on the canvas resampled, the part detector on crops
+cut from the frame at that size) and on the mirrored input (in the same batch, boxes
+mirrored back, the left / right part labels exchanged as training's flip exchanges
+them); the views' detections merge by NMS over their union or weighted box fusion
+(tps_jax/ops/box_merge.py) into the slots of one view. The part-state network may
+also see the mirrored crop (boxes mirrored, parts exchanged), its logits averaged
+back in the parts' order. A stage given several exports (same model, vocabularies and
+preprocessing) runs them vmapped over their stacked variables: detections merged as
+views, logits averaged. Views that would not fit in memory are refused before
+compiling (`check_view_memory`). With the defaults (one scale, no flip, one export)
+the program is the one without views.
+
 Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
 (`shard_map`; variables replicated): each device parses its frames alone, and the
 outputs equal a single device's (boxes and scores up to float reassociation).
@@ -37,6 +52,7 @@ outputs equal a single device's (boxes and scores up to float reassociation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,6 +66,7 @@ from jax.sharding import PartitionSpec as P
 from tps_jax.data import augment, submission
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import geometry
+from tps_jax.inference import views as views_lib
 from tps_jax.inference.export import Export, ExportError
 from tps_jax.ops import box_merge
 from tps_jax.ops.boxes import box_iou, to_edges
@@ -250,76 +267,10 @@ class _Frames:
     return self.frames.shape[0]
 
 
-_PART_MIRROR = np.asarray(tps.FLIP_PARTS, np.int32)  # a part's mirror image's index
-
-
-def _split(tree, parts: int) -> list:
-  """A tree of arrays cut into `parts` equal pieces along the leading axis."""
-  size = jax.tree.leaves(tree)[0].shape[0] // parts
-  return [jax.tree.map(lambda x, i=i: x[i * size : (i + 1) * size], tree) for i in range(parts)]
-
-
-def _apply_members(apply, variables, members: int) -> list:
-  """`apply(variables)` of each member of an ensemble (vmapped over the variables
-  stacked on a leading axis: one trace however many members)."""
-  if members == 1:
-    return [apply(variables)]
-  out = jax.vmap(apply)(variables)
-  return [jax.tree.map(lambda x, m=m: x[m], out) for m in range(members)]
-
-
-def _detect(model, variables, members: int, images, content, flip: bool, mirror_labels):
-  """A detector's views of `images` (N, H, W, 3) with their `content` (N, 2): one per
-  member, and with `flip` also of the mirrored images (in the same batch), the boxes
-  mirrored back and the labels through `mirror_labels` (left / right parts
-  exchanged; None keeps them). Boxes in the input's pixels."""
-  if flip:
-    images = jnp.concatenate([images, geometry.mirror_columns(images, content[:, 1])])
-    content = jnp.concatenate([content, content])
-  apply = lambda v: model.apply(v, images, content, train=False)
-  views = []
-  for det in _apply_members(apply, variables, members):
-    if not flip:
-      views.append(det)
-      continue
-    det, mirrored = _split(det, 2)
-    width = content[: len(content) // 2, 1, None]
-    mirrored['boxes'] = geometry.mirror_edges(mirrored['boxes'], width)
-    if mirror_labels is not None:
-      mirrored['labels'] = mirror_labels[mirrored['labels']]
-    views += [det, mirrored]
-  return views
-
-
-def _merge(views: Sequence[Mapping[str, jax.Array]], settings: Settings):
-  """One detector output from its views' (each mapped to the frame already)."""
-  if len(views) == 1:
-    return views[0]
-  joined = {k: jnp.concatenate([v[k] for v in views], axis=-1) for k in ('scores', 'labels')}
-  boxes, scores, labels, valid = box_merge.merge_views(
-    jnp.concatenate([v['boxes'] for v in views], axis=-2),
-    joined['scores'],
-    joined['labels'],
-    jnp.concatenate([v['valid'] for v in views], axis=-1),
-    method=settings.box_merge,
-    iou_threshold=settings.box_merge_iou,
-    max_outputs=views[0]['scores'].shape[-1],
-    num_views=len(views),
+def _merge(views, settings: Settings):
+  return views_lib.merge_detections(
+    views, method=settings.box_merge, iou_threshold=settings.box_merge_iou
   )
-  return {'boxes': boxes, 'scores': scores, 'labels': labels, 'valid': valid}
-
-
-def _human_input(nets: _Networks, batch: _Frames, scale: float):
-  """The human detector's input at `scale` x its canvas: (images, content (B, 2),
-  frame -> input scale (B, 2))."""
-  frames = _normalize(batch.frames, nets.human_norm)
-  if scale == 1.0:
-    return frames, batch.content, batch.canvas_scale
-  size = geometry.scaled_size(nets.canvas, scale)
-  crops, content, to_input = geometry.fitted_crops(
-    frames, batch.canvas_scale, geometry.whole_frames(batch.frame_hw), size
-  )
-  return crops[:, 0], content[:, 0], to_input[:, 0]
 
 
 def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth, oracle: bool):
@@ -331,13 +282,18 @@ def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, trut
       truth['human_valid'].astype(jnp.float32),
       truth['human_valid'],
     )
-  views = []
-  for scale in settings.human_scales:
-    images, content, to_input = _human_input(nets, batch, scale)
-    members, flip = nets.human_members, settings.human_flip
-    for det in _detect(nets.humans, variables['humans'], members, images, content, flip, None):
-      views.append({**det, 'boxes': geometry.scale_boxes(det['boxes'], 1.0 / to_input[:, None])})
-  return _top_humans(_merge(views, settings), settings)
+  frames = _normalize(batch.frames, nets.human_norm)
+  views = views_lib.detector_views(
+    nets.humans,
+    variables['humans'],
+    functools.partial(views_lib.scaled_inputs, frames, batch.content),
+    scales=settings.human_scales,
+    flip=settings.human_flip,
+    members=nets.human_members,
+  )
+  det = _merge(views, settings)
+  det = {**det, 'boxes': geometry.scale_boxes(det['boxes'], 1.0 / batch.canvas_scale[:, None])}
+  return _top_humans(det, settings)
 
 
 def _truth_parts(settings: Settings, humans, truth):
@@ -376,47 +332,30 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
     human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]), batch.frame_hw[:, None], nets.part_context
   )
   frames = _normalize(batch.frames, nets.part_norm)
+  crops_at = lambda scale: geometry.fitted_crops(
+    frames, batch.canvas_scale, regions, geometry.scaled_size(nets.part_size, scale)
+  )
+  crops, content, crop_scale = crops_at(1.0)
+
+  def inputs_at(scale):  # each scale cut from the frame; boxes wanted on the scale-1 crop
+    if scale == 1.0:
+      return _flat(crops), _flat(content), None
+    scaled, scaled_content, scaled_scale = crops_at(scale)
+    return _flat(scaled), _flat(scaled_content), _flat(scaled_scale / crop_scale)
+
+  views = views_lib.detector_views(
+    nets.parts,
+    variables['parts'],
+    inputs_at,
+    scales=settings.part_scales,
+    flip=settings.part_flip,
+    members=nets.part_members,
+    mirror_labels=views_lib.PART_MIRROR,
+  )
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
-  views = []
-  members, flip, swap = nets.part_members, settings.part_flip, jnp.asarray(_PART_MIRROR)
-  for scale in settings.part_scales:
-    size = geometry.scaled_size(nets.part_size, scale)
-    crops, content, crop_scale = geometry.fitted_crops(frames, batch.canvas_scale, regions, size)
-    for det in _detect(
-      nets.parts, variables['parts'], members, _flat(crops), _flat(content), flip, swap
-    ):
-      det = {key: unflat(value) for key, value in det.items()}
-      boxes = geometry.crop_to_frame(det['boxes'], regions[:, :, None], crop_scale[:, :, None])
-      views.append({**det, 'boxes': boxes})
-  merged = {key: _flat(value) for key, value in _merge(views, settings).items()}
-  edges, scores, valid = map(unflat, _top_proposals(merged, settings))
+  edges, scores, valid = map(unflat, _top_proposals(_merge(views, settings), settings))
+  edges = geometry.crop_to_frame(edges, regions[:, :, None, None], crop_scale[:, :, None, None])
   return edges, scores, valid & human_valid[:, :, None, None]
-
-
-def _state_logits(nets: _Networks, settings: Settings, variables, crops, boxes, valid, action):
-  """The part-state network's logits (N, k, 10, S), averaged over the ensemble's
-  members and, with part_state_flip, over the mirrored crops too (their boxes
-  mirrored, the left/right parts exchanged as training flips them, the logits put
-  back in the parts' order)."""
-  flip = settings.part_state_flip
-  if flip:
-    mirrored = geometry.mirror_edges(to_edges(boxes), crops.shape[-2]) - jnp.array(
-      [0.0, 0.0, 1.0, 1.0]
-    )
-    mirrored = jnp.where(valid[..., None], mirrored, 0.0)[..., _PART_MIRROR, :]
-    crops = jnp.concatenate([crops, crops[..., ::-1, :]])
-    boxes = jnp.concatenate([boxes, mirrored])
-    valid = jnp.concatenate([valid, valid[..., _PART_MIRROR]])
-    action = jnp.concatenate([action, action])
-  apply = lambda v: nets.states.apply(v, crops, boxes, valid, action, train=False)
-  logits = []
-  for out in _apply_members(apply, variables['states'], nets.state_members):
-    if flip:
-      out, mirrored_out = _split(out, 2)
-      logits += [out, mirrored_out[..., _PART_MIRROR, :]]
-    else:
-      logits.append(out)
-  return sum(logits) / len(logits)
 
 
 def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, parts, action):
@@ -442,14 +381,15 @@ def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, huma
     sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size
   )
   set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
-  logits = _state_logits(
-    nets,
-    settings,
-    variables,
+  logits = views_lib.state_logits(
+    nets.states,
+    variables['states'],
     _flat(crops),
     _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
     _flat(set_valid),
     jnp.repeat(jnp.asarray(action, jnp.int32), num_humans),
+    flip=settings.part_state_flip,
+    members=nets.state_members,
   )
   states = logits.argmax(-1).reshape(set_valid.shape)
   return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
@@ -669,7 +609,7 @@ class Pipeline:
 
   @property
   def variables(self) -> dict[str, PyTree]:
-    one_or_all = lambda exports: (  # an ensemble's variables stacked (`_apply_members`)
+    one_or_all = lambda exports: (  # an ensemble's variables stacked (views.apply_members)
       exports[0].variables
       if len(exports) == 1
       else jax.tree.map(lambda *xs: np.stack(xs), *[e.variables for e in exports])
