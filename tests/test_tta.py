@@ -18,6 +18,7 @@ from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import submission
 from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import pipeline as pipeline_lib
+from tps_jax.inference import views
 from tps_jax.inference.export import ExportError, load_export
 from tps_jax.metrics import score as score_lib
 from tps_jax.ops import box_merge
@@ -133,8 +134,15 @@ def test_part_state_flip_is_exactly_mirror_equivariant(exports):
   swap = np.asarray(tps.FLIP_PARTS)
   mirrored = np.where(valid[..., None], _mirror(boxes, size), 0.0)[:, swap]
   logits = jax.jit(
-    lambda variables, c, b, v: pipeline_lib._state_logits(
-      pipeline.nets, pipeline.settings, variables, c, b, v, np.zeros(4, np.int32)
+    lambda variables, c, b, v: views.state_logits(
+      pipeline.nets.states,
+      variables['states'],
+      c,
+      b,
+      v,
+      np.zeros(4, np.int32),
+      flip=True,
+      members=2,
     )
   )
   both = logits(

@@ -395,6 +395,12 @@ def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, huma
   return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
 
 
+def _frames(nets: _Networks, frames, image_shape) -> _Frames:
+  frame_hw = jnp.asarray(image_shape, jnp.float32)
+  content = geometry.fit_content(frame_hw, nets.canvas)
+  return _Frames(frames, frame_hw, content, content / frame_hw)
+
+
 def parse_frames_variants(
   nets: _Networks,
   settings: Settings,
@@ -410,9 +416,7 @@ def parse_frames_variants(
   distinct input (e.g. the part detector runs on the detected and on the true humans,
   not once per variant): the ablation table in one pass. Returns one output dict per
   variant, in order."""
-  frame_hw = jnp.asarray(image_shape, jnp.float32)
-  content = geometry.fit_content(frame_hw, nets.canvas)
-  batch = _Frames(frames, frame_hw, content, content / frame_hw)
+  batch = _frames(nets, frames, image_shape)
   cache = {}
 
   def once(key, make):
@@ -673,6 +677,32 @@ class Pipeline:
       return program(variables, *args)
 
     return run
+
+
+def compile_stages(pipeline: Pipeline):
+  """`pipeline.compile()`'s program (no oracle, one device) cut into its three stages,
+  each jitted alone, the outputs fetched to the host between them: what fusing them
+  into one program saves, with the same views (bench/bench_pipeline.py)."""
+  nets, settings = pipeline.nets, pipeline.settings
+  variables = jax.device_put(pipeline.variables)
+  humans = jax.jit(
+    lambda v, f, s: _humans(nets, settings, v, _frames(nets, f, s), None, oracle=False)
+  )
+  parts = jax.jit(lambda v, f, s, h: _parts(nets, settings, v, _frames(nets, f, s), h, None))
+  states = jax.jit(
+    lambda v, f, s, h, p, a: _states(nets, settings, v, _frames(nets, f, s), h, p, a)
+  )
+
+  def run(frames, image_shape, action):
+    found = jax.device_get(humans(variables, frames, image_shape))
+    proposals = jax.device_get(parts(variables, frames, image_shape, found))
+    return _assemble(
+      found,
+      proposals,
+      jax.device_get(states(variables, frames, image_shape, found, proposals, action)),
+    )
+
+  return run
 
 
 def check_vocabularies(
