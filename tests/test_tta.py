@@ -7,6 +7,7 @@ networks suffice: what is checked is equivariance, the challenge's limits and th
 scoring, not accuracy.
 """
 
+import json
 import os
 
 import jax
@@ -230,7 +231,7 @@ def test_views_beyond_memory_and_mixed_ensembles_are_refused_before_compiling(
   other = tps.Vocab(vocab.parts, vocab.states[:-1], vocab.actions)
   odd = pipeline_helpers.write_random_export(tmp_path / 'odd', 'part_state', other)
   mixed = {**exports, 'part_state': [exports['part_state'][0], odd]}
-  with pytest.raises(ExportError, match='its vocabularies differ from') as error:
+  with pytest.raises(ExportError, match='not the same vocabularies as') as error:
     _bundle(tmp_path, mixed)
   assert 'states' in str(error.value) and '\n' not in str(error.value)
 
@@ -241,6 +242,8 @@ def test_settings_read_from_json_flags_and_set():
   )
   assert settings.human_scales == (0.8, 1.0, 1.2) and settings.part_scales == (0.5, 1.0)
   assert pipeline_lib.Settings.from_dict(settings.to_dict()) == settings
+  record = settings.to_dict()  # a rerun of predict compares it with the one it wrote
+  assert json.loads(json.dumps(record)) == record
 
 
 def test_merge_views_nms_and_weighted_box_fusion():

@@ -151,7 +151,9 @@ class Settings:
     return cls(**values)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The fields as JSON has them (tuples as lists), so that a dict read back from
+    pipeline.json or a run's record compares equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 _SCALE_FIELDS = ('human_scales', 'part_scales')
@@ -740,8 +742,8 @@ def check_ensembles(
   humans: Sequence[Export], parts: Sequence[Export], states: Sequence[Export]
 ) -> None:
   """Refuses, in one line naming both, members of a stage's ensemble whose kind,
-  vocabularies or preprocessing differ from the first member's (their outputs are
-  merged or averaged as one network's)."""
+  vocabularies, preprocessing or model differ from the first member's (their outputs
+  are merged or averaged as one network's; their variables are stacked)."""
   for members in (humans, parts, states):
     first = members[0]
     for other in members[1:]:
@@ -749,10 +751,11 @@ def check_ensembles(
         ('kind', other.kind, first.kind),
         ('vocabularies', other.vocab, first.vocab),
         ('preprocessing', other.preprocessing, first.preprocessing),
+        ('model', other.config.model.to_dict(), first.config.model.to_dict()),
       ):
         if mine != theirs:
           raise ExportError(
-            f'{other.path}: its {what} differ from {first.path} in the same ensemble '
+            f'{other.path}: not the same {what} as {first.path} in the same ensemble '
             f'({_difference(mine, theirs)})'
           )
 
