@@ -3,6 +3,7 @@ r"""COCO mAP of an exported detector on a dataset split.
   python -m tps_jax.evaluate_detector --config configs/human_detector.py:tiny \
       --export WORKDIR/export --split val [--batch_size 8] [--config.data.root=DATA] \
       [--scales 0.8,1,1.2] [--flip] [--box_merge nms|wbf] [--box_merge_iou 0.5]
+  python -m tps_jax.evaluate_detector ... --export W1/export,W2/export   # an ensemble
 
 Builds the task of `--config` (any `--config.<field>=value` override applies), loads the
 exported variables, runs the jitted detector over the split's eval pipeline and prints
@@ -10,7 +11,8 @@ COCO AP, AP50, AP75, AP by size and AP per class (pycocotools), then the line
 `AP <ap> AP50 <ap50> AP75 <ap75>`. `--scales` / `--flip` add test-time views (each scale
 a factor of the input size, the flip mirrors the image and, for the part detector,
 exchanges left / right parts), merged by `--box_merge` as the pipeline's human_scales /
-human_flip / box_merge settings merge them (tps_jax/inference/views.py). Errors (missing export or dataset, an export of
+human_flip / box_merge settings merge them (tps_jax/inference/views.py); so do the
+detections of several exports (an ensemble, as the pipeline's). Errors (missing export or dataset, an export of
 another architecture) are one line on stderr with exit status 1.
 """
 
@@ -33,7 +35,7 @@ from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Detector config file[:variant].')
-_EXPORT = flags.DEFINE_string('export', None, 'Export directory of a training run.')
+_EXPORT = flags.DEFINE_list('export', None, 'Export directory(ies): several are an ensemble.')
 _SPLIT = flags.DEFINE_string('split', 'val', 'Dataset split to evaluate.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per batch.')
 _SCALES = flags.DEFINE_list('scales', ['1'], 'Test-time scales (factors of the input size).')
@@ -58,15 +60,21 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
   return {param_name(path): tuple(np.shape(leaf)) for path, leaf in leaves}
 
 
-def view_predictions(task, scales=(1.0,), flip=False, box_merge='nms', box_merge_iou=0.5):
-  """`task.eval_predictions` with the detections of every view merged (module
-  docstring); the task's own with one scale of 1 and no flip."""
-  if tuple(scales) == (1.0,) and not flip:
+def view_predictions(
+  task, scales=(1.0,), flip=False, box_merge='nms', box_merge_iou=0.5, members: int = 1
+):
+  """`task.eval_predictions` with the detections of every view and member (variables
+  stacked) merged (module docstring); the task's own with one scale of 1, no flip and
+  one member."""
+  if tuple(scales) == (1.0,) and not flip and members == 1:
     return task.eval_predictions
   mirror = views.PART_MIRROR if task.dataset == 'parts' else None
 
   def predict(params, model_state, batch):
-    out = task.eval_predictions(params, model_state, batch)  # the ground truth's fields
+    one = (params, model_state)
+    if members > 1:  # the ground truth's fields come with any member's predictions
+      one = jax.tree.map(lambda x: x[0], one)
+    out = task.eval_predictions(*one, batch)
     inputs = functools.partial(views.scaled_inputs, batch['image'], content_shape(batch))
     detections = views.detector_views(
       task.model,
@@ -74,6 +82,7 @@ def view_predictions(task, scales=(1.0,), flip=False, box_merge='nms', box_merge
       inputs,
       scales=scales,
       flip=flip,
+      members=members,
       mirror_labels=mirror,
     )
     merged = views.merge_detections(detections, method=box_merge, iou_threshold=box_merge_iou)
@@ -82,12 +91,8 @@ def view_predictions(task, scales=(1.0,), flip=False, box_merge='nms', box_merge
   return predict
 
 
-def evaluate(config, export: str, split: str, batch_size: int, **view_settings):
-  """(DetectionReport, number of images) of the exported variables on `split`;
-  `view_settings`: `view_predictions`' test-time views."""
-  with config.unlocked():
-    config.data.eval_split = split
-  task = tasks_lib.get_task(config.task, config)
+def _load(task, export: str):
+  """(params, model state) of an export, refused in one line when they do not fit."""
   variables, _ = checkpointing.load_export(export)
   variables = dict(variables)
   params = variables.pop('params')
@@ -95,7 +100,20 @@ def evaluate(config, export: str, split: str, batch_size: int, **view_settings):
   problem = checkpointing.first_mismatch(_shapes(params), _shapes(expected))
   if problem:
     raise ValueError(f"{export}: the exported parameters do not fit the config's model: {problem}")
-  predict = jax.jit(view_predictions(task, **view_settings))
+  return params, variables
+
+
+def evaluate(config, export: str | list[str], split: str, batch_size: int, **view_settings):
+  """(DetectionReport, number of images) of the exported variables on `split`;
+  several exports are an ensemble (their detections merged as views);
+  `view_settings`: `view_predictions`' test-time views."""
+  with config.unlocked():
+    config.data.eval_split = split
+  task = tasks_lib.get_task(config.task, config)
+  members = [_load(task, path) for path in ([export] if isinstance(export, str) else export)]
+  stack = lambda *trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  params, variables = members[0] if len(members) == 1 else stack(*members)
+  predict = jax.jit(view_predictions(task, members=len(members), **view_settings))
   evaluator = task.make_evaluator()
   for batch in task.eval_iterator(process_index=0, process_count=1, batch_size=batch_size):
     outputs = predict(params, variables, _pad(batch, batch_size))

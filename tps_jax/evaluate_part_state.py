@@ -1,6 +1,6 @@
 r"""The part-state network's top-1 with the true action and with the recogniser's.
 
-  python -m tps_jax.evaluate_part_state --export S/export --data_root DATA \
+  python -m tps_jax.evaluate_part_state --export S/export[,S2/export] --data_root DATA \
       (--action A/export[,A2/export] | --pred PRED_DIR) [--split val] [--clips 2 --crops 3] \
       [--flip]
 
@@ -11,7 +11,8 @@ eval preprocessing). The predicted actions come from `--pred` (a folder with
 pred_vid_result.json, e.g. `python -m tps_jax.predict`'s) or from running the
 recogniser exports of `--action` on the split (multi-view, ensembled as
 `python -m tps_jax.evaluate_action`). `--flip` averages the network's logits with those
-of the mirrored crop (left / right parts exchanged), as the pipeline's part_state_flip.
+of the mirrored crop (left / right parts exchanged), as the pipeline's part_state_flip;
+several exports are an ensemble (logits averaged), as in the pipeline.
 Errors are one line on stderr, exit status 1.
 """
 
@@ -24,7 +25,7 @@ from absl import flags
 
 from tps_jax import cli
 
-_EXPORT = flags.DEFINE_string('export', None, 'Part-state network export.')
+_EXPORT = flags.DEFINE_list('export', None, 'Part-state network export(s): an ensemble.')
 _DATA_ROOT = flags.DEFINE_string(
   'data_root', None, 'Kinetics-TPS root (with its TFDS part-state dataset).'
 )
@@ -45,6 +46,7 @@ def main(argv) -> int:
   from tps_jax.inference import action as action_export
   from tps_jax.inference import part_states
   from tps_jax.inference.export import ExportError, load_export
+  from tps_jax.inference.pipeline import check_ensembles
   from tps_jax.tasks import action_views
 
   logging.set_verbosity(logging.WARNING)
@@ -53,7 +55,8 @@ def main(argv) -> int:
       raise ValueError(
         'give either --action (recogniser exports) or --pred (a folder with pred_vid_result.json)'
       )
-    export = load_export(_EXPORT.value, kind='part_state')
+    export = [load_export(path, kind='part_state') for path in _EXPORT.value]
+    check_ensembles(export)
     if _PRED.value:
       predicted = submission.load_json(os.path.join(_PRED.value, submission.PRED_FILES[0]))
     else:

@@ -738,13 +738,11 @@ def check_vocabularies(
       )
 
 
-def check_ensembles(
-  humans: Sequence[Export], parts: Sequence[Export], states: Sequence[Export]
-) -> None:
+def check_ensembles(*ensembles: Sequence[Export]) -> None:
   """Refuses, in one line naming both, members of a stage's ensemble whose kind,
   vocabularies, preprocessing or model differ from the first member's (their outputs
   are merged or averaged as one network's; their variables are stacked)."""
-  for members in (humans, parts, states):
+  for members in ensembles:
     first = members[0]
     for other in members[1:]:
       for what, mine, theirs in (
