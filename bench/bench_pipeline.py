@@ -2,7 +2,7 @@
 run stage by stage with host round-trips in between, in one run.
 
   python bench/bench_pipeline.py [--sizes tiny,full] [--frame_batch 8] [--max_humans 10]
-      [--proposals_per_part 1] [--repeats 3] [--warmup 1] [--bf16]
+      [--proposals_per_part 1] [--repeats 3] [--warmup 1] [--bf16] [--views flip_scales]
 
 Sizes: `tiny` (the :tiny configs of the four stages, 160x120 frames) and `full` (the
 report's networks: Cascade R-CNN R-50 FPN humans on an 800x1344 canvas, Cascade R-CNN
@@ -18,6 +18,12 @@ Both sides get the same frames (already decoded and on the human detector's canv
   jitted calls, the outputs fetched to the host after each, the humans' crops cut and
   resized on the host with PIL as the training pipelines do (tps_jax/data/augment.py),
   the boxes mapped on the host.
+- with `--views` (test-time views: `flip` mirrors the frame, the crops and the
+  part-state input; `flip_scales` also runs both detectors at 0.8, 1 and 1.2 x their
+  input size): fused is the one program with the views, `stages` the same program cut
+  into its three stages (`pipeline.compile_stages`: each jitted alone, the outputs
+  fetched to the host between them), and the host-glued staged line is left out (it
+  has no views).
 Reported: compile seconds, seconds per batch (median, interleaved), frames/s and the
 fused/staged ratio (> 1: fused faster), and the peak RSS of the process (and the
 device's peak memory where the backend keeps it).
@@ -70,6 +76,14 @@ SIZES = {
 }
 
 
+FLIPS = {'human_flip': True, 'part_flip': True, 'part_state_flip': True}
+VIEWS = {
+  'none': {},
+  'flip': FLIPS,
+  'flip_scales': {**FLIPS, 'human_scales': (0.8, 1.0, 1.2), 'part_scales': (0.8, 1.0, 1.2)},
+}
+
+
 def make_pipeline(size: str, args, folder: str) -> pipeline_lib.Pipeline:
   exports = {}
   for i, (kind, make_config) in enumerate(SIZES[size]['configs'].items()):
@@ -79,6 +93,7 @@ def make_pipeline(size: str, args, folder: str) -> pipeline_lib.Pipeline:
       os.path.join(folder, kind), config, metadata, seed=i
     )
   settings = pipeline_lib.Settings(
+    **VIEWS[args.views],
     max_humans=args.max_humans,
     proposals_per_part=args.proposals_per_part,
     human_score_threshold=0.0,
@@ -191,7 +206,11 @@ def bench(size: str, args) -> None:
     canvases, sizes, frames = frames_on_canvas(pipeline, SIZES[size]['frame'], args.frame_batch)
     actions = np.zeros(args.frame_batch, np.int32)
     fused_fn = pipeline.compile()
-    staged_fn = staged(pipeline)
+    if args.views != 'none':  # the host-glued stages have no views: the fused program cut
+      stages_fn = pipeline_lib.compile_stages(pipeline)
+      staged_fn = lambda canvases, sizes, frames, actions: stages_fn(canvases, sizes, actions)
+    else:
+      staged_fn = staged(pipeline)
     start = time.perf_counter()
     jax.block_until_ready(fused_fn(canvases, sizes, actions))
     fused_compile = time.perf_counter() - start
@@ -209,7 +228,7 @@ def bench(size: str, args) -> None:
     batch = args.frame_batch
     print(
       f'{size}: {batch} frames/batch, {args.max_humans} humans x 10 parts x '
-      f'{args.proposals_per_part} proposal(s), {jax.devices()[0].platform}, '
+      f'{args.proposals_per_part} proposal(s), views {args.views}, {jax.devices()[0].platform}, '
       f'{"bf16" if args.bf16 else "fp32"}'
     )
     print(
@@ -217,7 +236,7 @@ def bench(size: str, args) -> None:
       f'{batch / fused_s:8.2f} frames/s'
     )
     print(
-      f'  staged : first call {staged_compile:6.1f} s  {staged_s:8.3f} s/batch  '
+      f'  {"stages" if args.views != "none" else "staged"} : first call {staged_compile:6.1f} s  {staged_s:8.3f} s/batch  '
       f'{batch / staged_s:8.2f} frames/s'
     )
     print(
@@ -241,6 +260,7 @@ flags.DEFINE_integer('proposals_per_part', 1, 'Settings.proposals_per_part.')
 flags.DEFINE_integer('repeats', 3, 'Timed calls.')
 flags.DEFINE_integer('warmup', 1, 'Untimed calls first.')
 flags.DEFINE_bool('bf16', False, 'bf16 compute.')
+flags.DEFINE_enum('views', 'none', list(VIEWS), 'Test-time views of the per-frame networks.')
 
 
 def main(argv):

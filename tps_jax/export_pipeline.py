@@ -1,14 +1,17 @@
 r"""Bundles four trained networks into one pipeline folder for `python -m tps_jax.predict`.
 
-  python -m tps_jax.export_pipeline --humans H/export --parts P/export \
-      --states S/export --action A/export[,A2/export] --out BUNDLE \
+  python -m tps_jax.export_pipeline --humans H/export[,H2/export] --parts P/export[,P2] \
+      --states S/export[,S2] --action A/export[,A2/export] --out BUNDLE \
       [--max_humans 10] [--proposals_per_part 1] [--human_score_threshold 0.5] \
       [--part_score_threshold 0.3] [--frame_batch 8] [--action_clips 4 --action_crops 3] \
-      [--serialize [--serialize_batch N]] [--overwrite]
+      [--human_scales 0.8,1,1.2 --human_flip --part_scales ... --part_flip \
+       --part_state_flip --box_merge nms|wbf] [--serialize [--serialize_batch N]] [--overwrite]
 
-Each export is a stage's `WORKDIR/export` (run_train.py writes it). Exports whose
+Each export is a stage's `WORKDIR/export` (run_train.py writes it); several exports of
+one stage (comma-separated) are an ensemble, merged in the one program. Exports whose
 vocabularies disagree (the recogniser's classes vs the part-state network's actions,
-the part detector's classes vs the ten parts) are refused in one line naming both.
+the part detector's classes vs the ten parts, the members of an ensemble) are refused
+in one line naming both, and so are test-time views that do not fit in memory.
 `--serialize` also writes the compiled per-frame program (`jax.export`) for
 `--serialize_batch` frames (default --frame_batch) on the human detector's canvas,
 which runs without tps_jax's model code (tps_jax/inference/bundle.py).
@@ -23,9 +26,9 @@ from absl import flags
 
 from tps_jax import cli
 
-_HUMANS = flags.DEFINE_string('humans', None, 'Human detector export.')
-_PARTS = flags.DEFINE_string('parts', None, 'Part detector export.')
-_STATES = flags.DEFINE_string('states', None, 'Part-state network export.')
+_HUMANS = flags.DEFINE_list('humans', None, 'Human detector export(s): an ensemble.')
+_PARTS = flags.DEFINE_list('parts', None, 'Part detector export(s): an ensemble.')
+_STATES = flags.DEFINE_list('states', None, 'Part-state network export(s): an ensemble.')
 _ACTION = flags.DEFINE_list('action', None, 'Action recogniser export(s): an ensemble.')
 _OUT = flags.DEFINE_string('out', None, 'The bundle folder to write.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing bundle.')
@@ -47,12 +50,20 @@ def _setting_flags():
 
   from tps_jax.inference.pipeline import Settings
 
+  defines = {
+    bool: flags.DEFINE_bool,
+    int: flags.DEFINE_integer,
+    float: flags.DEFINE_float,
+    str: flags.DEFINE_string,
+    tuple: flags.DEFINE_list,
+  }
   defined = {}
   for field in dataclasses.fields(Settings):
-    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}[
-      type(field.default)
-    ]
-    defined[field.name] = define(field.name, field.default, f'Pipeline setting ({field.name}).')
+    default = field.default
+    define = defines[type(default)]
+    if isinstance(default, tuple):  # a list flag: '0.8,1,1.2'
+      default = [str(v) for v in default]
+    defined[field.name] = define(field.name, default, f'Pipeline setting ({field.name}).')
   return defined
 
 
@@ -66,7 +77,7 @@ def main(argv) -> int:
   from tps_jax.inference.pipeline import Settings
 
   try:
-    settings = Settings(**{name: flag.value for name, flag in _SETTINGS.items()})
+    settings = Settings.from_dict({name: flag.value for name, flag in _SETTINGS.items()})
     out = bundle_lib.write_bundle(
       _OUT.value,
       humans=_HUMANS.value,

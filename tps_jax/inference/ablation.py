@@ -83,7 +83,7 @@ def score_rows(truth, submissions, pipeline) -> list[Row]:
   rows = [
     score_row(name, truth.vid, truth.part, *pred) for (name, _), pred in zip(ROWS, submissions)
   ]
-  counts = pipeline.states.metadata.get('state_counts')
+  counts = pipeline.states[0].metadata.get('state_counts')
   if counts:
     majority = majority_states(counts, pipeline.state_names)
     pred_vid, pred_part = submissions[0]

@@ -8,6 +8,11 @@ BUNDLE/
   humans/ parts/ states/ action_0/ [action_1/ ...]     copies of the stages' export/
   serialized/          (--serialize) parse_frames.bin + signature.json
 ```
+An ensemble of human detectors, part detectors or part-state networks (exports of the
+same model with the same vocabularies and preprocessing, e.g. two seeds) is listed as
+"humans": ["humans_0", "humans_1"] (folders humans_0/, humans_1/), and so on; their
+detections are merged and their logits averaged in the one program
+(tps_jax/inference/pipeline.py).
 `write_bundle` checks the exports fit together (`pipeline.check_vocabularies`) before
 writing anything, and writes atomically (a temporary sibling renamed into place).
 `load_bundle(dir) -> Pipeline`. The command line is `python -m tps_jax.export_pipeline`.
@@ -57,43 +62,55 @@ OUTPUT_KEYS = (
 )
 
 
-def _networks(num_actions: int) -> dict[str, Any]:
-  return {
-    'humans': 'humans',
-    'parts': 'parts',
-    'states': 'states',
-    'action': [f'action_{i}' for i in range(num_actions)],
+STAGES = ('humans', 'parts', 'states')
+
+
+def _networks(counts: dict[str, int]) -> dict[str, Any]:
+  """The folder of each network: one name per stage, a list for an ensemble."""
+  names = {
+    stage: stage if counts[stage] == 1 else [f'{stage}_{i}' for i in range(counts[stage])]
+    for stage in STAGES
   }
+  return {**names, 'action': [f'action_{i}' for i in range(counts['action'])]}
+
+
+def _as_list(paths: str | Sequence[str]) -> list[str]:
+  return [paths] if isinstance(paths, str) else list(paths)
 
 
 def write_bundle(
   out: str,
   *,
-  humans: str,
-  parts: str,
-  states: str,
+  humans: str | Sequence[str],
+  parts: str | Sequence[str],
+  states: str | Sequence[str],
   actions: Sequence[str],
   settings: pipeline_lib.Settings,
   overwrite: bool = False,
 ) -> str:
-  """Copies the four exports (an action ensemble allowed) and the settings to `out`."""
+  """Copies the exports (an ensemble allowed for every stage) and the settings to
+  `out`, after building the pipeline they make (which refuses exports that do not fit
+  together and views that do not fit in memory)."""
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise ExportError(f'{out}: already exists (pass --overwrite to replace it)')
   exports = {
-    'humans': load_export(humans),
-    'parts': load_export(parts),
-    'states': load_export(states),
+    stage: [load_export(p) for p in _as_list(paths)]
+    for stage, paths in (('humans', humans), ('parts', parts), ('states', states))
   }
-  action_exports = [load_export(a) for a in actions]
-  if not action_exports:
+  exports['action'] = [load_export(a) for a in actions]
+  for stage, flag in (('humans', 'humans'), ('parts', 'parts'), ('states', 'states')):
+    if not exports[stage]:
+      raise ExportError(f'no {stage} export given (--{flag})')
+  if not exports['action']:
     raise ExportError('no action recogniser export given (--action)')
-  pipeline_lib.check_vocabularies(
-    exports['humans'], exports['parts'], exports['states'], action_exports
+  pipeline_lib.Pipeline(
+    exports['humans'], exports['parts'], exports['states'], exports['action'], settings
   )
-  names = _networks(len(action_exports))
-  copies = {names[key]: export for key, export in exports.items()}
-  copies.update(zip(names['action'], action_exports))
+  names = _networks({stage: len(e) for stage, e in exports.items()})
+  copies = {}
+  for stage, members in exports.items():
+    copies.update(zip(_as_list(names[stage]), members))
   tmp = out + '.tmp'
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
@@ -137,16 +154,20 @@ def _network_folders(networks: Any, bundle: str, path: str) -> dict[str, Any]:
   so that its fingerprint covers what runs and a shared bundle reads nothing else."""
   if not isinstance(networks, dict):
     raise ExportError(f'{path}: networks must be an object, got {type(networks).__name__}')
-  expected = _networks(1)
-  missing = sorted(set(expected) - set(networks))
+  missing = [key for key in (*STAGES, 'action') if key not in networks]
   if missing:
     raise ExportError(f'{path}: networks has no {", ".join(missing)}')
-  action = networks['action']
-  if not isinstance(action, list) or not action:
-    raise ExportError(f'{path}: networks.action must be a non-empty list of folders')
   root = os.path.realpath(bundle)
-  entries = [(key, networks[key]) for key in ('humans', 'parts', 'states')]
-  entries += [(f'action[{i}]', name) for i, name in enumerate(action)]
+  entries = []
+  for key in (*STAGES, 'action'):  # a folder, or a non-empty list of them (an ensemble)
+    value = networks[key]
+    folders = [value] if isinstance(value, str) and key != 'action' else value
+    if not isinstance(folders, list) or not folders:
+      what = 'a non-empty list of folders' if key == 'action' else 'a folder or a list of them'
+      raise ExportError(f'{path}: networks.{key} must be {what}')
+    entries += [
+      (f'{key}[{i}]' if isinstance(value, list) else key, n) for i, n in enumerate(folders)
+    ]
   for key, name in entries:
     if not isinstance(name, str) or not name:
       raise ExportError(f'{path}: networks.{key} must be a folder name, got {name!r}')
@@ -191,7 +212,9 @@ def load_bundle(
   bundle = os.path.abspath(bundle)
   manifest = read_manifest(bundle)
   names = manifest['networks']
-  load = lambda name, kind: load_export(os.path.join(bundle, name), dtype=dtype, kind=kind)
+  load = lambda names, kind: [
+    load_export(os.path.join(bundle, n), dtype=dtype, kind=kind) for n in _as_list(names)
+  ]
   saved = manifest['settings']
   try:
     if not isinstance(saved, dict):
@@ -203,13 +226,18 @@ def load_bundle(
     merged = pipeline_lib.Settings.from_dict({**saved, **(settings or {})})
   except ValueError as e:
     raise ExportError(f"settings given instead of the bundle's (--set): {e}") from None
-  return pipeline_lib.Pipeline(
-    load(names['humans'], 'human_detector'),
-    load(names['parts'], 'part_detector'),
-    load(names['states'], 'part_state'),
-    [load(n, 'action') for n in names['action']],
-    merged,
-  )
+  try:
+    return pipeline_lib.Pipeline(
+      load(names['humans'], 'human_detector'),
+      load(names['parts'], 'part_detector'),
+      load(names['states'], 'part_state'),
+      load(names['action'], 'action'),
+      merged,
+    )
+  except ValueError as e:
+    if isinstance(e, ExportError):
+      raise
+    raise ExportError(f'{os.path.join(bundle, PIPELINE_FILE)}: {e}') from None
 
 
 # ---------------------------------------------------------------------- jax.export
@@ -253,7 +281,12 @@ def serialize_parse_frames(
     'canvas': list(pipeline.canvas),
     'platforms': list(platforms),
     'outputs': list(OUTPUT_KEYS),
-    'variables': {k: f'{k}/variables' for k in ('humans', 'parts', 'states')},
+    # An ensemble's variables: its members' trees stacked leaf by leaf (numpy.stack).
+    'variables': {
+      k: f'{names}/variables' if isinstance(names, str) else [f'{n}/variables' for n in names]
+      for k, names in read_manifest(bundle)['networks'].items()
+      if k in STAGES
+    },
     'states': list(pipeline.state_names),
     'actions': list(pipeline.action_names),
     'inputs': {

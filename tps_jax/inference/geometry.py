@@ -180,3 +180,33 @@ def boxes_into_window(frame_edges, regions, crop_scale, offset, output_size):
   )
   visible = (clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1])
   return clipped - jnp.array([0.0, 0.0, 1.0, 1.0]), visible
+
+
+def scaled_size(size: tuple[int, int], factor: float) -> tuple[int, int]:
+  """A static input size (h, w) times a test-time scale factor, at least a pixel."""
+  return tuple(max(1, round(side * factor)) for side in size)
+
+
+def whole_frames(frame_hw):
+  """(N, 1, 4) regions (left, top, right, bottom) covering each frame (N, 2) (h, w)."""
+  zeros = jnp.zeros_like(frame_hw)
+  return jnp.concatenate([zeros, frame_hw[:, ::-1]], axis=-1)[:, None]
+
+
+def mirror_columns(images, content_w):
+  """Images (..., H, W, C) with their first `content_w` (...) columns mirrored (the
+  content at the top-left of a padded input, as the networks take it); the padding
+  stays where it is. Mirroring twice gives the images back exactly."""
+  width = images.shape[-2]
+  x = jnp.arange(width)
+  cw = jnp.round(content_w).astype(jnp.int32)[..., None]
+  index = jnp.where(x < cw, cw - 1 - x, x)  # (..., W)
+  index = jnp.broadcast_to(index[..., None, :, None], images.shape[:-3] + (1, width, 1))
+  return jnp.take_along_axis(images, index, axis=-2)
+
+
+def mirror_edges(edges, content_w):
+  """Edge boxes (..., 4) on an input whose content (...) columns were mirrored ->
+  the boxes on the input before (`mirror_columns`); its own inverse."""
+  cw = jnp.asarray(content_w, edges.dtype)
+  return jnp.stack([cw - edges[..., 2], edges[..., 1], cw - edges[..., 0], edges[..., 3]], axis=-1)

@@ -10,25 +10,31 @@ video's action taken from `actions` ({video: class name}, e.g. the recogniser's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from tps_jax.data import augment, pipelines, tfds_dirs
+from tps_jax.inference import views
 from tps_jax.inference.export import Export
 
 
 def part_state_top1(
-  export: Export,
+  export: Export | Sequence[Export],
   *,
   data_root: str,
   split: str = 'val',
   actions: Mapping[str, str] | None = None,
   batch_size: int = 64,
+  flip: bool = False,
 ) -> dict[str, float]:
-  """{'top1', 'count'} over the present parts of `split` (module docstring)."""
+  """{'top1', 'count'} over the present parts of `split` (module docstring); with
+  `flip`, the logits averaged with the mirrored crop's, and over the members of an
+  ensemble given several exports (tps_jax/inference/views.py, as the pipeline's)."""
+  members = [export] if isinstance(export, Export) else list(export)
+  export = members[0]
   config = ml_collections.ConfigDict(export.config.to_dict())
   config.data.root = data_root
   config.data.tfds_dir = ''
@@ -41,9 +47,16 @@ def part_state_top1(
 
   @jax.jit
   def predict(variables, images, boxes, valid, action):
-    return model.apply(variables, images, boxes, valid, action, train=False).argmax(-1)
+    logits = views.state_logits(
+      model, variables, images, boxes, valid, action, flip=flip, members=len(members)
+    )
+    return logits.argmax(-1)
 
-  variables = jax.device_put(export.variables)
+  variables = jax.device_put(
+    export.variables
+    if len(members) == 1
+    else jax.tree.map(lambda *xs: np.stack(xs), *[m.variables for m in members])
+  )
   hits = count = 0
   for start in range(0, len(source), batch_size):
     records = [source[i] for i in range(start, min(start + batch_size, len(source)))]

@@ -29,6 +29,21 @@ With all four the written submission scores the maximum, 0.9999.
 `parse_frames_variants` computes several oracle sets in one program, each network once
 per distinct input: the ablation table in one pass (tps_jax/inference/ablation.py).
 
+Views and ensembles (test-time augmentation; settings human_scales, part_scales,
+human_flip, part_flip, part_state_flip, box_merge; tps_jax/inference/views.py): each
+detector may also run at other scales of its input (each its own static shape in the
+same program: the human detector on the canvas resampled, the part detector on crops
+cut from the frame at that size) and on the mirrored input (in the same batch, boxes
+mirrored back, the left / right part labels exchanged as training's flip exchanges
+them); the views' detections merge by NMS over their union or weighted box fusion
+(tps_jax/ops/box_merge.py) into the slots of one view. The part-state network may
+also see the mirrored crop (boxes mirrored, parts exchanged), its logits averaged
+back in the parts' order. A stage given several exports (same model, vocabularies and
+preprocessing) runs them vmapped over their stacked variables: detections merged as
+views, logits averaged. Views that would not fit in memory are refused before
+compiling (`check_view_memory`). With the defaults (one scale, no flip, one export)
+the program is the one without views.
+
 Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
 (`shard_map`; variables replicated): each device parses its frames alone, and the
 outputs equal a single device's (boxes and scores up to float reassociation).
@@ -37,7 +52,9 @@ outputs equal a single device's (boxes and scores up to float reassociation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -52,7 +69,9 @@ from jax.sharding import PartitionSpec as P
 from tps_jax.data import augment, submission
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import geometry
+from tps_jax.inference import views as views_lib
 from tps_jax.inference.export import Export, ExportError
+from tps_jax.ops import box_merge
 from tps_jax.ops.boxes import box_iou, to_edges
 
 PyTree = Any
@@ -75,8 +94,19 @@ class Settings:
   action_crops: int = 3
   action_average: str = 'logits'  # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
   action_views_per_forward: int = 0  # views per forward pass (0: all at once)
+  # Test-time views of the per-frame networks (module docstring, 'Views and ensembles').
+  human_scales: tuple[float, ...] = (1.0,)  # factors of the human detector's canvas
+  part_scales: tuple[float, ...] = (1.0,)  # ... and of the part detector's input
+  human_flip: bool = False  # also the mirrored frame
+  part_flip: bool = False  # also the mirrored crop, left/right parts exchanged
+  part_state_flip: bool = False  # logits averaged with the mirrored crop's
+  box_merge: str = 'nms'  # 'nms' | 'wbf': how the views' detections merge (ops/box_merge.py)
+  box_merge_iou: float = 0.5  # detections overlapping more are one
+  view_memory_gb: float = 0.0  # what the views' inputs may take (0: the device's memory)
 
   def __post_init__(self):
+    for name in _SCALE_FIELDS:  # lists (JSON, flags) as the declared tuple
+      object.__setattr__(self, name, parse_scales(name, getattr(self, name)))
     most_humans, most_proposals = submission.MAX_HUMANS, submission.MAX_PROPOSALS
     checks = [
       (1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
@@ -92,6 +122,21 @@ class Settings:
         'action_clips and action_crops must be positive',
       ),
       (self.action_average in ('logits', 'probs'), "action_average must be 'logits' or 'probs'"),
+      (
+        all(s > 0 for s in self.human_scales + self.part_scales),
+        f'human_scales {list(self.human_scales)} and part_scales {list(self.part_scales)} '
+        'must be positive factors',
+      ),
+      (
+        len(self.human_scales) >= 1 and len(self.part_scales) >= 1,
+        'human_scales and part_scales need at least one factor',
+      ),
+      (
+        self.box_merge in box_merge.METHODS,
+        f'box_merge must be one of {", ".join(box_merge.METHODS)}, got {self.box_merge!r}',
+      ),
+      (0.0 < self.box_merge_iou < 1.0, 'box_merge_iou in (0, 1)'),
+      (self.view_memory_gb >= 0.0, 'view_memory_gb must be >= 0 (0: the device memory)'),
     ]
     for ok, message in checks:
       if not ok:
@@ -100,7 +145,8 @@ class Settings:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> Settings:
     """Settings from JSON-like values (pipeline.json, --set), each checked against the
-    type its field declares (`typed_value`); ValueError names the first bad field."""
+    type its field declares (`typed_value`; scales also as '0.8,1,1.2'); ValueError
+    names the first bad field."""
     if not isinstance(values, Mapping):
       raise ValueError(f'pipeline settings: expected an object of fields, got {_short(values)}')
     hints = typing.get_type_hints(cls)
@@ -111,10 +157,26 @@ class Settings:
         f'pipeline settings: unknown field(s) {", ".join(map(str, unknown))} '
         f'(known: {", ".join(sorted(known))})'
       )
+    values = {n: parse_scales(n, v) if n in _SCALE_FIELDS else v for n, v in values.items()}
     return cls(**{name: typed_value(value, hints[name], name) for name, value in values.items()})
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The fields as JSON has them (tuples as lists), so that a dict read back from
+    pipeline.json or a run's record compares equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+_SCALE_FIELDS = ('human_scales', 'part_scales')
+
+
+def parse_scales(name: str, value) -> tuple[float, ...]:
+  """'0.8,1,1.2', [0.8, 1, 1.2] or 1.2 (JSON, --set, flags) -> (0.8, 1.0, 1.2)."""
+  items = value.split(',') if isinstance(value, str) else value
+  items = items if isinstance(items, (list, tuple)) else [items]
+  try:
+    return tuple(float(v) for v in items if not (isinstance(v, str) and not v.strip()))
+  except (TypeError, ValueError):
+    raise ValueError(f'pipeline settings: {name} must be numbers, got {value!r}') from None
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -202,6 +264,10 @@ class _Networks:
   human_norm: tuple[np.ndarray, np.ndarray]
   part_norm: tuple[np.ndarray, np.ndarray]
   state_norm: tuple[np.ndarray, np.ndarray]
+  # Members of each stage's ensemble (same model): variables stacked on a leading axis.
+  human_members: int = 1
+  part_members: int = 1
+  state_members: int = 1
 
 
 def _normalize(frames, norm):
@@ -267,19 +333,33 @@ class _Frames:
     return self.frames.shape[0]
 
 
+def _merge(views, settings: Settings):
+  return views_lib.merge_detections(
+    views, method=settings.box_merge, iou_threshold=settings.box_merge_iou
+  )
+
+
 def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth, oracle: bool):
-  """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected or the truth's."""
+  """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected (every member of
+  the ensemble on every scale and flip, merged) or the truth's."""
   if oracle:
     return (
       to_edges(truth['human_boxes']),
       truth['human_valid'].astype(jnp.float32),
       truth['human_valid'],
     )
-  det = nets.humans.apply(
-    variables['humans'], _normalize(batch.frames, nets.human_norm), batch.content, train=False
+  frames = _normalize(batch.frames, nets.human_norm)
+  views = views_lib.detector_views(
+    nets.humans,
+    variables['humans'],
+    functools.partial(views_lib.scaled_inputs, frames, batch.content),
+    scales=settings.human_scales,
+    flip=settings.human_flip,
+    members=nets.human_members,
   )
-  edges, scores, valid = _top_humans(det, settings)
-  return geometry.scale_boxes(edges, 1.0 / batch.canvas_scale[:, None]), scores, valid
+  det = _merge(views, settings)
+  det = {**det, 'boxes': geometry.scale_boxes(det['boxes'], 1.0 / batch.canvas_scale[:, None])}
+  return _top_humans(det, settings)
 
 
 def _truth_parts(settings: Settings, humans, truth):
@@ -300,8 +380,8 @@ def _flat(x):
 
 def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, truth_parts):
   """(edge boxes (B, M, 10, k, 4) in frame pixels, scores, valid): the part
-  detector's top-k per part on every human's crop, or (truth_parts given) the truth's
-  parts as the first proposal."""
+  detector's top-k per part on every human's crop (every member on every scale and
+  flip, merged), or (truth_parts given) the truth's parts as the first proposal."""
   human_edges, _, human_valid = humans
   k = settings.proposals_per_part
   if truth_parts is not None:
@@ -317,19 +397,38 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
   regions = geometry.context_regions(
     human_edges - jnp.array([0.0, 0.0, 1.0, 1.0]), batch.frame_hw[:, None], nets.part_context
   )
-  crops, crop_content, crop_scale = geometry.fitted_crops(
-    _normalize(batch.frames, nets.part_norm), batch.canvas_scale, regions, nets.part_size
+  frames = _normalize(batch.frames, nets.part_norm)
+  crops_at = lambda scale: geometry.fitted_crops(
+    frames, batch.canvas_scale, regions, geometry.scaled_size(nets.part_size, scale)
   )
-  det = nets.parts.apply(variables['parts'], _flat(crops), _flat(crop_content), train=False)
+  crops, content, crop_scale = crops_at(1.0)
+
+  def inputs_at(scale):  # each scale cut from the frame; boxes wanted on the scale-1 crop
+    if scale == 1.0:
+      return _flat(crops), _flat(content), None
+    scaled, scaled_content, scaled_scale = crops_at(scale)
+    return _flat(scaled), _flat(scaled_content), _flat(scaled_scale / crop_scale)
+
+  views = views_lib.detector_views(
+    nets.parts,
+    variables['parts'],
+    inputs_at,
+    scales=settings.part_scales,
+    flip=settings.part_flip,
+    members=nets.part_members,
+    mirror_labels=views_lib.PART_MIRROR,
+  )
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
-  edges, scores, valid = map(unflat, _top_proposals(det, settings))
+  edges, scores, valid = map(unflat, _top_proposals(_merge(views, settings), settings))
   edges = geometry.crop_to_frame(edges, regions[:, :, None, None], crop_scale[:, :, None, None])
   return edges, scores, valid & human_valid[:, :, None, None]
 
 
-def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
+def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, parts, action):
   """(B, M, 10, k) int32 state of every proposal: the part-state network on each
-  human's crop, the k-th proposals of the ten parts as one set, with the action."""
+  human's crop, the k-th proposals of the ten parts as one set, with the action (every
+  member of the ensemble, with the mirrored crop too when part_state_flip: logits
+  averaged)."""
   human_edges = humans[0]
   part_edges, _, part_valid = parts
   num_humans = human_edges.shape[1]
@@ -348,16 +447,24 @@ def _states(nets: _Networks, variables, batch: _Frames, humans, parts, action):
     sets, regions[:, :, None], crop_scale[:, :, None], offset, nets.state_size
   )
   set_valid = jnp.swapaxes(part_valid, 2, 3) & visible
-  logits = nets.states.apply(
+  logits = views_lib.state_logits(
+    nets.states,
     variables['states'],
     _flat(crops),
     _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
     _flat(set_valid),
     jnp.repeat(jnp.asarray(action, jnp.int32), num_humans),
-    train=False,
+    flip=settings.part_state_flip,
+    members=nets.state_members,
   )
   states = logits.argmax(-1).reshape(set_valid.shape)
   return jnp.swapaxes(states, 2, 3).astype(jnp.int32)
+
+
+def _frames(nets: _Networks, frames, image_shape) -> _Frames:
+  frame_hw = jnp.asarray(image_shape, jnp.float32)
+  content = geometry.fit_content(frame_hw, nets.canvas)
+  return _Frames(frames, frame_hw, content, content / frame_hw)
 
 
 def parse_frames_variants(
@@ -375,9 +482,7 @@ def parse_frames_variants(
   distinct input (e.g. the part detector runs on the detected and on the true humans,
   not once per variant): the ablation table in one pass. Returns one output dict per
   variant, in order."""
-  frame_hw = jnp.asarray(image_shape, jnp.float32)
-  content = geometry.fit_content(frame_hw, nets.canvas)
-  batch = _Frames(frames, frame_hw, content, content / frame_hw)
+  batch = _frames(nets, frames, image_shape)
   cache = {}
 
   def once(key, make):
@@ -400,7 +505,9 @@ def parse_frames_variants(
     a = 'action' in oracle
     states = once(
       ('states', h, p, a),
-      lambda: _states(nets, variables, batch, humans, parts, truth['action'] if a else action),
+      lambda: _states(
+        nets, settings, variables, batch, humans, parts, truth['action'] if a else action
+      ),
     )
     if 'states' in oracle:
       _, true_valid, true_states = truth_parts
@@ -518,39 +625,53 @@ def _box(box) -> list[float]:
   return [x1, y1, max(x2, x1), max(y2, y1)]
 
 
+def _ensemble(exports: Export | Sequence[Export]) -> list[Export]:
+  return [exports] if isinstance(exports, Export) else list(exports)
+
+
 class Pipeline:
-  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings."""
+  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings.
+  `humans`, `parts`, `states` and `actions` are lists: each stage's ensemble (an
+  Export alone is a one-member ensemble)."""
 
   def __init__(
     self,
-    humans: Export,
-    parts: Export,
-    states: Export,
+    humans: Export | Sequence[Export],
+    parts: Export | Sequence[Export],
+    states: Export | Sequence[Export],
     actions: Sequence[Export],
     settings: Settings,
   ):
-    check_vocabularies(humans, parts, states, actions)
-    self.humans, self.parts, self.states, self.actions = humans, parts, states, list(actions)
+    humans, parts, states = _ensemble(humans), _ensemble(parts), _ensemble(states)
+    check_ensembles(humans, parts, states)
+    check_vocabularies(humans[0], parts[0], states[0], actions)
+    self.humans, self.parts, self.states = humans, parts, states
+    self.actions = list(actions)
     self.settings = settings
     norm = lambda e: tuple(
       np.asarray(e.preprocessing['normalization'][k], np.float32) for k in ('mean', 'std')
     )
+    first_parts, first_states = parts[0], states[0]
     self.nets = _Networks(
-      humans=humans.model,
-      parts=parts.model,
-      states=states.model,
-      canvas=tuple(humans.preprocessing['image_size']),
-      part_size=tuple(parts.preprocessing['image_size']),
-      part_context=float(parts.preprocessing['context']),
-      state_size=tuple(states.preprocessing['image_size']),
-      state_resize=int(states.preprocessing['resize']),
-      state_context=float(states.preprocessing['context']),
-      human_norm=norm(humans),
-      part_norm=norm(parts),
-      state_norm=norm(states),
+      humans=humans[0].model,
+      parts=first_parts.model,
+      states=first_states.model,
+      canvas=tuple(humans[0].preprocessing['image_size']),
+      part_size=tuple(first_parts.preprocessing['image_size']),
+      part_context=float(first_parts.preprocessing['context']),
+      state_size=tuple(first_states.preprocessing['image_size']),
+      state_resize=int(first_states.preprocessing['resize']),
+      state_context=float(first_states.preprocessing['context']),
+      human_norm=norm(humans[0]),
+      part_norm=norm(first_parts),
+      state_norm=norm(first_states),
+      human_members=len(humans),
+      part_members=len(parts),
+      state_members=len(states),
     )
-    self.state_names = tuple(states.vocab['states'])
-    self.action_names = tuple(states.vocab['actions'])
+    check_view_memory(self.nets, settings)
+    self.state_names = tuple(first_states.vocab['states'])
+    self.action_names = tuple(first_states.vocab['actions'])
 
   @property
   def canvas(self) -> tuple[int, int]:
@@ -558,10 +679,15 @@ class Pipeline:
 
   @property
   def variables(self) -> dict[str, PyTree]:
+    one_or_all = lambda exports: (  # an ensemble's variables stacked (views.apply_members)
+      exports[0].variables
+      if len(exports) == 1
+      else jax.tree.map(lambda *xs: np.stack(xs), *[e.variables for e in exports])
+    )
     return {
-      'humans': self.humans.variables,
-      'parts': self.parts.variables,
-      'states': self.states.variables,
+      'humans': one_or_all(self.humans),
+      'parts': one_or_all(self.parts),
+      'states': one_or_all(self.states),
     }
 
   def parse_frames(
@@ -619,6 +745,32 @@ class Pipeline:
     return run
 
 
+def compile_stages(pipeline: Pipeline):
+  """`pipeline.compile()`'s program (no oracle, one device) cut into its three stages,
+  each jitted alone, the outputs fetched to the host between them: what fusing them
+  into one program saves, with the same views (bench/bench_pipeline.py)."""
+  nets, settings = pipeline.nets, pipeline.settings
+  variables = jax.device_put(pipeline.variables)
+  humans = jax.jit(
+    lambda v, f, s: _humans(nets, settings, v, _frames(nets, f, s), None, oracle=False)
+  )
+  parts = jax.jit(lambda v, f, s, h: _parts(nets, settings, v, _frames(nets, f, s), h, None))
+  states = jax.jit(
+    lambda v, f, s, h, p, a: _states(nets, settings, v, _frames(nets, f, s), h, p, a)
+  )
+
+  def run(frames, image_shape, action):
+    found = jax.device_get(humans(variables, frames, image_shape))
+    proposals = jax.device_get(parts(variables, frames, image_shape, found))
+    return _assemble(
+      found,
+      proposals,
+      jax.device_get(states(variables, frames, image_shape, found, proposals, action)),
+    )
+
+  return run
+
+
 def check_vocabularies(
   humans: Export, parts: Export, states: Export, actions: Sequence[Export]
 ) -> None:
@@ -648,3 +800,83 @@ def check_vocabularies(
         f"from the part-state network's {states.vocab['actions']} "
         f'({states.path})'
       )
+
+
+def check_ensembles(*ensembles: Sequence[Export]) -> None:
+  """Refuses, in one line naming both, members of a stage's ensemble whose kind,
+  vocabularies, preprocessing or model differ from the first member's (their outputs
+  are merged or averaged as one network's; their variables are stacked)."""
+  for members in ensembles:
+    first = members[0]
+    for other in members[1:]:
+      for what, mine, theirs in (
+        ('kind', other.kind, first.kind),
+        ('vocabularies', other.vocab, first.vocab),
+        ('preprocessing', other.preprocessing, first.preprocessing),
+        ('model', other.config.model.to_dict(), first.config.model.to_dict()),
+      ):
+        if mine != theirs:
+          raise ExportError(
+            f'{other.path}: not the same {what} as {first.path} in the same ensemble '
+            f'({_difference(mine, theirs)})'
+          )
+
+
+def _difference(mine, theirs) -> str:
+  if isinstance(mine, dict) and isinstance(theirs, dict):
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    return '; '.join(f'{k}: {mine.get(k)!r} vs {theirs.get(k)!r}' for k in keys)
+  return f'{mine!r} vs {theirs!r}'
+
+
+# A rough bound of what a detector keeps alive per input pixel at inference in float32
+# (a ResNet-50 FPN or Swin stage-1 feature map is 12-16 floats per pixel, a few live
+# at once): the views' inputs times this is what `check_view_memory` compares.
+VIEW_BYTES_PER_PIXEL = 512
+
+
+def view_memory_gb(nets: _Networks, settings: Settings) -> float:
+  """Gigabytes the detectors' and the part-state network's views of one frame batch
+  take by VIEW_BYTES_PER_PIXEL: every member x scale x flip, the part detector and
+  the part-state network on all max_humans crops."""
+  area = lambda size, scales: sum(np.prod(geometry.scaled_size(size, s)) for s in scales)
+  flips = lambda flip: 2 if flip else 1
+  humans = (
+    nets.human_members * flips(settings.human_flip) * area(nets.canvas, settings.human_scales)
+  )
+  parts = nets.part_members * flips(settings.part_flip) * area(nets.part_size, settings.part_scales)
+  states = nets.state_members * flips(settings.part_state_flip) * np.prod(nets.state_size)
+  crops = settings.max_humans * (parts + settings.proposals_per_part * states)
+  return float(settings.frame_batch * (humans + crops) * VIEW_BYTES_PER_PIXEL / 2**30)
+
+
+def _device_memory_gb() -> float:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return stats['bytes_limit'] / 2**30
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+
+
+def check_view_memory(nets: _Networks, settings: Settings) -> None:
+  """Refuses, in one line before anything compiles, views (more than one network
+  pass per stage) whose inputs at this frame batch need more than `view_memory_gb`
+  (0: the device's memory) by `view_memory_gb`'s estimate. One view per stage is the
+  program without test-time views and is not checked here."""
+  one_view = (
+    nets.human_members == nets.part_members == nets.state_members == 1
+    and settings.human_scales == settings.part_scales == (1.0,)
+    and not (settings.human_flip or settings.part_flip or settings.part_state_flip)
+  )
+  if one_view:
+    return
+  limit = settings.view_memory_gb or _device_memory_gb()
+  need = view_memory_gb(nets, settings)
+  if need > limit:
+    raise ValueError(
+      f'pipeline settings: the test-time views need about {need:.1f} GB at '
+      f'frame_batch={settings.frame_batch} (human_scales {list(settings.human_scales)}, '
+      f'part_scales {list(settings.part_scales)}, flips {settings.human_flip}/'
+      f'{settings.part_flip}/{settings.part_state_flip}, ensembles {nets.human_members}/'
+      f'{nets.part_members}/{nets.state_members}), more than the {limit:.1f} GB allowed '
+      '(view_memory_gb); lower frame_batch or the views'
+    )
