@@ -73,9 +73,10 @@ def _forget_command_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   ours = ('tps_jax', 'data_prep', 'run_train', 'bench', REPO_ROOT)
-  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
+  # Copies: deleting a flag also removes it from absl's lists of flags by module.
+  for owner, defined in list(flags.FLAGS.flags_by_module_dict().items()):
     if owner.startswith(ours):
-      for flag in defined:
+      for flag in list(defined):
         for name in {flag.name, flag.short_name} - {None}:
           if name in flags.FLAGS:
             delattr(flags.FLAGS, name)
