@@ -67,19 +67,21 @@ def _run_subprocess(module, args, env, timeout):
 
 def _forget_command_flags() -> None:
   """Deletes the absl flags that the project's commands defined (run as `__main__`,
-  which absl files under the script's path, or imported as a library) and resets the
-  others to their defaults, so that the next command defines and parses its own as a
-  fresh interpreter would."""
+  which absl files under the script's path, or imported as a library), with the
+  `--config.<field>` overrides of their config flags, and resets the others to their
+  defaults: the next command defines and parses its own as a fresh interpreter would,
+  and other tests find absl's flags as an import leaves them."""
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   ours = ('tps_jax', 'data_prep', 'run_train', 'bench', REPO_ROOT)
-  # Copies: deleting a flag also removes it from absl's lists of flags by module.
-  for owner, defined in list(flags.FLAGS.flags_by_module_dict().items()):
+  names = set()
+  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
     if owner.startswith(ours):
-      for flag in list(defined):
-        for name in {flag.name, flag.short_name} - {None}:
-          if name in flags.FLAGS:
-            delattr(flags.FLAGS, name)
+      names.update(n for flag in defined for n in (flag.name, flag.short_name) if n)
+  overrides = {n for n in flags.FLAGS if any(n.startswith(f'{p}.') for p in names)}
+  for name in names | overrides:
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
   flags.FLAGS.unparse_flags()
 
 
@@ -120,6 +122,7 @@ def _run_in_process(module, args) -> subprocess.CompletedProcess:
         traceback.print_exc()
         returncode = 1
   finally:
+    _forget_command_flags()
     sys.argv, cwd, handler.stream, verbosity, os._exit = saved
     if gc_enabled:
       gc.enable()

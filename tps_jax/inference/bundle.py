@@ -161,13 +161,12 @@ def _network_folders(networks: Any, bundle: str, path: str) -> dict[str, Any]:
   entries = []
   for key in (*STAGES, 'action'):  # a folder, or a non-empty list of them (an ensemble)
     value = networks[key]
-    folders = [value] if isinstance(value, str) and key != 'action' else value
-    if not isinstance(folders, list) or not folders:
-      what = 'a non-empty list of folders' if key == 'action' else 'a folder or a list of them'
-      raise ExportError(f'{path}: networks.{key} must be {what}')
-    entries += [
-      (f'{key}[{i}]' if isinstance(value, list) else key, n) for i, n in enumerate(folders)
-    ]
+    if key == 'action' and (not isinstance(value, list) or not value):
+      raise ExportError(f'{path}: networks.action must be a non-empty list of folders')
+    if isinstance(value, list) and value:  # an ensemble
+      entries += [(f'{key}[{i}]', name) for i, name in enumerate(value)]
+    else:
+      entries.append((key, value))
   for key, name in entries:
     if not isinstance(name, str) or not name:
       raise ExportError(f'{path}: networks.{key} must be a folder name, got {name!r}')
