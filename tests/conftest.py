@@ -54,6 +54,21 @@ def run_module(module, *args, check=True, env=None, timeout=600, subprocess_=Fal
   return proc
 
 
+def run_on_devices(script: str, devices: int, timeout: int = 600) -> subprocess.CompletedProcess:
+  """`python -c script` from the repo root on `devices` simulated CPU devices (a device
+  count is fixed when JAX starts, so it takes a process of its own)."""
+  flags = f'{os.environ["XLA_FLAGS"]} --xla_force_host_platform_device_count={devices}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=flags, PYTHONPATH=REPO_ROOT)
+  return subprocess.run(
+    [sys.executable, '-c', script],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
 def _run_subprocess(module, args, env, timeout):
   return subprocess.run(
     [sys.executable, '-m', module, *map(str, args)],

@@ -8,9 +8,6 @@ compile); references are written with torch / torchvision ops here.
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +21,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from configs import part_detector
 from tests import detector_batches
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_on_devices
 from tests.data_configs import data_config
 from tests.detector_batches import FULL, OBJECTS, TINY_SHAPE, images, targets, total
 from tests.test_cascade_rcnn import (
@@ -632,15 +629,7 @@ for a, b in zip(jax.tree.leaves(s8), jax.tree.leaves(s1)):
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 print('ok')
 """
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  proc = subprocess.run(
-    [sys.executable, '-c', script],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = run_on_devices(script, 8, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr
 
 

@@ -23,7 +23,7 @@ import portpicker
 import pytest
 
 from tests import pipeline_helpers as helpers
-from tests.conftest import REPO_ROOT, run_module
+from tests.conftest import REPO_ROOT, run_module, run_on_devices
 from tests.data_configs import data_config
 from tps_jax.data import augment, pipelines, submission
 from tps_jax.data import kinetics_tps as tps
@@ -293,19 +293,7 @@ def test_one_and_four_devices_give_the_same_outputs(bundle):
                                    atol=0 if exact else 1e-2, err_msg=key)
       print('same')
       """)
-  env = dict(
-    os.environ,
-    XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=4',
-    PYTHONPATH=REPO_ROOT,
-  )
-  proc = subprocess.run(
-    [sys.executable, '-c', script],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
+  proc = run_on_devices(script, 4, timeout=900)
   assert proc.returncode == 0 and 'same' in proc.stdout, proc.stderr[-3000:]
 
 

@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
+from tests.conftest import run_on_devices
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import ConversionError
 from tps_jax.convert.resnet import combine, convert_fpn, convert_resnet, detect_flavour, flatten
@@ -228,19 +229,7 @@ for a, b in zip(jax.tree.leaves(s8), jax.tree.leaves(s1)):
   np.testing.assert_allclose(a, b, rtol=1e-6)
 np.testing.assert_allclose(s1['batch_stats']['mean'], 0.1 * x.mean((0, 1, 2)), rtol=1e-5)
 """
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=8',
-  )
-  proc = subprocess.run(
-    [sys.executable, '-c', script],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  proc = run_on_devices(script, 8, timeout=300)
   assert proc.returncode == 0, proc.stderr
 
 
