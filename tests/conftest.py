@@ -223,6 +223,11 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_terminal_summary(terminalreporter):
   if not _CPU_SECONDS:
     return
+  if os.environ.get('TPS_JAX_TEST_CPU_JSON'):  # every test's CPU seconds, for analysis
+    import json  # pylint: disable=g-import-not-at-top
+
+    with open(os.environ['TPS_JAX_TEST_CPU_JSON'], 'w') as f:
+      json.dump(_CPU_SECONDS, f, indent=0)
   slowest = sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1])[:20]
   terminalreporter.section(f'CPU seconds: {sum(_CPU_SECONDS.values()):.0f} in all, slowest 20')
   for nodeid, seconds in slowest:
