@@ -1,4 +1,4 @@
-"""tps_jax.data.build (data_prep.build): the four datasets, the split by video, bad
+"""tps_jax.datasets.build (data_prep.build): the four datasets, the split by video, bad
 input, idempotence, the command line."""
 
 import json
@@ -10,10 +10,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.conftest import run_module
-from tps_jax.data import build, builders
-from tps_jax.data import frames as frames_lib
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
+from tps_jax.datasets import build, builders
+from tps_jax.datasets import frames as frames_lib
 
 VAL_FRACTION = 0.4
 

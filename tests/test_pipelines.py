@@ -11,8 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.data_configs import data_config
-from tps_jax.data import augment, build, builders, pipelines, resample
+from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.datasets import build, builders
+from tps_jax.input import pipelines, resample
 
 DATA = {
   'humans': {'image_size': (48, 64), 'max_boxes': 4, 'random_rotation': 10.0, 'random_crop': True},

@@ -21,8 +21,9 @@ import tensorflow_datasets as tfds
 from configs import part_detector_gfl
 from data_prep import pseudo_label
 from tests.conftest import run_module
-from tps_jax.data import build, builders, pipelines
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.datasets import build, builders
+from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks
 from tps_jax.tasks import detection
 from tps_jax.train import checkpointing

@@ -27,9 +27,10 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from tps_jax.data import augment, builders
+from tps_jax.data import augment
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path
+from tps_jax.datasets import builders
+from tps_jax.input.pipelines import data_settings, dataset_metadata, dataset_path
 from tps_jax.models.fields import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS

@@ -11,7 +11,7 @@ From a Kinetics-TPS root (docs/dataset.md) it writes `tps_humans`, `tps_parts`,
 `tps_part_states` and `tps_action_clips` under `out` (default ROOT/tfds), each as
 OUT/<name>/1.0.0/ with splits `train` and `val`: the root's train videos split by video,
 deterministic from `seed`, the same for every dataset (the val videos are listed in
-each dataset's metadata). tps_jax/data/builders.py documents the features.
+each dataset's metadata). tps_jax/datasets/builders.py documents the features.
 
 Frames are decoded from the videos with PyAV, or read from extracted frame folders
 (`img_00001.jpg` ..., from `python -m data_prep.extract_frames`) under `frames_dir`,
@@ -43,9 +43,10 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from tps_jax.data import builders, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import tfds_dirs
 from tps_jax.data import video as video_lib
+from tps_jax.datasets import builders
 
 
 class BuildError(ValueError):

@@ -3,7 +3,7 @@
 One parametrised builder (`TpsBuilder`) writes each of the DATASETS; `builder_class`
 gives the TFDS class of a dataset name. TensorFlow is not needed: features avoid TF
 encoders (images are JPEG bytes in `Tensor(shape=(), dtype=object)`, decoded by the
-grain pipelines of tps_jax/data/pipelines.py).
+grain pipelines of tps_jax/input/pipelines.py).
 
 Datasets (every example also has `video` (text) and, but for clips, `frame` (int32)):
 - `tps_humans`, one per annotated frame: `image` (JPEG bytes); `boxes` (N, 4) f32 human
@@ -59,9 +59,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from tps_jax.data import augment, processes, tfds_dirs
+from tps_jax.data import augment, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
+from tps_jax.datasets import processes
 
 # The datasets built from a Kinetics-TPS root, stored as TFDS_NAMES (tps_<dataset>).
 DATASETS = ('humans', 'parts', 'part_states', 'action_clips')
@@ -655,7 +656,7 @@ class TpsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
       builder=self,
-      description=f"tps_jax dataset '{self.dataset}' (see tps_jax/data/builders.py)",
+      description=f"tps_jax dataset '{self.dataset}' (see tps_jax/datasets/builders.py)",
       features=dataset_features(self.dataset),
       metadata=tfds.core.MetadataDict(self._metadata),
     )
