@@ -13,7 +13,7 @@ the eval pipeline prepares it (tps_jax/input/pipelines.py), in jitted batches of
 static shape. Detections are mapped back to frame pixels (the crop's `crop_box`) and,
 for each human, those of the parts its annotation (read from ROOT) lacks with score >=
 `pseudo_low` are written to FILE in the pseudo-label JSON format that the TFDS
-builder consumes (tps_jax/datasets/builders.py):
+builder consumes (tps_jax/datasets/pseudo_labels.py):
 ```
 {"<video>": {"img_00006.json": {"<human number>": {"<part>": [{"box": [x1, y1, x2, y2], "score": 0.7}, ...]}}}}
 ```

@@ -145,14 +145,13 @@ def ensure_dataset(data, workdir: str) -> str:
 
 def _labels(dataset: str, config, split: str) -> np.ndarray:
   """Labels of a split: (N,) actions, or (N, 10) part states with -1 for absent parts."""
-  from tps_jax.data import tfds_dirs  # pylint: disable=g-import-not-at-top
-  from tps_jax.datasets import builders  # pylint: disable=g-import-not-at-top
+  from tps_jax.data import tfds_dirs, tfds_layout  # pylint: disable=g-import-not-at-top
   from tps_jax.input import pipelines  # pylint: disable=g-import-not-at-top
 
   settings = pipelines.data_settings(dataset, config)
   directory = pipelines.dataset_path(dataset, settings)
   if dataset == 'part_states':
-    return builders.state_table(directory, split)
+    return tfds_layout.state_table(directory, split)
   source = tfds_dirs.builder_from_directory(directory).as_data_source(split)
   return np.array([source[i]['label'] for i in range(len(source))], np.int64)
 
