@@ -3,8 +3,8 @@
   python bench/bench_data.py [--data_root DIR] [--videos 24] [--sizes full|tiny]
       [--batch_size 8] [--batches 20] [--worker_count 0,2] [--read_threads 2]
 
-Without --data_root it writes a synthetic dataset (tps_jax.data.synthetic, `--videos`
-videos of 160x120 frames) and its four TFDS datasets (tps_jax.data.build) to a
+Without --data_root it writes a synthetic dataset (tps_jax.datasets.synthetic, `--videos`
+videos of 160x120 frames) and its four TFDS datasets (tps_jax.datasets.build) to a
 temporary folder, timing the build. Each pipeline is measured after two warm-up
 batches, with and without grain worker processes (`data.worker_count`).
 
@@ -22,7 +22,8 @@ from absl import flags
 
 from configs import action, human_detector, part_detector, part_state
 from tps_jax import cli
-from tps_jax.data import build, pipelines, synthetic
+from tps_jax.datasets import build, synthetic
+from tps_jax.input import pipelines
 
 # The stage config whose `data` each dataset's pipeline is measured with.
 STAGE_CONFIGS = {

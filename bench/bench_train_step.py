@@ -60,8 +60,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from tps_jax import cli
-from tps_jax.data import pipelines
 from tps_jax.data.kinetics_tps import PARTS, Vocab
+from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.tasks.action import ActionTask
 from tps_jax.tasks.detection import DetectionTask

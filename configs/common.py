@@ -84,7 +84,7 @@ def trainer(
 
 def data(**fields: Any) -> ml_collections.ConfigDict:
   """`config.data`: where the datasets are and how they are read (every input
-  pipeline's fields, tps_jax/data/pipelines.py READ_FIELDS), then the stage's `fields`,
+  pipeline's fields, tps_jax/input/pipelines.py READ_FIELDS), then the stage's `fields`,
   which may also replace these."""
   return ml_collections.ConfigDict(
     {

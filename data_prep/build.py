@@ -9,9 +9,9 @@ r"""Builds the TFDS (ArrayRecord) datasets the four networks train on.
 
 `tps_humans`, `tps_parts`, `tps_part_states` and `tps_action_clips` under OUT (default
 ROOT/tfds), split by video into `train` and `val`; or, from class sub-folders of videos,
-one action-clip dataset NAME. What is built and how: tps_jax/data/build.py
+one action-clip dataset NAME. What is built and how: tps_jax/datasets/build.py
 (`build_datasets`, whose keyword arguments these flags are); the features:
-tps_jax/data/builders.py. Prints a line per dataset built or kept. Bad input stops the
+tps_jax/data/tfds_layout.py. Prints a line per dataset built or kept. Bad input stops the
 build with one line naming the file (exit status 1), or with --keep_going is skipped
 and listed, with a count, at the end; a finished dataset built with other settings is
 an error until --overwrite.
@@ -24,8 +24,9 @@ import sys
 from absl import flags
 
 from tps_jax import cli
-from tps_jax.data import build, builders
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import tfds_layout
+from tps_jax.datasets import build
 
 _DATA_ROOT = flags.DEFINE_string(
   'data_root', None, 'Kinetics-TPS root (train_videos/, train_annotations/, list/).'
@@ -38,7 +39,7 @@ _OUT = flags.DEFINE_string(
   'out', None, 'Output folder (default DATA_ROOT/tfds or VIDEO_FOLDER/tfds).'
 )
 _DATASETS = flags.DEFINE_list(
-  'datasets', list(builders.DATASETS), f'Comma-separated, from {",".join(builders.DATASETS)}.'
+  'datasets', list(tfds_layout.DATASETS), f'Comma-separated, from {",".join(tfds_layout.DATASETS)}.'
 )
 _VAL_FRACTION = flags.DEFINE_float(
   'val_fraction', 0.1, 'Fraction of the train videos held out as the val split.'
@@ -59,7 +60,7 @@ _JPEG_QUALITY = flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality 1..100.')
 _PSEUDO_LABELS = flags.DEFINE_string(
   'pseudo_labels',
   None,
-  'Pseudo-label JSON merged into tps_parts (format: tps_jax/data/builders.py).',
+  'Pseudo-label JSON merged into tps_parts (format: tps_jax/datasets/pseudo_labels.py).',
 )
 _PSEUDO_POSITIVE = flags.DEFINE_float(
   'pseudo_positive', 0.4, 'Pseudo-labels scoring above this are positives.'

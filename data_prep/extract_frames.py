@@ -8,7 +8,7 @@ Writes OUT/<split>/<class>/<video>/img_00001.jpg, ... (from 1, as the annotation
 resumable, and refused on an OUT extracted with other options. `--only_annotated`
 writes the frames with an annotation file (the scored frames 1, 6, 11, ... of videos
 without annotations); `--short_side S` resizes the shorter side to S pixels. How:
-tps_jax/data/frames.py (`extract`, whose keyword arguments these flags are). Prints
+tps_jax/datasets/frames.py (`extract`, whose keyword arguments these flags are). Prints
 every error and warning (`path: problem`), then a summary; exit status 1 when a video
 could not be extracted; refused options are one line with exit status 2.
 """
@@ -21,8 +21,9 @@ import sys
 from absl import flags
 
 from tps_jax import cli
-from tps_jax.data import frames, submission
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import submission
+from tps_jax.datasets import frames
 
 _DATA_ROOT = flags.DEFINE_string('data_root', None, 'Dataset root (holds train_videos/).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: DATA_ROOT/frames).')

@@ -5,7 +5,7 @@ r"""Writes a synthetic Kinetics-TPS dataset in the official layout.
 
 Videos, per-frame annotations, the lists and frame counts, and the test split's ground
 truth; deterministic, resumable (a rerun with the same flags completes DIR). What it
-writes and how: tps_jax/data/synthetic.py (`write_synthetic`, whose keyword arguments
+writes and how: tps_jax/datasets/synthetic.py (`write_synthetic`, whose keyword arguments
 these flags are). Prints one line of counts; errors are one line, exit status 1.
 """
 
@@ -16,7 +16,7 @@ import sys
 from absl import flags
 
 from tps_jax import cli
-from tps_jax.data import synthetic
+from tps_jax.datasets import synthetic
 
 _OUT = flags.DEFINE_string('out', None, 'Dataset root to create or complete.')
 _VIDEOS = flags.DEFINE_integer('videos', 240, 'Number of videos (both splits).')

@@ -9,11 +9,11 @@ the parts the training annotation lacks.
 Runs the exported part detector of `--config` (any family of the detection task:
 'cascade_rcnn', 'retinanet', 'gfl') over the human crops of the built `tps_parts`
 dataset (ROOT/tfds, `python -m data_prep.build --datasets parts`), each crop prepared as
-the eval pipeline prepares it (tps_jax/data/pipelines.py), in jitted batches of one
+the eval pipeline prepares it (tps_jax/input/pipelines.py), in jitted batches of one
 static shape. Detections are mapped back to frame pixels (the crop's `crop_box`) and,
 for each human, those of the parts its annotation (read from ROOT) lacks with score >=
 `pseudo_low` are written to FILE in the pseudo-label JSON format that the TFDS
-builder consumes (tps_jax/data/builders.py):
+builder consumes (tps_jax/datasets/pseudo_labels.py):
 ```
 {"<video>": {"img_00006.json": {"<human number>": {"<part>": [{"box": [x1, y1, x2, y2], "score": 0.7}, ...]}}}}
 ```
@@ -56,7 +56,8 @@ from tqdm import tqdm
 
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import pipelines, tfds_dirs
+from tps_jax.data import tfds_dirs
+from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
 from tps_jax.train.optim import param_name

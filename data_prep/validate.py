@@ -7,7 +7,7 @@ r"""Checks a Kinetics-TPS root: layout, lists, frame counts, every annotation, e
 Prints every problem as `path: problem` (all of them, after the whole run), then the
 warnings and a summary of counts per split; exit status 1 when there is any problem.
 `--video_mode full` decodes every video to the end, `quick` opens it and decodes its
-first frame, `none` does not open it. What is checked: tps_jax/data/validation.py
+first frame, `none` does not open it. What is checked: tps_jax/datasets/validation.py
 (`validate`, whose keyword arguments these flags are).
 """
 
@@ -21,7 +21,7 @@ from absl import flags
 
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import validation
+from tps_jax.datasets import validation
 
 _DATA_ROOT = flags.DEFINE_string('data_root', None, 'Dataset root (holds train_videos/, list/).')
 _SPLIT = flags.DEFINE_enum('split', 'all', [*tps.SPLITS, 'all'], 'Which split to check.')

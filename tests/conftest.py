@@ -189,7 +189,7 @@ def smoke_demo(tmp_path_factory) -> SmokeDemo:
 @pytest.fixture(scope='session')
 def synthetic_root(tmp_path_factory):
   """A tiny synthetic dataset in the official layout (read-only: copy before editing)."""
-  from tps_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from tps_jax.datasets import synthetic  # pylint: disable=g-import-not-at-top
 
   root = tmp_path_factory.mktemp('kinetics_tps') / 'Kinetics-TPS'
   synthetic.write_synthetic(str(root), videos=6, frames=12, seed=0, progress=False)

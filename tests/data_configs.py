@@ -1,5 +1,5 @@
 """Configs whose `data` holds every field an input pipeline reads, for tests that build
-pipelines or examples directly (tps_jax/data/pipelines.py DATA_FIELDS): `DEFAULTS` per
+pipelines or examples directly (tps_jax/input/pipelines.py DATA_FIELDS): `DEFAULTS` per
 dataset (no augmentation beyond flips and jitter), updated with a test's own fields."""
 
 import ml_collections

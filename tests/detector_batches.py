@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_module
-from tps_jax.data import build
+from tps_jax.datasets import build
 
 TINY_SHAPE = (2, 96, 128, 3)
 FULL = np.array([[96.0, 128.0]] * 2, np.float32)  # image_shape: no padding

@@ -17,7 +17,9 @@ from configs import action as action_config
 from configs import action_pretrain as pretrain_config
 from tests.conftest import run_module
 from tests.data_configs import data_config
-from tps_jax.data import augment, build, pipelines
+from tps_jax.data import augment
+from tps_jax.datasets import build
+from tps_jax.input import pipelines
 from tps_jax.models.swin import build_video_classifier
 from tps_jax.tasks import action, action_views
 from tps_jax.tasks import base as tasks

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from tests.data_configs import data_config
-from tps_jax.data import augment, pipelines
+from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data.video import encode_jpeg
+from tps_jax.input import pipelines
 
 BOX = np.array([[20, 10, 39, 24]], np.float32)  # inclusive pixels
 

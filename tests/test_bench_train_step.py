@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from tps_jax.data import pipelines
+from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks_lib
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

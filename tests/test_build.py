@@ -1,4 +1,4 @@
-"""tps_jax.data.build (data_prep.build): the four datasets, the split by video, bad
+"""tps_jax.datasets.build (data_prep.build): the four datasets, the split by video, bad
 input, idempotence, the command line."""
 
 import json
@@ -10,10 +10,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.conftest import run_module
-from tps_jax.data import build, builders
-from tps_jax.data import frames as frames_lib
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import tfds_layout
 from tps_jax.data import video as video_lib
+from tps_jax.datasets import build, sources, val_split
+from tps_jax.datasets import frames as frames_lib
+from tps_jax.datasets import pseudo_labels as pseudo_lib
 
 VAL_FRACTION = 0.4
 
@@ -32,7 +34,7 @@ def _build(root, **kwargs) -> tuple[list[str], list[str]]:
 
 
 def _source(out, name, split):
-  return tfds.builder_from_directory(builders.dataset_dir(out, name)).as_data_source(split)
+  return tfds.builder_from_directory(tfds_layout.dataset_dir(out, name)).as_data_source(split)
 
 
 def _videos_of(out, name, split):
@@ -62,8 +64,8 @@ def test_split_by_video_is_recorded_identical_and_disjoint(built):
   root, out = built
   videos = set(_annotations(root))
   val = None
-  for name in builders.TFDS_NAMES.values():
-    info = tfds.builder_from_directory(builders.dataset_dir(out, name)).info
+  for name in tfds_layout.TFDS_NAMES.values():
+    info = tfds.builder_from_directory(tfds_layout.dataset_dir(out, name)).info
     recorded = list(info.metadata['settings']['val_videos'])
     assert val is None or recorded == val
     val = recorded
@@ -76,23 +78,23 @@ def test_split_by_video_is_recorded_identical_and_disjoint(built):
 
 def test_split_videos_is_deterministic_and_spread_over_classes():
   videos = [(f'v{i:02d}', f'class{i % 4}') for i in range(40)]
-  val = builders.split_videos(videos, 0.25, seed=3)
-  assert val == builders.split_videos(list(reversed(videos)), 0.25, seed=3)
-  assert val != builders.split_videos(videos, 0.25, seed=4)
+  val = val_split.split_videos(videos, 0.25, seed=3)
+  assert val == val_split.split_videos(list(reversed(videos)), 0.25, seed=3)
+  assert val != val_split.split_videos(videos, 0.25, seed=4)
   assert len(val) == 10
   per_class = [
     sum(1 for name, action in videos if name in val and action == c) for c in {a for _, a in videos}
   ]
   assert sorted(per_class) == [2, 2, 3, 3]
-  assert builders.split_videos(videos[:2], 0.01, seed=0) != []  # at least one val video
-  assert builders.split_videos(videos, 0.0, seed=0) == []
+  assert val_split.split_videos(videos[:2], 0.01, seed=0) != []  # at least one val video
+  assert val_split.split_videos(videos, 0.0, seed=0) == []
 
 
 def test_counts_and_contents_match_the_annotations(built):
   root, out = built
   annotations = _annotations(root)
   vocab = tps.Vocab.from_root(root)
-  for split in builders.SPLITS:
+  for split in tfds_layout.SPLITS:
     videos = _videos_of(out, 'tps_action_clips', split)
     frames = [(v, i, f) for v in videos for i, f in annotations[v][1].items()]
     humans = [(v, i, h) for v, i, f in frames for h in f.humans]
@@ -143,22 +145,22 @@ def test_stored_pixels_are_the_video_frames(built):
 
 def test_state_table_follows_the_source_order(built):
   _, out = built
-  directory = builders.dataset_dir(out, 'tps_part_states')
-  table = builders.state_table(directory, 'train')
+  directory = tfds_layout.dataset_dir(out, 'tps_part_states')
+  table = tfds_layout.state_table(directory, 'train')
   source = _source(out, 'tps_part_states', 'train')
   np.testing.assert_array_equal(table, [e['part_state'] for e in source])
 
 
 def test_finished_datasets_are_kept_and_settings_checked(built):
   root, out = built
-  info = os.path.join(builders.dataset_dir(out, 'tps_humans'), 'dataset_info.json')
+  info = os.path.join(tfds_layout.dataset_dir(out, 'tps_humans'), 'dataset_info.json')
   before = os.stat(info).st_mtime_ns
   _, lines = _build(root, val_fraction=VAL_FRACTION)
   assert sum('already built' in line for line in lines) == 4
   assert os.stat(info).st_mtime_ns == before
   with pytest.raises(build.BuildError, match=r'built with other settings \(seed, val_videos\)'):
     _build(root, val_fraction=VAL_FRACTION, seed=5, datasets=['humans'])
-  clips = builders.dataset_dir(out, 'tps_action_clips')
+  clips = tfds_layout.dataset_dir(out, 'tps_action_clips')
   before = os.stat(os.path.join(clips, 'dataset_info.json')).st_mtime_ns
   _, lines = _build(root, val_fraction=VAL_FRACTION, datasets=['action_clips'], overwrite=True)
   assert not any('already built' in line for line in lines)
@@ -179,13 +181,13 @@ def test_command_line_reports_and_errors_are_one_line(built):
     subprocess_=True,
   )
   assert proc.stdout.splitlines() == [
-    f'{builders.dataset_dir(out, name)}: already built, kept (--overwrite to rebuild)'
+    f'{tfds_layout.dataset_dir(out, name)}: already built, kept (--overwrite to rebuild)'
     for name in ('tps_humans', 'tps_parts')
   ]
   for args, message in [
     (
       ('--data_root', root, '--seed', 5, '--datasets', 'humans'),
-      f'error: {builders.dataset_dir(out, "tps_humans")}: built with other settings',
+      f'error: {tfds_layout.dataset_dir(out, "tps_humans")}: built with other settings',
     ),
     (
       ('--data_root', root, '--datasets', 'humans,faces'),
@@ -225,8 +227,8 @@ def test_bad_arguments_are_refused_by_name(tmp_path, arguments, message):
 def _count(out, name):
   return sum(
     len(_source(out, name, split))
-    for split in builders.SPLITS
-    if split in tfds.builder_from_directory(builders.dataset_dir(out, name)).info.splits
+    for split in tfds_layout.SPLITS
+    if split in tfds.builder_from_directory(tfds_layout.dataset_dir(out, name)).info.splits
   )
 
 
@@ -242,7 +244,7 @@ def test_corrupt_json_stops_or_is_skipped_and_counted(synthetic_root, tmp_path):
   with pytest.raises(tps.AnnotationError) as error:
     _build(root, datasets=['humans'])
   assert str(error.value).startswith(f'{bad}: truncated JSON')
-  assert not builders.is_built(os.path.join(root, 'tfds'), 'tps_humans')
+  assert not tfds_layout.is_built(os.path.join(root, 'tfds'), 'tps_humans')
   problems, _ = _build(root, datasets=['humans'], keep_going=True)
   assert len(problems) == 1 and problems[0].startswith(f'{bad}: truncated JSON')
   assert _count(os.path.join(root, 'tfds'), 'tps_humans') == total - 1
@@ -283,9 +285,9 @@ def test_video_folder_builds_an_action_clip_dataset(synthetic_root, tmp_path):
     shutil.copy(video.video_path, folder / f'class_{i % 2}' / f'clip{i}.mp4')
   _build(None, video_folder=str(folder), name='my_videos', val_fraction=0.4)
   out = str(folder / 'tfds')
-  info = tfds.builder_from_directory(builders.dataset_dir(out, 'my_videos')).info
+  info = tfds.builder_from_directory(tfds_layout.dataset_dir(out, 'my_videos')).info
   assert list(info.metadata['actions']) == ['class_0', 'class_1']
-  examples = [e for split in builders.SPLITS for e in _source(out, 'my_videos', split)]
+  examples = [e for split in tfds_layout.SPLITS for e in _source(out, 'my_videos', split)]
   assert sorted(e['video'].decode() for e in examples) == [f'clip{i}' for i in range(len(videos))]
   assert all(e['label'] == int(e['video'].decode()[4:]) % 2 for e in examples)
   _, lines = _build(None, video_folder=str(folder), name='my_videos', val_fraction=0.4)
@@ -319,9 +321,7 @@ def test_extract_frames_output_feeds_build(synthetic_root, tmp_path):
     frames_dir=os.path.join(root, 'frames'),
   )
   video = next(tps.iter_videos(root, 'train'))
-  assert (
-    builders.find_frames_dir(os.path.join(root, 'frames'), video.action, video.name) is not None
-  )
+  assert sources.find_frames_dir(os.path.join(root, 'frames'), video.action, video.name) is not None
   resized = os.path.join(tmp_path, 'resized')
   assert frames_lib.extract(root, resized, splits=('train',), short_side=60).ok
   with pytest.raises(tps.AnnotationError, match=r'extract_frames.json: .*short_side=60'):
@@ -331,7 +331,7 @@ def test_extract_frames_output_feeds_build(synthetic_root, tmp_path):
 def test_pseudo_labels_add_positive_and_ignore_boxes_to_train_humans(synthetic_root, tmp_path):
   root = _copy(synthetic_root, tmp_path)
   annotations = _annotations(root)
-  val = builders.split_videos([(v, a) for v, (a, _) in annotations.items()], 0.4, 0)
+  val = val_split.split_videos([(v, a) for v, (a, _) in annotations.items()], 0.4, 0)
   video, index, number, human = next(
     (v, i, n + 1, h)
     for v, (_, frames) in sorted(annotations.items())
@@ -381,13 +381,13 @@ def test_pseudo_label_file_errors_name_the_file_and_entry(tmp_path):
     match=r'pseudo.json: v/img_00001.json/1/left_arm: '
     'box must be',
   ):
-    builders.load_pseudo_labels(str(path))
+    pseudo_lib.load_pseudo_labels(str(path))
   path.write_text('{"v": {"frame1": {}}}')
   with pytest.raises(tps.AnnotationError, match='frame key must look like img_00006.json'):
-    builders.load_pseudo_labels(str(path))
+    pseudo_lib.load_pseudo_labels(str(path))
   path.write_text('{"v": ')
   with pytest.raises(tps.AnnotationError, match='pseudo.json: not valid JSON'):
-    builders.load_pseudo_labels(str(path))
+    pseudo_lib.load_pseudo_labels(str(path))
 
 
 def test_pseudo_part_boxes_thresholds():
@@ -396,7 +396,7 @@ def test_pseudo_part_boxes_thresholds():
     'head': [((0, 0, 5, 5), 0.99)],
     'torso': [((1, 1, 2, 2), 0.41), ((1, 1, 3, 3), 0.4), ((1, 1, 4, 4), 0.1), ((1, 1, 5, 5), 0.09)],
   }
-  assert builders.pseudo_part_boxes(annotated, proposals) == [
+  assert pseudo_lib.pseudo_part_boxes(annotated, proposals) == [
     ('torso', (1, 1, 2, 2), False),
     ('torso', (1, 1, 3, 3), True),
     ('torso', (1, 1, 4, 4), True),

@@ -1,4 +1,4 @@
-"""tps_jax.data.frames (data_prep.extract_frames): names and counts, pixels, resume,
+"""tps_jax.datasets.frames (data_prep.extract_frames): names and counts, pixels, resume,
 leftovers, broken videos."""
 
 import os
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_module
-from tps_jax.data import frames as E
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.datasets import frames as E
 
 
 def _videos(root):

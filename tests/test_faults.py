@@ -24,7 +24,7 @@ from configs import action, human_detector
 from tests.test_trainer import losses, read_metrics, toy_config
 from tps_jax.convert import ConversionError, convert_checkpoint
 from tps_jax.convert import io as convert_io
-from tps_jax.data import processes
+from tps_jax.datasets import processes
 from tps_jax.train import checkpointing, settings, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -498,7 +498,7 @@ def test_dataset_workers_are_not_forked_from_a_process_running_jax(tmp_path):
   """JAX warns at every fork of a process whose backend is up (the demo's case)."""
   script = (
     'import jax, sys; jax.numpy.zeros(1).block_until_ready(); '
-    'from tps_jax.data import synthetic; '
+    'from tps_jax.datasets import synthetic; '
     'synthetic.write_synthetic(sys.argv[1], videos=3, frames=6, jobs=2, '
     'progress=False)'
   )

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tps_jax.data import pipelines
+from tps_jax.input import pipelines
 from tps_jax.models import swin
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import sharding, trainer

@@ -3,17 +3,23 @@
 Every module under tps_jax/ is parsed (nothing is imported); every import counts, at
 module level or inside a function. Order, bottom to top:
 
-  ops, data            box ops; the dataset reader, submissions, builders, pipelines
+  ops, data            box ops; the formats every layer reads (dataset reader,
+                       submissions, videos, augmentation, built TFDS datasets)
+  datasets, input      the offline dataset factory (synthetic data, validation, frames,
+                       TFDS builds); the grain input pipelines
   models, metrics      the networks; the challenge score, COCO mAP
   convert              PyTorch checkpoints into the networks' parameters
   tasks                the four stages' training tasks (and the Task protocol)
   train                the one trainer, which runs a task
   inference            exports, the end-to-end pipeline
-  entry points         the chain of stages and the command lines (tps_jax.cli's users)
+  entry points         the command lines (tps_jax.cli's users)
+  chain                the chain of stages (the demo), which also writes and builds data
 
 `LAYERS` lists what each may import; a module in a new package (or a new top-level
 module) must be placed there before this test passes. Modules found by name at run time
 (`tasks.base.LIBRARY_TASKS`, the converter registry) stay inside their own package.
+The dataset factory is offline: only the chain (and data_prep/, outside the package)
+may import it, so training and serving run from what it wrote (`FACTORY_USERS`).
 """
 
 from __future__ import annotations
@@ -31,16 +37,20 @@ LAYERS = {
   'cli': (),  # the command lines' flag handling
   'ops': (),
   'data': ('ops',),
+  'datasets': LOWER,
+  'input': LOWER,
   'models': LOWER,
   'metrics': LOWER,
   'convert': (*LOWER, 'models'),
-  'tasks': (*LOWER, 'models', 'metrics', 'convert'),
-  'train': (*LOWER, 'models', 'metrics', 'convert', 'tasks'),
-  'inference': (*LOWER, 'models', 'metrics', 'convert', 'tasks', 'train'),
-  'entry': ('cli', *LOWER, 'models', 'metrics', 'convert', 'tasks', 'train', 'inference'),
+  'tasks': (*LOWER, 'input', 'models', 'metrics', 'convert'),
+  'train': (*LOWER, 'input', 'models', 'metrics', 'convert', 'tasks'),
+  'inference': (*LOWER, 'input', 'models', 'metrics', 'convert', 'tasks', 'train'),
+  'entry': ('cli', *LOWER, 'input', 'models', 'metrics', 'convert', 'tasks', 'train', 'inference'),
 }
+LAYERS['chain'] = (*LAYERS['entry'], 'datasets')
+# The layers that may import the dataset factory (besides itself): the demo's chain.
+FACTORY_USERS = ('chain',)
 ENTRY_POINTS = {
-  'chain',
   'evaluate',
   'evaluate_action',
   'evaluate_detector',
@@ -153,6 +163,20 @@ def test_imports_point_down():
     if layer(target) != layer(module) and layer(target) not in LAYERS.get(layer(module), ())
   ]
   assert not upward, '\n'.join(upward)
+
+
+def test_only_the_chain_reaches_the_dataset_factory():
+  """Checked on LAYERS itself, so that widening it to let an import through fails here."""
+  widened = [
+    f'{name} may import datasets'
+    for name, allowed in LAYERS.items()
+    if name not in FACTORY_USERS and 'datasets' in allowed
+  ]
+  # The formats, which every layer reads, import neither the factory nor the pipelines.
+  widened += [f'data may import {name}' for name in ('datasets', 'input') if name in LAYERS['data']]
+  assert not widened, '; '.join(widened)
+  assert layer('tps_jax.predict') == 'entry' and layer('tps_jax.chain') == 'chain'
+  assert layer('tps_jax.input.pipelines') == 'input'
 
 
 def test_the_checks_see_a_circle_and_an_upward_import():

@@ -1,4 +1,4 @@
-"""tps_jax.data.synthetic (data_prep.make_synthetic): layout, videos, boxes, vocabulary,
+"""tps_jax.datasets.synthetic (data_prep.make_synthetic): layout, videos, boxes, vocabulary,
 ground truth, determinism, resume, the command line."""
 
 import copy
@@ -12,8 +12,9 @@ import pytest
 
 from tests.conftest import run_module
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import submission, synthetic
-from tps_jax.data import synthetic_render as render
+from tps_jax.data import submission
+from tps_jax.datasets import synthetic
+from tps_jax.datasets import synthetic_render as render
 from tps_jax.metrics import score
 
 ARGS = {'videos': 6, 'frames': 12, 'seed': 0}  # as tests/conftest.py

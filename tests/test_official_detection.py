@@ -39,8 +39,9 @@ from tests.test_retinanet_gfl import random_variables as gfl_random_variables
 from tests.test_retinanet_gfl import to_mmdetection
 from tps_jax.convert import convert_state_dict, load_pytorch_weights
 from tps_jax.convert.checkpoint import report_lines
-from tps_jax.data import build, pipelines
 from tps_jax.data.video import encode_jpeg
+from tps_jax.datasets import build
+from tps_jax.input import pipelines
 from tps_jax.models import gfl
 from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings
 from tps_jax.models.resnet import BatchNorm

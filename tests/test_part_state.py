@@ -12,8 +12,8 @@ import pytest
 
 from configs import part_state as part_state_config
 from tests.conftest import run_module
-from tps_jax.data import build
 from tps_jax.data.kinetics_tps import PARTS, Vocab
+from tps_jax.datasets import build
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (
   PartStateTask,

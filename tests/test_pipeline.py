@@ -25,13 +25,14 @@ import pytest
 from tests import pipeline_helpers as helpers
 from tests.conftest import REPO_ROOT, run_module, run_on_devices
 from tests.data_configs import data_config
-from tps_jax.data import augment, pipelines, submission
+from tps_jax.data import augment, submission
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
 from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import geometry
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference.export import ExportError, load_export
+from tps_jax.input import pipelines
 
 # ------------------------------------------------------------------------- geometry
 
@@ -89,7 +90,7 @@ def _device_inputs(frame, human_box, context):
 
 
 # On-device resampling (bilinear RoIAlign, tps_jax/inference/geometry.py) against the
-# training preprocessing (tps_jax/data/pipelines.py, PIL), given the same crop pixels
+# training preprocessing (tps_jax/input/pipelines.py, PIL), given the same crop pixels
 # (PNG here; the builders store JPEG crops, whose own loss is larger): mean |difference|
 # within 0.5 grey level, 99% of the pixels within 2 (measured: 0.3 and 0.7 in the
 # content, 0.36 in the padding, which PIL fills with the mean colour rounded to

@@ -11,8 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.data_configs import data_config
-from tps_jax.data import augment, build, builders, pipelines, resample
+from tps_jax.data import augment, tfds_layout
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.datasets import build
+from tps_jax.input import pipelines, resample
 
 DATA = {
   'humans': {'image_size': (48, 64), 'max_boxes': 4, 'random_rotation': 10.0, 'random_crop': True},
@@ -87,10 +89,10 @@ def _assert_same(batches_a, batches_b):
 
 
 def _num_examples(root, dataset, split):
-  name = builders.TFDS_NAMES[dataset]
+  name = tfds_layout.TFDS_NAMES[dataset]
   return len(
     tfds.builder_from_directory(
-      builders.dataset_dir(os.path.join(root, 'tfds'), name)
+      tfds_layout.dataset_dir(os.path.join(root, 'tfds'), name)
     ).as_data_source(split)
   )
 

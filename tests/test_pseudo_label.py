@@ -21,8 +21,10 @@ import tensorflow_datasets as tfds
 from configs import part_detector_gfl
 from data_prep import pseudo_label
 from tests.conftest import run_module
-from tps_jax.data import build, builders, pipelines
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.datasets import build
+from tps_jax.datasets import pseudo_labels as pseudo_lib
+from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks
 from tps_jax.tasks import detection
 from tps_jax.train import checkpointing
@@ -161,7 +163,7 @@ def test_builder_and_pipeline_take_the_labels_with_ignore_flags(labelled, root, 
   before = train_records(config)
   path = str(tmp_path / 'pseudo.json')
   pseudo_label.write_json(path, labels)
-  assert builders.load_pseudo_labels(path)  # the builder's own reader accepts it
+  assert pseudo_lib.load_pseudo_labels(path)  # the builder's own reader accepts it
   build.build_datasets(
     root,
     datasets=['parts'],
@@ -230,7 +232,7 @@ def test_command_line_with_a_gfl_export(root, tmp_path):
     subprocess_=True,
   )
   assert 'crops:' in proc.stdout and f'--pseudo_labels {out}' in proc.stdout
-  builders.load_pseudo_labels(str(out))  # the builder reads it (untrained: maybe empty)
+  pseudo_lib.load_pseudo_labels(str(out))  # the builder reads it (untrained: maybe empty)
   bad = run_module(
     'data_prep.pseudo_label',
     '--config',

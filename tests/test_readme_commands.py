@@ -18,8 +18,9 @@ from tests.test_readme import REPO_ROOT, load_command, own_flags
 from tps_jax.convert.checkpoint import write_checkpoint
 from tps_jax.convert.io import ConversionError
 from tps_jax.convert.registry import Conversion
-from tps_jax.data import build, submission
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import submission
+from tps_jax.datasets import build
 from tps_jax.inference import videos
 
 

@@ -1,4 +1,4 @@
-"""tps_jax.data.validation (data_prep.validate): passes on the synthetic set; every
+"""tps_jax.datasets.validation (data_prep.validate): passes on the synthetic set; every
 injected problem is reported."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_module
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import validation as V
+from tps_jax.datasets import validation as V
 
 
 def _copy(synthetic_root, tmp_path):

@@ -111,7 +111,7 @@ def parse_stage(entry: str) -> tuple[str, str]:
 
 def ensure_dataset(data, workdir: str) -> str:
   """The dataset root, after writing the synthetic dataset and the TFDS builds it lacks."""
-  from tps_jax.data import build, synthetic  # pylint: disable=g-import-not-at-top
+  from tps_jax.datasets import build, synthetic  # pylint: disable=g-import-not-at-top
 
   root = os.path.abspath(data.root or os.path.join(workdir, 'Kinetics-TPS'))
   jobs = data.get('jobs', 0) or len(os.sched_getaffinity(0))
@@ -145,12 +145,13 @@ def ensure_dataset(data, workdir: str) -> str:
 
 def _labels(dataset: str, config, split: str) -> np.ndarray:
   """Labels of a split: (N,) actions, or (N, 10) part states with -1 for absent parts."""
-  from tps_jax.data import builders, pipelines, tfds_dirs  # pylint: disable=g-import-not-at-top
+  from tps_jax.data import tfds_dirs, tfds_layout  # pylint: disable=g-import-not-at-top
+  from tps_jax.input import pipelines  # pylint: disable=g-import-not-at-top
 
   settings = pipelines.data_settings(dataset, config)
   directory = pipelines.dataset_path(dataset, settings)
   if dataset == 'part_states':
-    return builders.state_table(directory, split)
+    return tfds_layout.state_table(directory, split)
   source = tfds_dirs.builder_from_directory(directory).as_data_source(split)
   return np.array([source[i]['label'] for i in range(len(source))], np.int64)
 
@@ -158,7 +159,7 @@ def _labels(dataset: str, config, split: str) -> np.ndarray:
 def baselines(dataset: str, config) -> dict[str, float]:
   """{'chance': 1 / classes, 'majority': training-majority accuracy on val} of a
   classifier's dataset; {} for the detectors' (mAP has no such baseline)."""
-  from tps_jax.data import pipelines  # pylint: disable=g-import-not-at-top
+  from tps_jax.input import pipelines  # pylint: disable=g-import-not-at-top
 
   if dataset not in ('part_states', 'action_clips'):
     return {}

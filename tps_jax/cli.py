@@ -10,7 +10,7 @@ help flags) prints the usage with exit status 0. The libraries' INFO logs
 (TFDS and orbax name every file they touch) are hidden unless --verbosity is given.
 
 The library never calls an entry point: a tool's work is a library function with
-keyword arguments named as the tool's flags (e.g. tps_jax.data.build.build_datasets
+keyword arguments named as the tool's flags (e.g. tps_jax.datasets.build.build_datasets
 behind data_prep/build.py), so that tests and other code call that function.
 """
 

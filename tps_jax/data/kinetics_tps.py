@@ -1,6 +1,6 @@
 """Reading Kinetics-TPS from disk: the one reader every stage and tool uses.
 
-Layout (docs/dataset.md; the synthetic set of tps_jax/data/synthetic.py has
+Layout (docs/dataset.md; the synthetic set of tps_jax/datasets/synthetic.py has
 the same shape):
 ```
 ROOT/train_videos/<action>/<video>.mp4          ROOT/test_videos/<action>/<video>.mp4

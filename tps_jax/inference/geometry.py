@@ -1,7 +1,7 @@
 """Crop geometry of the end-to-end pipeline, on device: the training builders' rules.
 
-The networks were trained on inputs the host made with PIL (tps_jax/data/builders.py,
-tps_jax/data/pipelines.py, tps_jax/data/augment.py); at inference the same geometry
+The networks were trained on inputs the host made with PIL (tps_jax/datasets/examples.py,
+tps_jax/input/pipelines.py, tps_jax/data/augment.py); at inference the same geometry
 is computed here in jnp, batched and jittable, and the pixels are resampled on device
 with PIL's bilinear filter (`resample`: a triangle of radius max(1, scale) around each
 output pixel's centre, normalised, reading only the crop's own pixels as PIL does on

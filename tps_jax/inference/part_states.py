@@ -16,9 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from tps_jax.data import augment, pipelines, tfds_dirs
+from tps_jax.data import augment, tfds_dirs
 from tps_jax.inference import views
 from tps_jax.inference.export import Export
+from tps_jax.input import pipelines
 
 
 def part_state_top1(

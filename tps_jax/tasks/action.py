@@ -122,7 +122,7 @@ def classification_sums(logits, labels, mask) -> dict[str, tuple[jax.Array, jax.
 
 def action_classes(config) -> tuple[str, ...]:
   """The class names of `config.data`'s clips dataset, in label order (its metadata)."""
-  from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+  from tps_jax.input import pipelines  # the grain / TFDS stack, only when data is read
 
   return tuple(pipelines.dataset_metadata('action_clips', config)['actions'])
 
@@ -171,7 +171,8 @@ class ActionTask(base.DatasetTask):
 
   def export_metadata(self):
     """The classes in label order and the clip geometry of the eval pipeline."""
-    from tps_jax.data import augment, pipelines
+    from tps_jax.data import augment
+    from tps_jax.input import pipelines
 
     settings = pipelines.data_settings('action_clips', self.config)
     built = pipelines.dataset_metadata('action_clips', self.config).get('settings', {})

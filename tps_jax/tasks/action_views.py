@@ -14,7 +14,7 @@ clip settings (frames, stride, size: from its exported config) and its forward i
 jitted once. With one view `view_scores` is the plain eval forward.
 
 `evaluate_members` runs members over a split: `val` (or `train`) from the TFDS clips
-dataset (tps_jax/data/builders.py), `test` from ROOT/test_videos decoded directly (the
+dataset (tps_jax/data/tfds_layout.py), `test` from ROOT/test_videos decoded directly (the
 datasets hold the train videos only). The action task's final evaluation runs it on the
 exported variables; an export is loaded as a member by tps_jax/inference/action.py
 (`load_member`), and the command line is `python -m tps_jax.evaluate_action`.
@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tps_jax.data import augment, pipelines
+from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import video as video_lib
+from tps_jax.input import pipelines
 
 PyTree = Any
 AVERAGES = ('logits', 'probs')

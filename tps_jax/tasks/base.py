@@ -249,7 +249,7 @@ class Task(abc.ABC):
 
 
 class DatasetTask(Task):
-  """A task whose batches are one of `tps_jax.data.pipelines`' datasets: the train and
+  """A task whose batches are one of `tps_jax.input.pipelines`' datasets: the train and
   eval iterators read `dataset` (split `train_split`, and `config.data.eval_split`)."""
 
   train_split = 'train'
@@ -269,7 +269,7 @@ class DatasetTask(Task):
     process_count: int,
     batch_size: int,
   ):
-    from tps_jax.data import pipelines  # the grain / TFDS stack, only when data is read
+    from tps_jax.input import pipelines  # the grain / TFDS stack, only when data is read
 
     return pipelines.make_pipeline(
       self.dataset,

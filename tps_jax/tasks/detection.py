@@ -20,7 +20,7 @@ second the part detector. Evaluation is COCO mAP on the host
 (`make_evaluator`: AP, AP50, AP75 and AP per class, pycocotools), in the input pixels
 of the eval pipeline (boxes and ground truth in the same frame).
 
-Batches (tps_jax/data/pipelines.py): image (B, H, W, 3) normalised, boxes (B, M, 4) in
+Batches (tps_jax/input/pipelines.py): image (B, H, W, 3) normalised, boxes (B, M, 4) in
 the dataset's inclusive-pixel convention (x2 = last column), labels (B, M) int32, valid
 (B, M), ignore (B, M) (pseudo-label ignore regions), image_size (B, 2) (h, w) before
 resizing and scale (B,): the content is image_size * scale pixels at the top-left.
@@ -177,7 +177,8 @@ class DetectionTask(base.DatasetTask):
 
   def export_metadata(self):
     """Classes in label order, the input canvas and, for parts, the human-crop rule."""
-    from tps_jax.data import augment, pipelines
+    from tps_jax.data import augment
+    from tps_jax.input import pipelines
 
     dataset = self.config.data.dataset
     preprocessing = {

@@ -27,9 +27,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from tps_jax.data import augment, builders
+from tps_jax.data import augment, tfds_layout
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.data.pipelines import data_settings, dataset_metadata, dataset_path
+from tps_jax.input.pipelines import data_settings, dataset_metadata, dataset_path
 from tps_jax.models.fields import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
@@ -159,7 +159,7 @@ class PartStateTask(base.DatasetTask):
     majority-state baseline of tps_jax/inference/ablation.py)."""
     settings = data_settings('part_states', self.config)
     built = dataset_metadata('part_states', self.config)['settings']
-    table = builders.state_table(dataset_path('part_states', settings), 'train')
+    table = tfds_layout.state_table(dataset_path('part_states', settings), 'train')
     counts = [
       np.bincount(column[column >= 0], minlength=len(self.vocab.states)).tolist()
       for column in table.T

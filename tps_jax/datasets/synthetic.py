@@ -25,14 +25,14 @@ The scene: a main actor performing the video's action (a cycle of keyframes of p
 states, see ACTIONS), sometimes one or two bystanders (idle or doing the same action),
 held objects, background clutter, sometimes a foreground occluder, a slow camera pan,
 sensor noise and brightness flicker. Part states are read off the drawn pose
-(tps_jax/data/synthetic_render.py), so a single frame's crop shows its part's state.
+(tps_jax/datasets/synthetic_render.py), so a single frame's crop shows its part's state.
 Boxes are the tight inclusive-pixel boxes of what is visible; a part less than 30%
 visible (occluded or outside the image) is left out, as is a human with no visible part.
 
 Deterministic: the same arguments give the same bytes (JSON and mp4). Each video
 depends only on (seed, its index), so an interrupted run resumes by skipping finished
 videos. Files are written to temporary names and renamed into place; the videos are
-rendered by `jobs` worker processes (spawned, tps_jax/data/processes.py). Bad
+rendered by `jobs` worker processes (spawned, tps_jax/datasets/processes.py). Bad
 arguments and an output folder holding something else raise `SyntheticError` (one line).
 """
 
@@ -52,8 +52,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import processes, submission
-from tps_jax.data import synthetic_render as render
+from tps_jax.data import submission
+from tps_jax.datasets import processes
+from tps_jax.datasets import synthetic_render as render
 
 VERSION = 1
 FPS = 30

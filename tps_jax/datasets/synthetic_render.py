@@ -1,4 +1,4 @@
-"""The synthetic people of tps_jax/data/synthetic.py: body model, part states, drawing.
+"""The synthetic people of tps_jax/datasets/synthetic.py: body model, part states, drawing.
 
 A person faces the camera (their left side is on the image's right) and is drawn from
 a pose vector of joint angles (POSE_FIELDS). Each body part's state is a function of

@@ -45,8 +45,8 @@ from collections.abc import Iterable, Sequence
 import av
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import processes
 from tps_jax.data.video import VideoError
+from tps_jax.datasets import processes
 
 VIDEO_MODES = ('full', 'quick', 'none')
 LIST_FILES = ('body_part.txt', 'part_stat.txt', 'object.txt')

@@ -11,7 +11,7 @@ From a Kinetics-TPS root (docs/dataset.md) it writes `tps_humans`, `tps_parts`,
 `tps_part_states` and `tps_action_clips` under `out` (default ROOT/tfds), each as
 OUT/<name>/1.0.0/ with splits `train` and `val`: the root's train videos split by video,
 deterministic from `seed`, the same for every dataset (the val videos are listed in
-each dataset's metadata). tps_jax/data/builders.py documents the features.
+each dataset's metadata). tps_jax/data/tfds_layout.py documents the features.
 
 Frames are decoded from the videos with PyAV, or read from extracted frame folders
 (`img_00001.jpg` ..., from `python -m data_prep.extract_frames`) under `frames_dir`,
@@ -43,9 +43,11 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from tps_jax.data import builders, tfds_dirs
 from tps_jax.data import kinetics_tps as tps
+from tps_jax.data import tfds_dirs, tfds_layout
 from tps_jax.data import video as video_lib
+from tps_jax.datasets import examples, sources, tfds_builder, val_split
+from tps_jax.datasets import pseudo_labels as pseudo_lib
 
 
 class BuildError(ValueError):
@@ -71,7 +73,7 @@ def check_arguments(
   jobs: int,
 ) -> None:
   """Raises BuildError naming the first argument build_datasets cannot use."""
-  unknown = [d for d in datasets if d not in builders.DATASETS]
+  unknown = [d for d in datasets if d not in tfds_layout.DATASETS]
   problems = [
     (
       bool(data_root) == bool(video_folder),
@@ -89,7 +91,7 @@ def check_arguments(
     (
       bool(unknown) or not datasets,
       f'datasets: unknown dataset(s) {", ".join(unknown) or "(none)"}; choose from '
-      f'{",".join(builders.DATASETS)}',
+      f'{",".join(tfds_layout.DATASETS)}',
     ),
     (not 0.0 <= val_fraction < 1.0, f'val_fraction={val_fraction}: must be in [0, 1)'),
     (jobs < 1, f'jobs={jobs}: must be at least 1'),
@@ -111,7 +113,7 @@ def build_datasets(
   video_folder: str | None = None,
   name: str | None = None,
   out: str | None = None,
-  datasets: Sequence[str] = builders.DATASETS,
+  datasets: Sequence[str] = tfds_layout.DATASETS,
   val_fraction: float = 0.1,
   seed: int = 0,
   frames_dir: str | None = None,
@@ -135,7 +137,7 @@ def build_datasets(
     video_folder: instead, a folder of class sub-folders of videos; with `name`.
     name: the dataset name of a video_folder build (e.g. 'my_videos').
     out: the output folder (default DATA_ROOT/tfds or VIDEO_FOLDER/tfds).
-    datasets: which of builders.DATASETS to build from data_root.
+    datasets: which of tfds_layout.DATASETS to build from data_root.
     val_fraction: fraction of the train videos held out as the val split.
     seed: seed of the train/val split.
     frames_dir: extracted frame folders to read instead of decoding the videos.
@@ -143,7 +145,7 @@ def build_datasets(
     clip_short_side: action clips' frames downscaled so the short side is at most this
       (0: kept).
     jpeg_quality: JPEG quality 1..100.
-    pseudo_labels: a pseudo-label JSON merged into tps_parts (format: builders.py).
+    pseudo_labels: a pseudo-label JSON merged into tps_parts (format: pseudo_labels.py).
     pseudo_positive: pseudo-labels scoring above this are positives.
     pseudo_low: pseudo-labels scoring in [pseudo_low, pseudo_positive] are ignore regions.
     jobs: worker processes decoding and encoding videos.
@@ -166,25 +168,23 @@ def build_datasets(
     jobs=jobs,
   )
   problems: list[str] | None = [] if keep_going else None
-  options = builders.BuildOptions(
+  options = examples.BuildOptions(
     context=context, clip_short_side=clip_short_side, jpeg_quality=jpeg_quality, progress=progress
   )
   if video_folder:
     out = out or os.path.join(video_folder, 'tfds')
-    actions, entries = builders.scan_video_folder(video_folder, exclude=out)
+    actions, entries = sources.scan_video_folder(video_folder, exclude=out)
     todo_names = [(name, 'action_clips')]
     vocab = None
     source = os.path.abspath(video_folder)
   else:
     out = out or os.path.join(data_root, 'tfds')
     vocab = tps.Vocab.from_root(data_root)
-    entries = builders.list_kinetics_tps(
-      data_root, vocab, frames_root=frames_dir, problems=problems
-    )
+    entries = sources.list_kinetics_tps(data_root, vocab, frames_root=frames_dir, problems=problems)
     actions = vocab.actions
-    todo_names = [(builders.TFDS_NAMES[dataset], dataset) for dataset in datasets]
+    todo_names = [(tfds_layout.TFDS_NAMES[dataset], dataset) for dataset in datasets]
     source = os.path.abspath(data_root)
-  val_videos = builders.split_videos([(e.name, e.action) for e in entries], val_fraction, seed)
+  val_videos = val_split.split_videos([(e.name, e.action) for e in entries], val_fraction, seed)
   shared = {
     'val_videos': val_videos,
     'val_fraction': val_fraction,
@@ -206,7 +206,9 @@ def build_datasets(
       dataset, shared, context=context, pseudo=pseudo, clip_short_side=clip_short_side
     )
     if _reuse(out, tfds_name, settings, overwrite):
-      say(f'{builders.dataset_dir(out, tfds_name)}: already built, kept (--overwrite to rebuild)')
+      say(
+        f'{tfds_layout.dataset_dir(out, tfds_name)}: already built, kept (--overwrite to rebuild)'
+      )
     else:
       todo.append((tfds_name, dataset, settings))
   if not todo:
@@ -214,7 +216,7 @@ def build_datasets(
   labels = None
   if pseudo_labels and any(dataset == 'parts' for _, dataset, _ in todo):
     labels = _pseudo_labels(pseudo_labels, entries, set(val_videos), say)
-  maker = builders.ExampleMaker(
+  maker = examples.ExampleMaker(
     options,
     vocab=vocab,
     keep_going=keep_going,
@@ -224,7 +226,7 @@ def build_datasets(
   )
   found: list[str] = []
   tfds.disable_progress_bar()
-  with builders.worker_pool(maker, jobs) as pool:
+  with tfds_builder.worker_pool(maker, jobs) as pool:
     for tfds_name, dataset, settings in todo:
       metadata = {
         'settings': settings,
@@ -232,9 +234,9 @@ def build_datasets(
         'actions': list(actions),
         'states': list(vocab.states if vocab else ()),
         'parts': list(tps.PARTS),
-        'version': builders.VERSION,
+        'version': tfds_layout.VERSION,
       }
-      builder = builders.builder_class(tfds_name, dataset)(
+      builder = tfds_builder.builder_class(tfds_name, dataset)(
         entries=entries,
         val_videos=val_videos,
         maker=maker,
@@ -250,9 +252,9 @@ def build_datasets(
         contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()),
       ):
         builder.download_and_prepare(download_dir=download_dir)
-      directory = builders.dataset_dir(out, tfds_name)
+      directory = tfds_layout.dataset_dir(out, tfds_name)
       if dataset == 'part_states':
-        builders.write_state_tables(directory)
+        tfds_layout.write_state_tables(directory)
       counts = ', '.join(
         f'{split} {info.num_examples}' for split, info in sorted(builder.info.splits.items())
       )
@@ -281,8 +283,8 @@ def _settings(
 
 def _reuse(out: str, name: str, settings: dict, overwrite: bool) -> bool:
   """True when `name` is built with `settings` and kept; removes it for overwrite."""
-  directory = builders.dataset_dir(out, name)
-  if not builders.is_built(out, name):
+  directory = tfds_layout.dataset_dir(out, name)
+  if not tfds_layout.is_built(out, name):
     return False
   if overwrite:
     shutil.rmtree(directory)
@@ -301,13 +303,13 @@ def _reuse(out: str, name: str, settings: dict, overwrite: bool) -> bool:
 
 def _pseudo_labels(
   path: str,
-  entries: Sequence[builders.VideoEntry],
+  entries: Sequence[sources.VideoEntry],
   val_videos: set[str],
   say: Callable[[str], None],
-) -> builders.PseudoLabels:
+) -> pseudo_lib.PseudoLabels:
   """The pseudo-labels of the train videos' annotated frames (val keeps its ground
   truth only); says how many entries are used and why the others are not."""
-  labels = builders.load_pseudo_labels(path)
+  labels = pseudo_lib.load_pseudo_labels(path)
   frames = {(e.name, index) for e in entries if e.name not in val_videos for index in e.annotated}
   used = {key: value for key, value in labels.items() if key[:2] in frames}
   in_val = sum(1 for key in labels if key[0] in val_videos)

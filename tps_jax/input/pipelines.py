@@ -3,7 +3,7 @@
   make_pipeline(dataset, config, split, *, train, seed=0, shard=(0, 1), batch_size=None)
       -> grain DatasetIterator of dict batches of numpy arrays
 
-reads a TFDS dataset that `python -m data_prep.build` wrote (tps_jax/data/builders.py:
+reads a TFDS dataset that `python -m data_prep.build` wrote (tps_jax/data/tfds_layout.py:
 `dataset` is one of its DATASETS, stored as tps_<dataset> or `data.tfds_name`;
 `dataset_metadata(dataset, config)` gives its vocabularies):
 
@@ -47,7 +47,7 @@ reading fields):
   224), `flip` (left/right parts swap rows with their states), `box_jitter` (each box
   side moves by up to this fraction of the box size), `color_jitter` (brightness,
   contrast, saturation factors in [1 - c, 1 + c]), `balance_states` (train examples
-  drawn with state-balancing weights, tps_jax/data/resample.py).
+  drawn with state-balancing weights, tps_jax/input/resample.py).
 - `action_clips`: `num_frames` T, `frame_stride`, `image_size` S, `crop_area` (train: random
   crop of this fraction of the frame's area, aspect in [3/4, 4/3], resized to S x S),
   `flip`, `resize` (eval: short side resized to this, centre crop S x S; 0: S).
@@ -75,9 +75,10 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from tps_jax.data import augment, builders, resample, tfds_dirs
+from tps_jax.data import augment, tfds_dirs, tfds_layout
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data.video import decode_jpeg
+from tps_jax.input import resample
 
 # Where a dataset is and how it is read: every pipeline's fields.
 READ_FIELDS = (
@@ -154,7 +155,7 @@ def _hw(size) -> tuple[int, int]:
 
 def dataset_path(dataset: str, settings) -> str:
   """The folder of the newest version of a dataset; FileNotFoundError if none."""
-  name = settings.tfds_name or builders.TFDS_NAMES[dataset]
+  name = settings.tfds_name or tfds_layout.TFDS_NAMES[dataset]
   folder = os.path.join(settings.tfds_dir or os.path.join(settings.root, 'tfds'), name)
   versions = []
   if os.path.isdir(folder):
@@ -465,7 +466,7 @@ def make_pipeline(
       )
     order_seed, augment_seed = _process_seeds(seed, index)
     if dataset == 'part_states' and settings.balance_states:
-      table = builders.state_table(directory, split)
+      table = tfds_layout.state_table(directory, split)
       table = (table if subset is None else table[subset])[index::count]
       examples = resample.WeightedResampleDataset(
         examples, resample.state_balancing_weights(table), seed=order_seed

@@ -34,8 +34,9 @@ from collections.abc import Iterable, Sequence
 import av
 
 from tps_jax.data import kinetics_tps as tps
-from tps_jax.data import processes, submission
+from tps_jax.data import submission
 from tps_jax.data.video import VideoError
+from tps_jax.datasets import processes
 
 SETTINGS_FILE = 'extract_frames.json'
 TMP_PREFIX = '.tmp-'
