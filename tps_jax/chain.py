@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tps_jax.train import settings, trainer
+from tps_jax.train.distributed import initialize_distributed, say
 
 # Stage name -> (the dataset it trains on, the eval metric reported).
 STAGES = {
@@ -53,10 +54,6 @@ REPORT_DIR = 'report'  # WORKDIR/predictions/report/index.html: the system's err
 
 class ChainError(RuntimeError):
   """A chain config that cannot run (one line)."""
-
-
-def say(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 def load_stage_config(spec: str):
@@ -348,7 +345,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
-  trainer.initialize_distributed(**distributed)
+  initialize_distributed(**distributed)
   try:
     trainer.prepare_workdir(workdir)
     results = run_chain(config, workdir)

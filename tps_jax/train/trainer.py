@@ -32,10 +32,10 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing, settings, sharding
+from tps_jax.train.distributed import initialize_distributed, say
 from tps_jax.train.metric_writer import MetricWriter, Progress
 from tps_jax.train.optim import ema_update, make_optimizer
 from tps_jax.train.state import TrainState
@@ -43,14 +43,6 @@ from tps_jax.train.state import TrainState
 PyTree = Any
 # Stopped by SIGTERM after saving a checkpoint: sysexits' "temporary failure, retry".
 PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL
-
-
-def say(message: str) -> None:
-  """A line on the console from process 0 (absl INFO is silenced by `run_cli`), above
-  the progress bar when there is one."""
-  logging.info(message)
-  if jax.process_index() == 0:
-    tqdm.write(message, file=sys.stderr)
 
 
 LOG_FILE = 'log.txt'  # WORKDIR/log.txt: what is too long for the console
@@ -93,36 +85,6 @@ def prepare_workdir(workdir: str) -> str:
       f'--workdir={workdir}: cannot write there ({e.strerror}); give a directory you can write to'
     ) from None
   return workdir
-
-
-def initialize_distributed(
-  *,
-  multihost: bool = False,
-  coordinator_address: str = '',
-  num_processes: int = 0,
-  process_id: int = -1,
-) -> None:
-  """Calls `jax.distributed.initialize` when asked by flags or JAX_* env vars.
-
-  Arguments left empty fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID, then to JAX's own cluster auto-detection (SLURM, TPU pods, ...).
-  """
-  env = os.environ
-  coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS', '')
-  num_processes = num_processes or int(env.get('JAX_NUM_PROCESSES', 0))
-  if process_id < 0:
-    process_id = int(env.get('JAX_PROCESS_ID', -1))
-  if not (multihost or coordinator_address):
-    return
-  jax.distributed.initialize(
-    coordinator_address=coordinator_address or None,
-    num_processes=num_processes or None,
-    process_id=None if process_id < 0 else process_id,
-  )
-  say(
-    f'process {jax.process_index()} of {jax.process_count()}: '
-    f'{jax.local_device_count()} local / {jax.device_count()} global devices'
-  )
 
 
 def _config_get(config, dotted: str, default):
