@@ -101,7 +101,7 @@ def data(**fields: Any) -> ml_collections.ConfigDict:
 
 
 # Cascade R-CNN with an FPN as mmdetection trains it (tps_jax/models/cascade_rcnn.py
-# `make_settings('mmdet')`): every RPN / RoI field is written here, so that any can be
+# `make_specs('mmdet')`): every RPN / RoI field is written here, so that any can be
 # set on the command line (--config.model.roi.num_convs=4).
 # Box deltas' log-scale clip: log(1000 / 16), mmdetection's and torchvision's.
 LOG_SCALE_CLIP = math.log(1000.0 / 16)

@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'backbone': 'resnext101_32x4d',
       'backbone_overrides': {'frozen_stages': 1},
       'neck': {'out_channels': 256},
-      'head': {},  # tps_jax.models.gfl.GFLSettings fields
+      'head': {},  # tps_jax.models.gfl.GFLSpec fields
     }
   )
   if 'v2' in variants:

@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'backbone_overrides': {'frozen_stages': 1},
       'convention': 'mmdet',  # 'torchvision' for torchvision's weights
       'neck': {'out_channels': 256},
-      'head': {},  # tps_jax.models.retinanet.RetinaNetSettings fields
+      'head': {},  # tps_jax.models.retinanet.RetinaNetSpec fields
     }
   )
   if 'tiny' in variants:

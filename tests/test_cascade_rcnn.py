@@ -632,11 +632,11 @@ def test_the_configs_write_mmdetections_cascade_settings():
   # configs/common.py writes every RPN / RoI value rather than reading them from the
   # model: they must stay the model's 'mmdet' convention.
   from configs import common
-  from tps_jax.models.cascade_rcnn import make_settings
+  from tps_jax.models.cascade_rcnn import make_specs
 
-  rpn, roi = make_settings('mmdet')
+  rpn, roi = make_specs('mmdet')
   want_rpn = {f.name: getattr(rpn, f.name) for f in dataclasses.fields(rpn) if f.name != 'anchors'}
   got_rpn = {k: v for k, v in common.CASCADE_RCNN_RPN.items() if k != 'anchors'}
   assert got_rpn == want_rpn
-  assert make_settings('mmdet', common.CASCADE_RCNN_RPN)[0] == rpn
+  assert make_specs('mmdet', common.CASCADE_RCNN_RPN)[0] == rpn
   assert common.CASCADE_RCNN_ROI == {f.name: getattr(roi, f.name) for f in dataclasses.fields(roi)}

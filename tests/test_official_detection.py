@@ -42,7 +42,7 @@ from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data import build, pipelines
 from tps_jax.data.video import encode_jpeg
 from tps_jax.models import gfl
-from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings
+from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISpec
 from tps_jax.models.resnet import BatchNorm
 from tps_jax.train import settings
 
@@ -107,12 +107,12 @@ def test_batchnorm_statistics_count_only_the_masked_rows():
 
 
 def test_roi_settings_name_an_unknown_norm_or_loss():
-  with pytest.raises(ValueError, match='RoISettings.norm'):
-    RoISettings(norm='sync')
-  with pytest.raises(ValueError, match='RoISettings.box_loss'):
-    RoISettings(box_loss='iou')
-  with pytest.raises(ValueError, match='RoISettings.bn_mode'):
-    RoISettings(bn_mode='global')
+  with pytest.raises(ValueError, match='RoISpec.norm'):
+    RoISpec(norm='sync')
+  with pytest.raises(ValueError, match='RoISpec.box_loss'):
+    RoISpec(box_loss='iou')
+  with pytest.raises(ValueError, match='RoISpec.bn_mode'):
+    RoISpec(bn_mode='global')
 
 
 def test_batchnorm_heads_train_with_the_batch_statistics(official_heads):

@@ -71,8 +71,8 @@ def make_anchors(value) -> ops.AnchorGenerator:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetinaNetSettings:
-  """Static head settings (defaults: mmdetection's retinanet_r50_fpn_1x_coco)."""
+class RetinaNetSpec:
+  """The head's hyper-parameters, static (defaults: mmdetection's retinanet_r50_fpn_1x_coco)."""
 
   anchors: ops.AnchorGenerator = ops.AnchorGenerator.mmdet(
     strides=(8, 16, 32, 64, 128), ratios=(0.5, 1.0, 2.0), octave_base_scale=4, scales_per_octave=3
@@ -106,10 +106,10 @@ class RetinaNetSettings:
   def __post_init__(self):
     object.__setattr__(self, 'anchors', make_anchors(self.anchors))
     if self.box_loss not in ('l1', 'smooth_l1'):
-      raise ValueError(f"RetinaNetSettings.box_loss: {self.box_loss!r} is not 'l1' or 'smooth_l1'")
+      raise ValueError(f"RetinaNetSpec.box_loss: {self.box_loss!r} is not 'l1' or 'smooth_l1'")
     if len(set(self.anchors.num_anchors_per_location)) != 1:
       raise ValueError(
-        'RetinaNetSettings: the shared head needs the same number of anchors '
+        'RetinaNetSpec: the shared head needs the same number of anchors '
         f'on every level, got {self.anchors.num_anchors_per_location}'
       )
 
@@ -360,7 +360,7 @@ class RetinaNet(OneStageDetector):
   """One-stage detector with anchors and focal loss (see the module docstring); head
   outputs: logits (B, A, classes), deltas (B, A, 4)."""
 
-  settings: RetinaNetSettings = RetinaNetSettings()
+  settings: RetinaNetSpec = RetinaNetSpec()
 
   def setup(self):
     s = self.settings
@@ -431,7 +431,7 @@ def retinanet_loss(
   gt_labels,
   gt_valid,
   gt_ignore,
-  settings: RetinaNetSettings,
+  settings: RetinaNetSpec,
 ) -> dict[str, jax.Array]:
   """RetinaNet's losses from head outputs and clean targets (see the module docstring).
 
@@ -480,9 +480,9 @@ def retinanet_loss(
   }
 
 
-def make_settings(
+def make_specs(
   convention: str = 'mmdet', head: Mapping[str, Any] | None = None
-) -> tuple[dict, RetinaNetSettings]:
+) -> tuple[dict, RetinaNetSpec]:
   """(FPN fields, head settings) of a convention ('mmdet' | 'torchvision'), with overrides."""
   if convention not in CONVENTIONS:
     raise ValueError(
@@ -490,7 +490,7 @@ def make_settings(
     )
   neck, base = CONVENTIONS[convention]
   head = hashable(head or {})
-  return dict(neck), RetinaNetSettings(**{**base, **head})
+  return dict(neck), RetinaNetSpec(**{**base, **head})
 
 
 def build_retinanet(
@@ -510,10 +510,10 @@ def build_retinanet(
     convention: 'mmdet' or 'torchvision' (`CONVENTIONS`), before the overrides.
     backbone_overrides: fields of the backbone.
     neck: fields of `detector_backbone.build_neck` (default: C3-C5 inputs, 2 extra levels).
-    head: fields of `RetinaNetSettings` ('anchors' may be a mapping of
+    head: fields of `RetinaNetSpec` ('anchors' may be a mapping of
       `AnchorGenerator.mmdet` arguments).
   """
-  neck_base, settings = make_settings(convention, head)
+  neck_base, settings = make_specs(convention, head)
   neck_fields = {'in_keys': FPN_INPUTS, 'num_extra': 2, **neck_base, **hashable(neck or {})}
   return RetinaNet(
     backbone=detector_backbone.build_backbone(
