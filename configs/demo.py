@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     }
   )
   config.allow_config_change = False  # resume stages whose settings changed
-  # The end-to-end evaluation (tps_jax/inference/pipeline.py Settings): the synthetic
+  # The end-to-end evaluation (`settings`: tps_jax/inference/pipeline_options.py): the synthetic
   # frames hold at most three people; one proposal per part.
   config.pipeline = ml_collections.ConfigDict(
     {

@@ -16,8 +16,8 @@ is an application above the trainer, which knows nothing of it. A chain config h
 - `allow_config_change`: passed to every stage (a resume whose settings changed
   refuses otherwise, tps_jax/train/settings.py);
 - `pipeline` (optional): the end-to-end evaluation, once all four networks are
-  trained: their bundle (WORKDIR/bundle, `settings` as tps_jax/inference/pipeline.py's
-  Settings), the `split` it parses (WORKDIR/predictions, resumable), scored with the
+  trained: their bundle (WORKDIR/bundle, `settings`: the fields of
+  tps_jax/inference/pipeline_options.py's PipelineOptions), the `split` it parses (WORKDIR/predictions, resumable), scored with the
   oracle ablation (tps_jax/inference/ablation.py) and the part-state network's top-1
   with the ground-truth and with the predicted action; the system's error-analysis page
   (tps_jax/metrics/report_page.py) goes to WORKDIR/predictions/report/index.html.
@@ -215,17 +215,17 @@ def evaluate_end_to_end(config, workdir: str, root: str, results: dict[str, Any]
   and scores them; also the part-state top-1 with the predicted action."""
   # pylint: disable=g-import-not-at-top
   from tps_jax.data import submission
-  from tps_jax.inference import ablation, bundle, part_states, pipeline, runner, videos
+  from tps_jax.inference import ablation, bundle, part_states, pipeline_options, runner, videos
 
   exports = {name: results[name]['export'] for name in STAGES}
-  settings = pipeline.Settings.from_dict(config.pipeline.settings.to_dict())
+  options = pipeline_options.PipelineOptions.from_dict(config.pipeline.settings.to_dict())
   bundle_dir = bundle.write_bundle(
     os.path.join(workdir, BUNDLE_DIR),
     humans=exports['human_detector'],
     parts=exports['part_detector'],
     states=exports['part_state'],
     actions=[exports['action']],
-    settings=settings,
+    options=options,
     overwrite=True,
   )
   parsed = bundle.load_bundle(bundle_dir)

@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from tps_jax import cli
 from tps_jax.inference import export as export_lib
 from tps_jax.inference import views
-from tps_jax.inference.pipeline import parse_scales
+from tps_jax.inference.pipeline_options import parse_scales
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.tasks.detection import content_shape
 from tps_jax.train import checkpointing

@@ -134,7 +134,7 @@ def run(argv) -> int:
   oracle = pipeline_lib.parse_oracle(_ORACLE.value)
   dtype = jax.numpy.bfloat16 if _BF16.value else jax.numpy.float32
   pipeline = bundle_lib.load_bundle(
-    _BUNDLE.value, dtype=dtype, settings=_settings_overrides(_SET.value)
+    _BUNDLE.value, dtype=dtype, options=_settings_overrides(_SET.value)
   )
   problems: list[str] = []
   try:

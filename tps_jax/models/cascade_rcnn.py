@@ -120,7 +120,7 @@ class RoISpec:
         )
 
 
-# Settings that make the model compute what each library computes.
+# The specs that make the model compute what each library computes.
 CONVENTIONS = {
   'mmdet': (dict(), dict()),
   'torchvision': (
