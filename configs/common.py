@@ -76,7 +76,7 @@ def trainer(
     }
   )
   # Resume a workdir although settings that change what it trains differ from those
-  # it was started with (tps_jax/train/settings.py).
+  # it was started with (tps_jax/train/run_config.py).
   config.allow_config_change = False
   return config
 

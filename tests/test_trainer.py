@@ -15,7 +15,7 @@ import pytest
 
 from tests import toy_task as toy
 from tps_jax.inference.export import read_config, read_variables
-from tps_jax.train import checkpointing, settings, trainer
+from tps_jax.train import checkpointing, run_config, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,7 +191,7 @@ def test_incompatible_checkpoint_names_workdir_and_leaf(tmp_path):
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(toy_config(total_steps=2, eval_steps=0), workdir)
   bigger = toy_config(total_steps=4, eval_steps=0, model__hidden=32)
-  with pytest.raises(settings.SettingsError, match='model.hidden 16 -> 32'):
+  with pytest.raises(run_config.RunConfigError, match='model.hidden 16 -> 32'):
     trainer.train_and_evaluate(bigger, workdir)
   # Told to accept the change, the checkpoint itself is found not to fit.
   bigger.allow_config_change = True

@@ -14,7 +14,7 @@ is an application above the trainer, which knows nothing of it. A chain config h
   Swin from the part-state network's, inflated to 3D as a Video Swin starts from an
   image Swin);
 - `allow_config_change`: passed to every stage (a resume whose settings changed
-  refuses otherwise, tps_jax/train/settings.py);
+  refuses otherwise, tps_jax/train/run_config.py);
 - `pipeline` (optional): the end-to-end evaluation, once all four networks are
   trained: their bundle (WORKDIR/bundle, `settings`: the fields of
   tps_jax/inference/pipeline_options.py's PipelineOptions), the `split` it parses (WORKDIR/predictions, resumable), scored with the
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tps_jax.train import settings, trainer
+from tps_jax.train import run_config, trainer
 from tps_jax.train.distributed import initialize_distributed, say
 
 # Stage name -> (the dataset it trains on, the eval metric reported).
@@ -73,14 +73,14 @@ def apply_overrides(stage_config, name: str, overrides) -> None:
   value}} for that stage only (fields nested as in the stage config). A field the stage
   config does not have is refused."""
   chosen = {}
-  for field, value in settings.flatten(overrides).items():
+  for field, value in run_config.flatten(overrides).items():
     stage, _, rest = field.partition('.')
     if stage in STAGES:
       if stage == name and rest:
         chosen[rest] = value
     elif value != {}:
       chosen[field] = value
-  unknown = sorted(set(chosen) - set(settings.flatten(stage_config)))
+  unknown = sorted(set(chosen) - set(run_config.flatten(stage_config)))
   if unknown:
     raise ChainError(f'config.stage_overrides: no such stage config field {unknown[0]!r}')
   stage_config.update_from_flattened_dict(chosen)
@@ -357,7 +357,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
     from tps_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
 
     if isinstance(
-      e, (ExportError, RunError, checkpointing.CheckpointError, settings.SettingsError)
+      e, (ExportError, RunError, checkpointing.CheckpointError, run_config.RunConfigError)
     ):
       sys.exit(f'error: {e}')
     raise

@@ -9,7 +9,7 @@ Config fields read here: task, seed, total_steps, batch_size (global),
 grad_accum_steps, log_steps, checkpoint_steps, keep_checkpoints, eval_steps (0: no
 eval), bf16, mesh.model, optim.* (see optim.py), init_from: a path or
 {path, include, exclude, prefix} (path '' = off; see `_init_from`),
-allow_config_change (see settings.py); configs/common.py's `trainer()` writes them all.
+allow_config_change (see run_config.py); configs/common.py's `trainer()` writes them all.
 
 Interruptions: SIGTERM saves a checkpoint at the step boundary and the process exits
 with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL: rerun to resume), which a scheduler can
@@ -34,7 +34,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from tps_jax.tasks import base as tasks_lib
-from tps_jax.train import checkpointing, settings, sharding
+from tps_jax.train import checkpointing, run_config, sharding
 from tps_jax.train.distributed import initialize_distributed, say
 from tps_jax.train.metric_writer import MetricWriter, Progress
 from tps_jax.train.optim import ema_update, make_optimizer
@@ -378,11 +378,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Returns a summary: {'step', 'preempted', 'eval': final eval metrics, 'export'}.
   """
-  settings.check_counts(config)
+  run_config.check_counts(config)
   workdir = prepare_workdir(workdir)
   # The settings first: a refused resume should not wait for the model or the data.
   if checkpointing.saved_steps(workdir):
-    for line in settings.check_resume(workdir, config):
+    for line in run_config.check_resume(workdir, config):
       say(line)
   compute_dtype = jnp.bfloat16 if config.get('bf16', False) else jnp.float32
   try:
@@ -415,7 +415,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     for line in report:
       say(line)
     if state is not None:
-      settings.check_total_steps(config, restored_step, workdir)
+      run_config.check_total_steps(config, restored_step, workdir)
       say(f'resumed {workdir} from step {restored_step}')
     else:
       state = jax.jit(init_state, out_shardings=state_shardings)(rng)
@@ -424,7 +424,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     manager.close()  # joins orbax's start-up threads, which an exit would interrupt
     raise
   if jax.process_index() == 0:  # the settings this workdir now trains with
-    settings.store(workdir, config)
+    run_config.store(workdir, config)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
@@ -544,7 +544,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   except (
     TrainingError,
     checkpointing.CheckpointError,
-    settings.SettingsError,
+    run_config.RunConfigError,
     FileNotFoundError,
   ) as e:
     sys.exit(f'error: {e}')
