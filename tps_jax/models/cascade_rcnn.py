@@ -45,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models import rpn as rpn_lib
-from tps_jax.models.fields import hashable
 from tps_jax.models.resnet import BatchNorm
 
 Dtype = Any

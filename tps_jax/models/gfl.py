@@ -48,8 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
-from tps_jax.models.fields import hashable
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models.retinanet import (
   FPN_INPUTS,
   ConvTower,

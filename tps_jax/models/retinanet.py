@@ -45,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models.cascade_rcnn import clean_targets
-from tps_jax.models.fields import hashable
 
 Dtype = Any
 
