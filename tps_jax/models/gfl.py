@@ -48,12 +48,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone, hashable
+from tps_jax.models import hashable
 from tps_jax.models.retinanet import (
   FPN_INPUTS,
   ConvTower,
   OneStageDetector,
+  assemble,
   big_enough,
+  builder_fields,
   flatten_levels,
   head_init,
   image_shapes,
@@ -351,26 +353,10 @@ def build_gfl(
     'num_extra': 2,
     **hashable(neck or {}),
   }
-  settings = GFLSpec(**hashable(head or {}))
-  return GFL(
-    backbone=detector_backbone.build_backbone(
-      backbone, dtype=dtype, **hashable(backbone_overrides or {})
-    ),
-    neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
-    num_classes=num_classes,
-    settings=settings,
-    dtype=dtype,
-  )
+  spec = GFLSpec(**hashable(head or {}))
+  return assemble(GFL, backbone, num_classes, spec, neck_fields, backbone_overrides, dtype)
 
 
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> GFL:
   """The detection task's builder (`config.model.family = 'gfl'`)."""
-  get = lambda name: hashable(model_config.get(name)) or {}
-  return build_gfl(
-    model_config.backbone,
-    num_classes,
-    backbone_overrides=get('backbone_overrides'),
-    neck=get('neck'),
-    head=get('head'),
-    dtype=dtype,
-  )
+  return build_gfl(model_config.backbone, num_classes, dtype=dtype, **builder_fields(model_config))

@@ -512,28 +512,38 @@ def build_retinanet(
     head: fields of `RetinaNetSpec` ('anchors' may be a mapping of
       `AnchorGenerator.mmdet` arguments).
   """
-  neck_base, settings = make_specs(convention, head)
+  neck_base, spec = make_specs(convention, head)
   neck_fields = {'in_keys': FPN_INPUTS, 'num_extra': 2, **neck_base, **hashable(neck or {})}
-  return RetinaNet(
+  return assemble(RetinaNet, backbone, num_classes, spec, neck_fields, backbone_overrides, dtype)
+
+
+def assemble(cls, backbone: str, num_classes: int, spec, neck_fields, backbone_overrides, dtype):
+  """A one-stage detector `cls` (RetinaNet, GFL): the backbone `backbone` with its
+  overrides, the FPN of `neck_fields` and a head of `spec`."""
+  return cls(
     backbone=detector_backbone.build_backbone(
       backbone, dtype=dtype, **hashable(backbone_overrides or {})
     ),
     neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
     num_classes=num_classes,
-    settings=settings,
+    settings=spec,
     dtype=dtype,
   )
 
 
+def builder_fields(model_config) -> dict[str, Any]:
+  """A one-stage builder's overrides from `config.model`: backbone_overrides, neck, head."""
+  return {
+    name: hashable(model_config.get(name)) or {} for name in ('backbone_overrides', 'neck', 'head')
+  }
+
+
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> RetinaNet:
   """The detection task's builder (`config.model.family = 'retinanet'`)."""
-  get = lambda name: hashable(model_config.get(name)) or {}
   return build_retinanet(
     model_config.backbone,
     num_classes,
     convention=model_config.get('convention', 'mmdet'),
-    backbone_overrides=get('backbone_overrides'),
-    neck=get('neck'),
-    head=get('head'),
     dtype=dtype,
+    **builder_fields(model_config),
   )
