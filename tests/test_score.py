@@ -1,4 +1,4 @@
-"""The challenge score, pinned rule by rule with hand-computed cases (kinetics_tps.md)."""
+"""The challenge score, pinned rule by rule with hand-computed cases (docs/score.md)."""
 
 import numpy as np
 import pytest
