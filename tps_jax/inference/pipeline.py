@@ -41,7 +41,7 @@ also see the mirrored crop (boxes mirrored, parts exchanged), its logits average
 back in the parts' order. A stage given several exports (same model, vocabularies and
 preprocessing) runs them vmapped over their stacked variables: detections merged as
 views, logits averaged. Views that would not fit in memory are refused before
-compiling (`check_view_memory`). With the defaults (one scale, no flip, one export)
+compiling (pipeline_checks.py `check_view_memory`). With the defaults (one scale, no flip, one export)
 the program is the one without views.
 
 Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
