@@ -204,3 +204,19 @@ def test_configs_import_no_library_code():
     if name == PACKAGE or name.startswith(f'{PACKAGE}.')
   ]
   assert not found, '\n'.join(found)
+
+
+def test_inference_does_not_pull_in_the_trainer():
+  # Loading an export and predicting need the trainer's checkpoints, not the trainer:
+  # `predict` and the inference modules reach neither it nor a package that imports it.
+  graph = import_graph()
+  starts = ['tps_jax.predict', *(m for m in graph if m.startswith('tps_jax.inference'))]
+  seen, stack = set(), list(starts)
+  while stack:
+    module = stack.pop()
+    if module not in seen:
+      seen.add(module)
+      stack += graph[module]
+      parent = module.rsplit('.', 1)[0]  # importing a module runs its package first
+      stack += [parent] if parent in graph else []
+  assert 'tps_jax.train.trainer' not in seen
