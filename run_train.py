@@ -76,7 +76,7 @@ def main(argv):
   if 'stages' in _CONFIG.value:
     from tps_jax.chain import run_cli  # pylint: disable=g-import-not-at-top
   else:
-    from tps_jax.train import run_cli  # pylint: disable=g-import-not-at-top
+    from tps_jax.train.trainer import run_cli  # pylint: disable=g-import-not-at-top
   run_cli(
     _CONFIG.value,
     _WORKDIR.value,

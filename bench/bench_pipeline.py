@@ -51,6 +51,7 @@ from tps_jax.inference import bundle as bundle_lib  # pylint: disable=wrong-impo
 from tps_jax.inference import export as export_lib  # pylint: disable=wrong-import-position
 from tps_jax.inference import geometry  # pylint: disable=wrong-import-position
 from tps_jax.inference import pipeline as pipeline_lib  # pylint: disable=wrong-import-position
+from tps_jax.inference.pipeline_options import PipelineOptions  # pylint: disable=wrong-import-position
 
 STATES = tuple(f'state_{i}' for i in range(74))  # Kinetics-TPS: 74 states, 24 actions
 ACTIONS = tuple(f'action_{i}' for i in range(24))
@@ -92,7 +93,7 @@ def make_pipeline(size: str, args, folder: str) -> pipeline_lib.Pipeline:
     exports[kind] = export_lib.write_random_export(
       os.path.join(folder, kind), config, metadata, seed=i
     )
-  settings = pipeline_lib.Settings(
+  settings = PipelineOptions(
     **VIEWS[args.views],
     max_humans=args.max_humans,
     proposals_per_part=args.proposals_per_part,
@@ -106,7 +107,7 @@ def make_pipeline(size: str, args, folder: str) -> pipeline_lib.Pipeline:
     parts=exports['part_detector'],
     states=exports['part_state'],
     actions=[exports['action']],
-    settings=settings,
+    options=settings,
   )
   return bundle_lib.load_bundle(path, dtype=jnp.bfloat16 if args.bf16 else jnp.float32)
 
@@ -122,7 +123,7 @@ def frames_on_canvas(pipeline, frame_hw, batch: int, seed: int = 0):
 
 def staged(pipeline: pipeline_lib.Pipeline):
   """The three per-frame networks as separate jitted calls, host glue in between."""
-  nets, settings = pipeline.nets, pipeline.settings
+  nets, settings = pipeline.nets, pipeline.options
   variables = jax.device_put(pipeline.variables)
   humans = jax.jit(lambda v, x, s: nets.humans.apply(v, x, s, train=False))
   parts = jax.jit(lambda v, x, s: nets.parts.apply(v, x, s, train=False))
@@ -255,8 +256,8 @@ flags.register_validator(
   'sizes', lambda sizes: set(sizes) <= set(SIZES), f'each size must be one of {", ".join(SIZES)}'
 )
 flags.DEFINE_integer('frame_batch', 8, 'Frames per call.')
-flags.DEFINE_integer('max_humans', 10, 'Settings.max_humans.')
-flags.DEFINE_integer('proposals_per_part', 1, 'Settings.proposals_per_part.')
+flags.DEFINE_integer('max_humans', 10, 'PipelineOptions.max_humans.')
+flags.DEFINE_integer('proposals_per_part', 1, 'PipelineOptions.proposals_per_part.')
 flags.DEFINE_integer('repeats', 3, 'Timed calls.')
 flags.DEFINE_integer('warmup', 1, 'Untimed calls first.')
 flags.DEFINE_bool('bf16', False, 'bf16 compute.')

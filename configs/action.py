@@ -8,8 +8,8 @@ r"""Action recogniser: Video Swin-B fine-tuned on Kinetics-TPS from its pre-trai
   python -m tps_jax.evaluate_action --export WORKDIR/export,... --data_root DATA \
       --split test --out SUBMISSION_DIR        # writes pred_vid_result.json
 
-Expected: top-1 ~0.93 (the report's action accuracy, with test-time augmentation and
-an ensemble of checkpoints). `init_from` takes the pre-training (configs/action_pretrain.py:
+The report's recogniser reached 93% top-1 with test-time augmentation and an ensemble
+of checkpoints. `init_from` takes the pre-training (configs/action_pretrain.py:
 the report pre-trained on Something-Something, Kinetics was not allowed) without its
 head; the classes are read from the dataset.
 
@@ -26,9 +26,9 @@ configs/part_state.py:tiny (the demo, configs/demo.py, runs exactly this chain):
       --config.init_from.source_prefix=backbone/
 
 Expected: the `action` rows of the README's Quickstart (top-1 and `+views`, 2 clips x 3
-crops; chance 0.167), measured over three seeds of the demo, which runs this chain: it
-learns from some seeds and stays near chance from others; from scratch the same network
-stays near chance.
+crops), measured over three seeds of the demo, which runs this chain: it learns from
+some seeds and stays near chance from others; from scratch the same network stays near
+chance.
 """
 
 from __future__ import annotations

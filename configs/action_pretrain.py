@@ -6,9 +6,8 @@ r"""Action recogniser pre-training: Video Swin-B on a generic video classificati
   python run_train.py --config=configs/action_pretrain.py --workdir=WORKDIR_PRE \
       --config.data.root=SSV2
 
-Expected: `eval_top1` ~0.65-0.70 on the Something-Something v2 validation videos
-(Video Swin-B's published SSv2 result is 0.696; the report gives no pre-training
-figure). The report pre-trained on SSv2 because Kinetics pre-training was not allowed;
+Video Swin-B's published Something-Something v2 top-1 is 69.6%; the report gives no
+pre-training figure. The report pre-trained on SSv2 because Kinetics pre-training was not allowed;
 configs/action.py fine-tunes from WORKDIR_PRE. Any clips dataset with tps_action_clips'
 features works (`data.tfds_name`; `data_prep.build --video_folder` makes one from class
 sub-folders of videos). The network starts from a 2D ImageNet Swin-B inflated to 3D.
@@ -25,9 +24,9 @@ as configs/action.py shows; then the fine-tuning starts from it:
   python run_train.py --config=configs/action.py:tiny --workdir=/tmp/act_ft \
       --config.data.root=/tmp/tps_syn --config.init_from.path=/tmp/act_pre
 
-Expected: `eval_top1` ~0.46 for the pre-training; the fine-tuning from it then reaches
-~0.82 (~0.88 with 2 x 3 views), against the README Quickstart's `action` rows straight
-from the part-state backbone (one run each, not measured over seeds).
+Expected: the README's Training table (row `configs/action_pretrain.py:tiny`) for the pre-training and
+the fine-tuning from it, against the Quickstart's `action` rows straight from the
+part-state backbone (one run each, not measured over seeds).
 """
 
 from __future__ import annotations

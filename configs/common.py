@@ -8,13 +8,12 @@ the config holds, and a missing `data.*` field is an error naming it).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-
-from tps_jax.models import cascade_rcnn
 
 
 def variants(arg: str | None, known: Sequence[str], config_file: str) -> list[str]:
@@ -77,7 +76,7 @@ def trainer(
     }
   )
   # Resume a workdir although settings that change what it trains differ from those
-  # it was started with (tps_jax/train/settings.py).
+  # it was started with (tps_jax/train/run_config.py).
   config.allow_config_change = False
   return config
 
@@ -101,19 +100,67 @@ def data(**fields: Any) -> ml_collections.ConfigDict:
   )
 
 
-def cascade_rcnn_settings(part: str, convention: str = 'mmdet') -> dict[str, Any]:
-  """Every field of a convention's `RPNSettings` (`part='rpn'`) or `RoISettings`
-  (`'roi'`), as config values, so that any can be set on the command line
-  (--config.model.roi.num_convs=4); the RPN's anchors as `AnchorGenerator.mmdet`
-  arguments (mmdetection's Cascade R-CNN: scale 8, ratios 0.5 / 1 / 2, strides 4-64)."""
-  rpn, roi = cascade_rcnn.make_settings(convention)
-  settings = rpn if part == 'rpn' else roi
-  fields = {
-    f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != 'anchors'
-  }
-  if part == 'rpn':
-    fields['anchors'] = {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0), 'scales': (8,)}
-  return fields
+# Cascade R-CNN with an FPN as mmdetection trains it (tps_jax/models/cascade_rcnn.py
+# `make_specs('mmdet')`): every RPN / RoI field is written here, so that any can be
+# set on the command line (--config.model.roi.num_convs=4).
+# Box deltas' log-scale clip: log(1000 / 16), mmdetection's and torchvision's.
+LOG_SCALE_CLIP = math.log(1000.0 / 16)
+CASCADE_RCNN_RPN = {
+  'num_convs': 1,
+  'pre_nms_top_n_train': 2000,
+  'post_nms_top_n_train': 2000,
+  'pre_nms_top_n_test': 1000,
+  'post_nms_top_n_test': 1000,
+  'nms_threshold': 0.7,
+  'min_size': 0.001,
+  'log_scale_clip': LOG_SCALE_CLIP,
+  'pos_iou_thr': 0.7,
+  'neg_iou_thr': 0.3,
+  'min_pos_iou': 0.3,
+  'low_quality_matches': 'mmdet',
+  'allowed_border': 0.0,
+  'ignore_iof_thr': 0.5,
+  'num_samples': 256,
+  'positive_fraction': 0.5,
+  'smooth_l1_beta': 1.0 / 9.0,
+  'cls_weight': 1.0,
+  'box_weight': 1.0,
+  # `AnchorGenerator.mmdet` arguments: scale 8, ratios 0.5 / 1 / 2, strides 4-64.
+  'anchors': {'strides': (4, 8, 16, 32, 64), 'ratios': (0.5, 1.0, 2.0), 'scales': (8,)},
+}
+CASCADE_RCNN_ROI = {
+  'num_stages': 3,
+  'iou_thresholds': (0.5, 0.6, 0.7),  # each stage's positive IoU
+  'box_stds': ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067)),
+  'stage_weights': (1.0, 0.5, 0.25),  # each stage's loss weight
+  'class_agnostic': True,
+  'num_levels': 4,
+  'output_size': 7,
+  'sampling_ratio': 0,
+  'max_sampling_ratio': 4,
+  'aligned': True,
+  'level_rule': 'mmdet',
+  'num_convs': 0,
+  'conv_channels': 256,
+  'norm': 'gn',
+  'bn_mode': 'batch',
+  'num_fcs': 2,
+  'fc_dim': 1024,
+  'num_samples': 512,
+  'positive_fraction': 0.25,
+  'ignore_iof_thr': 0.5,
+  'box_loss': 'smooth_l1',
+  'smooth_l1_beta': 1.0,
+  'cls_weight': 1.0,
+  'box_weight': 1.0,
+  'score_threshold': 0.05,
+  'nms_threshold': 0.5,
+  'max_detections': 100,
+  'max_candidates': None,
+  'min_size': 0.0,
+  'score_average': 'logits',
+  'log_scale_clip': LOG_SCALE_CLIP,
+}
 
 
 def adamw(
@@ -180,8 +227,8 @@ def cascade_rcnn_model(
       'backbone_overrides': backbone_overrides,
       'convention': 'mmdet',
       'neck': {'out_channels': 256},
-      'rpn': cascade_rcnn_settings('rpn'),
-      'roi': cascade_rcnn_settings('roi'),
+      'rpn': copy.deepcopy(CASCADE_RCNN_RPN),
+      'roi': copy.deepcopy(CASCADE_RCNN_ROI),
     }
   )
 

@@ -17,15 +17,15 @@ The demo trains the human detector for 250 steps and the part-state network for 
 (`stage_overrides` below); the part detector and the action recogniser train as their
 `:tiny` configs say. `:smoke` runs the chain on 24 videos for a few steps (what the
 tests run). There is no shorter variant that still learns: with about half the steps
-(200 / 200 / 250 / 500) the part detector's AP50 is 0.09 and the action recogniser is
-at chance (0.21), so every end-to-end row but the oracles' is near zero.
+(200 / 200 / 250 / 500) the part detector barely finds parts and the action recogniser
+stays at chance, so every end-to-end row but the oracles' is near zero.
 
   python run_train.py --config=configs/demo.py --workdir=DIR --config.stage_overrides.seed=1
 
 trains every stage from another seed (`stage_overrides.seed`; the dataset stays the
 same: `data.seed`). Expected: the README's Quickstart, its time and its table, every
-figure the range over seeds 0, 1 and 2; 0.9999 with every stage replaced by the ground
-truth.
+figure the range over seeds 0, 1 and 2; with every stage replaced by the ground truth,
+the best possible score (docs/score.md).
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     {'action': {'from': 'part_state', 'source_prefix': 'backbone/'}}
   )
   # Fewer steps than the :tiny configs for two networks keep the whole system within
-  # about 20 minutes on 2 CPU cores: the human detector (AP50 at 250 steps: the
-  # Quickstart's; 0.83 at 400) and the part-state network (0.96 at 500). Not the part
-  # detector: at 300 steps its AP50 fell from 0.48 to 0.38, and it is already the stage
-  # the end-to-end score loses most to (the gap between the "oracle humans" rows).
+  # about 20 minutes on 2 CPU cores: the human detector (250 steps give the Quickstart's
+  # row, the :tiny 400 little more) and the part-state network (300 steps against the
+  # :tiny 500 of the README's Training table). Not the part detector: 300 steps cost it
+  # a fifth of its AP50, and it is already the stage the end-to-end score loses most to
+  # (the gap between the "oracle humans" rows).
   config.stage_overrides = ml_collections.ConfigDict(
     {
       'seed': 0,  # every stage's training seed: --config.stage_overrides.seed=N
@@ -72,8 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     }
   )
   config.allow_config_change = False  # resume stages whose settings changed
-  # The end-to-end evaluation (tps_jax/inference/pipeline.py Settings): the synthetic
-  # frames hold at most three people; one proposal per part.
+  # The end-to-end evaluation (`settings`: tps_jax/inference/pipeline_options.py): the
+  # synthetic frames hold at most three people; one proposal per part.
   config.pipeline = ml_collections.ConfigDict(
     {
       'split': 'val',

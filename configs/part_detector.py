@@ -9,8 +9,8 @@ r"""Part detector: Cascade R-CNN, Swin-L FPN, the ten body parts, on human crops
   python -m tps_jax.evaluate_detector --config configs/part_detector.py \
       --export WORKDIR/export --split val --config.data.root=DATA
 
-Expected: AP (COCO mAP@[.5:.95]) ~0.571 on the validation crops (the report, Table 1:
-Cascade R-CNN Swin-L, Objects365-initialised, 50k images). `init_from` re-initialises
+The report's Table 1 gives this detector (Cascade R-CNN Swin-L, Objects365-initialised,
+50k images) 57.1% COCO mAP@[.5:.95]. `init_from` re-initialises
 the Objects365 class heads; a checkpoint whose box heads are mmdetection's 4conv1fc
 needs `--config.model.roi.num_convs=4 --config.model.roi.num_fcs=1`.
 
@@ -22,7 +22,8 @@ needs `--config.model.roi.num_convs=4 --config.model.roi.num_fcs=1`.
   python run_train.py --config=configs/part_detector.py:tiny --workdir=/tmp/parts_tiny \
       --config.data.root=/tmp/tps_syn
 
-Expected: AP ~0.11, AP50 ~0.28 (0 at initialisation; the left / right limbs are the
+Expected: the README's Training table (row `configs/part_detector.py:tiny`), which points to the
+Quickstart's `part_detector` row; 0 at initialisation (the left / right limbs are the
 hard part).
 
 `:official`: the official Swin detection release's recipe

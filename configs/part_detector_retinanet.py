@@ -9,8 +9,8 @@ r"""Part detector baseline: RetinaNet, ResNet-50 FPN, the ten body parts, on hum
   python -m tps_jax.evaluate_detector --config configs/part_detector_retinanet.py \
       --export WORKDIR/export --split val --config.data.root=DATA
 
-Expected: AP (COCO mAP@[.5:.95]) ~0.25 on the validation crops when trained on 5k crops
-(the report, Table 1). Data, augmentation and trainer settings are
+The report's Table 1 gives this detector about 25% COCO mAP@[.5:.95] when trained on 5k
+crops. Data, augmentation and trainer settings are
 configs/part_detector.py's (the same crops as the Cascade R-CNN it is compared with).
 torchvision's COCO RetinaNet loads too (`--arch retinanet_resnet50_fpn` with
 `--config.model.convention=torchvision`).
@@ -23,7 +23,7 @@ anchors half mmdetection's size (the synthetic parts are 8-60 pixels).
   python run_train.py --config=configs/part_detector_retinanet.py:tiny \
       --workdir=/tmp/parts_retinanet_tiny --config.data.root=/tmp/tps_syn
 
-Expected: AP50 ~0.10, AP ~0.017.
+Expected: the README's Training table (row `configs/part_detector_retinanet.py:tiny`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'backbone_overrides': {'frozen_stages': 1},
       'convention': 'mmdet',  # 'torchvision' for torchvision's weights
       'neck': {'out_channels': 256},
-      'head': {},  # tps_jax.models.retinanet.RetinaNetSettings fields
+      'head': {},  # tps_jax.models.retinanet.RetinaNetSpec fields
     }
   )
   if 'tiny' in variants:

@@ -6,8 +6,8 @@ r"""Part-state network (report section 2.3, Fig. 2): Swin-L + RoIAlign + attenti
   python run_train.py --config=configs/part_state.py --workdir=WORKDIR \
       --config.data.root=DATA
 
-Expected: `eval_top1` ~0.749 on the validation videos (report Table 3). Table 3's rows
-are variants (config strings, combinable with each other and with `tiny`):
+The report's Table 3 gives this network 74.9% part-state top-1; its rows are variants
+(config strings, combinable with each other and with `tiny`), with the report's top-1:
 
   :no_action,no_roi,no_attention   0.724  (augmentation only)
   :no_roi,no_attention             0.736  (+ action info)
@@ -26,7 +26,8 @@ drops the encoder's attention sub-layers, so parts do not see each other.
   python run_train.py --config=configs/part_state.py:tiny --workdir=/tmp/part_state_tiny \
       --config.data.root=/tmp/tps_syn
 
-Expected: `eval_top1` ~0.94 (chance 0.077, the per-part majority state 0.73).
+Expected: the README's Training table (row `configs/part_state.py:tiny`), beside chance and the per-part
+majority state.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ from tqdm import tqdm
 from tps_jax import cli
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import tfds_dirs
+from tps_jax.inference import export as export_lib
 from tps_jax.input import pipelines
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.train import checkpointing
@@ -118,7 +119,7 @@ def load_detector(config, export: str):
   if not os.path.isdir(os.path.join(export, 'variables')):
     raise PseudoLabelError(f'{export}: no export (variables/ and config.json)')
   task = tasks_lib.get_task(config.task, config)
-  variables = dict(checkpointing.load_export(export)[0])
+  variables = dict(export_lib.read_variables(export))
   params = variables.pop('params')
   expected = jax.eval_shape(task.init_variables, jax.random.key(0))['params']
   shapes = lambda tree: {

@@ -14,7 +14,7 @@ from configs import action, human_detector, part_detector, part_state
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import export as export_lib
-from tps_jax.inference import pipeline as pipeline_lib
+from tps_jax.inference.pipeline_options import PipelineOptions
 
 
 def _micro_detector(config, backbone_overrides):
@@ -76,7 +76,7 @@ def write_random_bundle(tmp_path, root, **settings):
     parts=exports['part_detector'],
     states=exports['part_state'],
     actions=[exports['action']],
-    settings=pipeline_lib.Settings(
+    options=PipelineOptions(
       **{'max_humans': 3, 'frame_batch': 4, 'action_clips': 1, 'action_crops': 1, **settings}
     ),
   )

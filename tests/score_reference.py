@@ -1,8 +1,9 @@
-"""The challenge's score restated loop by loop from docs/dataset.md: a test oracle.
+"""The challenge's score restated loop by loop from docs/score.md: a test oracle.
 
 Deliberately literal and slow: one Python step per rule, the ground-truth frames visited
 in file order, every sum accumulated one term at a time in the order the rules give. It
-shares no code with tps_jax.metrics.score, which must agree with it bit for bit.
+shares no code with tps_jax.metrics.score (nor score_math, score_reading), which must
+agree with it bit for bit.
 
 The numeric conventions of the challenge's tool act where noted:
 - human IoU: the boxes become np.float32 numbers and the IoU is computed with float32

@@ -19,6 +19,7 @@ from tests.conftest import run_module
 from tests.data_configs import data_config
 from tps_jax.data import augment
 from tps_jax.datasets import build
+from tps_jax.inference.export import read_variables
 from tps_jax.input import pipelines
 from tps_jax.models.swin import build_video_classifier
 from tps_jax.tasks import action, action_views
@@ -399,7 +400,7 @@ def test_pretraining_export_initialises_the_finetuning(clips_data, tmp_path, cap
   pre = _tiny_run_config(pretrain_config, '', folder_tfds)
   summary = trainer.train_and_evaluate(pre, str(tmp_path / 'pre'))
   assert 0 <= summary['eval']['top1'] <= 1 and 'tta_top1' in summary['eval']
-  pre_vars, _ = checkpointing.load_export(summary['export'])
+  pre_vars = read_variables(summary['export'])
 
   tune = _tiny_run_config(action_config, root, tfds_dir)
   tune.init_from.path = str(tmp_path / 'pre' / 'export')
@@ -412,7 +413,7 @@ def test_pretraining_export_initialises_the_finetuning(clips_data, tmp_path, cap
   assert re.search(r'restored 80/82 parameter leaves \(.*2 not included', printed)  # counts
   with open(tmp_path / 'tune' / 'log.txt') as f:  # the names, in the workdir's log
     assert 're-initialised (not_included): head/bias, head/kernel' in f.read()
-  tuned, _ = checkpointing.load_export(summary['export'])
+  tuned = read_variables(summary['export'])
   flat = lambda tree: {
     param_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree['params'])[0]
   }
@@ -489,5 +490,5 @@ def test_evaluate_action_errors_are_one_line(tmp_path):
   proc = run_module('tps_jax.evaluate_action', '--export', tmp_path / 'missing', check=False)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1] == (
-    f'error: {tmp_path / "missing"}: not a training export (no config.json)'
+    f'error: {tmp_path / "missing"}: no such export directory'
   )

@@ -9,6 +9,7 @@ Behaviour tests use a tiny ResNet detector with random numpy weights (no `init`,
 whose compile is slow on CPU) and share one compiled loss / detect function.
 """
 
+import dataclasses
 import functools
 import math
 import re
@@ -625,3 +626,17 @@ def test_mmdetection_swin_cascade_with_4conv1fc_heads_imports():
   )
   assert_close(logits[0], want_logits.numpy(), '4conv1fc logits')
   assert_close(deltas[0], want_deltas.numpy(), '4conv1fc deltas')
+
+
+def test_the_configs_write_mmdetections_cascade_settings():
+  # configs/common.py writes every RPN / RoI value rather than reading them from the
+  # model: they must stay the model's 'mmdet' convention.
+  from configs import common
+  from tps_jax.models.cascade_rcnn import make_specs
+
+  rpn, roi = make_specs('mmdet')
+  want_rpn = {f.name: getattr(rpn, f.name) for f in dataclasses.fields(rpn) if f.name != 'anchors'}
+  got_rpn = {k: v for k, v in common.CASCADE_RCNN_RPN.items() if k != 'anchors'}
+  assert got_rpn == want_rpn
+  assert make_specs('mmdet', common.CASCADE_RCNN_RPN)[0] == rpn
+  assert common.CASCADE_RCNN_ROI == {f.name: getattr(roi, f.name) for f in dataclasses.fields(roi)}

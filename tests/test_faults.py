@@ -25,7 +25,7 @@ from tests.test_trainer import losses, read_metrics, toy_config
 from tps_jax.convert import ConversionError, convert_checkpoint
 from tps_jax.convert import io as convert_io
 from tps_jax.datasets import processes
-from tps_jax.train import checkpointing, settings, trainer
+from tps_jax.train import checkpointing, run_config, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -268,7 +268,7 @@ def test_resume_with_changed_settings_lists_them_and_refuses_unless_allowed(
     'optim.learning_rate 0.01 -> 0.02'
   ) in err
   # The accepted settings are the stored ones now.
-  assert settings.check_resume(workdir, faster) == []
+  assert run_config.check_resume(workdir, faster) == []
   assert sorted(losses(workdir))[-5:] == [31, 32, 33, 34, 35]
 
 
@@ -284,11 +284,11 @@ def test_settings_stored_before_the_field_renames_resume_unchanged(module, tmp_p
   if data['tfds_name']:
     data['dataset'] = data['tfds_name']
   del data['tfds_name'], optim['b1'], optim['b2'], optim['eps']
-  (tmp_path / settings.SETTINGS_FILE).write_text(json.dumps(stored))
-  assert settings.check_resume(str(tmp_path), config) == []
+  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(stored))
+  assert run_config.check_resume(str(tmp_path), config) == []
   config.optim.eps = 1e-6
-  with pytest.raises(settings.SettingsError, match=r'optim.eps 1e-08 -> 1e-06'):
-    settings.check_resume(str(tmp_path), config)
+  with pytest.raises(run_config.RunConfigError, match=r'optim.eps 1e-08 -> 1e-06'):
+    run_config.check_resume(str(tmp_path), config)
 
 
 # ------------------------------------------------------------------ runs cut short
@@ -470,11 +470,11 @@ def test_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path):
 )
 def test_nonsense_counts_are_refused_by_name(field, value):
   with pytest.raises(
-    settings.SettingsError,
+    run_config.RunConfigError,
     match=rf'^config\.{field}={value}: must be .*'
     rf'e\.g\. --config\.{field}=\d+',
   ):
-    settings.check_counts(toy_config(**{field: value}))
+    run_config.check_counts(toy_config(**{field: value}))
 
 
 # ------------------------------------------------------------------ worker processes

@@ -197,3 +197,50 @@ def test_the_checks_see_a_circle_and_an_upward_import():
   assert imported('tps_jax.tasks.x', node, False, {'tps_jax.inference.action'}) == [
     'tps_jax.inference.action'
   ]
+
+
+def config_imports() -> dict[str, set[str]]:
+  """{'configs/human_detector.py': the modules it imports, by their full names}."""
+  imports = {}
+  for path in sorted(pathlib.Path(REPO_ROOT, 'configs').glob('*.py')):
+    tree = ast.parse(path.read_text(), str(path))
+    imports[f'configs/{path.name}'] = {
+      name
+      for node in ast.walk(tree)
+      if isinstance(node, (ast.Import, ast.ImportFrom))
+      for name in (
+        [alias.name for alias in node.names]
+        if isinstance(node, ast.Import)
+        else [f'{node.module}.{alias.name}' for alias in node.names]
+      )
+    }
+  return imports
+
+
+def test_configs_import_no_library_code():
+  # A config writes the values it sets (as big_vision's configs/bit_i1k.py does): it
+  # imports other configs and ml_collections, never the networks or ops it configures,
+  # so a value can only come from the file that shows it.
+  found = [
+    f'{path} imports {name}'
+    for path, names in config_imports().items()
+    for name in sorted(names)
+    if name == PACKAGE or name.startswith(f'{PACKAGE}.')
+  ]
+  assert not found, '\n'.join(found)
+
+
+def test_inference_does_not_pull_in_the_trainer():
+  # Loading an export and predicting need the trainer's checkpoints, not the trainer:
+  # `predict` and the inference modules reach neither it nor a package that imports it.
+  graph = import_graph()
+  starts = ['tps_jax.predict', *(m for m in graph if m.startswith('tps_jax.inference'))]
+  seen, stack = set(), list(starts)
+  while stack:
+    module = stack.pop()
+    if module not in seen:
+      seen.add(module)
+      stack += graph[module]
+      parent = module.rsplit('.', 1)[0]  # importing a module runs its package first
+      stack += [parent] if parent in graph else []
+  assert 'tps_jax.train.trainer' not in seen

@@ -43,9 +43,9 @@ from tps_jax.data.video import encode_jpeg
 from tps_jax.datasets import build
 from tps_jax.input import pipelines
 from tps_jax.models import gfl
-from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISettings
+from tps_jax.models.cascade_rcnn import CASCADE_STDS, BoxHead, RoISpec
 from tps_jax.models.resnet import BatchNorm
-from tps_jax.train import settings
+from tps_jax.train import run_config
 
 NUM_CLASSES = 3
 
@@ -108,12 +108,12 @@ def test_batchnorm_statistics_count_only_the_masked_rows():
 
 
 def test_roi_settings_name_an_unknown_norm_or_loss():
-  with pytest.raises(ValueError, match='RoISettings.norm'):
-    RoISettings(norm='sync')
-  with pytest.raises(ValueError, match='RoISettings.box_loss'):
-    RoISettings(box_loss='iou')
-  with pytest.raises(ValueError, match='RoISettings.bn_mode'):
-    RoISettings(bn_mode='global')
+  with pytest.raises(ValueError, match='RoISpec.norm'):
+    RoISpec(norm='sync')
+  with pytest.raises(ValueError, match='RoISpec.box_loss'):
+    RoISpec(box_loss='iou')
+  with pytest.raises(ValueError, match='RoISpec.bn_mode'):
+    RoISpec(bn_mode='global')
 
 
 def test_batchnorm_heads_train_with_the_batch_statistics(official_heads):
@@ -504,11 +504,11 @@ def test_train_videos_trains_on_the_examples_of_that_many_videos(humans_tfds):
 def test_train_videos_is_recorded_and_a_resume_with_another_count_is_refused(tmp_path):
   config = part_detector.get_config('tiny')
   config.data.train_videos = 5
-  with open(settings.store(str(tmp_path), config)) as f:
+  with open(run_config.store(str(tmp_path), config)) as f:
     assert json.load(f)['data']['train_videos'] == 5
   config.data.train_videos = 50
-  with pytest.raises(settings.SettingsError, match=r'data.train_videos 5 -> 50'):
-    settings.check_resume(str(tmp_path), config)
+  with pytest.raises(run_config.RunConfigError, match=r'data.train_videos 5 -> 50'):
+    run_config.check_resume(str(tmp_path), config)
 
 
 # ------------------------------------------------------------------- 4. GFL v2

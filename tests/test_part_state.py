@@ -14,6 +14,7 @@ from configs import part_state as part_state_config
 from tests.conftest import run_module
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.datasets import build
+from tps_jax.inference.export import read_config, read_variables
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (
   PartStateTask,
@@ -21,7 +22,7 @@ from tps_jax.tasks.part_state import (
   part_state_losses,
   part_state_metric_sums,
 )
-from tps_jax.train import checkpointing, sharding
+from tps_jax.train import sharding
 from tps_jax.train.optim import layer_lr_scales, param_name, path_names
 
 NUM_STATES, NUM_ACTIONS, SIZE = 7, 3, 32
@@ -428,7 +429,7 @@ def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
   assert all(np.isfinite(r['loss']) for r in records)
   assert 0 <= records[-1]['eval_top1'] <= 1
   assert {f'eval_top1_{part}' for part in PARTS} <= set(records[-1])
-  variables, config = checkpointing.load_export(str(workdir / 'export'))
+  variables, config = read_variables(str(workdir / 'export')), read_config(str(workdir / 'export'))
   assert config['task'] == 'part_state'
   task = PartStateTask(part_state_config.get_config('tiny'))
   task.config.data.root = str(synthetic_root)

@@ -472,7 +472,7 @@ def test_gfl_loss_by_hand():
   anchors = np.concatenate(HAND_ANCHORS.grid_anchors(shapes))
   centers = (anchors[:, :2] + anchors[:, 2:]) / 2
   strides = np.full(9, 8.0, np.float32)
-  settings = gfl.GFLSettings(anchors=HAND_ANCHORS)
+  settings = gfl.GFLSpec(anchors=HAND_ANCHORS)
   num_classes = 2
   logits = np.zeros((1, 9, num_classes), np.float32)  # every score 0.5
   distributions = np.full((1, 9, 4, 17), -40.0, np.float32)

@@ -26,10 +26,10 @@ from tps_jax.convert.io import ConversionError
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.data import submission, tfds_dirs
 from tps_jax.inference import bundle as bundle_lib
-from tps_jax.inference import pipeline as pipeline_lib
-from tps_jax.inference import runner
+from tps_jax.inference import pipeline_options, runner
 from tps_jax.inference import videos as videos_lib
 from tps_jax.inference.export import ExportError, load_export
+from tps_jax.inference.pipeline_options import PipelineOptions
 from tps_jax.tasks import base as tasks_base
 from tps_jax.train import checkpointing
 
@@ -250,7 +250,7 @@ def test_a_bundle_rebuilt_at_the_same_path_is_another_bundle(bundle, synthetic_r
   copy = str(tmp_path / 'bundle')
   shutil.copytree(bundle, copy)
   sources = {k: os.path.join(bundle, k) for k in ('humans', 'parts', 'states', 'action_0')}
-  settings = pipeline_lib.Settings(max_humans=3, frame_batch=4, action_clips=1, action_crops=1)
+  settings = PipelineOptions(max_humans=3, frame_batch=4, action_clips=1, action_crops=1)
 
   def rebuild(action):
     bundle_lib.write_bundle(
@@ -259,7 +259,7 @@ def test_a_bundle_rebuilt_at_the_same_path_is_another_bundle(bundle, synthetic_r
       parts=sources['parts'],
       states=sources['states'],
       actions=[action],
-      settings=settings,
+      options=settings,
       overwrite=True,
     )
     return bundle_lib.fingerprint(copy)
@@ -331,7 +331,7 @@ def test_malformed_pipeline_json_is_one_line(bundle, tmp_path, edit, message):
 
 def test_setting_overrides_are_checked_as_the_file_is(bundle):
   with pytest.raises(ExportError) as error:
-    bundle_lib.load_bundle(bundle, settings={'max_humans': True})
+    bundle_lib.load_bundle(bundle, options={'max_humans': True})
   assert _one_line(error) == (
     "settings given instead of the bundle's (--set): "
     'pipeline settings: max_humans must be an integer, got True'
@@ -348,7 +348,7 @@ def test_settings_are_checked_by_their_declared_types_alone():
     limit: float | None = None
 
   hints = {f.name: f.type for f in dataclasses.fields(Later)}
-  check = lambda name, value: pipeline_lib.typed_value(value, hints[name], name)
+  check = lambda name, value: pipeline_options.typed_value(value, hints[name], name)
   assert check('scales', [1, 0.5]) == (1.0, 0.5) and check('flip', True) is True
   assert check('merge', 'max') == 'max' and check('pair', [3, 4]) == (3, 4)
   assert check('limit', None) is None and check('limit', 2) == 2.0

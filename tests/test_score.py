@@ -1,4 +1,4 @@
-"""The challenge score, pinned rule by rule with hand-computed cases (kinetics_tps.md)."""
+"""The challenge score, pinned rule by rule with hand-computed cases (docs/score.md)."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from tests import score_reference
 from tps_jax.data import submission
 from tps_jax.metrics import score as S
+from tps_jax.metrics import score_math
 
 BOX = [0, 0, 9, 9]  # 10 x 10 pixels under the inclusive convention: area 100
 
@@ -48,23 +49,23 @@ def pred_frame(*humans):
 
 # Rule 1: inclusive-pixel IoU; disjoint boxes get -1.
 def test_iou_uses_inclusive_pixels():
-  assert S.box_iou_inclusive([BOX], [[5, 5, 14, 14]])[0, 0] == pytest.approx(25 / 175)
+  assert score_math.box_iou_inclusive([BOX], [[5, 5, 14, 14]])[0, 0] == pytest.approx(25 / 175)
 
 
 def test_boxes_sharing_one_pixel_column_overlap_by_one_column():
-  assert S.box_iou_inclusive([BOX], [[9, 0, 18, 9]])[0, 0] == pytest.approx(10 / 190)
+  assert score_math.box_iou_inclusive([BOX], [[9, 0, 18, 9]])[0, 0] == pytest.approx(10 / 190)
 
 
 def test_disjoint_boxes_get_minus_one():
-  assert S.box_iou_inclusive([BOX], [[10, 0, 19, 9]])[0, 0] == -1
-  assert S.box_iou_inclusive([BOX], [[50, 50, 60, 60]])[0, 0] == -1
+  assert score_math.box_iou_inclusive([BOX], [[10, 0, 19, 9]])[0, 0] == -1
+  assert score_math.box_iou_inclusive([BOX], [[50, 50, 60, 60]])[0, 0] == -1
 
 
 # Rule 2: Hungarian matching, strict IoU > 0.5 in float32.
 def test_human_match_is_strictly_greater_than_half():
   gt = gt_frame((BOX, [('head', BOX, 'none')]))
   exactly_half = pred_frame(([0, 0, 9, 4], [('head', [(BOX, 'none')])]))  # 50 / 100
-  assert S.box_iou_inclusive([BOX], [[0, 0, 9, 4]], np.float32)[0, 0] == np.float32(0.5)
+  assert score_math.box_iou_inclusive([BOX], [[0, 0, 9, 4]], np.float32)[0, 0] == np.float32(0.5)
   assert S.frame_part_score(gt, exactly_half) == 0.0
   above = pred_frame(([0, 0, 9, 5], [('head', [(BOX, 'none')])]))  # 60 / 100
   assert S.frame_part_score(gt, above) == 1.0
@@ -75,7 +76,7 @@ def test_hungarian_matching_beats_greedy():
   # the optimal assignment pairs GT0-P1 (0.544) and GT1-P0 (0.517): both count.
   gt_boxes = [[6, 0, 45, 9], [6, 0, 35, 9]]
   pred_boxes = [[6, 0, 63, 9], [15, 0, 62, 9]]
-  matches, ious = S.match_humans(gt_boxes, pred_boxes)
+  matches, ious = score_math.match_humans(gt_boxes, pred_boxes)
   assert matches.tolist() == [1, 0]
   assert (ious > 0.5).all()
   gt = gt_frame((gt_boxes[0], [('head', BOX, 'none')]), (gt_boxes[1], [('torso', BOX, 'bend')]))
@@ -174,7 +175,7 @@ def test_case_1_a_missing_frame_whose_gt_humans_have_no_parts_counts_zero():
 # Issue 9, case 2: an inverted box goes through the same formula; it is warned about.
 def test_case_2_an_inverted_box_is_scored_with_the_same_formula():
   inverted = [4.5, 0, 4, 9]  # x1 > x2: width 4 - 4.5 + 1 = 0.5, area 5
-  assert S.box_iou_inclusive([BOX], [inverted])[0, 0] == pytest.approx(5 / 100)
+  assert score_math.box_iou_inclusive([BOX], [inverted])[0, 0] == pytest.approx(5 / 100)
   gt = {'v': {'img_00001.json': gt_frame((BOX, [('head', BOX, 'none')]))}}
   pred = {'v': {'img_00001.json': pred_frame((BOX, [('head', [(inverted, 'none')])]))}}
   report = S.challenge_score({'v': 'run'}, gt, {'v': 'run'}, pred)
@@ -204,7 +205,7 @@ def test_the_assignment_keeps_the_tools_float32_costs():
   # matrix in float64 would give GT 0 -> pred 2 (found by search).
   gt_boxes = [[0, 3, 7, 3], [4, 0, 11, 3], [1, 3, 4, 3]]
   pred_boxes = [[1, 1, 2, 5], [6, 4, 10, 8], [3, 2, 3, 6]]
-  matches, _ = S.match_humans(gt_boxes, pred_boxes)
+  matches, _ = score_math.match_humans(gt_boxes, pred_boxes)
   assert matches.tolist() == [0, 1, 2]
   gt = gt_frame((gt_boxes[0], [('head', BOX, 'none')]), (gt_boxes[1], []), (gt_boxes[2], []))
   pred = pred_frame(
@@ -259,7 +260,7 @@ def test_closed_form_auc_equals_the_literal_sum():
     ]
   )
   correct = rng.random(psc.size) > 0.3
-  assert S.auc_score(psc, correct) == score_reference.area(psc, correct)
+  assert score_math.auc_score(psc, correct) == score_reference.area(psc, correct)
 
 
 def test_missing_video_counts_as_wrong_with_a_warning():
@@ -360,5 +361,5 @@ def test_the_assignment_is_scipys():
     rng.random((3, 3)).astype(np.float32),
     np.round(rng.random((5, 5)), 1),
   ]:  # ties
-    for ours, theirs in zip(S.linear_sum_assignment(cost), linear_sum_assignment(cost)):
+    for ours, theirs in zip(score_math.linear_sum_assignment(cost), linear_sum_assignment(cost)):
       assert ours.tolist() == theirs.tolist()

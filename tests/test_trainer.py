@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests import toy_task as toy
-from tps_jax.train import checkpointing, settings, trainer
+from tps_jax.inference.export import read_config, read_variables
+from tps_jax.train import checkpointing, run_config, trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +71,10 @@ def test_trains_logs_and_exports(tmp_path):
   assert any(
     f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tensorboard'))
   )
-  variables, config = checkpointing.load_export(os.path.join(workdir, 'export'))
+  variables, config = (
+    read_variables(os.path.join(workdir, 'export')),
+    read_config(os.path.join(workdir, 'export')),
+  )
   assert config['task'] == 'toy' and config['total_steps'] == 20
   assert variables['params']['layer_0']['kernel'].shape == (8, 16)
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
@@ -95,7 +99,7 @@ def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(tm
 def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
   workdir = str(tmp_path / 'run')
   summary = trainer.train_and_evaluate(toy_config(), workdir)
-  variables, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
+  variables = read_variables(os.path.join(workdir, 'export'))
   task = toy.ToyTask(toy_config())
   x, y = task._arrays('eval')
   predicted = np.asarray(task.model.apply(variables, x, train=False)).argmax(-1)
@@ -134,7 +138,7 @@ def test_ema_params_are_exported(tmp_path):
   config = toy_config(total_steps=4, eval_steps=0, optim__ema_decay=0.5)
   workdir = str(tmp_path / 'ema')
   trainer.train_and_evaluate(config, workdir)
-  exported, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
+  exported = read_variables(os.path.join(workdir, 'export'))
   state = checkpointing.restore_numpy(os.path.join(workdir, 'checkpoints', '4', 'state'))
   np.testing.assert_allclose(
     exported['params']['head']['kernel'], state['ema_params']['head']['kernel']
@@ -146,7 +150,7 @@ def test_batch_norm_state_is_trained_and_checkpointed(tmp_path):
   config = toy_config(total_steps=2, eval_steps=2, model__batch_norm=True)
   workdir = str(tmp_path / 'bn')
   trainer.train_and_evaluate(config, workdir)
-  exported, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
+  exported = read_variables(os.path.join(workdir, 'export'))
   mean = exported['batch_stats']['norm_0']['mean']
   assert mean.shape == (16,) and np.abs(mean).max() > 0
 
@@ -155,7 +159,7 @@ def test_bf16_compute_keeps_float32_params(tmp_path):
   config = toy_config(total_steps=3, eval_steps=3, bf16=True)
   workdir = str(tmp_path / 'bf16')
   summary = trainer.train_and_evaluate(config, workdir)
-  exported, _ = checkpointing.load_export(os.path.join(workdir, 'export'))
+  exported = read_variables(os.path.join(workdir, 'export'))
   assert exported['params']['layer_0']['kernel'].dtype == np.float32
   assert np.isfinite(summary['eval']['loss'])
 
@@ -187,7 +191,7 @@ def test_incompatible_checkpoint_names_workdir_and_leaf(tmp_path):
   workdir = str(tmp_path / 'run')
   trainer.train_and_evaluate(toy_config(total_steps=2, eval_steps=0), workdir)
   bigger = toy_config(total_steps=4, eval_steps=0, model__hidden=32)
-  with pytest.raises(settings.SettingsError, match='model.hidden 16 -> 32'):
+  with pytest.raises(run_config.RunConfigError, match='model.hidden 16 -> 32'):
     trainer.train_and_evaluate(bigger, workdir)
   # Told to accept the change, the checkpoint itself is found not to fit.
   bigger.allow_config_change = True
@@ -201,7 +205,7 @@ def test_incompatible_checkpoint_names_workdir_and_leaf(tmp_path):
 def test_init_from_restores_matching_leaves_only(tmp_path):
   source = str(tmp_path / 'source')
   trainer.train_and_evaluate(toy_config(total_steps=3, eval_steps=0), source)
-  source_params, _ = checkpointing.load_export(os.path.join(source, 'export'))
+  source_params = read_variables(os.path.join(source, 'export'))
   # A different head (6 classes) and a zero learning rate: export = initial params.
   config = toy_config(
     total_steps=1, eval_steps=0, optim__learning_rate=0.0, data__num_classes=6, seed=7
@@ -211,7 +215,7 @@ def test_init_from_restores_matching_leaves_only(tmp_path):
   config.init_from.exclude = r'layer_1/bias'
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
-  params = checkpointing.load_export(os.path.join(target, 'export'))[0]['params']
+  params = read_variables(os.path.join(target, 'export'))['params']
   np.testing.assert_array_equal(
     params['layer_0']['kernel'], source_params['params']['layer_0']['kernel']
   )
@@ -357,7 +361,7 @@ def test_init_from_restores_model_state_too(tmp_path):
   config.init_from.exclude = r'norm_1'
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
-  exported, _ = checkpointing.load_export(os.path.join(target, 'export'))
+  exported = read_variables(os.path.join(target, 'export'))
   np.testing.assert_array_equal(
     exported['batch_stats']['norm_0']['mean'], collections['batch_stats']['norm_0/mean']
   )

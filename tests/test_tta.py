@@ -21,6 +21,7 @@ from tps_jax.inference import bundle as bundle_lib
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference import views
 from tps_jax.inference.export import ExportError, load_export
+from tps_jax.inference.pipeline_options import PipelineOptions
 from tps_jax.metrics import score as score_lib
 from tps_jax.ops import box_merge
 
@@ -63,7 +64,7 @@ def _bundle(folder, exports, **settings):
     parts=exports['part_detector'],
     states=exports['part_state'],
     actions=exports['action'],
-    settings=pipeline_lib.Settings(**settings),
+    options=PipelineOptions(**settings),
   )
 
 
@@ -123,7 +124,7 @@ def test_part_state_flip_is_exactly_mirror_equivariant(exports):
     load_export(exports['part_detector'][0]),
     states,
     [load_export(exports['action'][0])],
-    pipeline_lib.Settings(part_state_flip=True),
+    PipelineOptions(part_state_flip=True),
   )
   size = pipeline.nets.state_size[1]
   rng = np.random.default_rng(0)
@@ -216,7 +217,7 @@ def test_every_view_keeps_the_challenge_limits_and_scores_as_the_tool(parsed):
 )
 def test_impossible_views_are_refused_in_one_line(settings, message):
   with pytest.raises(ValueError, match=message) as error:
-    pipeline_lib.Settings.from_dict(settings)
+    PipelineOptions.from_dict(settings)
   assert '\n' not in str(error.value)
 
 
@@ -237,11 +238,11 @@ def test_views_beyond_memory_and_mixed_ensembles_are_refused_before_compiling(
 
 
 def test_settings_read_from_json_flags_and_set():
-  settings = pipeline_lib.Settings.from_dict(
+  settings = PipelineOptions.from_dict(
     {'human_scales': [0.8, 1, 1.2], 'part_scales': '0.5,1', 'human_flip': True}
   )
   assert settings.human_scales == (0.8, 1.0, 1.2) and settings.part_scales == (0.5, 1.0)
-  assert pipeline_lib.Settings.from_dict(settings.to_dict()) == settings
+  assert PipelineOptions.from_dict(settings.to_dict()) == settings
   record = settings.to_dict()  # a rerun of predict compares it with the one it wrote
   assert json.loads(json.dumps(record)) == record
 

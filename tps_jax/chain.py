@@ -14,10 +14,10 @@ is an application above the trainer, which knows nothing of it. A chain config h
   Swin from the part-state network's, inflated to 3D as a Video Swin starts from an
   image Swin);
 - `allow_config_change`: passed to every stage (a resume whose settings changed
-  refuses otherwise, tps_jax/train/settings.py);
+  refuses otherwise, tps_jax/train/run_config.py);
 - `pipeline` (optional): the end-to-end evaluation, once all four networks are
-  trained: their bundle (WORKDIR/bundle, `settings` as tps_jax/inference/pipeline.py's
-  Settings), the `split` it parses (WORKDIR/predictions, resumable), scored with the
+  trained: their bundle (WORKDIR/bundle, `settings`: the fields of
+  tps_jax/inference/pipeline_options.py's PipelineOptions), the `split` it parses (WORKDIR/predictions, resumable), scored with the
   oracle ablation (tps_jax/inference/ablation.py) and the part-state network's top-1
   with the ground-truth and with the predicted action; the system's error-analysis page
   (tps_jax/metrics/report_page.py) goes to WORKDIR/predictions/report/index.html.
@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from tps_jax.train import settings, trainer
+from tps_jax.train import run_config, trainer
+from tps_jax.train.distributed import initialize_distributed, say
 
 # Stage name -> (the dataset it trains on, the eval metric reported).
 STAGES = {
@@ -53,10 +54,6 @@ REPORT_DIR = 'report'  # WORKDIR/predictions/report/index.html: the system's err
 
 class ChainError(RuntimeError):
   """A chain config that cannot run (one line)."""
-
-
-def say(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
 
 
 def load_stage_config(spec: str):
@@ -76,14 +73,14 @@ def apply_overrides(stage_config, name: str, overrides) -> None:
   value}} for that stage only (fields nested as in the stage config). A field the stage
   config does not have is refused."""
   chosen = {}
-  for field, value in settings.flatten(overrides).items():
+  for field, value in run_config.flatten(overrides).items():
     stage, _, rest = field.partition('.')
     if stage in STAGES:
       if stage == name and rest:
         chosen[rest] = value
     elif value != {}:
       chosen[field] = value
-  unknown = sorted(set(chosen) - set(settings.flatten(stage_config)))
+  unknown = sorted(set(chosen) - set(run_config.flatten(stage_config)))
   if unknown:
     raise ChainError(f'config.stage_overrides: no such stage config field {unknown[0]!r}')
   stage_config.update_from_flattened_dict(chosen)
@@ -219,17 +216,17 @@ def evaluate_end_to_end(config, workdir: str, root: str, results: dict[str, Any]
   and scores them; also the part-state top-1 with the predicted action."""
   # pylint: disable=g-import-not-at-top
   from tps_jax.data import submission
-  from tps_jax.inference import ablation, bundle, part_states, pipeline, runner, videos
+  from tps_jax.inference import ablation, bundle, part_states, pipeline_options, runner, videos
 
   exports = {name: results[name]['export'] for name in STAGES}
-  settings = pipeline.Settings.from_dict(config.pipeline.settings.to_dict())
+  options = pipeline_options.PipelineOptions.from_dict(config.pipeline.settings.to_dict())
   bundle_dir = bundle.write_bundle(
     os.path.join(workdir, BUNDLE_DIR),
     humans=exports['human_detector'],
     parts=exports['part_detector'],
     states=exports['part_state'],
     actions=[exports['action']],
-    settings=settings,
+    options=options,
     overwrite=True,
   )
   parsed = bundle.load_bundle(bundle_dir)
@@ -349,7 +346,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   from absl import logging  # pylint: disable=g-import-not-at-top
 
   logging.set_verbosity(logging.WARNING)
-  trainer.initialize_distributed(**distributed)
+  initialize_distributed(**distributed)
   try:
     trainer.prepare_workdir(workdir)
     results = run_chain(config, workdir)
@@ -361,7 +358,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
     from tps_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
 
     if isinstance(
-      e, (ExportError, RunError, checkpointing.CheckpointError, settings.SettingsError)
+      e, (ExportError, RunError, checkpointing.CheckpointError, run_config.RunConfigError)
     ):
       sys.exit(f'error: {e}')
     raise

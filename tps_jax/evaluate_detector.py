@@ -26,14 +26,14 @@ import functools
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from tps_jax import cli
+from tps_jax.inference import export as export_lib
 from tps_jax.inference import views
-from tps_jax.inference.pipeline import parse_scales
+from tps_jax.inference.pipeline_options import parse_scales
 from tps_jax.tasks import base as tasks_lib
 from tps_jax.tasks.detection import content_shape
 from tps_jax.train import checkpointing
@@ -115,8 +115,8 @@ def load_detector(config, export: str, split: str, data_root: str = ''):
   """(task, params, other variables) of an export, its parameters checked against the
   task's model; `config` None: the one the export was trained with; `split` of
   `data_root` (default: the config's) is the task's eval split."""
-  variables, exported = checkpointing.load_export(export)
-  config = ml_collections.ConfigDict(exported) if config is None else config
+  variables = export_lib.read_variables(export)
+  config = export_lib.read_config(export) if config is None else config
   with config.unlocked():
     config.data.eval_split = split
     config.data.root = data_root or config.data.root
@@ -132,7 +132,7 @@ def evaluate(
   `view_predictions`' test-time views."""
   exports = [export] if isinstance(export, str) else list(export)
   task, *first = load_detector(config, exports[0], split, data_root)
-  others = [_fitted(task, p, checkpointing.load_export(p)[0]) for p in exports[1:]]
+  others = [_fitted(task, p, export_lib.read_variables(p)) for p in exports[1:]]
   members = [tuple(first), *others]
   stack = lambda *trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   params, variables = members[0] if len(members) == 1 else stack(*members)

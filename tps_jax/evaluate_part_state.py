@@ -46,7 +46,7 @@ def main(argv) -> int:
   from tps_jax.inference import action as action_export
   from tps_jax.inference import part_states
   from tps_jax.inference.export import ExportError, load_export
-  from tps_jax.inference.pipeline import check_ensembles
+  from tps_jax.inference.pipeline_checks import check_ensembles
   from tps_jax.tasks import action_views
 
   logging.set_verbosity(logging.WARNING)

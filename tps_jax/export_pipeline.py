@@ -45,10 +45,10 @@ flags.mark_flags_as_required(['humans', 'parts', 'states', 'action', 'out'])
 
 
 def _setting_flags():
-  """One flag per pipeline setting, with the Settings defaults."""
+  """One flag per pipeline option, with the PipelineOptions defaults."""
   import dataclasses
 
-  from tps_jax.inference.pipeline import Settings
+  from tps_jax.inference.pipeline_options import PipelineOptions
 
   defines = {
     bool: flags.DEFINE_bool,
@@ -58,7 +58,7 @@ def _setting_flags():
     tuple: flags.DEFINE_list,
   }
   defined = {}
-  for field in dataclasses.fields(Settings):
+  for field in dataclasses.fields(PipelineOptions):
     default = field.default
     define = defines[type(default)]
     if isinstance(default, tuple):  # a list flag: '0.8,1,1.2'
@@ -74,17 +74,17 @@ def main(argv) -> int:
   del argv
   from tps_jax.inference import bundle as bundle_lib
   from tps_jax.inference.export import ExportError
-  from tps_jax.inference.pipeline import Settings
+  from tps_jax.inference.pipeline_options import PipelineOptions
 
   try:
-    settings = Settings.from_dict({name: flag.value for name, flag in _SETTINGS.items()})
+    options = PipelineOptions.from_dict({name: flag.value for name, flag in _SETTINGS.items()})
     out = bundle_lib.write_bundle(
       _OUT.value,
       humans=_HUMANS.value,
       parts=_PARTS.value,
       states=_STATES.value,
       actions=_ACTION.value,
-      settings=settings,
+      options=options,
       overwrite=_OVERWRITE.value,
     )
     print(f'wrote {out}')

@@ -125,16 +125,16 @@ def run(argv) -> int:
   from tps_jax.inference import runner
   from tps_jax.inference import videos as videos_lib
   from tps_jax.metrics import score as score_lib
-  from tps_jax.train import trainer
+  from tps_jax.train import distributed
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   if not (_VIDEO.value or _VIDEO_FOLDER.value or _DATA_ROOT.value):
     raise PredictError('give --data_root (with --split), --video_folder or --video')
-  trainer.initialize_distributed(multihost=_MULTIHOST.value)
+  distributed.initialize_distributed(multihost=_MULTIHOST.value)
   oracle = pipeline_lib.parse_oracle(_ORACLE.value)
   dtype = jax.numpy.bfloat16 if _BF16.value else jax.numpy.float32
   pipeline = bundle_lib.load_bundle(
-    _BUNDLE.value, dtype=dtype, settings=_settings_overrides(_SET.value)
+    _BUNDLE.value, dtype=dtype, options=_settings_overrides(_SET.value)
   )
   problems: list[str] = []
   try:

@@ -216,7 +216,7 @@ def _head_structure(modules: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str
   if num_convs:
     roi['conv_channels'] = head('conv_0')['weight'].shape[0]
   if len(stages) < 3:
-    defaults = cascade_rcnn.RoISettings()
+    defaults = cascade_rcnn.RoISpec()
     roi.update(
       iou_thresholds=defaults.iou_thresholds[: len(stages)],
       box_stds=defaults.box_stds[: len(stages)],

@@ -2,7 +2,7 @@
 
 ```
 BUNDLE/
-  pipeline.json        {"format": 1, "settings": Settings fields, "networks": {"humans":
+  pipeline.json        {"format": 1, "settings": PipelineOptions fields, "networks": {"humans":
                         "humans", "parts": "parts", "states": "states", "action":
                         ["action_0", ...]}, "sources": the export folders copied}
   humans/ parts/ states/ action_0/ [action_1/ ...]     copies of the stages' export/
@@ -13,7 +13,7 @@ same model with the same vocabularies and preprocessing, e.g. two seeds) is list
 "humans": ["humans_0", "humans_1"] (folders humans_0/, humans_1/), and so on; their
 detections are merged and their logits averaged in the one program
 (tps_jax/inference/pipeline.py).
-`write_bundle` checks the exports fit together (`pipeline.check_vocabularies`) before
+`write_bundle` checks the exports fit together (`pipeline_checks.check_vocabularies`) before
 writing anything, and writes atomically (a temporary sibling renamed into place).
 `load_bundle(dir) -> Pipeline`. The command line is `python -m tps_jax.export_pipeline`.
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from tps_jax.inference import pipeline as pipeline_lib
 from tps_jax.inference.export import ExportError, load_export
+from tps_jax.inference.pipeline_options import PipelineOptions
 
 PIPELINE_FILE = 'pipeline.json'
 SERIALIZED_DIR = 'serialized'
@@ -85,10 +86,10 @@ def write_bundle(
   parts: str | Sequence[str],
   states: str | Sequence[str],
   actions: Sequence[str],
-  settings: pipeline_lib.Settings,
+  options: PipelineOptions,
   overwrite: bool = False,
 ) -> str:
-  """Copies the exports (an ensemble allowed for every stage) and the settings to
+  """Copies the exports (an ensemble allowed for every stage) and the options to
   `out`, after building the pipeline they make (which refuses exports that do not fit
   together and views that do not fit in memory)."""
   out = os.path.abspath(out)
@@ -105,7 +106,7 @@ def write_bundle(
   if not exports['action']:
     raise ExportError('no action recogniser export given (--action)')
   pipeline_lib.Pipeline(
-    exports['humans'], exports['parts'], exports['states'], exports['action'], settings
+    exports['humans'], exports['parts'], exports['states'], exports['action'], options
   )
   names = _networks({stage: len(e) for stage, e in exports.items()})
   copies = {}
@@ -120,7 +121,7 @@ def write_bundle(
   sources = {folder: export.path for folder, export in copies.items()}
   with open(os.path.join(tmp, PIPELINE_FILE), 'w') as f:
     json.dump(
-      {'format': FORMAT, 'settings': settings.to_dict(), 'networks': names, 'sources': sources},
+      {'format': FORMAT, 'settings': options.to_dict(), 'networks': names, 'sources': sources},
       f,
       indent=2,
     )
@@ -205,9 +206,9 @@ def read_manifest(bundle: str) -> dict[str, Any]:
 
 
 def load_bundle(
-  bundle: str, *, dtype=jnp.float32, settings: dict[str, Any] | None = None
+  bundle: str, *, dtype=jnp.float32, options: dict[str, Any] | None = None
 ) -> pipeline_lib.Pipeline:
-  """The Pipeline of a bundle; `settings` overrides fields of its pipeline.json."""
+  """The Pipeline of a bundle; `options` overrides fields of its pipeline.json (--set)."""
   bundle = os.path.abspath(bundle)
   manifest = read_manifest(bundle)
   names = manifest['networks']
@@ -218,11 +219,11 @@ def load_bundle(
   try:
     if not isinstance(saved, dict):
       raise ValueError(f'settings must be an object, got {type(saved).__name__}')
-    pipeline_lib.Settings.from_dict(saved)
+    PipelineOptions.from_dict(saved)
   except ValueError as e:
     raise ExportError(f'{os.path.join(bundle, PIPELINE_FILE)}: {e}') from None
   try:
-    merged = pipeline_lib.Settings.from_dict({**saved, **(settings or {})})
+    merged = PipelineOptions.from_dict({**saved, **(options or {})})
   except ValueError as e:
     raise ExportError(f"settings given instead of the bundle's (--set): {e}") from None
   try:
@@ -261,7 +262,7 @@ def serialize_parse_frames(
   """Writes BUNDLE/serialized/: the compiled per-frame program (jax.export, no oracle)
   for `frame_batch` frames (default: the bundle's) and its signature. Returns the dir."""
   pipeline = load_bundle(bundle)
-  frame_batch = frame_batch or pipeline.settings.frame_batch
+  frame_batch = frame_batch or pipeline.options.frame_batch
 
   def program(variables, frames, image_shape, action):
     outputs = pipeline.parse_frames(variables, frames, image_shape, action)

@@ -1,5 +1,9 @@
 """A trained network from its `export/` folder alone: `load_export(dir) -> Export`.
 
+The one way an export is read: commands, bundles and evaluations rebuild every stage's
+network with `load_export`; what needs only a part of an export (a detector evaluated
+under another config, a test) reads it with `read_config` / `read_variables`.
+
 The trainer writes every stage's `WORKDIR/export/` (tps_jax/train/checkpointing.py):
 `variables/` (orbax: 'params' -- the EMA copy when trained with one -- and any model
 state), `config.json` (the whole training config, the model's fields included) and
@@ -93,6 +97,32 @@ def read_metadata(path: str) -> dict[str, Any]:
   return metadata
 
 
+def read_config(path: str) -> ml_collections.ConfigDict:
+  """An export's config.json (the whole training config), its `task` checked to name a
+  library task or a registered one before anything else is read: the field names code,
+  which is never imported."""
+  config_file = os.path.join(os.path.abspath(path), 'config.json')
+  config = ml_collections.ConfigDict(_read_json(config_file))
+  try:
+    tasks_lib.task_class(config.get('task'))
+  except ValueError as e:
+    raise ExportError(f'{config_file}: field task: {e}') from None
+  return config
+
+
+def read_variables(path: str) -> PyTree:
+  """An export's variables as numpy ('params' and any model state)."""
+  variables_dir = os.path.join(os.path.abspath(path), 'variables')
+  if not os.path.isdir(variables_dir):
+    raise ExportError(f'{variables_dir}: no such directory (an unfinished export?)')
+  try:
+    return checkpointing.restore_numpy(variables_dir)
+  except Exception as e:  # orbax / tensorstore raise many types for damaged files
+    first_line = str(e).splitlines()[0] if str(e) else ''
+    first_line = first_line.split(" [tensorstore_spec='")[0]  # a kilobyte of settings
+    raise ExportError(f'{variables_dir}: unreadable ({type(e).__name__}: {first_line})') from None
+
+
 def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Export:
   """The network exported to `path` (see the module docstring), computing in `dtype`.
 
@@ -101,28 +131,17 @@ def load_export(path: str, *, dtype=jnp.float32, kind: str | None = None) -> Exp
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ExportError(f'{path}: no such export directory')
-  config_file = os.path.join(path, 'config.json')
-  config = ml_collections.ConfigDict(_read_json(config_file))
-  try:  # before anything else is read: the field names code, never imported
-    tasks_lib.task_class(config.get('task'))
-  except ValueError as e:
-    raise ExportError(f'{config_file}: field task: {e}') from None
+  config = read_config(path)
   metadata = read_metadata(path)
   if kind is not None and metadata['kind'] != kind:
     raise ExportError(f'{path}: a {metadata["kind"]} export, expected a {kind}')
-  variables_dir = os.path.join(path, 'variables')
-  if not os.path.isdir(variables_dir):
-    raise ExportError(f'{variables_dir}: no such directory (an unfinished export?)')
-  try:
-    variables = checkpointing.restore_numpy(variables_dir)
-  except Exception as e:  # orbax / tensorstore raise many types for damaged files
-    first_line = str(e).splitlines()[0] if str(e) else ''
-    first_line = first_line.split(" [tensorstore_spec='")[0]  # a kilobyte of settings
-    raise ExportError(f'{variables_dir}: unreadable ({type(e).__name__}: {first_line})') from None
+  variables = read_variables(path)
   try:
     task = tasks_lib.get_task(config.task, config, compute_dtype=dtype, metadata=metadata)
   except (ValueError, KeyError, AttributeError) as e:
-    raise ExportError(f'{config_file}: cannot build the model ({e})') from None
+    raise ExportError(
+      f'{os.path.join(path, "config.json")}: cannot build the model ({e})'
+    ) from None
   return Export(path=path, config=config, metadata=metadata, variables=variables, task=task)
 
 

@@ -68,15 +68,15 @@ class VideoParser:
     truth: GroundTruth | None = None,
     mesh=None,
   ):
-    self.pipeline, self.settings = pipeline, pipeline.settings
+    self.pipeline, self.options = pipeline, pipeline.options
     self.variants = tuple(frozenset(v) for v in variants)
     if any(self.variants) and truth is None:
       raise ValueError('an oracle needs the ground truth of the videos')
     self.truth = truth
     devices = mesh.shape['data'] if mesh is not None else jax.local_device_count()
-    if self.settings.frame_batch % devices:
+    if self.options.frame_batch % devices:
       raise ValueError(
-        f'frame_batch={self.settings.frame_batch} is not divisible by the {devices} data devices'
+        f'frame_batch={self.options.frame_batch} is not divisible by the {devices} data devices'
       )
     self.program = pipeline.compile(mesh, variants=self.variants)
     self.members = [_member(e) for e in pipeline.actions]
@@ -84,8 +84,8 @@ class VideoParser:
     self.scorers = (
       [
         m.scorer(
-          average=self.settings.action_average,
-          views_per_forward=self.settings.action_views_per_forward,
+          average=self.options.action_average,
+          views_per_forward=self.options.action_views_per_forward,
         )
         for m in self.members
       ]
@@ -119,8 +119,8 @@ class VideoParser:
       views = action_lib.video_views(
         video.clip_frames,
         member.settings,
-        clips=self.settings.action_clips,
-        crops=self.settings.action_crops,
+        clips=self.options.action_clips,
+        crops=self.options.action_crops,
       )
       scores.append(np.asarray(scorer(augment.normalize(views[None])))[0])
     ensemble = np.asarray(action_lib.ensemble_scores(scores))
@@ -131,7 +131,7 @@ class VideoParser:
     return pipeline_lib.frame_truth(
       frames.get(tps.frame_name(frame_index)),
       self.pipeline.state_names,
-      self.settings.max_humans,
+      self.options.max_humans,
       action,
     )
 
@@ -139,7 +139,7 @@ class VideoParser:
 
   def run(self, stream: Iterable[DecodedVideo]) -> Iterator[VideoResult]:
     """VideoResults in the order the videos finish (module docstring)."""
-    size = self.settings.frame_batch
+    size = self.options.frame_batch
     height, width = self.pipeline.canvas
     names = self.pipeline.action_names
     open_videos: dict[int, list] = {}  # slot -> [VideoResult, frames left]
@@ -155,7 +155,7 @@ class VideoParser:
         per_row = [
           self._frame_truth(v.item.name, v.frame_indices[r], true) for _, v, r, _, true in rows
         ]
-        per_row += [pipeline_lib.frame_truth(None, (), self.settings.max_humans)] * (
+        per_row += [pipeline_lib.frame_truth(None, (), self.options.max_humans)] * (
           size - len(rows)
         )
         truth = {k: np.stack([t[k] for t in per_row]) for k in per_row[0]}

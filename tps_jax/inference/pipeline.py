@@ -29,7 +29,7 @@ With all four the written submission scores the maximum, 0.9999.
 `parse_frames_variants` computes several oracle sets in one program, each network once
 per distinct input: the ablation table in one pass (tps_jax/inference/ablation.py).
 
-Views and ensembles (test-time augmentation; settings human_scales, part_scales,
+Views and ensembles (test-time augmentation; options human_scales, part_scales,
 human_flip, part_flip, part_state_flip, box_merge; tps_jax/inference/views.py): each
 detector may also run at other scales of its input (each its own static shape in the
 same program: the human detector on the canvas resampled, the part detector on crops
@@ -41,7 +41,7 @@ also see the mirrored crop (boxes mirrored, parts exchanged), its logits average
 back in the parts' order. A stage given several exports (same model, vocabularies and
 preprocessing) runs them vmapped over their stacked variables: detections merged as
 views, logits averaged. Views that would not fit in memory are refused before
-compiling (`check_view_memory`). With the defaults (one scale, no flip, one export)
+compiling (pipeline_checks.py `check_view_memory`). With the defaults (one scale, no flip, one export)
 the program is the one without views.
 
 Sharding: `Pipeline.compile(mesh)` splits the frame batch over the mesh's `data` axis
@@ -53,10 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import os
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,171 +62,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tps_jax.data import augment, submission
+from tps_jax.data import augment
 from tps_jax.data import kinetics_tps as tps
 from tps_jax.inference import geometry
 from tps_jax.inference import views as views_lib
-from tps_jax.inference.export import Export, ExportError
-from tps_jax.ops import box_merge
+from tps_jax.inference.export import Export
+from tps_jax.inference.pipeline_checks import check_ensembles, check_view_memory, check_vocabularies
+from tps_jax.inference.pipeline_options import PipelineOptions
 from tps_jax.ops.boxes import box_iou, to_edges
 
 PyTree = Any
 ORACLES = ('humans', 'parts', 'states', 'action')
 NUM_PARTS = len(tps.PARTS)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """How the networks' outputs become a submission (stored in a bundle's
-  pipeline.json; `python -m tps_jax.export_pipeline` sets them)."""
-
-  max_humans: int = 10  # humans per frame, <= 10
-  proposals_per_part: int = 1  # k, <= 5; each extra proposal divides the credit
-  human_score_threshold: float = 0.5  # detector score a human needs
-  part_score_threshold: float = 0.3  # ... and a part proposal
-  human_match_iou: float = 0.5  # oracles: a human takes the ground truth's parts
-  frame_batch: int = 8  # frames per compiled call
-  action_clips: int = 4  # action recogniser views: clips x crops
-  action_crops: int = 3
-  action_average: str = 'logits'  # 'logits' | 'probs' (tps_jax/tasks/action_views.py)
-  action_views_per_forward: int = 0  # views per forward pass (0: all at once)
-  # Test-time views of the per-frame networks (module docstring, 'Views and ensembles').
-  human_scales: tuple[float, ...] = (1.0,)  # factors of the human detector's canvas
-  part_scales: tuple[float, ...] = (1.0,)  # ... and of the part detector's input
-  human_flip: bool = False  # also the mirrored frame
-  part_flip: bool = False  # also the mirrored crop, left/right parts exchanged
-  part_state_flip: bool = False  # logits averaged with the mirrored crop's
-  box_merge: str = 'nms'  # 'nms' | 'wbf': how the views' detections merge (ops/box_merge.py)
-  box_merge_iou: float = 0.5  # detections overlapping more are one
-  view_memory_gb: float = 0.0  # what the views' inputs may take (0: the device's memory)
-
-  def __post_init__(self):
-    for name in _SCALE_FIELDS:  # lists (JSON, flags) as the declared tuple
-      object.__setattr__(self, name, parse_scales(name, getattr(self, name)))
-    most_humans, most_proposals = submission.MAX_HUMANS, submission.MAX_PROPOSALS
-    checks = [
-      (1 <= self.max_humans <= most_humans, f'max_humans must be in 1..{most_humans}'),
-      (
-        1 <= self.proposals_per_part <= most_proposals,
-        f'proposals_per_part must be in 1..{most_proposals}',
-      ),
-      (0.0 <= self.human_score_threshold <= 1.0, 'human_score_threshold in [0, 1]'),
-      (0.0 <= self.part_score_threshold <= 1.0, 'part_score_threshold in [0, 1]'),
-      (self.frame_batch >= 1, 'frame_batch must be positive'),
-      (
-        self.action_clips >= 1 and self.action_crops >= 1,
-        'action_clips and action_crops must be positive',
-      ),
-      (self.action_average in ('logits', 'probs'), "action_average must be 'logits' or 'probs'"),
-      (
-        all(s > 0 for s in self.human_scales + self.part_scales),
-        f'human_scales {list(self.human_scales)} and part_scales {list(self.part_scales)} '
-        'must be positive factors',
-      ),
-      (
-        len(self.human_scales) >= 1 and len(self.part_scales) >= 1,
-        'human_scales and part_scales need at least one factor',
-      ),
-      (
-        self.box_merge in box_merge.METHODS,
-        f'box_merge must be one of {", ".join(box_merge.METHODS)}, got {self.box_merge!r}',
-      ),
-      (0.0 < self.box_merge_iou < 1.0, 'box_merge_iou in (0, 1)'),
-      (self.view_memory_gb >= 0.0, 'view_memory_gb must be >= 0 (0: the device memory)'),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(f'pipeline settings: {message}')
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> Settings:
-    """Settings from JSON-like values (pipeline.json, --set), each checked against the
-    type its field declares (`typed_value`; scales also as '0.8,1,1.2'); ValueError
-    names the first bad field."""
-    if not isinstance(values, Mapping):
-      raise ValueError(f'pipeline settings: expected an object of fields, got {_short(values)}')
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(
-        f'pipeline settings: unknown field(s) {", ".join(map(str, unknown))} '
-        f'(known: {", ".join(sorted(known))})'
-      )
-    values = {n: parse_scales(n, v) if n in _SCALE_FIELDS else v for n, v in values.items()}
-    return cls(**{name: typed_value(value, hints[name], name) for name, value in values.items()})
-
-  def to_dict(self) -> dict[str, Any]:
-    """The fields as JSON has them (tuples as lists), so that a dict read back from
-    pipeline.json or a run's record compares equal."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-_SCALE_FIELDS = ('human_scales', 'part_scales')
-
-
-def parse_scales(name: str, value) -> tuple[float, ...]:
-  """'0.8,1,1.2', [0.8, 1, 1.2] or 1.2 (JSON, --set, flags) -> (0.8, 1.0, 1.2)."""
-  items = value.split(',') if isinstance(value, str) else value
-  items = items if isinstance(items, (list, tuple)) else [items]
-  try:
-    return tuple(float(v) for v in items if not (isinstance(v, str) and not v.strip()))
-  except (TypeError, ValueError):
-    raise ValueError(f'pipeline settings: {name} must be numbers, got {value!r}') from None
-
-
-def _short(value: Any, limit: int = 40) -> str:
-  text = repr(value)
-  return text if len(text) <= limit else text[: limit - 3] + '...'
-
-
-def _type_name(hint: Any) -> str:
-  names = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}
-  if hint in names or hint is type(None):
-    return names.get(hint, 'null')
-  if typing.get_origin(hint) in (tuple, list):
-    items = [_type_name(a) for a in typing.get_args(hint) if a is not ...]
-    return f'a list, each item {" / ".join(dict.fromkeys(items))}'
-  return ' or '.join(_type_name(a) for a in typing.get_args(hint)) or str(hint)
-
-
-def typed_value(value: Any, hint: Any, name: str) -> Any:
-  """`value` (as JSON holds it) as the declared type `hint` -- bool, int, float (an
-  integer is taken), str, None, tuple[X, ...] / tuple[X, Y] / list[X] of these, or a
-  union -- or a ValueError naming the field `name`. Bools are not integers here, and
-  floats must be finite."""
-  origin, args = typing.get_origin(hint), typing.get_args(hint)
-  wrong = ValueError(f'pipeline settings: {name} must be {_type_name(hint)}, got {_short(value)}')
-  if origin in (typing.Union, types.UnionType):
-    for arm in args:
-      try:
-        return typed_value(value, arm, name)
-      except ValueError:
-        pass
-    raise wrong
-  if origin in (tuple, list):
-    if not isinstance(value, (list, tuple)):
-      raise wrong
-    arms = args[:1] * len(value) if origin is list or args[1:] == (...,) else args
-    if len(arms) != len(value):
-      raise wrong
-    items = [typed_value(v, a, f'{name}[{i}]') for i, (v, a) in enumerate(zip(value, arms))]
-    return origin(items)
-  if hint is type(None) or hint is None:
-    if value is None:
-      return None
-  elif hint is bool or hint is str:
-    if isinstance(value, hint):
-      return value
-  elif hint is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-  elif hint is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-      return float(value)
-  else:
-    raise TypeError(f'Settings.{name}: field type {hint} has no JSON check')
-  raise wrong
 
 
 def parse_oracle(text: str | Sequence[str]) -> frozenset[str]:
@@ -275,42 +118,42 @@ def _normalize(frames, norm):
   return (frames.astype(jnp.float32) - mean) / std
 
 
-def _top_humans(det, settings: Settings):
+def _top_humans(det, options: PipelineOptions):
   """The detector's best `max_humans` people: edge boxes (B, M, 4), scores, valid."""
   score = jnp.where(
-    det['valid'] & (det['labels'] == 0) & (det['scores'] >= settings.human_score_threshold),
+    det['valid'] & (det['labels'] == 0) & (det['scores'] >= options.human_score_threshold),
     det['scores'],
     -1.0,
   )
-  top, index = jax.lax.top_k(score, settings.max_humans)
+  top, index = jax.lax.top_k(score, options.max_humans)
   boxes = jnp.take_along_axis(det['boxes'], index[..., None], axis=1)
   valid = top >= 0.0
   return jnp.where(valid[..., None], boxes, 0.0), jnp.maximum(top, 0.0), valid
 
 
-def _top_proposals(det, settings: Settings):
+def _top_proposals(det, options: PipelineOptions):
   """Per part the best k proposals: edge boxes (N, 10, k, 4), scores, valid."""
   parts = jnp.arange(NUM_PARTS)[None, :, None]
   ok = (
     det['valid'][:, None]
     & (det['labels'][:, None] == parts)
-    & (det['scores'][:, None] >= settings.part_score_threshold)
+    & (det['scores'][:, None] >= options.part_score_threshold)
   )
   score = jnp.where(ok, det['scores'][:, None], -1.0)  # (N, 10, D)
-  k = min(settings.proposals_per_part, score.shape[-1])
+  k = min(options.proposals_per_part, score.shape[-1])
   top, index = jax.lax.top_k(score, k)
   boxes = jnp.take_along_axis(det['boxes'][:, None], index[..., None], axis=2)
   valid = top >= 0.0
   return jnp.where(valid[..., None], boxes, 0.0), jnp.maximum(top, 0.0), valid
 
 
-def _match_truth(human_edges, human_valid, truth, settings: Settings):
+def _match_truth(human_edges, human_valid, truth, options: PipelineOptions):
   """(B, M) index of the ground-truth human each human overlaps most (IoU above
   `human_match_iou`), and whether there is one."""
   iou = box_iou(human_edges, to_edges(truth['human_boxes']))  # (B, M, G)
   iou = jnp.where(truth['human_valid'][:, None, :], iou, -1.0)
   best = iou.argmax(-1)
-  matched = human_valid & (iou.max(-1) > settings.human_match_iou)
+  matched = human_valid & (iou.max(-1) > options.human_match_iou)
   return best, matched
 
 
@@ -333,13 +176,15 @@ class _Frames:
     return self.frames.shape[0]
 
 
-def _merge(views, settings: Settings):
+def _merge(views, options: PipelineOptions):
   return views_lib.merge_detections(
-    views, method=settings.box_merge, iou_threshold=settings.box_merge_iou
+    views, method=options.box_merge, iou_threshold=options.box_merge_iou
   )
 
 
-def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, truth, oracle: bool):
+def _humans(
+  nets: _Networks, options: PipelineOptions, variables, batch: _Frames, truth, oracle: bool
+):
   """(edge boxes (B, M, 4) in frame pixels, scores, valid): detected (every member of
   the ensemble on every scale and flip, merged) or the truth's."""
   if oracle:
@@ -353,20 +198,20 @@ def _humans(nets: _Networks, settings: Settings, variables, batch: _Frames, trut
     nets.humans,
     variables['humans'],
     functools.partial(views_lib.scaled_inputs, frames, batch.content),
-    scales=settings.human_scales,
-    flip=settings.human_flip,
+    scales=options.human_scales,
+    flip=options.human_flip,
     members=nets.human_members,
   )
-  det = _merge(views, settings)
+  det = _merge(views, options)
   det = {**det, 'boxes': geometry.scale_boxes(det['boxes'], 1.0 / batch.canvas_scale[:, None])}
-  return _top_humans(det, settings)
+  return _top_humans(det, options)
 
 
-def _truth_parts(settings: Settings, humans, truth):
+def _truth_parts(options: PipelineOptions, humans, truth):
   """The ground-truth parts (boxes, valid, states) of the truth's human that each
   human overlaps most: (B, M, 10, ...)."""
   edges, _, valid = humans
-  match, matched = _match_truth(edges, valid, truth, settings)
+  match, matched = _match_truth(edges, valid, truth, options)
   return (
     _gather_humans(truth['part_boxes'], match),
     _gather_humans(truth['part_valid'], match) & matched[..., None],
@@ -378,12 +223,14 @@ def _flat(x):
   return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, truth_parts):
+def _parts(
+  nets: _Networks, options: PipelineOptions, variables, batch: _Frames, humans, truth_parts
+):
   """(edge boxes (B, M, 10, k, 4) in frame pixels, scores, valid): the part
   detector's top-k per part on every human's crop (every member on every scale and
   flip, merged), or (truth_parts given) the truth's parts as the first proposal."""
   human_edges, _, human_valid = humans
-  k = settings.proposals_per_part
+  k = options.proposals_per_part
   if truth_parts is not None:
     boxes, valid, _ = truth_parts
     first = (jnp.arange(k) == 0)[None, None, None, :]
@@ -413,18 +260,20 @@ def _parts(nets: _Networks, settings: Settings, variables, batch: _Frames, human
     nets.parts,
     variables['parts'],
     inputs_at,
-    scales=settings.part_scales,
-    flip=settings.part_flip,
+    scales=options.part_scales,
+    flip=options.part_flip,
     members=nets.part_members,
     mirror_labels=views_lib.PART_MIRROR,
   )
   unflat = lambda x: x.reshape((batch.batch, num_humans) + x.shape[1:])
-  edges, scores, valid = map(unflat, _top_proposals(_merge(views, settings), settings))
+  edges, scores, valid = map(unflat, _top_proposals(_merge(views, options), options))
   edges = geometry.crop_to_frame(edges, regions[:, :, None, None], crop_scale[:, :, None, None])
   return edges, scores, valid & human_valid[:, :, None, None]
 
 
-def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, humans, parts, action):
+def _states(
+  nets: _Networks, options: PipelineOptions, variables, batch: _Frames, humans, parts, action
+):
   """(B, M, 10, k) int32 state of every proposal: the part-state network on each
   human's crop, the k-th proposals of the ten parts as one set, with the action (every
   member of the ensemble, with the mirrored crop too when part_state_flip: logits
@@ -454,7 +303,7 @@ def _states(nets: _Networks, settings: Settings, variables, batch: _Frames, huma
     _flat(jnp.where(set_valid[..., None], boxes, 0.0)),
     _flat(set_valid),
     jnp.repeat(jnp.asarray(action, jnp.int32), num_humans),
-    flip=settings.part_state_flip,
+    flip=options.part_state_flip,
     members=nets.state_members,
   )
   states = logits.argmax(-1).reshape(set_valid.shape)
@@ -469,7 +318,7 @@ def _frames(nets: _Networks, frames, image_shape) -> _Frames:
 
 def parse_frames_variants(
   nets: _Networks,
-  settings: Settings,
+  options: PipelineOptions,
   variables: Mapping[str, PyTree],
   frames,
   image_shape,
@@ -493,20 +342,20 @@ def parse_frames_variants(
   outputs = []
   for oracle in variants:
     h = 'humans' in oracle
-    humans = once(('humans', h), lambda: _humans(nets, settings, variables, batch, truth, h))
+    humans = once(('humans', h), lambda: _humans(nets, options, variables, batch, truth, h))
     truth_parts = None
     if oracle & {'parts', 'states'}:
-      truth_parts = once(('truth_parts', h), lambda: _truth_parts(settings, humans, truth))
+      truth_parts = once(('truth_parts', h), lambda: _truth_parts(options, humans, truth))
     p = 'parts' in oracle
     parts = once(
       ('parts', h, p),
-      lambda: _parts(nets, settings, variables, batch, humans, truth_parts if p else None),
+      lambda: _parts(nets, options, variables, batch, humans, truth_parts if p else None),
     )
     a = 'action' in oracle
     states = once(
       ('states', h, p, a),
       lambda: _states(
-        nets, settings, variables, batch, humans, parts, truth['action'] if a else action
+        nets, options, variables, batch, humans, parts, truth['action'] if a else action
       ),
     )
     if 'states' in oracle:
@@ -534,7 +383,7 @@ def _assemble(humans, parts, states) -> dict[str, jax.Array]:
 
 def parse_frames(
   nets: _Networks,
-  settings: Settings,
+  options: PipelineOptions,
   variables: Mapping[str, PyTree],
   frames,
   image_shape,
@@ -557,7 +406,7 @@ def parse_frames(
     (B, M, 10, k); boxes inclusive, in frame pixels.
   """
   return parse_frames_variants(
-    nets, settings, variables, frames, image_shape, action, truth, variants=(frozenset(oracle),)
+    nets, options, variables, frames, image_shape, action, truth, variants=(frozenset(oracle),)
   )[0]
 
 
@@ -630,7 +479,7 @@ def _ensemble(exports: Export | Sequence[Export]) -> list[Export]:
 
 
 class Pipeline:
-  """The four networks of a bundle (tps_jax/inference/bundle.py) and their settings.
+  """The four networks of a bundle (tps_jax/inference/bundle.py) and their options.
   `humans`, `parts`, `states` and `actions` are lists: each stage's ensemble (an
   Export alone is a one-member ensemble)."""
 
@@ -640,14 +489,14 @@ class Pipeline:
     parts: Export | Sequence[Export],
     states: Export | Sequence[Export],
     actions: Sequence[Export],
-    settings: Settings,
+    options: PipelineOptions,
   ):
     humans, parts, states = _ensemble(humans), _ensemble(parts), _ensemble(states)
     check_ensembles(humans, parts, states)
     check_vocabularies(humans[0], parts[0], states[0], actions)
     self.humans, self.parts, self.states = humans, parts, states
     self.actions = list(actions)
-    self.settings = settings
+    self.options = options
     norm = lambda e: tuple(
       np.asarray(e.preprocessing['normalization'][k], np.float32) for k in ('mean', 'std')
     )
@@ -669,7 +518,7 @@ class Pipeline:
       part_members=len(parts),
       state_members=len(states),
     )
-    check_view_memory(self.nets, settings)
+    check_view_memory(self.nets, options)
     self.state_names = tuple(first_states.vocab['states'])
     self.action_names = tuple(first_states.vocab['actions'])
 
@@ -700,10 +549,10 @@ class Pipeline:
     *,
     oracle: frozenset[str] = frozenset(),
   ):
-    """`parse_frames` with this pipeline's networks and settings (jittable)."""
+    """`parse_frames` with this pipeline's networks and options (jittable)."""
     return parse_frames(
       self.nets,
-      self.settings,
+      self.options,
       variables,
       frames,
       image_shape,
@@ -728,7 +577,7 @@ class Pipeline:
 
     def body(variables, frames, image_shape, action, truth=None):
       return parse_frames_variants(
-        self.nets, self.settings, variables, frames, image_shape, action, truth, variants=variants
+        self.nets, self.options, variables, frames, image_shape, action, truth, variants=variants
       )
 
     specs = (P(), split, split, split) + ((split,) if needs_truth else ())
@@ -749,15 +598,13 @@ def compile_stages(pipeline: Pipeline):
   """`pipeline.compile()`'s program (no oracle, one device) cut into its three stages,
   each jitted alone, the outputs fetched to the host between them: what fusing them
   into one program saves, with the same views (bench/bench_pipeline.py)."""
-  nets, settings = pipeline.nets, pipeline.settings
+  nets, options = pipeline.nets, pipeline.options
   variables = jax.device_put(pipeline.variables)
   humans = jax.jit(
-    lambda v, f, s: _humans(nets, settings, v, _frames(nets, f, s), None, oracle=False)
+    lambda v, f, s: _humans(nets, options, v, _frames(nets, f, s), None, oracle=False)
   )
-  parts = jax.jit(lambda v, f, s, h: _parts(nets, settings, v, _frames(nets, f, s), h, None))
-  states = jax.jit(
-    lambda v, f, s, h, p, a: _states(nets, settings, v, _frames(nets, f, s), h, p, a)
-  )
+  parts = jax.jit(lambda v, f, s, h: _parts(nets, options, v, _frames(nets, f, s), h, None))
+  states = jax.jit(lambda v, f, s, h, p, a: _states(nets, options, v, _frames(nets, f, s), h, p, a))
 
   def run(frames, image_shape, action):
     found = jax.device_get(humans(variables, frames, image_shape))
@@ -769,114 +616,3 @@ def compile_stages(pipeline: Pipeline):
     )
 
   return run
-
-
-def check_vocabularies(
-  humans: Export, parts: Export, states: Export, actions: Sequence[Export]
-) -> None:
-  """Refuses, in one line naming both sides, exports that do not fit together."""
-  kinds = [(humans, 'human_detector'), (parts, 'part_detector'), (states, 'part_state')]
-  kinds += [(a, 'action') for a in actions]
-  for export, kind in kinds:
-    if export.kind != kind:
-      raise ExportError(f'{export.path}: a {export.kind} export where a {kind} is needed')
-  if len(humans.vocab['classes']) != 1:
-    raise ExportError(
-      f'{humans.path}: a human detector has one class, this one has '
-      f'{len(humans.vocab["classes"])} ({", ".join(humans.vocab["classes"])})'
-    )
-  if tuple(parts.vocab['classes']) != tps.PARTS:
-    raise ExportError(
-      f'{parts.path}: part detector classes {parts.vocab["classes"]} '
-      f'are not the ten parts in order {list(tps.PARTS)} '
-      f'({states.path} expects them)'
-    )
-  if tuple(states.vocab['parts']) != tps.PARTS:
-    raise ExportError(f'{states.path}: parts {states.vocab["parts"]} are not {list(tps.PARTS)}')
-  for action in actions:
-    if tuple(action.vocab['actions']) != tuple(states.vocab['actions']):
-      raise ExportError(
-        f'{action.path}: action classes {action.vocab["actions"]} differ '
-        f"from the part-state network's {states.vocab['actions']} "
-        f'({states.path})'
-      )
-
-
-def check_ensembles(*ensembles: Sequence[Export]) -> None:
-  """Refuses, in one line naming both, members of a stage's ensemble whose kind,
-  vocabularies, preprocessing or model differ from the first member's (their outputs
-  are merged or averaged as one network's; their variables are stacked)."""
-  for members in ensembles:
-    first = members[0]
-    for other in members[1:]:
-      for what, mine, theirs in (
-        ('kind', other.kind, first.kind),
-        ('vocabularies', other.vocab, first.vocab),
-        ('preprocessing', other.preprocessing, first.preprocessing),
-        ('model', other.config.model.to_dict(), first.config.model.to_dict()),
-      ):
-        if mine != theirs:
-          raise ExportError(
-            f'{other.path}: not the same {what} as {first.path} in the same ensemble '
-            f'({_difference(mine, theirs)})'
-          )
-
-
-def _difference(mine, theirs) -> str:
-  if isinstance(mine, dict) and isinstance(theirs, dict):
-    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    return '; '.join(f'{k}: {mine.get(k)!r} vs {theirs.get(k)!r}' for k in keys)
-  return f'{mine!r} vs {theirs!r}'
-
-
-# A rough bound of what a detector keeps alive per input pixel at inference in float32
-# (a ResNet-50 FPN or Swin stage-1 feature map is 12-16 floats per pixel, a few live
-# at once): the views' inputs times this is what `check_view_memory` compares.
-VIEW_BYTES_PER_PIXEL = 512
-
-
-def view_memory_gb(nets: _Networks, settings: Settings) -> float:
-  """Gigabytes the detectors' and the part-state network's views of one frame batch
-  take by VIEW_BYTES_PER_PIXEL: every member x scale x flip, the part detector and
-  the part-state network on all max_humans crops."""
-  area = lambda size, scales: sum(np.prod(geometry.scaled_size(size, s)) for s in scales)
-  flips = lambda flip: 2 if flip else 1
-  humans = (
-    nets.human_members * flips(settings.human_flip) * area(nets.canvas, settings.human_scales)
-  )
-  parts = nets.part_members * flips(settings.part_flip) * area(nets.part_size, settings.part_scales)
-  states = nets.state_members * flips(settings.part_state_flip) * np.prod(nets.state_size)
-  crops = settings.max_humans * (parts + settings.proposals_per_part * states)
-  return float(settings.frame_batch * (humans + crops) * VIEW_BYTES_PER_PIXEL / 2**30)
-
-
-def _device_memory_gb() -> float:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  if 'bytes_limit' in stats:
-    return stats['bytes_limit'] / 2**30
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
-
-
-def check_view_memory(nets: _Networks, settings: Settings) -> None:
-  """Refuses, in one line before anything compiles, views (more than one network
-  pass per stage) whose inputs at this frame batch need more than `view_memory_gb`
-  (0: the device's memory) by `view_memory_gb`'s estimate. One view per stage is the
-  program without test-time views and is not checked here."""
-  one_view = (
-    nets.human_members == nets.part_members == nets.state_members == 1
-    and settings.human_scales == settings.part_scales == (1.0,)
-    and not (settings.human_flip or settings.part_flip or settings.part_state_flip)
-  )
-  if one_view:
-    return
-  limit = settings.view_memory_gb or _device_memory_gb()
-  need = view_memory_gb(nets, settings)
-  if need > limit:
-    raise ValueError(
-      f'pipeline settings: the test-time views need about {need:.1f} GB at '
-      f'frame_batch={settings.frame_batch} (human_scales {list(settings.human_scales)}, '
-      f'part_scales {list(settings.part_scales)}, flips {settings.human_flip}/'
-      f'{settings.part_flip}/{settings.part_state_flip}, ensembles {nets.human_members}/'
-      f'{nets.part_members}/{nets.state_members}), more than the {limit:.1f} GB allowed '
-      '(view_memory_gb); lower frame_batch or the views'
-    )

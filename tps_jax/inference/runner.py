@@ -160,7 +160,7 @@ def predict(
   run_info = {
     **(run_info or {}),
     'variants': [sorted(v) for v in variants],
-    'settings': pipeline.settings.to_dict(),
+    'settings': pipeline.options.to_dict(),
   }
   run_info = json.loads(json.dumps(run_info))  # as run.json holds it: tuples are lists
   process, count = jax.process_index(), jax.process_count()

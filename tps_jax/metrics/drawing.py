@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tps_jax.metrics import score
+from tps_jax.metrics import score, score_math
 
 Colour = tuple[int, int, int]
 Segment = tuple[str, Colour]  # a run of header text and its colour
@@ -104,7 +104,7 @@ def matched_gt_states(
   states = [{} for _ in humans]
   if not humans or not gt_humans:
     return states
-  matches, ious = score.match_humans(
+  matches, ious = score_math.match_humans(
     np.array([g['box'] for g in gt_humans], np.float64),
     np.array([h['box'] for h in humans], np.float64),
   )

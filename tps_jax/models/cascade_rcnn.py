@@ -45,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models import rpn as rpn_lib
-from tps_jax.models.fields import hashable
 from tps_jax.models.resnet import BatchNorm
 
 Dtype = Any
@@ -57,8 +56,8 @@ CASCADE_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.0
 
 
 @dataclasses.dataclass(frozen=True)
-class RoISettings:
-  """Static settings of the RoI heads (defaults: mmdetection's Cascade R-CNN R-50 FPN)."""
+class RoISpec:
+  """The RoI heads' hyper-parameters, static (defaults: mmdetection's Cascade R-CNN R-50 FPN)."""
 
   num_stages: int = 3
   iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
@@ -106,7 +105,7 @@ class RoISettings:
     for name in ('iou_thresholds', 'box_stds', 'stage_weights'):
       if len(getattr(self, name)) < self.num_stages:
         raise ValueError(
-          f'RoISettings.{name}: {len(getattr(self, name))} values for {self.num_stages} stages'
+          f'RoISpec.{name}: {len(getattr(self, name))} values for {self.num_stages} stages'
         )
     for name, known in (
       ('score_average', ('logits', 'probs')),
@@ -116,11 +115,11 @@ class RoISettings:
     ):
       if getattr(self, name) not in known:
         raise ValueError(
-          f'RoISettings.{name}: {getattr(self, name)!r} is not one of {", ".join(known)}'
+          f'RoISpec.{name}: {getattr(self, name)!r} is not one of {", ".join(known)}'
         )
 
 
-# Settings that make the model compute what each library computes.
+# The specs that make the model compute what each library computes.
 CONVENTIONS = {
   'mmdet': (dict(), dict()),
   'torchvision': (
@@ -145,11 +144,11 @@ CONVENTIONS = {
 }
 
 
-def make_settings(
+def make_specs(
   convention: str = 'mmdet',
   rpn: Mapping[str, Any] | None = None,
   roi: Mapping[str, Any] | None = None,
-) -> tuple[rpn_lib.RPNSettings, RoISettings]:
+) -> tuple[rpn_lib.RPNSpec, RoISpec]:
   """RPN and RoI settings of a convention ('mmdet' | 'torchvision'), with overrides.
 
   `rpn['anchors']` may be an AnchorGenerator or the keyword arguments of
@@ -162,8 +161,8 @@ def make_settings(
   if isinstance(rpn.get('anchors'), Mapping):  # from a config: mmdetection's fields
     rpn['anchors'] = ops.AnchorGenerator.mmdet(**rpn['anchors'])
   return (
-    rpn_lib.RPNSettings(**{**rpn_base, **rpn}),
-    RoISettings(**{**roi_base, **hashable(roi or {})}),
+    rpn_lib.RPNSpec(**{**rpn_base, **rpn}),
+    RoISpec(**{**roi_base, **hashable(roi or {})}),
   )
 
 
@@ -171,7 +170,7 @@ class BoxHead(nn.Module):
   """RoI features (B, K, h, w, C) -> class logits (B, K, C + 1), deltas (B, K, 4 | 4C).
 
   Regression is one box per RoI (`class_agnostic`) or one per foreground class. The
-  convs' norm is `RoISettings.norm`; BatchNorm ('bn_<i>', statistics in 'batch_stats')
+  convs' norm is `RoISpec.norm`; BatchNorm ('bn_<i>', statistics in 'batch_stats')
   normalises with the statistics of the RoIs `valid` marks when `train` and
   `bn_mode='batch'` (under a sharded jit: the global batch's), else its running ones.
   """
@@ -283,8 +282,8 @@ class CascadeRCNN(nn.Module):
   backbone: nn.Module
   neck: nn.Module
   num_classes: int
-  rpn: rpn_lib.RPNSettings = rpn_lib.RPNSettings()
-  roi: RoISettings = RoISettings()
+  rpn: rpn_lib.RPNSpec = rpn_lib.RPNSpec()
+  roi: RoISpec = RoISpec()
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -514,7 +513,7 @@ class CascadeRCNN(nn.Module):
     return out
 
   def _box_loss(self, stage: int, deltas, rois, gt_boxes, positive, normalizer):
-    """Stage `stage`'s unweighted box loss over the positives (`RoISettings.box_loss`)."""
+    """Stage `stage`'s unweighted box loss over the positives (`RoISpec.box_loss`)."""
     roi = self.roi
     if roi.box_loss == 'giou':
       # Decoded without clipping to the image, as mmdetection's loss does.
@@ -555,9 +554,9 @@ def build_cascade_rcnn(
     backbone: a `detector_backbone.build_backbone` arch ('resnet50', 'swin_l', ...).
     convention: 'mmdet' or 'torchvision' (`CONVENTIONS`), before the overrides.
     backbone_overrides, neck: fields of the backbone / `detector_backbone.build_neck`.
-    rpn, roi: fields of `RPNSettings` / `RoISettings`.
+    rpn, roi: fields of `RPNSpec` / `RoISpec`.
   """
-  rpn_settings, roi_settings = make_settings(convention, rpn, roi)
+  rpn_settings, roi_settings = make_specs(convention, rpn, roi)
   return CascadeRCNN(
     backbone=detector_backbone.build_backbone(
       backbone, dtype=dtype, **hashable(backbone_overrides or {})

@@ -48,13 +48,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
-from tps_jax.models.fields import hashable
+from tps_jax.models import hashable
 from tps_jax.models.retinanet import (
   FPN_INPUTS,
   ConvTower,
   OneStageDetector,
+  assemble,
   big_enough,
+  builder_fields,
   flatten_levels,
   head_init,
   image_shapes,
@@ -69,8 +70,8 @@ Dtype = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class GFLSettings:
-  """Static head settings (defaults: mmdetection's gfl_r50_fpn_1x_coco)."""
+class GFLSpec:
+  """The head's hyper-parameters, static (defaults: mmdetection's gfl_r50_fpn_1x_coco)."""
 
   anchors: ops.AnchorGenerator = ops.AnchorGenerator.mmdet(
     strides=(8, 16, 32, 64, 128), ratios=(1.0,), octave_base_scale=8, scales_per_octave=1
@@ -102,7 +103,7 @@ class GFLSettings:
     object.__setattr__(self, 'anchors', make_anchors(self.anchors))
     if set(self.anchors.num_anchors_per_location) != {1}:
       raise ValueError(
-        f'GFLSettings: GFL has one anchor per location, got {self.anchors.num_anchors_per_location}'
+        f'GFLSpec: GFL has one anchor per location, got {self.anchors.num_anchors_per_location}'
       )
 
 
@@ -189,7 +190,7 @@ class GFL(OneStageDetector):
   """One-stage detector with QFL / DFL / GIoU losses (see the module docstring); head
   outputs: logits (B, A, classes), distribution logits (B, A, 4, n + 1)."""
 
-  settings: GFLSettings = GFLSettings()
+  settings: GFLSpec = GFLSpec()
 
   def setup(self):
     s = self.settings
@@ -268,7 +269,7 @@ def gfl_loss(
   gt_labels,
   gt_valid,
   gt_ignore,
-  settings: GFLSettings,
+  settings: GFLSpec,
 ) -> dict[str, jax.Array]:
   """GFL's losses from head outputs and clean targets (see the module docstring).
 
@@ -343,7 +344,7 @@ def build_gfl(
     backbone_overrides: fields of the backbone.
     neck: fields of `detector_backbone.build_neck` (default: mmdetection's GFL FPN, C3-C5
       inputs, P6 and P7 convolved from P5's output).
-    head: fields of `GFLSettings` ('anchors' may be a mapping of `AnchorGenerator.mmdet`
+    head: fields of `GFLSpec` ('anchors' may be a mapping of `AnchorGenerator.mmdet`
       arguments).
   """
   neck_fields = {
@@ -352,26 +353,10 @@ def build_gfl(
     'num_extra': 2,
     **hashable(neck or {}),
   }
-  settings = GFLSettings(**hashable(head or {}))
-  return GFL(
-    backbone=detector_backbone.build_backbone(
-      backbone, dtype=dtype, **hashable(backbone_overrides or {})
-    ),
-    neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
-    num_classes=num_classes,
-    settings=settings,
-    dtype=dtype,
-  )
+  spec = GFLSpec(**hashable(head or {}))
+  return assemble(GFL, backbone, num_classes, spec, neck_fields, backbone_overrides, dtype)
 
 
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> GFL:
   """The detection task's builder (`config.model.family = 'gfl'`)."""
-  get = lambda name: hashable(model_config.get(name)) or {}
-  return build_gfl(
-    model_config.backbone,
-    num_classes,
-    backbone_overrides=get('backbone_overrides'),
-    neck=get('neck'),
-    head=get('head'),
-    dtype=dtype,
-  )
+  return build_gfl(model_config.backbone, num_classes, dtype=dtype, **builder_fields(model_config))

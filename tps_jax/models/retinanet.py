@@ -45,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tps_jax import ops
-from tps_jax.models import detector_backbone
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models.cascade_rcnn import clean_targets
-from tps_jax.models.fields import hashable
 
 Dtype = Any
 
@@ -71,8 +70,8 @@ def make_anchors(value) -> ops.AnchorGenerator:
 
 
 @dataclasses.dataclass(frozen=True)
-class RetinaNetSettings:
-  """Static head settings (defaults: mmdetection's retinanet_r50_fpn_1x_coco)."""
+class RetinaNetSpec:
+  """The head's hyper-parameters, static (defaults: mmdetection's retinanet_r50_fpn_1x_coco)."""
 
   anchors: ops.AnchorGenerator = ops.AnchorGenerator.mmdet(
     strides=(8, 16, 32, 64, 128), ratios=(0.5, 1.0, 2.0), octave_base_scale=4, scales_per_octave=3
@@ -106,10 +105,10 @@ class RetinaNetSettings:
   def __post_init__(self):
     object.__setattr__(self, 'anchors', make_anchors(self.anchors))
     if self.box_loss not in ('l1', 'smooth_l1'):
-      raise ValueError(f"RetinaNetSettings.box_loss: {self.box_loss!r} is not 'l1' or 'smooth_l1'")
+      raise ValueError(f"RetinaNetSpec.box_loss: {self.box_loss!r} is not 'l1' or 'smooth_l1'")
     if len(set(self.anchors.num_anchors_per_location)) != 1:
       raise ValueError(
-        'RetinaNetSettings: the shared head needs the same number of anchors '
+        'RetinaNetSpec: the shared head needs the same number of anchors '
         f'on every level, got {self.anchors.num_anchors_per_location}'
       )
 
@@ -360,7 +359,7 @@ class RetinaNet(OneStageDetector):
   """One-stage detector with anchors and focal loss (see the module docstring); head
   outputs: logits (B, A, classes), deltas (B, A, 4)."""
 
-  settings: RetinaNetSettings = RetinaNetSettings()
+  settings: RetinaNetSpec = RetinaNetSpec()
 
   def setup(self):
     s = self.settings
@@ -431,7 +430,7 @@ def retinanet_loss(
   gt_labels,
   gt_valid,
   gt_ignore,
-  settings: RetinaNetSettings,
+  settings: RetinaNetSpec,
 ) -> dict[str, jax.Array]:
   """RetinaNet's losses from head outputs and clean targets (see the module docstring).
 
@@ -480,9 +479,9 @@ def retinanet_loss(
   }
 
 
-def make_settings(
+def make_specs(
   convention: str = 'mmdet', head: Mapping[str, Any] | None = None
-) -> tuple[dict, RetinaNetSettings]:
+) -> tuple[dict, RetinaNetSpec]:
   """(FPN fields, head settings) of a convention ('mmdet' | 'torchvision'), with overrides."""
   if convention not in CONVENTIONS:
     raise ValueError(
@@ -490,7 +489,7 @@ def make_settings(
     )
   neck, base = CONVENTIONS[convention]
   head = hashable(head or {})
-  return dict(neck), RetinaNetSettings(**{**base, **head})
+  return dict(neck), RetinaNetSpec(**{**base, **head})
 
 
 def build_retinanet(
@@ -510,31 +509,41 @@ def build_retinanet(
     convention: 'mmdet' or 'torchvision' (`CONVENTIONS`), before the overrides.
     backbone_overrides: fields of the backbone.
     neck: fields of `detector_backbone.build_neck` (default: C3-C5 inputs, 2 extra levels).
-    head: fields of `RetinaNetSettings` ('anchors' may be a mapping of
+    head: fields of `RetinaNetSpec` ('anchors' may be a mapping of
       `AnchorGenerator.mmdet` arguments).
   """
-  neck_base, settings = make_settings(convention, head)
+  neck_base, spec = make_specs(convention, head)
   neck_fields = {'in_keys': FPN_INPUTS, 'num_extra': 2, **neck_base, **hashable(neck or {})}
-  return RetinaNet(
+  return assemble(RetinaNet, backbone, num_classes, spec, neck_fields, backbone_overrides, dtype)
+
+
+def assemble(cls, backbone: str, num_classes: int, spec, neck_fields, backbone_overrides, dtype):
+  """A one-stage detector `cls` (RetinaNet, GFL): the backbone `backbone` with its
+  overrides, the FPN of `neck_fields` and a head of `spec`."""
+  return cls(
     backbone=detector_backbone.build_backbone(
       backbone, dtype=dtype, **hashable(backbone_overrides or {})
     ),
     neck=detector_backbone.build_neck(dtype=dtype, **neck_fields),
     num_classes=num_classes,
-    settings=settings,
+    settings=spec,
     dtype=dtype,
   )
 
 
+def builder_fields(model_config) -> dict[str, Any]:
+  """A one-stage builder's overrides from `config.model`: backbone_overrides, neck, head."""
+  return {
+    name: hashable(model_config.get(name)) or {} for name in ('backbone_overrides', 'neck', 'head')
+  }
+
+
 def from_config(model_config, num_classes: int, dtype=jnp.float32) -> RetinaNet:
   """The detection task's builder (`config.model.family = 'retinanet'`)."""
-  get = lambda name: hashable(model_config.get(name)) or {}
   return build_retinanet(
     model_config.backbone,
     num_classes,
     convention=model_config.get('convention', 'mmdet'),
-    backbone_overrides=get('backbone_overrides'),
-    neck=get('neck'),
-    head=get('head'),
     dtype=dtype,
+    **builder_fields(model_config),
   )

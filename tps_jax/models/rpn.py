@@ -38,8 +38,8 @@ rpn_init = nn.initializers.normal(0.01)
 
 
 @dataclasses.dataclass(frozen=True)
-class RPNSettings:
-  """Static RPN settings (hashable, so a module field).
+class RPNSpec:
+  """The RPN's hyper-parameters, static (hashable, so a module field).
 
   Defaults are mmdetection's Cascade R-CNN (equal to torchvision's Faster R-CNN apart
   from `low_quality_matches`, `min_pos_iou`, `allowed_border` and `log_scale_clip`).
@@ -130,7 +130,7 @@ class Proposals(NamedTuple):
   valid: jax.Array  # (B, N) bool
 
 
-def anchors_for(settings: RPNSettings, feature_shapes, padded_shape) -> np.ndarray:
+def anchors_for(settings: RPNSpec, feature_shapes, padded_shape) -> np.ndarray:
   """(total anchors, 4) float32 for the levels' (H, W) and the padded image (H, W)."""
   return np.concatenate(settings.anchors.grid_anchors(feature_shapes, padded_shape), axis=0)
 
@@ -191,7 +191,7 @@ def generate_proposals(
 
 
 def trainable_anchors(
-  settings: RPNSettings, anchors: np.ndarray, feature_shapes, padded_shape, image_shape
+  settings: RPNSpec, anchors: np.ndarray, feature_shapes, padded_shape, image_shape
 ):
   """(B, A) bool: anchors that take part in training (mmdetection's inside flags)."""
   valid = settings.anchors.valid_mask(feature_shapes, image_shape, padded_shape)
@@ -210,7 +210,7 @@ def trainable_anchors(
 
 
 def sample_anchors(
-  anchors, anchor_valid, gt_boxes, gt_valid, gt_ignore, key, settings: RPNSettings
+  anchors, anchor_valid, gt_boxes, gt_valid, gt_ignore, key, settings: RPNSpec
 ) -> tuple[ops.Assignment, ops.Sample]:
   """Max-IoU assignment of anchors (A, 4) to the targets and the balanced sample.
 
@@ -244,7 +244,7 @@ def rpn_loss(
   gt_valid,
   gt_ignore,
   key,
-  settings: RPNSettings,
+  settings: RPNSpec,
 ) -> dict[str, jax.Array]:
   """{'loss_rpn_cls', 'loss_rpn_box', 'rpn_positives'} for one batch.
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tps_jax.models.fields import hashable
+from tps_jax.models import hashable
 
 Dtype = Any
 

@@ -233,7 +233,7 @@ class Task(abc.ABC):
 
   def export_metadata(self) -> dict[str, Any]:
     """What the export needs beside variables and config to be used alone (written to
-    `export/metadata.json`, read back by `tps_jax.inference.load_export`): `kind`,
+    `export/metadata.json`, read back by `tps_jax.inference.export.load_export`): `kind`,
     `vocab` (vocabularies in label order) and `preprocessing` (input sizes,
     normalisation, crop rules) -- whatever the task read from its dataset. A task built
     with `metadata=` must rebuild the same model from it. {} by default."""

@@ -41,9 +41,8 @@ import numpy as np
 
 from tps_jax.data import kinetics_tps
 from tps_jax.metrics.coco import CocoDetectionEvaluator
-from tps_jax.models import detector_backbone
+from tps_jax.models import detector_backbone, hashable
 from tps_jax.models.cascade_rcnn import build_cascade_rcnn
-from tps_jax.models.fields import hashable
 from tps_jax.ops.boxes import to_edges
 from tps_jax.tasks import base
 

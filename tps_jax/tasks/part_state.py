@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from tps_jax.data import augment, tfds_layout
 from tps_jax.data.kinetics_tps import PARTS, Vocab
 from tps_jax.input.pipelines import data_settings, dataset_metadata, dataset_path
-from tps_jax.models.fields import hashable
+from tps_jax.models import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
 from tps_jax.tasks import base

@@ -1,6 +1,4 @@
-"""The one generic trainer: `train_and_evaluate(config, workdir)` runs the task
-`config.task` names (the protocol: tps_jax/tasks/base.py)."""
-
-from tps_jax.train.trainer import TrainingError, initialize_distributed, run_cli, train_and_evaluate
-
-__all__ = ['TrainingError', 'initialize_distributed', 'run_cli', 'train_and_evaluate']
+"""The one generic trainer (tps_jax/train/trainer.py: `train_and_evaluate(config,
+workdir)` runs the task `config.task` names; the protocol: tps_jax/tasks/base.py), its
+checkpoints, optimiser and sharding. Import the modules themselves: importing this
+package loads none of them, so exports and `distributed` come without the trainer."""

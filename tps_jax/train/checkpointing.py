@@ -493,10 +493,3 @@ def existing_export(workdir: str, config) -> str | None:
   current = json.loads(config.to_json_best_effort())
   found = written == current and os.path.isdir(os.path.join(final, 'variables'))
   return final if _all_processes_agree(found) else None
-
-
-def load_export(path: str) -> tuple[PyTree, dict]:
-  """(variables as numpy, config dict) of an export directory."""
-  variables = restore_numpy(os.path.join(path, 'variables'))
-  with open(os.path.join(path, 'config.json')) as f:
-    return variables, json.load(f)

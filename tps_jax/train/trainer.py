@@ -9,7 +9,7 @@ Config fields read here: task, seed, total_steps, batch_size (global),
 grad_accum_steps, log_steps, checkpoint_steps, keep_checkpoints, eval_steps (0: no
 eval), bf16, mesh.model, optim.* (see optim.py), init_from: a path or
 {path, include, exclude, prefix} (path '' = off; see `_init_from`),
-allow_config_change (see settings.py); configs/common.py's `trainer()` writes them all.
+allow_config_change (see run_config.py); configs/common.py's `trainer()` writes them all.
 
 Interruptions: SIGTERM saves a checkpoint at the step boundary and the process exits
 with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL: rerun to resume), which a scheduler can
@@ -32,10 +32,10 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from tps_jax.tasks import base as tasks_lib
-from tps_jax.train import checkpointing, settings, sharding
+from tps_jax.train import checkpointing, run_config, sharding
+from tps_jax.train.distributed import initialize_distributed, say
 from tps_jax.train.metric_writer import MetricWriter, Progress
 from tps_jax.train.optim import ema_update, make_optimizer
 from tps_jax.train.state import TrainState
@@ -43,14 +43,6 @@ from tps_jax.train.state import TrainState
 PyTree = Any
 # Stopped by SIGTERM after saving a checkpoint: sysexits' "temporary failure, retry".
 PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL
-
-
-def say(message: str) -> None:
-  """A line on the console from process 0 (absl INFO is silenced by `run_cli`), above
-  the progress bar when there is one."""
-  logging.info(message)
-  if jax.process_index() == 0:
-    tqdm.write(message, file=sys.stderr)
 
 
 LOG_FILE = 'log.txt'  # WORKDIR/log.txt: what is too long for the console
@@ -93,36 +85,6 @@ def prepare_workdir(workdir: str) -> str:
       f'--workdir={workdir}: cannot write there ({e.strerror}); give a directory you can write to'
     ) from None
   return workdir
-
-
-def initialize_distributed(
-  *,
-  multihost: bool = False,
-  coordinator_address: str = '',
-  num_processes: int = 0,
-  process_id: int = -1,
-) -> None:
-  """Calls `jax.distributed.initialize` when asked by flags or JAX_* env vars.
-
-  Arguments left empty fall back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID, then to JAX's own cluster auto-detection (SLURM, TPU pods, ...).
-  """
-  env = os.environ
-  coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS', '')
-  num_processes = num_processes or int(env.get('JAX_NUM_PROCESSES', 0))
-  if process_id < 0:
-    process_id = int(env.get('JAX_PROCESS_ID', -1))
-  if not (multihost or coordinator_address):
-    return
-  jax.distributed.initialize(
-    coordinator_address=coordinator_address or None,
-    num_processes=num_processes or None,
-    process_id=None if process_id < 0 else process_id,
-  )
-  say(
-    f'process {jax.process_index()} of {jax.process_count()}: '
-    f'{jax.local_device_count()} local / {jax.device_count()} global devices'
-  )
 
 
 def _config_get(config, dotted: str, default):
@@ -416,11 +378,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   Returns a summary: {'step', 'preempted', 'eval': final eval metrics, 'export'}.
   """
-  settings.check_counts(config)
+  run_config.check_counts(config)
   workdir = prepare_workdir(workdir)
   # The settings first: a refused resume should not wait for the model or the data.
   if checkpointing.saved_steps(workdir):
-    for line in settings.check_resume(workdir, config):
+    for line in run_config.check_resume(workdir, config):
       say(line)
   compute_dtype = jnp.bfloat16 if config.get('bf16', False) else jnp.float32
   try:
@@ -453,7 +415,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     for line in report:
       say(line)
     if state is not None:
-      settings.check_total_steps(config, restored_step, workdir)
+      run_config.check_total_steps(config, restored_step, workdir)
       say(f'resumed {workdir} from step {restored_step}')
     else:
       state = jax.jit(init_state, out_shardings=state_shardings)(rng)
@@ -462,7 +424,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     manager.close()  # joins orbax's start-up threads, which an exit would interrupt
     raise
   if jax.process_index() == 0:  # the settings this workdir now trains with
-    settings.store(workdir, config)
+    run_config.store(workdir, config)
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(
@@ -582,7 +544,7 @@ def run_cli(config, workdir: str, **distributed) -> None:
   except (
     TrainingError,
     checkpointing.CheckpointError,
-    settings.SettingsError,
+    run_config.RunConfigError,
     FileNotFoundError,
   ) as e:
     sys.exit(f'error: {e}')

@@ -1,17 +1,17 @@
-"""A run's settings: checked before anything is built, kept in the workdir, compared
-on resume.
+"""A run's config: checked before anything is built, kept in the workdir, compared on
+resume.
 
 A long run is resumed many times, often by a scheduler rerunning the same command, so
 what it trains must not change silently in between. `workdir/config.json` holds the
-settings the run was started with; a resume compares the current ones against it.
+config the run was started with; a resume compares the current one against it.
 
 Fields that only say how often to log, checkpoint or evaluate, how many checkpoints
 to keep, or how the work is laid out on the machine (`FREE_FIELDS`) may change freely;
 `total_steps` may be raised to train on (the learning-rate schedule then ends at the
 new step). Any other difference is listed and refused unless
-`--config.allow_config_change=True`, which replaces the stored settings by the new
-ones. A `total_steps` below the step a workdir has reached is refused either way: the
-parameters cannot be un-trained. Settings stored by an earlier version are read in
+`--config.allow_config_change=True`, which replaces the stored config by the new
+one. A `total_steps` below the step a workdir has reached is refused either way: the
+parameters cannot be un-trained. Configs stored by an earlier version are read in
 today's field names first (`RENAMED_FIELDS`, `FORMER_DEFAULTS`), so that a rename is
 not a change.
 """
@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any
 
-SETTINGS_FILE = 'config.json'
+CONFIG_FILE = 'config.json'
 
 # May differ on resume: cadence, retention, and the work's layout on the hardware.
 FREE_FIELDS = frozenset(
@@ -41,7 +41,7 @@ FREE_FIELDS = frozenset(
   }
 )
 
-# Fields renamed since settings were stored: old name -> new name. Settings stored
+# Fields renamed since configs were stored: old name -> new name. Configs stored
 # before the renames are those without `data.tfds_name` (no config had it then).
 RENAMED_FIELDS = {'data.stage': 'data.dataset', 'data.dataset': 'data.tfds_name'}
 # Fields the configs now spell out that the library once filled in when absent: a
@@ -67,8 +67,8 @@ _COUNTS = {
 _SHOWN_CHANGES = 8
 
 
-class SettingsError(ValueError):
-  """Settings that cannot run, or cannot resume this workdir (one line)."""
+class RunConfigError(ValueError):
+  """A config that cannot run, or cannot resume this workdir (one line)."""
 
 
 def check_counts(config) -> None:
@@ -80,7 +80,7 @@ def check_counts(config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
       kind = 'a positive integer' if smallest else 'an integer >= 0'
       extra = ' (0: never)' if field == 'eval_steps' else ''
-      raise SettingsError(
+      raise RunConfigError(
         f'config.{field}={value!r}: must be {kind}{extra}, e.g. --config.{field}={example}'
       )
 
@@ -104,8 +104,8 @@ def flatten(config) -> dict[str, Any]:
 
 
 def store(workdir: str, config) -> str:
-  """Writes the settings to workdir/config.json (atomically); returns the path."""
-  path = os.path.join(workdir, SETTINGS_FILE)
+  """Writes the config to workdir/config.json (atomically); returns the path."""
+  path = os.path.join(workdir, CONFIG_FILE)
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -119,14 +119,14 @@ def _load(path: str) -> dict[str, Any]:
     with open(path) as f:
       return flatten(json.load(f))
   except (OSError, ValueError) as e:
-    raise SettingsError(
+    raise RunConfigError(
       f'{path}: unreadable stored settings ({e}); restore the file, or '
       'delete it to store the current settings'
     ) from None
 
 
 def upgrade(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-  """Flat stored settings in today's field names (`RENAMED_FIELDS`), with the fields
+  """The flat stored config in today's field names (`RENAMED_FIELDS`), with the fields
   `current` has that the library once filled in given their values then
   (`FORMER_DEFAULTS`)."""
   if 'data.tfds_name' not in stored:
@@ -147,13 +147,13 @@ def _describe(changes: list[tuple[str, Any, Any]]) -> str:
 
 
 def check_resume(workdir: str, config) -> list[str]:
-  """Compares `config` with the settings stored in `workdir`; returns lines to print.
+  """Compares `config` with the config stored in `workdir`; returns lines to print.
 
-  Raises SettingsError listing the fields that changed the run's meaning unless
-  `config.allow_config_change`. Stores nothing: the trainer stores the settings once
+  Raises RunConfigError listing the fields that changed the run's meaning unless
+  `config.allow_config_change`. Stores nothing: the trainer stores the config once
   the resume has been accepted (`store`).
   """
-  path = os.path.join(workdir, SETTINGS_FILE)
+  path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     return [
       f'{path}: no stored settings (a workdir from an earlier version); storing the current ones'
@@ -180,7 +180,7 @@ def check_resume(workdir: str, config) -> list[str]:
     )
   if changes:
     if not config.get('allow_config_change', False):
-      raise SettingsError(
+      raise RunConfigError(
         f'{workdir}: resuming with settings that change what this run trains: '
         f'{_describe(changes)} (stored in {path}); rerun with the stored settings, use '
         'a fresh --workdir, or accept the change with --config.allow_config_change=True'
@@ -192,7 +192,7 @@ def check_resume(workdir: str, config) -> list[str]:
 def check_total_steps(config, step: int, workdir: str) -> None:
   """Refuses a total_steps below the step the workdir's checkpoint has reached."""
   if config.total_steps < step:
-    raise SettingsError(
+    raise RunConfigError(
       f'config.total_steps={config.total_steps} is below step {step}, where the '
       f'checkpoint in {workdir} is: a run cannot be shortened after the fact; use '
       f'--config.total_steps={step} or more, or a fresh --workdir'
