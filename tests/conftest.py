@@ -1,6 +1,7 @@
 """Shared pytest fixtures: one tiny synthetic Kinetics-TPS dataset per test session."""
 
 import atexit
+import ctypes
 import gc
 import os
 import pathlib
@@ -14,13 +15,15 @@ import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Compiling, not running, is most of the suite's CPU time, and its programs are small:
-# without LLVM's optimisation passes compilation takes about a third less (tests/test_swin.py:
-# 38 s of CPU instead of 60), the numbers staying within every tolerance. Subprocesses
-# inherit it; a test that sets XLA_FLAGS itself replaces it.
-if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
-  ).strip()
+# without LLVM's optimisation passes, and with XLA:CPU's older loop emitters instead of
+# its fusion emitters, compilation takes about half the CPU (tests/test_swin.py: 23 s
+# instead of 60), the numbers staying within every tolerance. Subprocesses inherit
+# these flags; a test that sets XLA_FLAGS itself replaces them.
+_FAST_COMPILE = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
+_flags = os.environ.get('XLA_FLAGS', '')
+os.environ['XLA_FLAGS'] = ' '.join(
+  [_flags, *(f for f in _FAST_COMPILE if f.split('=')[0] not in _flags)]
+).strip()
 # One persistent XLA compilation cache per test session, inherited by the subprocesses
 # the tests start: a program compiled by one test (e.g. the end-to-end pipeline in
 # `python -m tps_jax.predict`) is loaded, not recompiled, by the next.
@@ -156,6 +159,16 @@ def _free_compiled_programs():
   if 'jax' in sys.modules:
     sys.modules['jax'].clear_caches()
   gc.collect()
+  _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+  """glibc keeps freed heap pages for reuse; handed back to the system, two workers of
+  a parallel run peak at what their current modules need, not at their history."""
+  try:
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc: nothing to trim
+    pass
 
 
 class SmokeDemo(NamedTuple):
@@ -196,11 +209,27 @@ def synthetic_root(tmp_path_factory):
   return root
 
 
+# ------------------------------------------------- two workers (pytest-xdist)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Under `-n 2 --dist loadgroup` a test module runs whole on one worker, so its
+  module fixtures (compiled networks, trained bundles) are built once, and the tests
+  reading the smoke demo share one worker, so the demo runs once. They come first: the
+  demo is the suite's longest piece and must not be its tail."""
+  del config
+  for item in items:
+    group = 'smoke_demo' if 'smoke_demo' in item.fixturenames else item.module.__name__
+    item.add_marker(pytest.mark.xdist_group(group))
+  items.sort(key=lambda item: 'smoke_demo' not in item.fixturenames)
+
+
 # ------------------------------------------------- the suite's cost, test by test
 # Wall time (`--durations`) moves with the machine's load; CPU time much less. Each
-# test's CPU seconds (user + sys, this process and the processes it waited for) are
-# summed over setup, call and teardown, and the slowest are listed after the run.
+# test's CPU seconds (user + sys, its process and the processes it waited for) are
+# summed over setup, call and teardown, sent with the reports (so a worker's reach the
+# main process) and the slowest are listed after the run.
 _CPU_SECONDS: dict[str, float] = {}
+_CPU_MARK: dict[str, float] = {}
 
 
 def _cpu_now() -> float:
@@ -215,9 +244,22 @@ def _cpu_now() -> float:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-  start = _cpu_now()
+  _CPU_MARK[item.nodeid] = _cpu_now()
   yield
-  _CPU_SECONDS[item.nodeid] = _cpu_now() - start
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  report = (yield).get_result()
+  now = _cpu_now()
+  spent = now - _CPU_MARK.get(item.nodeid, now)
+  report.user_properties = [*report.user_properties, ('cpu_seconds', spent)]
+  _CPU_MARK[item.nodeid] = now
+
+
+def pytest_runtest_logreport(report):
+  seconds = dict(report.user_properties).get('cpu_seconds', 0.0)
+  _CPU_SECONDS[report.nodeid] = _CPU_SECONDS.get(report.nodeid, 0.0) + seconds
 
 
 def pytest_terminal_summary(terminalreporter):
