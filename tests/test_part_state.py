@@ -1,8 +1,6 @@
 """The part-state network, its task (loss, metrics, layer ids, sharding) and configs."""
 
 import itertools
-import json
-import os
 
 import flax
 import jax
@@ -11,9 +9,7 @@ import numpy as np
 import pytest
 
 from configs import part_state as part_state_config
-from tests.conftest import run_module
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.datasets import build
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (
   PartStateTask,
@@ -21,7 +17,7 @@ from tps_jax.tasks.part_state import (
   part_state_losses,
   part_state_metric_sums,
 )
-from tps_jax.train import checkpointing, sharding
+from tps_jax.train import sharding
 from tps_jax.train.optim import layer_lr_scales, param_name, path_names
 
 NUM_STATES, NUM_ACTIONS, SIZE = 7, 3, 32
@@ -360,7 +356,8 @@ def test_predict_states_is_jittable(tiny_task):
   np.testing.assert_allclose(np.asarray(out['probs']).sum(-1), 1.0, rtol=1e-5)
 
 
-# ---------------------------------------------------------------------- full size / e2e
+# ---------------------------------------------------------------------- full size
+# (The tiny config trained end to end, kernels over a `model` axis: tests/test_sharding.py.)
 
 
 @pytest.mark.slow
@@ -383,56 +380,3 @@ def test_full_config_swin_l_layer_ids_and_partition_rules(synthetic_root):
         sharded += leaf.size
   # The sharded kernels hold most of the parameters.
   assert sharded > 0.8 * sum(leaf.size for leaf in leaves.values())
-
-
-@pytest.mark.slow
-def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
-  """run_train.py on the synthetic fixture, with the kernels split over a `model` axis of
-  2 (simulated devices): metrics.jsonl, export, and the exported states predicted."""
-  build.build_datasets(
-    str(synthetic_root), out=str(tmp_path / 'tfds'), datasets=['part_states'], progress=False
-  )
-  workdir = tmp_path / 'run'
-  flags = [
-    '--config.data.root',
-    synthetic_root,
-    '--config.data.tfds_dir',
-    tmp_path / 'tfds',
-    '--config.total_steps',
-    4,
-    '--config.batch_size',
-    4,
-    '--config.log_steps',
-    2,
-    '--config.eval_steps',
-    4,
-    '--config.checkpoint_steps',
-    4,
-    '--config.data.image_size',
-    48,
-    '--config.data.resize',
-    54,
-    '--config.mesh.model',
-    2,
-  ]
-  run_module(
-    'run_train',
-    '--config=configs/part_state.py:tiny',
-    '--workdir',
-    workdir,
-    *flags,
-    env={'XLA_FLAGS': os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=2'},
-  )
-  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in records] == [2, 4]
-  assert all(np.isfinite(r['loss']) for r in records)
-  assert 0 <= records[-1]['eval_top1'] <= 1
-  assert {f'eval_top1_{part}' for part in PARTS} <= set(records[-1])
-  variables, config = checkpointing.load_export(str(workdir / 'export'))
-  assert config['task'] == 'part_state'
-  task = PartStateTask(part_state_config.get_config('tiny'))
-  task.config.data.root = str(synthetic_root)
-  task.config.data.image_size = 48
-  batch = micro_batch()
-  out = jax.jit(task.predict_states)(variables, *inputs(batch))
-  assert out['state'].shape == (2, len(PARTS))
