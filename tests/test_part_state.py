@@ -1,5 +1,6 @@
 """The part-state network, its task (loss, metrics, layer ids, sharding) and configs."""
 
+import functools
 import itertools
 
 import flax
@@ -76,6 +77,18 @@ def init(model, batch, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@functools.cache
+def jitted_apply(model):
+  """`(params, batch, train=False, seed=0) -> logits` of `model`, jitted once per model
+  for the whole module (params an argument: the tests share the compiled programs)."""
+
+  def apply(params, batch, train=False, seed=0):
+    rngs = {'dropout': jax.random.key(seed)}
+    return model.apply({'params': params}, *inputs(batch), train=train, rngs=rngs)
+
+  return jax.jit(apply, static_argnames='train')
+
+
 @pytest.fixture(scope='module')
 def micro():
   """The default micro model (RoIAlign, action, attention), its params and a batch."""
@@ -136,7 +149,7 @@ def test_absent_parts_change_nothing_else_and_get_no_loss(part_feature):
   model = micro_model(part_feature=part_feature)
   batch = micro_batch()
   params = init(model, batch)['params']
-  apply = jax.jit(lambda b: model.apply({'params': params}, *inputs(b), train=False))
+  apply = functools.partial(jitted_apply(model), params)
   absent = ~batch['part_valid']
   assert absent.any() and batch['part_valid'].any()
   # Absent parts: move their boxes, change their labels (and mark some unlabelled).
@@ -209,23 +222,18 @@ def test_proposal_sets_equal_separate_calls(micro):
   """(B, K, 10, 4) boxes give the same logits as K calls with (B, 10, 4)."""
   model, params, _ = micro
   batch = micro_batch(sets=(3,), seed=1)
-  apply = jax.jit(lambda *a: model.apply({'params': params}, *a, train=False))
-  together = np.asarray(apply(*inputs(batch)))
+  apply = functools.partial(jitted_apply(model), params)
+  together = np.asarray(apply(batch))
   for k in range(3):
     alone = apply(
-      batch['image'], batch['part_boxes'][:, k], batch['part_valid'][:, k], batch['action']
+      dict(batch, part_boxes=batch['part_boxes'][:, k], part_valid=batch['part_valid'][:, k])
     )
     np.testing.assert_allclose(together[:, k], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_action_and_dropout_are_used(micro):
   model, params, batch = micro
-  apply = jax.jit(
-    lambda b, train, seed: model.apply(
-      {'params': params}, *inputs(b), train=train, rngs={'dropout': jax.random.key(seed)}
-    ),
-    static_argnums=1,
-  )
+  apply = functools.partial(jitted_apply(model), params)
   other_action = dict(batch, action=(batch['action'] + 1) % NUM_ACTIONS)
   assert np.abs(apply(batch, False, 0) - apply(other_action, False, 0)).max() > 1e-3
   np.testing.assert_array_equal(apply(batch, False, 0), apply(batch, False, 1))
@@ -237,10 +245,7 @@ def test_bf16_compute_keeps_float32_params(micro):
   bf16 = model.clone(dtype=jnp.bfloat16)
   shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), *inputs(batch), train=False))
   assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  apply = jax.jit(
-    lambda m: m.apply({'params': params}, *inputs(batch), train=False), static_argnums=0
-  )
-  logits, reference = apply(bf16), apply(model)
+  logits, reference = jitted_apply(bf16)(params, batch), jitted_apply(model)(params, batch)
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, reference, atol=0.05 * np.abs(reference).max())
 
