@@ -10,6 +10,7 @@ started next to JAX's threads.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from configs import action, human_detector
+from tests.conftest import run_module
 from tests.test_trainer import losses, read_metrics, toy_config
 from tps_jax.convert import ConversionError, convert_checkpoint
 from tps_jax.convert import io as convert_io
@@ -87,46 +90,48 @@ def _stderr_lines(capsys) -> list[str]:
 
 
 @pytest.mark.slow
-def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(tmp_path, capsys):
+def test_unwritable_checkpoint_folder_fails_at_once_and_loses_no_saved_step(
+  finished_run, tmp_path, capsys
+):
   prefix = _permissions_apply()
   workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(toy_config(total_steps=20, eval_steps=0), workdir)
+  shutil.copytree(finished_run, workdir)
   reference = str(tmp_path / 'reference')
-  shutil.copytree(workdir, reference)
-  longer = toy_config(total_steps=40, eval_steps=0)
+  shutil.copytree(finished_run, reference)
+  longer = toy_config(total_steps=50, eval_steps=0)
   trainer.train_and_evaluate(longer, reference)
 
   checkpoints = os.path.join(workdir, 'checkpoints')
   os.chmod(checkpoints, 0o555)
   try:
     code, err, seconds = _run(
-      workdir, '--config.total_steps=40', '--config.eval_steps=0', prefix=prefix
+      workdir, '--config.total_steps=50', '--config.eval_steps=0', prefix=prefix
     )
   finally:
     os.chmod(checkpoints, 0o755)
   assert code == 1 and seconds < 120, err  # orbax alone waited 300 s, then a traceback
   assert not any('Traceback' in line for line in err), err
   assert err[-1].startswith(
-    f'error: cannot write checkpoint 30 in {checkpoints}: '
-    f'Permission denied: {checkpoints}/30.orbax-checkpoint-tmp'
+    f'error: cannot write checkpoint 40 in {checkpoints}: '
+    f'Permission denied: {checkpoints}/40.orbax-checkpoint-tmp'
   )
   assert err[-1].endswith(
-    '(the last checkpoint is step 20: a rerun resumes there and '
+    '(the last checkpoint is step 30: a rerun resumes there and '
     'logs again the steps metrics.jsonl holds after it)'
   )
-  assert checkpointing.saved_steps(workdir) == [10, 20]
-  assert _logged_steps(workdir)[-1] == 30  # ahead of the checkpoint, as the line says
+  assert checkpointing.saved_steps(workdir) == [20, 30]
+  assert _logged_steps(workdir)[-1] == 40  # ahead of the checkpoint, as the line says
 
   capsys.readouterr()
   trainer.train_and_evaluate(longer, workdir)
   err = _stderr_lines(capsys)
   assert (
-    f'{workdir}/metrics.jsonl: dropped 2 record(s) logged after step 20, the step '
+    f'{workdir}/metrics.jsonl: dropped 2 record(s) logged after step 30, the step '
     'this run starts from (it logs those steps again)' in err
   )
-  assert f'resumed {workdir} from step 20' in err
+  assert f'resumed {workdir} from step 30' in err
   assert losses(workdir) == losses(reference)
-  assert sorted(losses(workdir)) == list(range(5, 45, 5))
+  assert sorted(losses(workdir)) == list(range(5, 55, 5))
 
 
 def test_a_failed_background_save_is_one_line():
@@ -314,50 +319,80 @@ def _tensorboard_steps(workdir, tag='loss') -> set[int]:
   return steps
 
 
+def _on_the_curve(records, expected):
+  """Checks that the records' windows tile steps 1.. and that each record's loss is the mean
+  of the uninterrupted run's `expected` {step: loss} over its window (as the trainer
+  averages: float32 numbers, np.mean)."""
+  start = 0
+  for record in records:
+    window = [expected[s] for s in range(start + 1, record['step'] + 1)]
+    assert record['steps_averaged'] == len(window) > 0, (start, record)
+    assert record['loss'] == float(np.mean(np.array(window, np.float32))), record
+    start = record['step']
+  assert start == max(expected)
+
+
 @pytest.mark.slow
-def test_sigkill_keeps_the_tensorboard_scalars_of_checkpointed_steps(tmp_path):
+def test_sigkill_then_sigterm_then_rerun_ends_on_the_uninterrupted_curve(tmp_path, capsys):
+  """One run cut short twice. SIGKILL loses only the steps since the last checkpoint, and
+  keeps the TensorBoard scalars of the checkpointed ones; the rerun, stopped by SIGTERM,
+  saves a checkpoint at the step it saw the signal, records the partial log window and
+  exits 75; the next rerun resumes there. Every loss logged on the way is the
+  uninterrupted run's (metrics.jsonl dropped what SIGKILL left after the checkpoint)."""
   workdir = str(tmp_path / 'run')
-  proc = _start(
-    workdir,
-    '--config.total_steps=100000',
-    '--config.log_steps=5',
-    '--config.checkpoint_steps=10',
-    '--config.eval_steps=0',
-  )
+  steps = ['--config.total_steps=200', '--config.eval_steps=0']
+  proc = _start(workdir, *steps, '--config.log_steps=5', '--config.checkpoint_steps=10')
   try:
     _wait_until(lambda: max(checkpointing.saved_steps(workdir), default=0) >= 20, proc)
   finally:
     proc.kill()
     proc.communicate()
   assert proc.returncode == -signal.SIGKILL
-  saved = checkpointing.saved_steps(workdir)[-1]
-  assert saved >= 20
-  assert set(range(5, saved + 1, 5)) <= _tensorboard_steps(workdir)
+  killed = checkpointing.saved_steps(workdir)[-1]
+  assert 20 <= killed < 200
+  assert set(range(5, killed + 1, 5)) <= _tensorboard_steps(workdir)
+  lost = [s for s in _logged_steps(workdir) if s > killed]
 
+  # The rerun logs every 7 steps (cadence may change) and saves only when stopped. Records
+  # at multiples of 7 after `killed` are its own: SIGKILL left at most two, at multiples of 5.
+  proc = _start(workdir, *steps, '--config.log_steps=7', '--config.checkpoint_steps=100000')
 
-@pytest.mark.slow
-def test_sigterm_saves_records_the_partial_window_and_exits_75(tmp_path):
-  workdir = str(tmp_path / 'run')
-  proc = _start(
-    workdir,
-    '--config.total_steps=100000',
-    '--config.log_steps=7',
-    '--config.checkpoint_steps=100000',
-    '--config.eval_steps=0',
-  )
-  _wait_until(lambda: len(_logged_steps(workdir)) >= 3, proc)
+  def three_records_logged():
+    new = [s for s in _logged_steps(workdir) if s > killed]
+    return len(new) >= 3 and all(s % 7 == 0 for s in new)
+
+  _wait_until(three_records_logged, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == trainer.PREEMPTED_EXIT_CODE == 75, err
-  records = read_metrics(workdir)
-  stopped = records[-1]['step']
-  assert err.strip().splitlines()[-1] == (
+  err = err.strip().splitlines()
+  assert f'resumed {workdir} from step {killed}' in err
+  assert (
+    not lost
+    or (
+      f'{workdir}/metrics.jsonl: dropped {len(lost)} record(s) logged after step {killed}, the '
+      'step this run starts from (it logs those steps again)'
+    )
+    in err
+  )
+  stopped = int(re.fullmatch(r'SIGTERM: saved a checkpoint at step (\d+); .*', err[-1])[1])
+  assert err[-1] == (
     f'SIGTERM: saved a checkpoint at step {stopped}; exiting with code 75 (rerun the '
     'same command to resume)'
   )
-  assert checkpointing.saved_steps(workdir) == [stopped]  # no completed step lost
-  assert all(r['steps_averaged'] == 7 for r in records[:-1])
-  assert records[-1]['steps_averaged'] == stopped - records[-2]['step']
+  assert checkpointing.saved_steps(workdir) == [killed, stopped]  # no completed step lost
+  records = read_metrics(workdir)
+  assert records[-1]['step'] == stopped < 200  # the partial window is recorded
+  assert all(r['step'] % 7 == 0 for r in records if killed < r['step'] < stopped)
+
+  capsys.readouterr()
+  config = toy_config(total_steps=200, log_steps=1, checkpoint_steps=10, eval_steps=0)
+  trainer.train_and_evaluate(config, workdir)
+  assert f'resumed {workdir} from step {stopped}' in _stderr_lines(capsys)
+  straight = str(tmp_path / 'straight')
+  config.checkpoint_steps = 200
+  trainer.train_and_evaluate(config, straight)
+  _on_the_curve(read_metrics(workdir), losses(straight))
 
 
 # ------------------------------------------------------------------ weight files
@@ -434,9 +469,15 @@ def test_unreadable_weight_file_never_suggests_weights_only_false(tmp_path):
   ids=['config_path', 'config_dir', 'variant', 'checkpoint_steps'],
 )
 def test_first_hour_mistakes_are_one_line(tmp_path, config, flags, expected):
-  code, err, seconds = _run(tmp_path / 'w', *flags, config=config)
-  assert code == 1 and len(err) == 1 and err[0].startswith(expected), err
-  assert seconds < 60  # before anything is compiled (checkpoint_steps=0: 43 s, then a crash)
+  # In this process: the other tests here start run_train.py as a user types it.
+  start = time.time()
+  proc = run_module(
+    'run_train', f'--config={config}', f'--workdir={tmp_path / "w"}', *flags, check=False
+  )
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(err) == 1 and err[0].startswith(expected), err
+  # Before anything is compiled (checkpoint_steps=0: 43 s, then a crash).
+  assert time.time() - start < 60
 
 
 def test_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path):

@@ -1,8 +1,7 @@
 """The part-state network, its task (loss, metrics, layer ids, sharding) and configs."""
 
+import functools
 import itertools
-import json
-import os
 
 import flax
 import jax
@@ -11,10 +10,7 @@ import numpy as np
 import pytest
 
 from configs import part_state as part_state_config
-from tests.conftest import run_module
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.datasets import build
-from tps_jax.inference.export import read_config, read_variables
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.tasks.part_state import (
   PartStateTask,
@@ -81,6 +77,18 @@ def init(model, batch, seed=0):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+@functools.cache
+def jitted_apply(model):
+  """`(params, batch, train=False, seed=0) -> logits` of `model`, jitted once per model
+  for the whole module (params an argument: the tests share the compiled programs)."""
+
+  def apply(params, batch, train=False, seed=0):
+    rngs = {'dropout': jax.random.key(seed)}
+    return model.apply({'params': params}, *inputs(batch), train=train, rngs=rngs)
+
+  return jax.jit(apply, static_argnames='train')
+
+
 @pytest.fixture(scope='module')
 def micro():
   """The default micro model (RoIAlign, action, attention), its params and a batch."""
@@ -141,7 +149,7 @@ def test_absent_parts_change_nothing_else_and_get_no_loss(part_feature):
   model = micro_model(part_feature=part_feature)
   batch = micro_batch()
   params = init(model, batch)['params']
-  apply = jax.jit(lambda b: model.apply({'params': params}, *inputs(b), train=False))
+  apply = functools.partial(jitted_apply(model), params)
   absent = ~batch['part_valid']
   assert absent.any() and batch['part_valid'].any()
   # Absent parts: move their boxes, change their labels (and mark some unlabelled).
@@ -214,23 +222,18 @@ def test_proposal_sets_equal_separate_calls(micro):
   """(B, K, 10, 4) boxes give the same logits as K calls with (B, 10, 4)."""
   model, params, _ = micro
   batch = micro_batch(sets=(3,), seed=1)
-  apply = jax.jit(lambda *a: model.apply({'params': params}, *a, train=False))
-  together = np.asarray(apply(*inputs(batch)))
+  apply = functools.partial(jitted_apply(model), params)
+  together = np.asarray(apply(batch))
   for k in range(3):
     alone = apply(
-      batch['image'], batch['part_boxes'][:, k], batch['part_valid'][:, k], batch['action']
+      dict(batch, part_boxes=batch['part_boxes'][:, k], part_valid=batch['part_valid'][:, k])
     )
     np.testing.assert_allclose(together[:, k], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_action_and_dropout_are_used(micro):
   model, params, batch = micro
-  apply = jax.jit(
-    lambda b, train, seed: model.apply(
-      {'params': params}, *inputs(b), train=train, rngs={'dropout': jax.random.key(seed)}
-    ),
-    static_argnums=1,
-  )
+  apply = functools.partial(jitted_apply(model), params)
   other_action = dict(batch, action=(batch['action'] + 1) % NUM_ACTIONS)
   assert np.abs(apply(batch, False, 0) - apply(other_action, False, 0)).max() > 1e-3
   np.testing.assert_array_equal(apply(batch, False, 0), apply(batch, False, 1))
@@ -242,10 +245,7 @@ def test_bf16_compute_keeps_float32_params(micro):
   bf16 = model.clone(dtype=jnp.bfloat16)
   shapes = jax.eval_shape(lambda: bf16.init(jax.random.key(0), *inputs(batch), train=False))
   assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  apply = jax.jit(
-    lambda m: m.apply({'params': params}, *inputs(batch), train=False), static_argnums=0
-  )
-  logits, reference = apply(bf16), apply(model)
+  logits, reference = jitted_apply(bf16)(params, batch), jitted_apply(model)(params, batch)
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, reference, atol=0.05 * np.abs(reference).max())
 
@@ -361,7 +361,8 @@ def test_predict_states_is_jittable(tiny_task):
   np.testing.assert_allclose(np.asarray(out['probs']).sum(-1), 1.0, rtol=1e-5)
 
 
-# ---------------------------------------------------------------------- full size / e2e
+# ---------------------------------------------------------------------- full size
+# (The tiny config trained end to end, kernels over a `model` axis: tests/test_sharding.py.)
 
 
 @pytest.mark.slow
@@ -384,56 +385,3 @@ def test_full_config_swin_l_layer_ids_and_partition_rules(synthetic_root):
         sharded += leaf.size
   # The sharded kernels hold most of the parameters.
   assert sharded > 0.8 * sum(leaf.size for leaf in leaves.values())
-
-
-@pytest.mark.slow
-def test_tiny_config_trains_end_to_end(synthetic_root, tmp_path):
-  """run_train.py on the synthetic fixture, with the kernels split over a `model` axis of
-  2 (simulated devices): metrics.jsonl, export, and the exported states predicted."""
-  build.build_datasets(
-    str(synthetic_root), out=str(tmp_path / 'tfds'), datasets=['part_states'], progress=False
-  )
-  workdir = tmp_path / 'run'
-  flags = [
-    '--config.data.root',
-    synthetic_root,
-    '--config.data.tfds_dir',
-    tmp_path / 'tfds',
-    '--config.total_steps',
-    4,
-    '--config.batch_size',
-    4,
-    '--config.log_steps',
-    2,
-    '--config.eval_steps',
-    4,
-    '--config.checkpoint_steps',
-    4,
-    '--config.data.image_size',
-    48,
-    '--config.data.resize',
-    54,
-    '--config.mesh.model',
-    2,
-  ]
-  run_module(
-    'run_train',
-    '--config=configs/part_state.py:tiny',
-    '--workdir',
-    workdir,
-    *flags,
-    env={'XLA_FLAGS': os.environ['XLA_FLAGS'] + ' --xla_force_host_platform_device_count=2'},
-  )
-  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in records] == [2, 4]
-  assert all(np.isfinite(r['loss']) for r in records)
-  assert 0 <= records[-1]['eval_top1'] <= 1
-  assert {f'eval_top1_{part}' for part in PARTS} <= set(records[-1])
-  variables, config = read_variables(str(workdir / 'export')), read_config(str(workdir / 'export'))
-  assert config['task'] == 'part_state'
-  task = PartStateTask(part_state_config.get_config('tiny'))
-  task.config.data.root = str(synthetic_root)
-  task.config.data.image_size = 48
-  batch = micro_batch()
-  out = jax.jit(task.predict_states)(variables, *inputs(batch))
-  assert out['state'].shape == (2, len(PARTS))

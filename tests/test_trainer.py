@@ -1,12 +1,13 @@
-"""The generic trainer on the toy task: logging, resume, faults, init_from, export."""
+"""The generic trainer on the toy task: logging, resume, faults, init_from, export.
+
+A toy run costs seconds of tracing however few its steps, so the tests share runs: one
+finished run of the `tiny` config (read-only: copied before it is trained further), a
+10-step run logging every step, and one run with EMA, batch norm and bf16 compute.
+"""
 
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -14,10 +15,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests import toy_task as toy
+from tests.conftest import run_module
 from tps_jax.inference.export import read_config, read_variables
 from tps_jax.train import checkpointing, run_config, trainer
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def toy_config(**overrides):
@@ -40,27 +40,26 @@ def losses(workdir):
   return {r['step']: r['loss'] for r in read_metrics(workdir) if 'loss' in r}
 
 
-def run_train(workdir, *flags, env=None):
-  """Starts run_train.py with the toy config (not waiting)."""
-  return subprocess.Popen(
-    [
-      sys.executable,
-      'run_train.py',
-      '--config=tests/toy_task.py:tiny',
-      f'--workdir={workdir}',
-      *flags,
-    ],
-    cwd=REPO_ROOT,
-    env=dict(os.environ, JAX_PLATFORMS='cpu', **(env or {})),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+def finished_config(**overrides):
+  """The `tiny` config (20 steps, eval every 10) saving every 5 steps."""
+  return toy_config(checkpoint_steps=5, **overrides)
 
 
-def test_trains_logs_and_exports(tmp_path):
-  workdir = str(tmp_path / 'run')
-  summary = trainer.train_and_evaluate(toy_config(checkpoint_steps=5), workdir)
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  """(workdir, summary) of a finished run of `finished_config()` (read-only)."""
+  workdir = str(tmp_path_factory.mktemp('finished') / 'run')
+  return workdir, trainer.train_and_evaluate(finished_config(), workdir)
+
+
+def copy_of(workdir, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_trains_logs_and_exports(finished):
+  workdir, summary = finished
   records = read_metrics(workdir)
   assert [r['step'] for r in records] == [5, 10, 15, 20]
   assert {'loss', 'accuracy', 'grad_norm', 'learning_rate'} <= set(records[0])
@@ -80,25 +79,25 @@ def test_trains_logs_and_exports(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'export.tmp'))
 
 
-def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(tmp_path, capsys):
-  workdir = str(tmp_path / 'run')
-  first = trainer.train_and_evaluate(toy_config(), workdir)
+def test_rerunning_a_finished_run_reports_its_evaluation_and_keeps_its_export(
+  finished, tmp_path, capsys
+):
+  workdir, first = copy_of(finished[0], tmp_path), finished[1]
   variables = os.path.join(workdir, 'export', 'variables')
   written = os.stat(variables).st_mtime_ns
   capsys.readouterr()
-  again = trainer.train_and_evaluate(toy_config(), workdir)
+  again = trainer.train_and_evaluate(finished_config(), workdir)
   assert again['step'] == first['step'] and again['eval'] == first['eval']
   logged = f'eval at step {first["step"]} (logged when the run finished): '
   assert logged + trainer.format_eval(first['eval']) in capsys.readouterr().err.splitlines()
   assert os.stat(variables).st_mtime_ns == written  # what was built from it stays valid
   # Under another config the export is written again.
-  trainer.train_and_evaluate(toy_config(log_steps=10), workdir)
+  trainer.train_and_evaluate(finished_config(log_steps=10), workdir)
   assert os.stat(variables).st_mtime_ns != written
 
 
-def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
-  workdir = str(tmp_path / 'run')
-  summary = trainer.train_and_evaluate(toy_config(), workdir)
+def test_host_side_evaluator_sees_every_eval_example_once(finished):
+  workdir, summary = finished
   variables = read_variables(os.path.join(workdir, 'export'))
   task = toy.ToyTask(toy_config())
   x, y = task._arrays('eval')
@@ -108,36 +107,51 @@ def test_host_side_evaluator_sees_every_eval_example_once(tmp_path):
   assert read_metrics(workdir)[-1]['eval_balanced_accuracy'] == pytest.approx(np.mean(recalls))
 
 
-def test_resume_continues_the_same_curve(tmp_path):
+def ten_steps_config(**overrides):
+  return toy_config(total_steps=10, log_steps=1, checkpoint_steps=5, eval_steps=0, **overrides)
+
+
+@pytest.fixture(scope='module')
+def ten_steps(tmp_path_factory):
+  """The workdir of a finished run of `ten_steps_config()`: every step's loss (read-only)."""
+  workdir = str(tmp_path_factory.mktemp('ten_steps') / 'run')
+  trainer.train_and_evaluate(ten_steps_config(), workdir)
+  return workdir
+
+
+def test_resume_continues_the_same_curve(ten_steps, tmp_path):
   """10 steps straight == 5 steps + resume from the step-5 checkpoint (incl. data)."""
-  config = toy_config(total_steps=10, log_steps=1, checkpoint_steps=5, eval_steps=0)
-  straight = str(tmp_path / 'straight')
-  trainer.train_and_evaluate(config, straight)
-  resumed = str(tmp_path / 'resumed')
-  shutil.copytree(straight, resumed)
+  resumed = copy_of(ten_steps, tmp_path)
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '10'))
   shutil.rmtree(os.path.join(resumed, 'export'))
-  summary = trainer.train_and_evaluate(config, resumed)
+  summary = trainer.train_and_evaluate(ten_steps_config(), resumed)
   assert summary['step'] == 10
-  assert losses(resumed) == losses(straight)
+  assert losses(resumed) == losses(ten_steps)
   assert sorted(losses(resumed)) == list(range(1, 11))
 
 
-def test_grad_accumulation_matches_full_batch(tmp_path):
-  full = toy_config(total_steps=3, log_steps=1, eval_steps=0)
-  accum = toy_config(total_steps=3, log_steps=1, eval_steps=0, grad_accum_steps=4)
-  trainer.train_and_evaluate(full, str(tmp_path / 'full'))
-  trainer.train_and_evaluate(accum, str(tmp_path / 'accum'))
-  full_losses, accum_losses = losses(tmp_path / 'full'), losses(tmp_path / 'accum')
+def test_grad_accumulation_matches_full_batch(ten_steps, tmp_path):
+  accum = str(tmp_path / 'accum')
+  trainer.train_and_evaluate(ten_steps_config(grad_accum_steps=4), accum)
+  full_losses, accum_losses = losses(ten_steps), losses(accum)
   np.testing.assert_allclose(
     [accum_losses[s] for s in (1, 2, 3)], [full_losses[s] for s in (1, 2, 3)], rtol=1e-5
   )
 
 
-def test_ema_params_are_exported(tmp_path):
-  config = toy_config(total_steps=4, eval_steps=0, optim__ema_decay=0.5)
-  workdir = str(tmp_path / 'ema')
-  trainer.train_and_evaluate(config, workdir)
+@pytest.fixture(scope='module')
+def ema_bn_bf16(tmp_path_factory):
+  """(workdir, summary) of a 4-step run with EMA (decay 0.5), batch norm and bf16 compute,
+  evaluated at step 4 (read-only): the three are independent, and one run traces once."""
+  config = toy_config(
+    total_steps=4, eval_steps=4, optim__ema_decay=0.5, model__batch_norm=True, bf16=True
+  )
+  workdir = str(tmp_path_factory.mktemp('ema_bn_bf16') / 'run')
+  return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def test_ema_params_are_exported(ema_bn_bf16):
+  workdir, _ = ema_bn_bf16
   exported = read_variables(os.path.join(workdir, 'export'))
   state = checkpointing.restore_numpy(os.path.join(workdir, 'checkpoints', '4', 'state'))
   np.testing.assert_allclose(
@@ -146,19 +160,17 @@ def test_ema_params_are_exported(tmp_path):
   assert not np.allclose(state['ema_params']['head']['kernel'], state['params']['head']['kernel'])
 
 
-def test_batch_norm_state_is_trained_and_checkpointed(tmp_path):
-  config = toy_config(total_steps=2, eval_steps=2, model__batch_norm=True)
-  workdir = str(tmp_path / 'bn')
-  trainer.train_and_evaluate(config, workdir)
+def test_batch_norm_state_is_trained_and_checkpointed(ema_bn_bf16):
+  workdir, _ = ema_bn_bf16
   exported = read_variables(os.path.join(workdir, 'export'))
   mean = exported['batch_stats']['norm_0']['mean']
   assert mean.shape == (16,) and np.abs(mean).max() > 0
+  state = checkpointing.restore_numpy(os.path.join(workdir, 'checkpoints', '4', 'state'))
+  np.testing.assert_array_equal(state['model_state']['batch_stats']['norm_0']['mean'], mean)
 
 
-def test_bf16_compute_keeps_float32_params(tmp_path):
-  config = toy_config(total_steps=3, eval_steps=3, bf16=True)
-  workdir = str(tmp_path / 'bf16')
-  summary = trainer.train_and_evaluate(config, workdir)
+def test_bf16_compute_keeps_float32_params(ema_bn_bf16):
+  workdir, summary = ema_bn_bf16
   exported = read_variables(os.path.join(workdir, 'export'))
   assert exported['params']['layer_0']['kernel'].dtype == np.float32
   assert np.isfinite(summary['eval']['loss'])
@@ -187,10 +199,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
 
 
-def test_incompatible_checkpoint_names_workdir_and_leaf(tmp_path):
-  workdir = str(tmp_path / 'run')
-  trainer.train_and_evaluate(toy_config(total_steps=2, eval_steps=0), workdir)
-  bigger = toy_config(total_steps=4, eval_steps=0, model__hidden=32)
+def test_incompatible_checkpoint_names_workdir_and_leaf(finished, tmp_path):
+  workdir = copy_of(finished[0], tmp_path)
+  bigger = finished_config(total_steps=40, model__hidden=32)
   with pytest.raises(run_config.RunConfigError, match='model.hidden 16 -> 32'):
     trainer.train_and_evaluate(bigger, workdir)
   # Told to accept the change, the checkpoint itself is found not to fit.
@@ -202,9 +213,8 @@ def test_incompatible_checkpoint_names_workdir_and_leaf(tmp_path):
   assert 'params/head/kernel has shape (16, 4), the model expects (32, 4)' in message
 
 
-def test_init_from_restores_matching_leaves_only(tmp_path):
-  source = str(tmp_path / 'source')
-  trainer.train_and_evaluate(toy_config(total_steps=3, eval_steps=0), source)
+def test_init_from_restores_matching_leaves_only(finished, tmp_path):
+  source = finished[0]  # a workdir: its latest checkpoint
   source_params = read_variables(os.path.join(source, 'export'))
   # A different head (6 classes) and a zero learning rate: export = initial params.
   config = toy_config(
@@ -215,7 +225,7 @@ def test_init_from_restores_matching_leaves_only(tmp_path):
   config.init_from.exclude = r'layer_1/bias'
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
-  params = read_variables(os.path.join(target, 'export'))['params']
+  params = checkpointing.load_export(os.path.join(target, 'export'))[0]['params']
   np.testing.assert_array_equal(
     params['layer_0']['kernel'], source_params['params']['layer_0']['kernel']
   )
@@ -280,79 +290,26 @@ def test_merge_adapts_leaves_of_another_shape_when_asked():
 
 
 def test_missing_dataset_and_unknown_field_are_one_line_errors(tmp_path):
-  proc = run_train(tmp_path / 'w', '--config.data.root=/no/such/root')
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 1
+  def run_train(*flags):  # in this process: tests/test_faults.py starts run_train.py itself
+    config, workdir = '--config=tests/toy_task.py:tiny', f'--workdir={tmp_path / "w"}'
+    proc = run_module('run_train', config, workdir, *flags, check=False)
+    return proc.returncode, proc.stderr
+
+  code, err = run_train('--config.data.root=/no/such/root')
+  assert code == 1
   assert err.strip().splitlines()[-1] == (
     'error: /no/such/root/toy.npz: toy dataset not found (config.data.root)'
   )
-  proc = run_train(tmp_path / 'w', '--config.data.rot=/x')
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 1
+  code, err = run_train('--config.data.rot=/x')
+  assert code == 1
   last = err.strip().splitlines()[-1]
   assert last.startswith('error: no such config field') and '--config.data.rot' in last
   assert 'Traceback' not in err
 
 
-def _wait_for_step(workdir, step, proc, timeout=120):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if (
-      os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-      and max(losses(workdir), default=0) >= step
-    ):
-      return
-    assert proc.poll() is None, proc.communicate()
-    time.sleep(0.05)
-  raise AssertionError(f'{workdir} did not reach step {step}')
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGKILL])
-def test_signal_then_rerun_resumes(tmp_path, signum):
-  """SIGTERM checkpoints and exits; SIGKILL loses only the steps since the last one.
-
-  Either way the rerun ends with the same losses as an uninterrupted run.
-  """
-  flags = [
-    '--config.total_steps=400',
-    '--config.log_steps=1',
-    '--config.checkpoint_steps=20',
-    '--config.eval_steps=0',
-  ]
-  workdir = str(tmp_path / 'run')
-  proc = run_train(workdir, *flags)
-  _wait_for_step(workdir, 45, proc)
-  os.kill(proc.pid, signum)
-  _, err = proc.communicate(timeout=120)
-  steps = sorted(
-    int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()
-  )  # SIGKILL may leave an unfinished '<step>.orbax-...-tmp'
-
-  if signum == signal.SIGTERM:
-    assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, err
-    assert 'SIGTERM: saved a checkpoint at step' in err
-    # The checkpoint is taken at the step where the signal was seen.
-    assert steps[-1] == max(losses(workdir)) and steps[-1] >= 45
-  else:
-    assert proc.returncode == -signal.SIGKILL
-  assert steps[-1] < 400
-  rerun = run_train(workdir, *flags)
-  _, err = rerun.communicate(timeout=300)
-  assert rerun.returncode == 0, err
-  assert f'resumed {workdir} from step {steps[-1]}' in err
-  straight = str(tmp_path / 'straight')
-  config = toy_config(total_steps=400, log_steps=1, checkpoint_steps=400, eval_steps=0)
-  trainer.train_and_evaluate(config, straight)
-  assert losses(workdir) == losses(straight)
-
-
-def test_init_from_restores_model_state_too(tmp_path):
+def test_init_from_restores_model_state_too(ema_bn_bf16, tmp_path):
   """Frozen-BN statistics (batch_stats) of a source come along with its params."""
-  source = str(tmp_path / 'source')
-  trainer.train_and_evaluate(
-    toy_config(total_steps=2, eval_steps=0, model__batch_norm=True), source
-  )
+  source = ema_bn_bf16[0]
   collections = checkpointing.load_collections(source)
   assert set(collections) == {'params', 'batch_stats'}
   # total_steps=0: the export is the initial state, i.e. what init_from built.
