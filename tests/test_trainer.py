@@ -225,7 +225,7 @@ def test_init_from_restores_matching_leaves_only(finished, tmp_path):
   config.init_from.exclude = r'layer_1/bias'
   target = str(tmp_path / 'target')
   trainer.train_and_evaluate(config, target)
-  params = checkpointing.load_export(os.path.join(target, 'export'))[0]['params']
+  params = read_variables(os.path.join(target, 'export'))['params']
   np.testing.assert_array_equal(
     params['layer_0']['kernel'], source_params['params']['layer_0']['kernel']
   )
