@@ -311,7 +311,7 @@ def benchmark(
     )
 
   dataset = pipeline_dataset(task)
-  settings = pipelines.data_settings(dataset, config)
+  settings = pipelines.data_fields(dataset, config)
   local_batch = synthetic_batch(
     dataset, settings, config.batch_size, label_counts(task), seed=config.seed
   )

@@ -165,7 +165,7 @@ def _collate(examples, *, spec, batch_size: int):
 
 def crop_batches(config, split: str, batch_size: int) -> tuple[Iterator, int]:
   """(iterator of (batch, ids), number of batches) over a split of tps_parts, in order."""
-  settings = pipelines.data_settings('parts', config)
+  settings = pipelines.data_fields('parts', config)
   directory = pipelines.dataset_path('parts', settings)
   builder = tfds_dirs.builder_from_directory(directory)
   if split not in builder.info.splits:

@@ -301,7 +301,7 @@ def test_one_centred_view_is_the_eval_pipelines_clip(clips_data):
     image_size=48,
     resize=56,
   )
-  settings = pipelines.data_settings('action_clips', config)
+  settings = pipelines.data_fields('action_clips', config)
   classes, loaders = action_views.dataset_videos(settings, 'train')
   assert classes == tuple(pipelines.dataset_metadata('action_clips', config)['actions'])
   batch = next(

@@ -169,7 +169,7 @@ def _flip_outcomes(run):
 
 
 def test_part_state_flip_swaps_left_and_right_rows_with_their_states():
-  settings = pipelines.data_settings(
+  settings = pipelines.data_fields(
     'part_states',
     data_config('part_states', image_size=64, resize=64, box_jitter=0.0, color_jitter=0.0),
   )
@@ -197,9 +197,7 @@ def test_part_state_flip_swaps_left_and_right_rows_with_their_states():
 
 
 def test_part_detector_flip_swaps_part_labels():
-  settings = pipelines.data_settings(
-    'parts', data_config('parts', image_size=(64, 64), max_boxes=4)
-  )
+  settings = pipelines.data_fields('parts', data_config('parts', image_size=(64, 64), max_boxes=4))
   part = _part_record()
   record = {
     'image': part['image'],
@@ -224,7 +222,7 @@ def test_part_detector_flip_swaps_part_labels():
 
 
 def test_detector_train_transform_marks_cut_boxes_ignore_and_keeps_static_shapes():
-  settings = pipelines.data_settings(
+  settings = pipelines.data_fields(
     'humans',
     data_config(
       'humans',

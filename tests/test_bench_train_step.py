@@ -40,7 +40,7 @@ def _tiny_task(name: str, **overrides):
 def test_synthetic_batch_is_a_valid_pipeline_batch(name):
   task = _tiny_task(name)
   dataset = bench.pipeline_dataset(task)
-  settings = pipelines.data_settings(dataset, task.config)
+  settings = pipelines.data_fields(dataset, task.config)
   counts = bench.label_counts(task)
   batch = bench.synthetic_batch(dataset, settings, 3, counts)
 

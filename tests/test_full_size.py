@@ -94,7 +94,7 @@ def build(config):
     task, tx, schedule, grad_accum_steps=config.get('grad_accum_steps', 1), ema_decay=ema_decay
   )
   dataset = bench.pipeline_dataset(task)
-  spec = pipelines.output_spec(dataset, pipelines.data_settings(dataset, config))
+  spec = pipelines.output_spec(dataset, pipelines.data_fields(dataset, config))
   batch = {k: jax.ShapeDtypeStruct((2, *shape), dtype) for k, (shape, dtype) in spec.items()}
   return task, abstract_state, step, batch
 
@@ -292,7 +292,7 @@ def test_one_real_step_at_reduced_width_trains_every_parameter(name):
   variables = host_drawn_variables(task)
   params = variables.pop('params')
   dataset = bench.pipeline_dataset(task)
-  settings = pipelines.data_settings(dataset, config)
+  settings = pipelines.data_fields(dataset, config)
   batch = bench.synthetic_batch(dataset, settings, 2, bench.label_counts(task), seed=1)
   loss_and_grads = jax.jit(
     jax.value_and_grad(

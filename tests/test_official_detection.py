@@ -482,7 +482,7 @@ def test_train_videos_trains_on_the_examples_of_that_many_videos(humans_tfds):
     'humans', tfds_dir=str(humans_tfds), image_size=(32, 48), flip=False, train_videos=2
   )
   config.batch_size = 4
-  directory = pipelines.dataset_path('humans', pipelines.data_settings('humans', config))
+  directory = pipelines.dataset_path('humans', pipelines.data_fields('humans', config))
   source = tfds.builder_from_directory(directory).as_data_source('train')
   videos = [pipelines._text(source[i]['video']) for i in range(len(source))]
   chosen = pipelines.video_subset(videos, 2, seed=7, where='')
@@ -635,7 +635,7 @@ print('ok')
 
 
 def test_multi_scale_training_fills_a_drawn_fraction_of_the_canvas():
-  settings = pipelines.data_settings(
+  settings = pipelines.data_fields(
     'parts', data_config('parts', image_size=(80, 60), flip=False, scale_range=(0.6, 1.0))
   )
   image = np.full((40, 30, 3), 200, np.uint8)

@@ -116,7 +116,7 @@ def test_part_detector_crop_matches_training_preprocessing(annotated_frame):
   size, context = (128, 96), 0.1
   region = augment.context_region(human_box, width, height, context)
   crop, crop_boxes, _ = augment.crop(frame, part_boxes, region)
-  settings = pipelines.data_settings('parts', data_config('parts', image_size=size, max_boxes=16))
+  settings = pipelines.data_fields('parts', data_config('parts', image_size=size, max_boxes=16))
   host = pipelines.detector_example(
     {
       'image': _png(crop),
@@ -155,7 +155,7 @@ def test_part_state_crop_matches_training_preprocessing(annotated_frame):
   frame_table[rows] = part_boxes
   valid = np.zeros(len(tps.PARTS), bool)
   valid[rows] = True
-  settings = pipelines.data_settings(
+  settings = pipelines.data_fields(
     'part_states', data_config('part_states', image_size=size, resize=resize)
   )
   host = pipelines.part_state_example(

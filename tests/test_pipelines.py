@@ -158,7 +158,7 @@ def test_eval_is_finite_in_order_and_without_augmentation(root):
   assert sum(len(b['action']) for b in batches) == _num_examples(root, 'part_states', 'val')
   _assert_same(batches, list(_pipeline(root, 'part_states', train=False)))
   config = _config(root, 'part_states')
-  settings = pipelines.data_settings('part_states', config)
+  settings = pipelines.data_fields('part_states', config)
   source = tfds.builder_from_directory(
     pipelines.dataset_path('part_states', settings)
   ).as_data_source('val')
@@ -236,7 +236,7 @@ def test_a_missing_data_field_is_named_not_filled_in():
     match=r'^config.data: no read_threads, frame_stride \(the action_clips '
     'pipeline reads',
   ):
-    pipelines.data_settings('action_clips', config)
+    pipelines.data_fields('action_clips', config)
 
 
 def test_grain_worker_process_gives_the_same_resumable_batches(root):

@@ -108,7 +108,7 @@ def labelled(root, tmp_path_factory):
 
 
 def train_records(config):
-  directory = pipelines.dataset_path('parts', pipelines.data_settings('parts', config))
+  directory = pipelines.dataset_path('parts', pipelines.data_fields('parts', config))
   return list(tfds.builder_from_directory(directory).as_data_source('train'))
 
 

@@ -145,7 +145,7 @@ def _labels(dataset: str, config, split: str) -> np.ndarray:
   from tps_jax.data import tfds_dirs, tfds_layout  # pylint: disable=g-import-not-at-top
   from tps_jax.input import pipelines  # pylint: disable=g-import-not-at-top
 
-  settings = pipelines.data_settings(dataset, config)
+  settings = pipelines.data_fields(dataset, config)
   directory = pipelines.dataset_path(dataset, settings)
   if dataset == 'part_states':
     return tfds_layout.state_table(directory, split)

@@ -39,7 +39,7 @@ def part_state_top1(
   config = ml_collections.ConfigDict(export.config.to_dict())
   config.data.root = data_root
   config.data.tfds_dir = ''
-  settings = pipelines.data_settings('part_states', config)
+  settings = pipelines.data_fields('part_states', config)
   source = tfds_dirs.builder_from_directory(
     pipelines.dataset_path('part_states', settings)
   ).as_data_source(split)

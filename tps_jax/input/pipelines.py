@@ -122,7 +122,7 @@ class DataConfigError(ValueError):
   """A `config.data` a pipeline cannot read (one line naming the fields)."""
 
 
-def data_settings(dataset: str, config) -> ml_collections.ConfigDict:
+def data_fields(dataset: str, config) -> ml_collections.ConfigDict:
   """The `DATA_FIELDS[dataset]` of `config.data`, `image_size` as (H, W) and a `resize`
   of 0 resolved; DataConfigError naming the fields `config.data` lacks."""
   if dataset not in DATA_FIELDS:
@@ -408,7 +408,7 @@ def _text(value) -> str:
 def dataset_metadata(dataset: str, config) -> dict[str, Any]:
   """A dataset's metadata: 'actions', 'states' (vocabularies, in label order), 'parts',
   'settings' (how it was built, with 'val_videos'), 'source'."""
-  directory = dataset_path(dataset, data_settings(dataset, config))
+  directory = dataset_path(dataset, data_fields(dataset, config))
   return dict(tfds_dirs.builder_from_directory(directory).info.metadata)
 
 
@@ -434,7 +434,7 @@ def make_pipeline(
     shard: (process_index, process_count).
     batch_size: per-process batch size.
   """
-  settings = data_settings(dataset, config)
+  settings = data_fields(dataset, config)
   index, count = shard
   if not 0 <= index < count:
     raise ValueError(f'shard: process index {index} not in [0, {count})')

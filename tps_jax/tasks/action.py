@@ -174,7 +174,7 @@ class ActionTask(base.DatasetTask):
     from tps_jax.data import augment
     from tps_jax.input import pipelines
 
-    settings = pipelines.data_settings('action_clips', self.config)
+    settings = pipelines.data_fields('action_clips', self.config)
     built = pipelines.dataset_metadata('action_clips', self.config).get('settings', {})
     return {
       'kind': 'action',

@@ -72,7 +72,7 @@ def video_views(frames: Sequence[np.ndarray], settings, *, clips: int, crops: in
   """(clips * crops, T, H, W, 3) uint8 views of a video, clip-major.
 
   `frames`: the video's RGB uint8 frames (anything indexable with a length; only the
-  frames the clips use are read). `settings`: `pipelines.data_settings('action_clips', ...)`.
+  frames the clips use are read). `settings`: `pipelines.data_fields('action_clips', ...)`.
   """
   length, stride = settings.num_frames, settings.frame_stride
   steps = np.arange(length) * stride
@@ -151,7 +151,7 @@ class Member:
   @functools.cached_property
   def settings(self) -> ml_collections.ConfigDict:
     """Its clip settings (frames, stride, size, eval resize)."""
-    return pipelines.data_settings('action_clips', self.config)
+    return pipelines.data_fields('action_clips', self.config)
 
   @property
   def num_classes(self) -> int:

@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from tps_jax.data import augment, tfds_layout
 from tps_jax.data.kinetics_tps import PARTS, Vocab
-from tps_jax.input.pipelines import data_settings, dataset_metadata, dataset_path
+from tps_jax.input.pipelines import data_fields, dataset_metadata, dataset_path
 from tps_jax.models import hashable
 from tps_jax.models.part_state import PartStateNet
 from tps_jax.models.swin import SWIN_ARCHS
@@ -157,7 +157,7 @@ class PartStateTask(base.DatasetTask):
     """Vocabularies in label order; the crop rule and sizes of the eval pipeline; how
     often each part has each state in the training split (`state_counts` (10, S): the
     majority-state baseline of tps_jax/inference/ablation.py)."""
-    settings = data_settings('part_states', self.config)
+    settings = data_fields('part_states', self.config)
     built = dataset_metadata('part_states', self.config)['settings']
     table = tfds_layout.state_table(dataset_path('part_states', settings), 'train')
     counts = [
