@@ -143,14 +143,27 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
       reference.roi_heads.box_head(pooled)
     )
 
-  # RPN: objectness of every anchor and the proposals (same order).
-  def propose(m, x):
-    proposals, objectness, _, _ = m.propose(
-      m.pyramid(x, train=False), image_shape, (HEIGHT, WIDTH), train=False
-    )
-    return proposals, objectness
+  # Whole inference: torchvision's transform neither resizes nor renormalises.
+  reference.transform.min_size, reference.transform.max_size = (HEIGHT,), WIDTH
+  reference.transform.image_mean, reference.transform.image_std = [0.0] * 3, [1.0] * 3
+  with torch.no_grad():
+    want = reference([nchw(photograph)[0]])[0]
 
-  proposals, objectness = jax.jit(lambda v, x: model.apply(v, x, method=propose))(variables, x)
+  def heads(m, x, rois):  # one program: the backbone compiled and run once
+    levels = m.pyramid(x, train=False)
+    proposals, objectness, _, _ = m.propose(levels, image_shape, (HEIGHT, WIDTH), train=False)
+    return (
+      proposals,
+      objectness,
+      m.box_head(0, levels, rois, (HEIGHT, WIDTH)),
+      m.detect(x, image_shape),
+    )
+
+  proposals, objectness, (logits, deltas), detections = jax.jit(
+    lambda v, x, r: model.apply(v, x, r, method=heads)
+  )(variables, x, jnp.asarray(want_proposals)[None])
+
+  # RPN: objectness of every anchor and the proposals (same order).
   assert_close(objectness, want_objectness, 'RPN objectness')
   got = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
   assert got.shape == want_proposals.shape
@@ -159,21 +172,10 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
 
   # RoI head on torchvision's proposals: logits (background moved last) and deltas
   # (the background's box dropped).
-  def box_head(m, x, rois):
-    return m.box_head(0, m.pyramid(x, train=False), rois, (HEIGHT, WIDTH))
-
-  logits, deltas = jax.jit(lambda v, x, r: model.apply(v, x, r, method=box_head))(
-    variables, x, jnp.asarray(want_proposals)[None]
-  )
   assert_close(logits[0], want_logits.numpy()[:, list(range(1, 91)) + [0]], 'class logits')
   assert_close(deltas[0], want_deltas.numpy()[:, 4:], 'box deltas')
 
-  # Whole inference: torchvision's transform neither resizes nor renormalises.
-  reference.transform.min_size, reference.transform.max_size = (HEIGHT,), WIDTH
-  reference.transform.image_mean, reference.transform.image_std = [0.0] * 3, [1.0] * 3
-  with torch.no_grad():
-    want = reference([nchw(photograph)[0]])[0]
-  detections = jax.jit(lambda v, x: model.apply(v, x, image_shape, train=False))(variables, x)
+  # Whole inference.
   valid = np.asarray(detections['valid'][0])
   assert 20 <= valid.sum() == len(want['scores'])
   assert_same_detections(
