@@ -724,10 +724,14 @@ def test_configs_build_the_reports_models(module):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  'config', ['configs/part_detector_retinanet.py:tiny', 'configs/part_detector_gfl.py:tiny']
+  'config,in_subprocess',
+  [('configs/part_detector_retinanet.py:tiny', False), ('configs/part_detector_gfl.py:tiny', True)],
 )
-def test_tiny_configs_train_export_and_evaluate(config, synthetic_root, tmp_path):
+def test_tiny_configs_train_export_and_evaluate(config, in_subprocess, synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture for a few steps, then the evaluation command
-  on the export."""
-  final = train_and_evaluate_briefly(config, synthetic_root, tmp_path, 'parts', steps=3)
+  on the export: once in a fresh process, as a user types it (the suite's one such run
+  of `python -m tps_jax.evaluate_detector`), once in this one."""
+  final = train_and_evaluate_briefly(
+    config, synthetic_root, tmp_path, 'parts', steps=3, subprocess_=in_subprocess
+  )
   assert {'eval_AP', 'eval_AP50', 'eval_AP_left_hand'} <= set(final)
