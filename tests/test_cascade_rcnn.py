@@ -405,40 +405,47 @@ def tiny_model(**roi):
 
 @pytest.fixture(scope='module')
 def tiny():
-  """(model, variables, jitted losses(variables, images, image_shape, targets, key),
-  jitted detect(variables, images, image_shape))."""
+  """(model, variables, losses(variables, images, image_shape, targets, key),
+  jitted losses_and_grads(...same...), jitted detect(variables, images, image_shape)).
+
+  `losses` is `losses_and_grads`'s first output: one compiled training program serves
+  the tests of the losses and of their gradients (running the backward pass of this
+  tiny model costs far less than compiling the forward pass alone a second time)."""
   model = tiny_model()
   variables = random_variables(model, TINY_SHAPE)
 
   @jax.jit
-  def losses(variables, images, image_shape, targets, key):
-    return model.apply(variables, images, image_shape, targets, train=True, rngs={'sampling': key})
+  def losses_and_grads(variables, images, image_shape, targets, key):
+    """(the losses, the gradient of their sum with respect to variables['params'])."""
+
+    def summed(params):
+      out = model.apply(
+        {**variables, 'params': params},
+        images,
+        image_shape,
+        targets,
+        train=True,
+        rngs={'sampling': key},
+      )
+      return total(out), out
+
+    (_, out), grads = jax.value_and_grad(summed, has_aux=True)(variables['params'])
+    return out, grads
 
   @jax.jit
   def detect(variables, images, image_shape):
     return model.apply(variables, images, image_shape, train=False)
 
-  return model, variables, losses, detect
+  losses = lambda *args: losses_and_grads(*args)[0]
+  return model, variables, losses, losses_and_grads, detect
 
 
 @pytest.mark.slow
 def test_losses_are_finite_and_every_trainable_parameter_learns(tiny):
-  model, variables, _, _ = tiny
+  model, variables, _, losses_and_grads, _ = tiny
   batch = targets(OBJECTS, labels=[[0, 2], [1]])
-
-  def loss(params):
-    return total(
-      model.apply(
-        {**variables, 'params': params},
-        images(),
-        FULL,
-        batch,
-        train=True,
-        rngs={'sampling': jax.random.key(0)},
-      )
-    )
-
-  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+  out, grads = losses_and_grads(variables, images(), FULL, batch, jax.random.key(0))
+  value = total(out)
   assert np.isfinite(value) and value > 0
   flat = jax.tree_util.tree_leaves_with_path(grads)
   assert all(np.isfinite(g).all() for _, g in flat)
@@ -451,7 +458,7 @@ def test_losses_are_finite_and_every_trainable_parameter_learns(tiny):
 
 
 def test_images_without_boxes_train_without_nan(tiny):
-  _, variables, losses, _ = tiny
+  _, variables, losses, _, _ = tiny
   out = losses(variables, images(), FULL, targets([[], []]), jax.random.key(0))
   assert all(np.isfinite(v) for v in out.values())
   assert out['loss_rpn_box'] == 0 and out['loss_box_0'] == 0 and out['rpn_positives'] == 0
@@ -459,7 +466,7 @@ def test_images_without_boxes_train_without_nan(tiny):
 
 
 def test_degenerate_and_out_of_image_boxes_are_dropped_and_counted(tiny):
-  _, variables, losses, _ = tiny
+  _, variables, losses, _, _ = tiny
   key = jax.random.key(3)
   clean = losses(variables, images(), FULL, targets(OBJECTS), key)
   bad = [
@@ -483,7 +490,7 @@ def test_degenerate_and_out_of_image_boxes_are_dropped_and_counted(tiny):
 
 
 def test_ignore_regions_are_neither_positive_nor_negative(tiny):
-  model, variables, losses, _ = tiny
+  model, variables, losses, _, _ = tiny
   settings = model.rpn
   shapes = [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
   anchors = rpn_lib.anchors_for(settings, shapes, TINY_SHAPE[1:3])
@@ -513,7 +520,7 @@ def test_ignore_regions_are_neither_positive_nor_negative(tiny):
 
 
 def test_detections_are_padded_and_inside_each_image(tiny):
-  _, variables, _, detect = tiny
+  _, variables, _, _, detect = tiny
   image_shape = np.array([[96.0, 128.0], [60.0, 70.0]], np.float32)  # 2nd image padded
   out = detect(variables, images(), image_shape)
   assert out['boxes'].shape == (2, 20, 4) and out['labels'].dtype == jnp.int32
