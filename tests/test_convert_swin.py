@@ -165,6 +165,29 @@ def swin_t_files(swin_t_reference, tmp_path_factory):
   return folder / 'swin_t.pth', folder / 'swin_t.safetensors'
 
 
+# A narrow Swin (fast to compile: 8 blocks of width 32 to 256) for the checks of shapes and
+# windows, whose numbers do not depend on the width; Swin-T's are checked above at one size.
+SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+
+
+@pytest.fixture(scope='module')
+def small_swin(tmp_path_factory):
+  """(a random-initialised narrow torchvision Swin of 10 classes, the path of its .pth)."""
+  torch.manual_seed(7)
+  reference = _randomise(
+    tv_swin.SwinTransformer(
+      patch_size=[4, 4],
+      window_size=[7, 7],
+      num_classes=10,
+      **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()},
+    ),
+    seed=8,
+  )
+  path = tmp_path_factory.mktemp('small_swin') / 'small.pth'
+  torch.save(_state(reference), path)
+  return reference, str(path)
+
+
 @pytest.fixture(scope='module')
 def swin3d_t_reference():
   torch.manual_seed(2)
@@ -191,21 +214,17 @@ def test_swin_t_matches_torchvision(swin_t_reference, swin_t_files):
     (98, 138),  # the patch remainder padded: grids 25x35, 13x18, 7x9, 4x5 (odd merges)
   ],
 )
-def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_state, height, width):
+def test_swin_matches_torchvision_at_other_sizes(small_swin, height, width):
   """Grids at or below the window, as torchvision: the window kept and the grid
   zero-padded up to it, no shift. An image that does not divide by the patch is padded
   here (torchvision's patch convolution would drop the remainder): it matches
-  torchvision on the image zero-padded to a multiple of the patch."""
-  conversion = convert_state_dict(swin_t_state, 'swin_t')
+  torchvision on the image zero-padded to a multiple of the patch. On the narrow Swin
+  (at 224 the program of the inflation test below)."""
+  reference, path = small_swin
+  model, variables = load_pytorch_weights(path, 'swin_t', **SMALL)
   x = _input((1, height, width, 3))
   padded = np.pad(x, [(0, 0), (0, -height % 4), (0, -width % 4), (0, 0)])
-  _assert_matches(
-    conversion.model,
-    {'params': unflatten(conversion.params)},
-    swin_t_reference,
-    x,
-    reference_x=padded,
-  )
+  _assert_matches(model, variables, reference, x, reference_x=padded)
 
 
 def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
@@ -345,21 +364,13 @@ def test_mmdetection_backbone_is_headless_with_stage_norms(swin_t_reference):
 # ------------------------------------------------------------------ inflation, resizing
 
 
-def test_inflated_swin_sees_a_static_clip_as_its_frames(tmp_path):
+def test_inflated_swin_sees_a_static_clip_as_its_frames(small_swin):
   """Video Swin initialised from a 2D checkpoint: a clip of one repeated image gives, per
   frame, the 2D model's features of that image (and its logits). A narrow Swin (fast to
   compile) at 224, where no window is clipped in space."""
-  torch.manual_seed(7)
-  small = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
-  reference = _randomise(
-    tv_swin.SwinTransformer(patch_size=[4, 4], window_size=[7, 7], num_classes=10, **small), seed=8
-  )
-  torch.save(_state(reference), tmp_path / 'small.pth')
-  overrides = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-  model_2d, variables_2d = load_pytorch_weights(str(tmp_path / 'small.pth'), 'swin_t', **overrides)
-  model_3d, variables_3d = load_pytorch_weights(
-    str(tmp_path / 'small.pth'), 'swin3d_t', **overrides
-  )
+  reference, path = small_swin
+  model_2d, variables_2d = load_pytorch_weights(path, 'swin_t', **SMALL)
+  model_3d, variables_3d = load_pytorch_weights(path, 'swin3d_t', **SMALL)
   assert model_3d.num_classes == 10
   table = variables_3d['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
   assert table.shape == (15 * 13 * 13, 1)
