@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torchvision.models import swin_t
 from torchvision.models import swin_transformer as tv_swin
 from torchvision.models.video import swin3d_b, swin3d_t
+from torchvision.models.video import swin_transformer as tv_video_swin
 
 from tests.conftest import run_module
 from tps_jax.convert import (
@@ -168,6 +169,7 @@ def swin_t_files(swin_t_reference, tmp_path_factory):
 # A narrow Swin (fast to compile: 8 blocks of width 32 to 256) for the checks of shapes and
 # windows, whose numbers do not depend on the width; Swin-T's are checked above at one size.
 SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+SMALL_TORCH = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}
 
 
 @pytest.fixture(scope='module')
@@ -179,7 +181,7 @@ def small_swin(tmp_path_factory):
       patch_size=[4, 4],
       window_size=[7, 7],
       num_classes=10,
-      **{k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()},
+      **SMALL_TORCH,
     ),
     seed=8,
   )
@@ -234,16 +236,24 @@ def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
   _assert_matches(model, variables, swin3d_t_reference, _input(CLIP_SHAPE))
 
 
-def test_swin3d_t_matches_torchvision_at_8x112(swin3d_t_reference):
+def test_swin3d_matches_torchvision_at_8x112():
   """Token grids 4x28x28 .. 4x4x4, as torchvision's swin3d: the window clipped to the grid
-  (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7."""
+  (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7. On a
+  narrow Video Swin of swin3d_t's patch and window (Video Swin-T's numbers: above)."""
+  torch.manual_seed(9)
+  reference = _randomise(
+    tv_video_swin.SwinTransformer3d(
+      patch_size=[2, 4, 4], window_size=[8, 7, 7], num_classes=10, **SMALL_TORCH
+    ),
+    seed=10,
+  )
   conversion = convert_state_dict(
-    {k: v.numpy() for k, v in _state(swin3d_t_reference).items()}, 'swin3d_t'
+    {k: v.numpy() for k, v in _state(reference).items()}, 'swin3d_t', **SMALL
   )
   _assert_matches(
     conversion.model,
     {'params': unflatten(conversion.params)},
-    swin3d_t_reference,
+    reference,
     _input((1, 8, 112, 112, 3)),
   )
 
