@@ -73,11 +73,13 @@ def total(losses):
   return sum(v for k, v in losses.items() if k.startswith('loss_'))
 
 
-def train_and_evaluate_briefly(config: str, root, tmp_path, dataset: str, steps: int) -> dict:
-  """`run_train.py --config=CONFIG` for `steps` steps on the synthetic root (a fresh
-  process), then `python -m tps_jax.evaluate_detector` on its export: asserts both
-  succeed, the losses are finite and the command's AP is the run's final eval_AP; returns
-  the run's final metrics record."""
+def train_and_evaluate_briefly(
+  config: str, root, tmp_path, dataset: str, steps: int, *, subprocess_: bool = False
+) -> dict:
+  """`run_train.py --config=CONFIG` for `steps` steps on the synthetic root (in this
+  process), then `python -m tps_jax.evaluate_detector` on its export (in a fresh process
+  if `subprocess_`): asserts both succeed, the losses are finite and the command's AP is
+  the run's final eval_AP; returns the run's final metrics record."""
   tfds_dir = tmp_path / 'tfds'
   build.build_datasets(str(root), out=str(tfds_dir), datasets=[dataset], progress=False)
   workdir = tmp_path / 'run'
@@ -100,7 +102,12 @@ def train_and_evaluate_briefly(config: str, root, tmp_path, dataset: str, steps:
   assert os.path.isdir(workdir / 'export')
   flags = ['--config', config, '--export', workdir / 'export', '--split', 'val']
   proc = run_module(
-    'tps_jax.evaluate_detector', *flags, '--batch_size', '2', *data_flags, subprocess_=True
+    'tps_jax.evaluate_detector',
+    *flags,
+    '--batch_size',
+    '2',
+    *data_flags,
+    subprocess_=subprocess_,
   )
   last = proc.stdout.strip().splitlines()[-1].split()
   assert last[0] == 'AP' and float(last[1]) == pytest.approx(records[-1]['eval_AP'], abs=1e-6)

@@ -33,6 +33,7 @@ from tests.detector_batches import (
   targets,
   total,
 )
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, read_state_dict
 from tps_jax.models import detector_backbone
@@ -144,14 +145,27 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
       reference.roi_heads.box_head(pooled)
     )
 
-  # RPN: objectness of every anchor and the proposals (same order).
-  def propose(m, x):
-    proposals, objectness, _, _ = m.propose(
-      m.pyramid(x, train=False), image_shape, (HEIGHT, WIDTH), train=False
-    )
-    return proposals, objectness
+  # Whole inference: torchvision's transform neither resizes nor renormalises.
+  reference.transform.min_size, reference.transform.max_size = (HEIGHT,), WIDTH
+  reference.transform.image_mean, reference.transform.image_std = [0.0] * 3, [1.0] * 3
+  with torch.no_grad():
+    want = reference([nchw(photograph)[0]])[0]
 
-  proposals, objectness = jax.jit(lambda v, x: model.apply(v, x, method=propose))(variables, x)
+  def heads(m, x, rois):  # one program: the backbone compiled and run once
+    levels = m.pyramid(x, train=False)
+    proposals, objectness, _, _ = m.propose(levels, image_shape, (HEIGHT, WIDTH), train=False)
+    return (
+      proposals,
+      objectness,
+      m.box_head(0, levels, rois, (HEIGHT, WIDTH)),
+      m.detect(x, image_shape),
+    )
+
+  proposals, objectness, (logits, deltas), detections = jax.jit(
+    lambda v, x, r: model.apply(v, x, r, method=heads)
+  )(variables, x, jnp.asarray(want_proposals)[None])
+
+  # RPN: objectness of every anchor and the proposals (same order).
   assert_close(objectness, want_objectness, 'RPN objectness')
   got = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
   assert got.shape == want_proposals.shape
@@ -160,21 +174,10 @@ def test_faster_rcnn_matches_torchvision_on_a_photograph(torchvision_rcnn, photo
 
   # RoI head on torchvision's proposals: logits (background moved last) and deltas
   # (the background's box dropped).
-  def box_head(m, x, rois):
-    return m.box_head(0, m.pyramid(x, train=False), rois, (HEIGHT, WIDTH))
-
-  logits, deltas = jax.jit(lambda v, x, r: model.apply(v, x, r, method=box_head))(
-    variables, x, jnp.asarray(want_proposals)[None]
-  )
   assert_close(logits[0], want_logits.numpy()[:, list(range(1, 91)) + [0]], 'class logits')
   assert_close(deltas[0], want_deltas.numpy()[:, 4:], 'box deltas')
 
-  # Whole inference: torchvision's transform neither resizes nor renormalises.
-  reference.transform.min_size, reference.transform.max_size = (HEIGHT,), WIDTH
-  reference.transform.image_mean, reference.transform.image_std = [0.0] * 3, [1.0] * 3
-  with torch.no_grad():
-    want = reference([nchw(photograph)[0]])[0]
-  detections = jax.jit(lambda v, x: model.apply(v, x, image_shape, train=False))(variables, x)
+  # Whole inference.
   valid = np.asarray(detections['valid'][0])
   assert 20 <= valid.sum() == len(want['scores'])
   assert_same_detections(
@@ -292,27 +295,42 @@ def test_mmdetection_names_give_a_three_stage_cascade(torchvision_rcnn, photogra
   # mmdetection's adaptive RoIAlign takes ceil(side / 7) samples per bin; under jit the
   # count is capped (default 4): exact here only with a cap covering the longest
   # side of a level-0 RoI (384 / 4 / 7 -> 14), e.g. the thin full-height proposals.
-  model, variables, conversion = load(state, 'cascade_rcnn_r50_fpn', roi={'max_sampling_ratio': 14})
+  # 14 x 14 sample slots per bin make each RoI costly to run (about 0.02 s of CPU per RoI
+  # and stage): 64 RoI slots, not 1000, which the top 24 anchors per level fill with
+  # about 26 proposals after NMS (the rest padding), on levels 0 to 2, some needing
+  # more than the default cap's samples (asserted below). The 1000-proposal RPN is
+  # checked against torchvision's by the test above.
+  rpn = {'pre_nms_top_n_test': 24, 'post_nms_top_n_test': 64}
+  model, variables, conversion = load(
+    state, 'cascade_rcnn_r50_fpn', roi={'max_sampling_ratio': 14}, rpn=rpn
+  )
   assert model.roi.num_stages == 3 and model.roi.class_agnostic and model.num_classes == 90
   assert conversion.skipped['roi_head.mask_head.0.conv.weight'].startswith('mask branch')
   assert conversion.sources['box_heads_2/cls_score/kernel'] == 'roi_head.bbox_head.2.fc_cls.weight'
   x = jnp.asarray(photograph)
   image_shape = jnp.array([[HEIGHT, WIDTH]], jnp.float32)
 
-  def propose(m, x):
+  def propose_and_detect(m, x):  # one program: the backbone compiled and run once
     proposals, objectness, _, _ = m.propose(
       m.pyramid(x, train=False), image_shape, (HEIGHT, WIDTH), train=False
     )
-    return proposals, objectness
+    return proposals, objectness, m.detect(x, image_shape)
 
-  proposals, objectness = jax.jit(lambda v, x: model.apply(v, x, method=propose))(variables, x)
+  proposals, objectness, detections = jax.jit(
+    lambda v, x: model.apply(v, x, method=propose_and_detect)
+  )(variables, x)
   with torch.no_grad():
     features = reference.backbone(nchw(photograph))
     want_objectness = torch_objectness(reference.rpn.head(list(features.values()))[0])
   assert_close(objectness, want_objectness, 'RPN objectness (mmdetection names)')
 
-  detections = jax.jit(lambda v, x: model.apply(v, x, image_shape, train=False))(variables, x)
   boxes = np.asarray(proposals.boxes[0])[np.asarray(proposals.valid[0])]
+  assert 20 <= len(boxes) < rpn['post_nms_top_n_test']
+  sizes = boxes[:, 2:] - boxes[:, :2]
+  levels = np.floor(np.log2(np.sqrt(sizes.prod(1)) / 56 + 1e-6)).clip(0, 3)
+  assert set(levels) == {0, 1, 2}
+  samples = np.ceil(sizes.max(1) / (4 * 2**levels) / 7)  # per bin, on the RoI's level
+  assert 4 < samples.max() <= 14  # beyond the default cap, within this one
   want = torch_cascade(reference, state, photograph, boxes)
   valid = np.asarray(detections['valid'][0])
   assert valid.sum() >= 20
@@ -389,40 +407,47 @@ def tiny_model(**roi):
 
 @pytest.fixture(scope='module')
 def tiny():
-  """(model, variables, jitted losses(variables, images, image_shape, targets, key),
-  jitted detect(variables, images, image_shape))."""
+  """(model, variables, losses(variables, images, image_shape, targets, key),
+  jitted losses_and_grads(...same...), jitted detect(variables, images, image_shape)).
+
+  `losses` is `losses_and_grads`'s first output: one compiled training program serves
+  the tests of the losses and of their gradients (running the backward pass of this
+  tiny model costs far less than compiling the forward pass alone a second time)."""
   model = tiny_model()
   variables = random_variables(model, TINY_SHAPE)
 
   @jax.jit
-  def losses(variables, images, image_shape, targets, key):
-    return model.apply(variables, images, image_shape, targets, train=True, rngs={'sampling': key})
+  def losses_and_grads(variables, images, image_shape, targets, key):
+    """(the losses, the gradient of their sum with respect to variables['params'])."""
+
+    def summed(params):
+      out = model.apply(
+        {**variables, 'params': params},
+        images,
+        image_shape,
+        targets,
+        train=True,
+        rngs={'sampling': key},
+      )
+      return total(out), out
+
+    (_, out), grads = jax.value_and_grad(summed, has_aux=True)(variables['params'])
+    return out, grads
 
   @jax.jit
   def detect(variables, images, image_shape):
     return model.apply(variables, images, image_shape, train=False)
 
-  return model, variables, losses, detect
+  losses = lambda *args: losses_and_grads(*args)[0]
+  return model, variables, losses, losses_and_grads, detect
 
 
 @pytest.mark.slow
 def test_losses_are_finite_and_every_trainable_parameter_learns(tiny):
-  model, variables, _, _ = tiny
+  model, variables, _, losses_and_grads, _ = tiny
   batch = targets(OBJECTS, labels=[[0, 2], [1]])
-
-  def loss(params):
-    return total(
-      model.apply(
-        {**variables, 'params': params},
-        images(),
-        FULL,
-        batch,
-        train=True,
-        rngs={'sampling': jax.random.key(0)},
-      )
-    )
-
-  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])
+  out, grads = losses_and_grads(variables, images(), FULL, batch, jax.random.key(0))
+  value = total(out)
   assert np.isfinite(value) and value > 0
   flat = jax.tree_util.tree_leaves_with_path(grads)
   assert all(np.isfinite(g).all() for _, g in flat)
@@ -435,7 +460,7 @@ def test_losses_are_finite_and_every_trainable_parameter_learns(tiny):
 
 
 def test_images_without_boxes_train_without_nan(tiny):
-  _, variables, losses, _ = tiny
+  _, variables, losses, _, _ = tiny
   out = losses(variables, images(), FULL, targets([[], []]), jax.random.key(0))
   assert all(np.isfinite(v) for v in out.values())
   assert out['loss_rpn_box'] == 0 and out['loss_box_0'] == 0 and out['rpn_positives'] == 0
@@ -443,7 +468,7 @@ def test_images_without_boxes_train_without_nan(tiny):
 
 
 def test_degenerate_and_out_of_image_boxes_are_dropped_and_counted(tiny):
-  _, variables, losses, _ = tiny
+  _, variables, losses, _, _ = tiny
   key = jax.random.key(3)
   clean = losses(variables, images(), FULL, targets(OBJECTS), key)
   bad = [
@@ -467,7 +492,7 @@ def test_degenerate_and_out_of_image_boxes_are_dropped_and_counted(tiny):
 
 
 def test_ignore_regions_are_neither_positive_nor_negative(tiny):
-  model, variables, losses, _ = tiny
+  model, variables, losses, _, _ = tiny
   settings = model.rpn
   shapes = [(24, 32), (12, 16), (6, 8), (3, 4), (2, 2)]
   anchors = rpn_lib.anchors_for(settings, shapes, TINY_SHAPE[1:3])
@@ -497,7 +522,7 @@ def test_ignore_regions_are_neither_positive_nor_negative(tiny):
 
 
 def test_detections_are_padded_and_inside_each_image(tiny):
-  _, variables, _, detect = tiny
+  _, variables, _, _, detect = tiny
   image_shape = np.array([[96.0, 128.0], [60.0, 70.0]], np.float32)  # 2nd image padded
   out = detect(variables, images(), image_shape)
   assert out['boxes'].shape == (2, 20, 4) and out['labels'].dtype == jnp.int32

@@ -20,8 +20,10 @@ from safetensors.torch import save_file
 from torchvision.models import swin_t
 from torchvision.models import swin_transformer as tv_swin
 from torchvision.models.video import swin3d_b, swin3d_t
+from torchvision.models.video import swin_transformer as tv_video_swin
 
 from tests.conftest import run_module
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.convert import (
   ConversionError,
   convert_checkpoint,
@@ -165,6 +167,30 @@ def swin_t_files(swin_t_reference, tmp_path_factory):
   return folder / 'swin_t.pth', folder / 'swin_t.safetensors'
 
 
+# A narrow Swin (fast to compile: 8 blocks of width 32 to 256) for the checks of shapes and
+# windows, whose numbers do not depend on the width; Swin-T's are checked above at one size.
+SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+SMALL_TORCH = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}
+
+
+@pytest.fixture(scope='module')
+def small_swin(tmp_path_factory):
+  """(a random-initialised narrow torchvision Swin of 10 classes, the path of its .pth)."""
+  torch.manual_seed(7)
+  reference = _randomise(
+    tv_swin.SwinTransformer(
+      patch_size=[4, 4],
+      window_size=[7, 7],
+      num_classes=10,
+      **SMALL_TORCH,
+    ),
+    seed=8,
+  )
+  path = tmp_path_factory.mktemp('small_swin') / 'small.pth'
+  torch.save(_state(reference), path)
+  return reference, str(path)
+
+
 @pytest.fixture(scope='module')
 def swin3d_t_reference():
   torch.manual_seed(2)
@@ -191,21 +217,17 @@ def test_swin_t_matches_torchvision(swin_t_reference, swin_t_files):
     (98, 138),  # the patch remainder padded: grids 25x35, 13x18, 7x9, 4x5 (odd merges)
   ],
 )
-def test_swin_t_matches_torchvision_at_other_sizes(swin_t_reference, swin_t_state, height, width):
+def test_swin_matches_torchvision_at_other_sizes(small_swin, height, width):
   """Grids at or below the window, as torchvision: the window kept and the grid
   zero-padded up to it, no shift. An image that does not divide by the patch is padded
   here (torchvision's patch convolution would drop the remainder): it matches
-  torchvision on the image zero-padded to a multiple of the patch."""
-  conversion = convert_state_dict(swin_t_state, 'swin_t')
+  torchvision on the image zero-padded to a multiple of the patch. On the narrow Swin
+  (at 224 the program of the inflation test below)."""
+  reference, path = small_swin
+  model, variables = load_pytorch_weights(path, 'swin_t', **SMALL)
   x = _input((1, height, width, 3))
   padded = np.pad(x, [(0, 0), (0, -height % 4), (0, -width % 4), (0, 0)])
-  _assert_matches(
-    conversion.model,
-    {'params': unflatten(conversion.params)},
-    swin_t_reference,
-    x,
-    reference_x=padded,
-  )
+  _assert_matches(model, variables, reference, x, reference_x=padded)
 
 
 def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
@@ -215,16 +237,24 @@ def test_swin3d_t_matches_torchvision(swin3d_t_reference, tmp_path):
   _assert_matches(model, variables, swin3d_t_reference, _input(CLIP_SHAPE))
 
 
-def test_swin3d_t_matches_torchvision_at_8x112(swin3d_t_reference):
+def test_swin3d_matches_torchvision_at_8x112():
   """Token grids 4x28x28 .. 4x4x4, as torchvision's swin3d: the window clipped to the grid
-  (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7."""
+  (time in every stage, space in stage 4) and no shift there nor in stage 3's 7x7. On a
+  narrow Video Swin of swin3d_t's patch and window (Video Swin-T's numbers: above)."""
+  torch.manual_seed(9)
+  reference = _randomise(
+    tv_video_swin.SwinTransformer3d(
+      patch_size=[2, 4, 4], window_size=[8, 7, 7], num_classes=10, **SMALL_TORCH
+    ),
+    seed=10,
+  )
   conversion = convert_state_dict(
-    {k: v.numpy() for k, v in _state(swin3d_t_reference).items()}, 'swin3d_t'
+    {k: v.numpy() for k, v in _state(reference).items()}, 'swin3d_t', **SMALL
   )
   _assert_matches(
     conversion.model,
     {'params': unflatten(conversion.params)},
-    swin3d_t_reference,
+    reference,
     _input((1, 8, 112, 112, 3)),
   )
 
@@ -345,21 +375,13 @@ def test_mmdetection_backbone_is_headless_with_stage_norms(swin_t_reference):
 # ------------------------------------------------------------------ inflation, resizing
 
 
-def test_inflated_swin_sees_a_static_clip_as_its_frames(tmp_path):
+def test_inflated_swin_sees_a_static_clip_as_its_frames(small_swin):
   """Video Swin initialised from a 2D checkpoint: a clip of one repeated image gives, per
   frame, the 2D model's features of that image (and its logits). A narrow Swin (fast to
   compile) at 224, where no window is clipped in space."""
-  torch.manual_seed(7)
-  small = dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
-  reference = _randomise(
-    tv_swin.SwinTransformer(patch_size=[4, 4], window_size=[7, 7], num_classes=10, **small), seed=8
-  )
-  torch.save(_state(reference), tmp_path / 'small.pth')
-  overrides = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
-  model_2d, variables_2d = load_pytorch_weights(str(tmp_path / 'small.pth'), 'swin_t', **overrides)
-  model_3d, variables_3d = load_pytorch_weights(
-    str(tmp_path / 'small.pth'), 'swin3d_t', **overrides
-  )
+  reference, path = small_swin
+  model_2d, variables_2d = load_pytorch_weights(path, 'swin_t', **SMALL)
+  model_3d, variables_3d = load_pytorch_weights(path, 'swin3d_t', **SMALL)
   assert model_3d.num_classes == 10
   table = variables_3d['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
   assert table.shape == (15 * 13 * 13, 1)

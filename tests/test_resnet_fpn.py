@@ -7,8 +7,6 @@ affine parameters are randomised too, so frozen BatchNorm is really exercised.
 import functools
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,8 @@ import torch
 import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from tests.conftest import run_on_devices
+from tests.conftest import run_module, run_on_devices
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import ConversionError
 from tps_jax.convert.resnet import combine, convert_fpn, convert_resnet, detect_flavour, flatten
@@ -462,21 +461,9 @@ def test_cli_and_load_pytorch_weights_carry_batchnorm_statistics(resnet18_state,
   model, variables = load_pytorch_weights(path, 'resnet18')
   mean = variables['batch_stats']['bn1']['mean']
   np.testing.assert_array_equal(mean, resnet18_state['bn1.running_mean'])
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'tps_jax.convert',
-      '--arch',
-      'resnet18',
-      '--input',
-      path,
-      '--out',
-      str(tmp_path / 'out'),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=300,
+  # In this process: tests/test_convert_swin.py runs the command in a fresh one.
+  proc = run_module(
+    'tps_jax.convert', '--arch', 'resnet18', '--input', path, '--out', tmp_path / 'out'
   )
   assert proc.returncode == 0, proc.stderr
   assert 'bn1.running_mean -> batch_stats/bn1/mean' in proc.stdout

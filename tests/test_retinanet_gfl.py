@@ -39,6 +39,7 @@ from tests.detector_batches import (
   total,
   train_and_evaluate_briefly,
 )
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
 from tps_jax.models import detector_backbone, gfl, retinanet
@@ -545,28 +546,35 @@ def tiny_model(family: str):
 
 @pytest.fixture(scope='module', params=['retinanet', 'gfl'])
 def tiny(request):
-  """(model, variables, jitted losses, jitted gradient of the summed loss, jitted detect)."""
+  """(model, variables, losses(variables, images, image_shape, targets), jitted
+  losses_and_grads(...same...): the losses and the gradient of their sum with respect to
+  the params, jitted detect). `losses` is `losses_and_grads`'s first output: one
+  compiled training program for both (the tiny backward pass runs in far less time than
+  a second, forward-only program compiles)."""
   model = tiny_model(request.param)
   variables = random_variables(model, TINY_SHAPE)
 
-  def losses(variables, images, image_shape, targets):
-    return model.apply(variables, images, image_shape, targets, train=True)
+  @jax.jit
+  def losses_and_grads(variables, images, image_shape, targets):
+    def summed(params):
+      out = model.apply({**variables, 'params': params}, images, image_shape, targets, train=True)
+      return total(out), out
 
-  def total_loss(params, variables, images, image_shape, targets):
-    return total(losses({**variables, 'params': params}, images, image_shape, targets))
+    (_, out), grads = jax.value_and_grad(summed, has_aux=True)(variables['params'])
+    return out, grads
 
+  losses = lambda *args: losses_and_grads(*args)[0]
   detect = functools.partial(model.apply, train=False)
-  return (model, variables, jax.jit(losses), jax.jit(jax.grad(total_loss)), jax.jit(detect))
+  return (model, variables, losses, losses_and_grads, jax.jit(detect))
 
 
 @pytest.mark.slow
 def test_losses_train_every_head_and_no_frozen_parameter(tiny):
-  model, variables, losses, grad, _ = tiny
+  model, variables, _, losses_and_grads, _ = tiny
   batch = targets(OBJECTS, labels=[[0, 2], [1]])
-  out = losses(variables, images(), FULL, batch)
+  out, grads = losses_and_grads(variables, images(), FULL, batch)
   assert all(np.isfinite(v) for v in out.values()) and out['positives'] > 0
   assert all(out[k] > 0 for k in out if k.startswith('loss_'))
-  grads = grad(variables['params'], variables, images(), FULL, batch)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     names = [k.key for k in path]
     assert np.isfinite(g).all(), names
@@ -593,13 +601,11 @@ def test_bfloat16_compute_keeps_float32_params_and_finite_outputs(build):
 
 
 def test_images_without_boxes_give_finite_losses_and_gradients(tiny):
-  _, variables, losses, grad, _ = tiny
-  empty = targets([[], []])
-  out = losses(variables, images(), FULL, empty)
+  _, variables, _, losses_and_grads, _ = tiny
+  out, grads = losses_and_grads(variables, images(), FULL, targets([[], []]))
   assert all(np.isfinite(v) for v in out.values())
   assert out['positives'] == 0 and out['loss_box'] == 0 and out['loss_cls'] > 0
   assert out.get('loss_dfl', 0.0) == 0
-  grads = grad(variables['params'], variables, images(), FULL, empty)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
@@ -724,10 +730,14 @@ def test_configs_build_the_reports_models(module):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  'config', ['configs/part_detector_retinanet.py:tiny', 'configs/part_detector_gfl.py:tiny']
+  'config,in_subprocess',
+  [('configs/part_detector_retinanet.py:tiny', False), ('configs/part_detector_gfl.py:tiny', True)],
 )
-def test_tiny_configs_train_export_and_evaluate(config, synthetic_root, tmp_path):
+def test_tiny_configs_train_export_and_evaluate(config, in_subprocess, synthetic_root, tmp_path):
   """run_train.py on the synthetic fixture for a few steps, then the evaluation command
-  on the export."""
-  final = train_and_evaluate_briefly(config, synthetic_root, tmp_path, 'parts', steps=3)
+  on the export: once in a fresh process, as a user types it (the suite's one such run
+  of `python -m tps_jax.evaluate_detector`), once in this one."""
+  final = train_and_evaluate_briefly(
+    config, synthetic_root, tmp_path, 'parts', steps=3, subprocess_=in_subprocess
+  )
   assert {'eval_AP', 'eval_AP50', 'eval_AP_left_hand'} <= set(final)
