@@ -14,6 +14,10 @@ from typing import NamedTuple
 import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One thread for torch's reference computations and numpy's BLAS (each of the two
+# workers has a core): a second thread mostly waits, and its waiting counts as CPU time
+# (a ResNet-50 FPN forward at 320x384: 2 s of CPU on two threads, 0.4 s on one).
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 # Compiling, not running, is most of the suite's CPU time, and its programs are small:
 # without LLVM's optimisation passes, and with XLA:CPU's older loop emitters instead of
 # its fusion emitters, compilation takes about half the CPU (tests/test_swin.py: 23 s

@@ -33,7 +33,6 @@ from tests.detector_batches import (
   targets,
   total,
 )
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, read_state_dict
 from tps_jax.models import detector_backbone

@@ -23,7 +23,6 @@ from torchvision.models.video import swin3d_b, swin3d_t
 from torchvision.models.video import swin_transformer as tv_video_swin
 
 from tests.conftest import run_module
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.convert import (
   ConversionError,
   convert_checkpoint,

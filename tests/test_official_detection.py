@@ -38,7 +38,6 @@ from tests.test_cascade_rcnn import (
 )
 from tests.test_retinanet_gfl import random_variables as gfl_random_variables
 from tests.test_retinanet_gfl import to_mmdetection
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.convert import convert_state_dict, load_pytorch_weights
 from tps_jax.convert.checkpoint import report_lines
 from tps_jax.data.video import encode_jpeg

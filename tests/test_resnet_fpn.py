@@ -17,7 +17,6 @@ import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from tests.conftest import run_module, run_on_devices
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.convert import convert_state_dict
 from tps_jax.convert.io import ConversionError
 from tps_jax.convert.resnet import combine, convert_fpn, convert_resnet, detect_flavour, flatten

@@ -39,7 +39,6 @@ from tests.detector_batches import (
   total,
   train_and_evaluate_briefly,
 )
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax import ops
 from tps_jax.convert import ConversionError, convert_state_dict, load_pytorch_weights
 from tps_jax.models import detector_backbone, gfl, retinanet

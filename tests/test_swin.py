@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torchvision.models import swin_transformer as tv_swin
 from torchvision.models.video import swin_transformer as tv_swin3d
 
-from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse)
 from tps_jax.models import swin
 
 # Small Swins for behaviour tests (few blocks: compilation dominates their time).
