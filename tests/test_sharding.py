@@ -15,6 +15,7 @@ from tests.conftest import run_on_devices
 from tests.test_part_state import inputs, micro_batch
 from tps_jax.data.kinetics_tps import PARTS
 from tps_jax.datasets import build
+from tps_jax.inference.export import read_config, read_variables
 from tps_jax.tasks.part_state import PartStateTask
 from tps_jax.train import checkpointing, sharding, trainer
 
@@ -116,7 +117,8 @@ def test_part_state_tiny_config_trains_with_kernels_split(on_8_devices, syntheti
   assert {f'eval_top1_{part}' for part in PARTS} <= set(records[-1])
   spec = _kernel_spec(workdir, 4, 'backbone/layers_0/blocks_0/mlp/fc1/kernel')
   assert spec == (None, 'model')
-  variables, config = checkpointing.load_export(str(workdir / 'export'))
+  variables = read_variables(str(workdir / 'export'))
+  config = read_config(str(workdir / 'export'))
   assert config['task'] == 'part_state'
   task = PartStateTask(part_state_config.get_config('tiny'))
   task.config.data.root = str(synthetic_root)
